@@ -1,0 +1,21 @@
+//! The database side of postgres-websockets: the one LISTEN connection and
+//! the NOTIFY relay.
+//!
+//! In standalone mode `pgws-gateway` embeds these pieces and connects them to
+//! its in-memory bus; in cluster mode the `pgws-coordinator` binary runs them
+//! on the elected leader only.
+//!
+//! # Layout
+//!
+//! * [`db`] — opening PostgreSQL connections that say who they are
+//!   (`application_name`).
+//! * [`backoff`] — the retry schedule shared by every reconnect loop.
+//! * [`listener`] — the supervised `LISTEN` connection: connects with retries,
+//!   detects a dead backend, reconnects (self-healing) or reports the loss.
+//! * [`relay`] — turns queued envelopes into `pg_notify` calls, batched per
+//!   transaction, sharded by channel so per-channel order is kept.
+
+pub mod backoff;
+pub mod db;
+pub mod listener;
+pub mod relay;
