@@ -1,1 +1,3 @@
-
+//! pgws-gateway: postgres-websockets in Rust.
+pub mod auth;
+pub mod config;

@@ -1,0 +1,351 @@
+//! Who may open which channels, in which mode.
+//!
+//! [`Keys`] turns `PGWS_JWT_SECRET` into verification keys once at start-up:
+//! a raw HMAC secret (optionally base64), a single JWK, or a JWKS from which
+//! the token's `kid` picks the key. [`Keys::verify`] checks the signature
+//! (HS/RS/PS/ES 256/384/512 and EdDSA; `none` can never verify), `exp` and
+//! `nbf` (no leeway, as in the original), and returns the claims.
+//! [`authorize`] turns claims and the requested channel into a [`Grant`], or
+//! a [`Refusal`] whose text is the HTTP body the client sees.
+
+use base64::Engine;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+/// The JWT claims of a token, as a JSON object.
+pub type Claims = Map<String, Value>;
+
+/// What a socket may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `r`: receive only.
+    Read,
+    /// `w`: send only.
+    Write,
+    /// `rw`: both.
+    ReadWrite,
+}
+
+impl Mode {
+    /// Whether the socket receives the channels' messages.
+    pub fn can_read(self) -> bool {
+        matches!(self, Mode::Read | Mode::ReadWrite)
+    }
+
+    /// Whether the socket's messages become NOTIFYs.
+    pub fn can_write(self) -> bool {
+        matches!(self, Mode::Write | Mode::ReadWrite)
+    }
+
+    /// The claim value, also the metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Read => "r",
+            Mode::Write => "w",
+            Mode::ReadWrite => "rw",
+        }
+    }
+}
+
+/// What an accepted token allows this socket.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Read, write or both.
+    pub mode: Mode,
+    /// The socket's channels, deduplicated, in claim order.
+    pub channels: Vec<String>,
+    /// All claims, for envelopes and meta events.
+    pub claims: Claims,
+    /// The token's `exp` (Unix seconds), when it has one.
+    pub expires_at: Option<f64>,
+}
+
+/// Why a websocket upgrade is refused; the text is the response body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No token in the path, query, Authorization or Sec-WebSocket-Protocol.
+    #[error("Missing token")]
+    MissingToken,
+    /// The token's `exp` has passed.
+    #[error("Token expired")]
+    TokenExpired,
+    /// The token did not verify (bad signature, malformed, wrong algorithm…).
+    #[error("{0}")]
+    InvalidToken(String),
+    /// The claims have no `mode`.
+    #[error("Missing mode")]
+    MissingMode,
+    /// `mode` is not `r`, `w` or `rw`.
+    #[error("Invalid mode")]
+    InvalidMode,
+    /// `channel`/`channels` are not strings / an array of strings.
+    #[error("Invalid channels claim")]
+    InvalidChannelsClaim,
+    /// The requested channel is not in the claims, or there is none at all.
+    #[error("No allowed channels")]
+    NoAllowedChannels,
+    /// `Origin` is not in `PGWS_ALLOWED_ORIGINS`.
+    #[error("Origin not allowed")]
+    OriginNotAllowed,
+    /// `PGWS_MAX_CONNECTIONS` reached.
+    #[error("Too many connections")]
+    TooManyConnections,
+    /// The gateway is draining.
+    #[error("Server shutting down")]
+    ShuttingDown,
+}
+
+impl Refusal {
+    /// The HTTP status of the refusal.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::MissingToken | Refusal::TokenExpired | Refusal::InvalidToken(_) => 401,
+            Refusal::MissingMode
+            | Refusal::InvalidMode
+            | Refusal::InvalidChannelsClaim
+            | Refusal::NoAllowedChannels
+            | Refusal::OriginNotAllowed => 403,
+            Refusal::TooManyConnections | Refusal::ShuttingDown => 503,
+        }
+    }
+
+    /// A bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::MissingToken => "missing_token",
+            Refusal::TokenExpired => "token_expired",
+            Refusal::InvalidToken(_) => "invalid_token",
+            Refusal::MissingMode => "missing_mode",
+            Refusal::InvalidMode => "invalid_mode",
+            Refusal::InvalidChannelsClaim => "invalid_channels_claim",
+            Refusal::NoAllowedChannels => "no_allowed_channels",
+            Refusal::OriginNotAllowed => "origin_not_allowed",
+            Refusal::TooManyConnections => "too_many_connections",
+            Refusal::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Every label, so the metric's series exist from the start.
+    pub const LABELS: [&'static str; 10] = [
+        "missing_token",
+        "token_expired",
+        "invalid_token",
+        "missing_mode",
+        "invalid_mode",
+        "invalid_channels_claim",
+        "no_allowed_channels",
+        "origin_not_allowed",
+        "too_many_connections",
+        "shutting_down",
+    ];
+}
+
+/// Why `PGWS_JWT_SECRET` could not become keys.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// `PGWS_JWT_SECRET_BASE64` is set but the secret is not base64.
+    #[error("not valid base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    /// The secret looks like JSON but is not a usable JWK or JWKS.
+    #[error("not a usable JWK or JWKS: {0}")]
+    Jwk(String),
+    /// The secret is empty.
+    #[error("must not be empty")]
+    Empty,
+}
+
+struct JwkKey {
+    kid: Option<String>,
+    algorithm: Option<Algorithm>,
+    key: DecodingKey,
+}
+
+/// Verification keys built from `PGWS_JWT_SECRET`.
+pub struct Keys {
+    hmac: Option<DecodingKey>,
+    jwks: Vec<JwkKey>,
+}
+
+impl Keys {
+    /// Build keys from the secret's bytes.
+    pub fn from_secret(secret: &[u8], base64: bool) -> Result<Keys, KeyError> {
+        if secret.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if base64 {
+            let text: Vec<u8> = secret
+                .iter()
+                .copied()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(&text)
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&text))?;
+            return Ok(Keys::hmac(&raw));
+        }
+        let trimmed = String::from_utf8_lossy(secret);
+        let trimmed = trimmed.trim();
+        if trimmed.starts_with('{') {
+            return Keys::from_json(trimmed);
+        }
+        Ok(Keys::hmac(secret))
+    }
+
+    fn hmac(secret: &[u8]) -> Keys {
+        Keys {
+            hmac: Some(DecodingKey::from_secret(secret)),
+            jwks: Vec::new(),
+        }
+    }
+
+    fn from_json(json: &str) -> Result<Keys, KeyError> {
+        let value: Value = serde_json::from_str(json).map_err(|e| KeyError::Jwk(e.to_string()))?;
+        let jwks: Vec<Jwk> = if value.get("keys").is_some() {
+            let set: JwkSet =
+                serde_json::from_value(value).map_err(|e| KeyError::Jwk(e.to_string()))?;
+            set.keys
+        } else {
+            vec![serde_json::from_value(value).map_err(|e| KeyError::Jwk(e.to_string()))?]
+        };
+        let keys = jwks
+            .iter()
+            .map(|jwk| {
+                Ok(JwkKey {
+                    kid: jwk.common.key_id.clone(),
+                    algorithm: jwk
+                        .common
+                        .key_algorithm
+                        .and_then(|a| a.to_string().parse::<Algorithm>().ok()),
+                    key: DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Jwk(e.to_string()))?,
+                })
+            })
+            .collect::<Result<Vec<_>, KeyError>>()?;
+        if keys.is_empty() {
+            return Err(KeyError::Jwk("the key set is empty".into()));
+        }
+        Ok(Keys {
+            hmac: None,
+            jwks: keys,
+        })
+    }
+
+    /// Verify `token` and return its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, Refusal> {
+        let header = jsonwebtoken::decode_header(token).map_err(token_error)?;
+        let mut validation = Validation::new(header.alg);
+        validation.required_spec_claims.clear();
+        validation.leeway = 0;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+
+        let candidates = self.candidates(header.alg, header.kid.as_deref());
+        if candidates.is_empty() {
+            return Err(Refusal::InvalidToken(match header.kid {
+                Some(kid) => format!("No key for kid {kid:?} and algorithm {:?}", header.alg),
+                None => format!("No key for algorithm {:?}", header.alg),
+            }));
+        }
+        let mut last = None;
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .map(token_error)
+            .unwrap_or(Refusal::InvalidToken("InvalidSignature".into())))
+    }
+
+    fn candidates(&self, alg: Algorithm, kid: Option<&str>) -> Vec<&DecodingKey> {
+        if let Some(key) = &self.hmac {
+            return if family_matches(key, alg) {
+                vec![key]
+            } else {
+                Vec::new()
+            };
+        }
+        self.jwks
+            .iter()
+            .filter(|k| kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
+            .filter(|k| k.algorithm.is_none_or(|a| a == alg))
+            .filter(|k| family_matches(&k.key, alg))
+            .map(|k| &k.key)
+            .collect()
+    }
+}
+
+fn family_matches(key: &DecodingKey, alg: Algorithm) -> bool {
+    key.family() == alg.family()
+}
+
+fn token_error(e: jsonwebtoken::errors::Error) -> Refusal {
+    match e.kind() {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature => Refusal::TokenExpired,
+        _ => Refusal::InvalidToken(e.to_string()),
+    }
+}
+
+/// Decide what a verified token allows, given the channel named in the URL.
+pub fn authorize(claims: Claims, requested: Option<&str>) -> Result<Grant, Refusal> {
+    let allowed = claim_channels(&claims)?;
+    let mode = match claims.get("mode") {
+        None => return Err(Refusal::MissingMode),
+        Some(Value::String(m)) => match m.as_str() {
+            "r" => Mode::Read,
+            "w" => Mode::Write,
+            "rw" | "wr" => Mode::ReadWrite,
+            _ => return Err(Refusal::InvalidMode),
+        },
+        Some(_) => return Err(Refusal::InvalidMode),
+    };
+    let channels = match requested {
+        // No channel claims: any channel named in the URL.
+        Some(channel) if allowed.is_empty() => vec![channel.to_string()],
+        Some(channel) => allowed.into_iter().filter(|c| c == channel).collect(),
+        None => allowed,
+    };
+    if channels.is_empty() {
+        return Err(Refusal::NoAllowedChannels);
+    }
+    let expires_at = claims.get("exp").and_then(Value::as_f64);
+    Ok(Grant {
+        mode,
+        channels,
+        claims,
+        expires_at,
+    })
+}
+
+/// `channel` and `channels` merged, `channel` first, duplicates removed.
+fn claim_channels(claims: &Claims) -> Result<Vec<String>, Refusal> {
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |c: &str| {
+        if !out.iter().any(|o| o == c) {
+            out.push(c.to_string());
+        }
+    };
+    match claims.get("channel") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(c)) => push(c),
+        Some(_) => return Err(Refusal::InvalidChannelsClaim),
+    }
+    match claims.get("channels") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) => {
+            for c in list {
+                match c {
+                    Value::String(c) => push(c),
+                    _ => return Err(Refusal::InvalidChannelsClaim),
+                }
+            }
+        }
+        Some(_) => return Err(Refusal::InvalidChannelsClaim),
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,503 @@
+//! Configuration: every `PGWS_*` variable is read here and nowhere else.
+//!
+//! Sources, later ones winning: built-in defaults, an optional TOML file given
+//! with `--config` (keys are the variable names without the `PGWS_` prefix,
+//! lower-cased: `db_uri = "…"`), then the environment. The merge is figment's;
+//! values are taken as text and parsed here so that every error names the
+//! variable (`PGWS_PORT: expected a port number (0-65535), got "abc"`).
+//!
+//! Variables whose value starts with `@` are read from that file where the
+//! original allowed it (`PGWS_DB_URI`, `PGWS_JWT_SECRET`).
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::Value;
+use figment::Figment;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One configuration variable: its name, default (as text) and meaning.
+#[derive(Debug, Clone, Copy)]
+pub struct Var {
+    /// The environment variable's name.
+    pub name: &'static str,
+    /// The default, as it would be written in the environment; `None`: unset.
+    pub default: Option<&'static str>,
+    /// A one-line description, mirrored in `docs/configuration.md`.
+    pub doc: &'static str,
+}
+
+macro_rules! vars {
+    ($($id:ident = $name:literal, $default:expr, $doc:literal;)*) => {
+        $(#[doc = $doc] pub const $id: &str = $name;)*
+        /// Every variable the gateway reads.
+        pub const VARS: &[Var] = &[$(Var { name: $name, default: $default, doc: $doc }),*];
+    };
+}
+
+vars! {
+    DB_URI = "PGWS_DB_URI", None, "libpq URI or key/value string of the database; `@path` reads it from a file. Required in standalone mode.";
+    JWT_SECRET = "PGWS_JWT_SECRET", None, "HMAC secret, a JWK or a JWKS (`{\"keys\":[…]}`); `@path` reads it from a file. Required.";
+    JWT_SECRET_BASE64 = "PGWS_JWT_SECRET_BASE64", Some("false"), "The secret is base64-encoded (`true`/`True`/`false`/`False`).";
+    HOST = "PGWS_HOST", Some("*4"), "Public listen address: `*`, `*4`, `!4`, `*6`, `!6`, an IP or a host name.";
+    PORT = "PGWS_PORT", Some("3000"), "Public listen port (`0` picks a free one and logs it).";
+    LISTEN_CHANNEL = "PGWS_LISTEN_CHANNEL", Some("postgres-websockets-listener"), "The one database channel the gateway LISTENs and NOTIFYs on.";
+    META_CHANNEL = "PGWS_META_CHANNEL", None, "When set, ConnectionOpen/ConnectionClose events are sent on this websocket channel.";
+    ROOT_PATH = "PGWS_ROOT_PATH", None, "Directory of static files served on plain HTTP GET (index.html, no listings).";
+    POOL_SIZE = "PGWS_POOL_SIZE", Some("10"), "Number of PostgreSQL connections sending NOTIFY.";
+    RETRIES = "PGWS_RETRIES", Some("5"), "Retries of the first listener connection (backoff 1, 2, 4 … 32 s).";
+    CHECK_LISTENER_INTERVAL = "PGWS_CHECK_LISTENER_INTERVAL", None, "Milliseconds; set: probe and self-heal the listener; unset: exit non-zero when it dies.";
+    CERTIFICATE_FILE = "PGWS_CERTIFICATE_FILE", None, "PEM certificate chain; with PGWS_KEY_FILE enables TLS (wss/https).";
+    KEY_FILE = "PGWS_KEY_FILE", None, "PEM private key; with PGWS_CERTIFICATE_FILE enables TLS.";
+    ADMIN_HOST = "PGWS_ADMIN_HOST", Some("127.0.0.1"), "Admin listen address (/healthz, /readyz, /metrics); same forms as PGWS_HOST.";
+    ADMIN_PORT = "PGWS_ADMIN_PORT", Some("3001"), "Admin listen port; `off` disables the admin listener.";
+    MAX_MESSAGE_SIZE = "PGWS_MAX_MESSAGE_SIZE", Some("65536"), "Largest websocket message accepted from a client, in bytes; larger: close 1009.";
+    MAX_CONNECTIONS = "PGWS_MAX_CONNECTIONS", Some("0"), "Most open websockets per process; `0` is unlimited. Beyond it: HTTP 503.";
+    SEND_QUEUE_SIZE = "PGWS_SEND_QUEUE_SIZE", Some("1024"), "Messages queued for one socket before it is closed as a slow consumer (3008).";
+    WRITE_QUEUE_SIZE = "PGWS_WRITE_QUEUE_SIZE", Some("10000"), "Client messages queued for NOTIFY per pool connection before writers wait.";
+    WRITE_TIMEOUT = "PGWS_WRITE_TIMEOUT", Some("5000"), "Milliseconds a writer waits for room in a full NOTIFY queue before close 1013.";
+    PING_INTERVAL = "PGWS_PING_INTERVAL", Some("30"), "Seconds between pings; a peer silent for two intervals is dropped. `0` disables.";
+    ALLOWED_ORIGINS = "PGWS_ALLOWED_ORIGINS", None, "Comma-separated Origin allow-list for websocket upgrades; unset allows any.";
+    SHUTDOWN_TIMEOUT = "PGWS_SHUTDOWN_TIMEOUT", Some("10000"), "Milliseconds allowed for the graceful drain after SIGTERM.";
+    LOG_FORMAT = "PGWS_LOG_FORMAT", Some("text"), "`text` or `json`.";
+    LOG_LEVEL = "PGWS_LOG_LEVEL", Some("info"), "A tracing filter: `info`, `debug`, `pgws_gateway=debug,info` …";
+    REDIS_URL = "PGWS_REDIS_URL", None, "Cluster mode: the Redis URL. Unset: standalone mode.";
+}
+
+/// A configuration error: always names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    /// The offending variable.
+    pub variable: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn err(variable: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable: variable.to_string(),
+        message: message.into(),
+    }
+}
+
+/// A listen address in the original's notation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// `*`, `*6`: every address, IPv6 and IPv4 (dual stack).
+    AnyDualStack,
+    /// `*4`, `!4`: every IPv4 address.
+    AnyV4,
+    /// `!6`: every IPv6 address, IPv6 only.
+    AnyV6Only,
+    /// A literal address.
+    Ip(IpAddr),
+    /// A name to resolve.
+    Name(String),
+}
+
+impl Host {
+    fn parse(variable: &str, text: &str) -> Result<Host, ConfigError> {
+        Ok(match text.trim() {
+            "*" | "*6" => Host::AnyDualStack,
+            "*4" | "!4" => Host::AnyV4,
+            "!6" => Host::AnyV6Only,
+            "" => return Err(err(variable, "must not be empty")),
+            other => match other
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+            {
+                Ok(ip) => Host::Ip(ip),
+                Err(_) => Host::Name(other.to_string()),
+            },
+        })
+    }
+
+    /// The IP to bind when no name resolution is needed.
+    pub fn literal(&self) -> Option<IpAddr> {
+        match self {
+            Host::AnyDualStack | Host::AnyV6Only => Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+            Host::AnyV4 => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            Host::Ip(ip) => Some(*ip),
+            Host::Name(_) => None,
+        }
+    }
+}
+
+/// Where a listener binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddr {
+    /// The host preference.
+    pub host: Host,
+    /// The port; 0 picks a free one.
+    pub port: u16,
+}
+
+/// The JWT key material, before it is turned into keys by `auth`.
+#[derive(Debug, Clone)]
+pub struct JwtSecret {
+    /// The raw secret text or bytes (a JWK/JWKS is JSON text).
+    pub secret: Vec<u8>,
+    /// Whether `secret` is base64 to decode.
+    pub base64: bool,
+}
+
+/// TLS certificate and key files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub certificate: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Emit JSON lines instead of text.
+    pub json: bool,
+    /// The tracing filter.
+    pub level: String,
+}
+
+/// Websocket session limits.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Largest message from a client.
+    pub max_message_size: usize,
+    /// Per-socket send queue length.
+    pub send_queue: usize,
+    /// Ping period; `None` disables pings.
+    pub ping_interval: Option<Duration>,
+    /// How long a writer waits for room in the NOTIFY queue.
+    pub write_timeout: Duration,
+}
+
+/// The database side in standalone mode.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// The parsed connection settings.
+    pub db: tokio_postgres::Config,
+    /// NOTIFY connections.
+    pub pool_size: usize,
+    /// Listener connection retries.
+    pub retries: u32,
+    /// Listener probe and self-heal period.
+    pub check_listener_interval: Option<Duration>,
+    /// Queue length per NOTIFY connection.
+    pub write_queue_size: usize,
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Database settings (standalone mode).
+    pub database: DatabaseConfig,
+    /// JWT key material.
+    pub jwt: JwtSecret,
+    /// Public listener.
+    pub public: ListenAddr,
+    /// Admin listener; `None` when disabled.
+    pub admin: Option<ListenAddr>,
+    /// TLS for the public listener.
+    pub tls: Option<TlsFiles>,
+    /// The database channel.
+    pub listen_channel: String,
+    /// Meta events channel.
+    pub meta_channel: Option<String>,
+    /// Static files directory.
+    pub root_path: Option<PathBuf>,
+    /// Most open websockets; 0 is unlimited.
+    pub max_connections: usize,
+    /// Origin allow-list; `None` allows any.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Per-socket limits.
+    pub session: SessionLimits,
+    /// Graceful drain budget.
+    pub shutdown_timeout: Duration,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The raw, merged sources: variable name → text.
+#[derive(Debug, Default)]
+pub struct Sources(BTreeMap<String, String>);
+
+impl Sources {
+    /// Merge the optional TOML file with the process environment.
+    pub fn load(config_file: Option<&Path>) -> Result<Sources, ConfigError> {
+        Sources::merge(config_file, std::env::vars())
+    }
+
+    /// Merge the optional TOML file with `env` (environment wins).
+    pub fn merge(
+        config_file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Sources, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = config_file {
+            if !path.is_file() {
+                return Err(err("--config", format!("no such file: {}", path.display())));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // Environment values are kept as text (figment's own Env provider
+        // would parse `{"kty":…}` JWKs into dictionaries).
+        let env: BTreeMap<String, String> = env
+            .filter_map(|(k, v)| {
+                k.strip_prefix("PGWS_")
+                    .map(|rest| (rest.to_ascii_lowercase(), v))
+            })
+            .collect();
+        figment = figment.merge(Serialized::defaults(env));
+        let merged: BTreeMap<String, Value> = figment
+            .extract()
+            .map_err(|e| err("--config", format!("cannot read the configuration: {e}")))?;
+        let mut out = BTreeMap::new();
+        for (key, value) in merged {
+            let name = format!("PGWS_{}", key.to_ascii_uppercase());
+            let text = match value {
+                Value::String(_, s) => s,
+                Value::Num(_, n) => match (n.to_u128(), n.to_i128(), n.to_f64()) {
+                    (Some(u), _, _) => u.to_string(),
+                    (_, Some(i), _) => i.to_string(),
+                    (_, _, Some(f)) => f.to_string(),
+                    _ => return Err(err(&name, "is not a usable number")),
+                },
+                Value::Bool(_, b) => b.to_string(),
+                _ => return Err(err(&name, "must be a string, number or boolean")),
+            };
+            out.insert(name, text);
+        }
+        Ok(Sources(out))
+    }
+
+    /// Build from explicit pairs (tests).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Sources {
+        Sources(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    /// Variables that look like ours but are not known: likely typos.
+    pub fn unknown(&self) -> Vec<String> {
+        self.0
+            .keys()
+            .filter(|k| !VARS.iter().any(|v| v.name == k.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    fn get(&self, name: &str) -> Option<String> {
+        let set = self.0.get(name).filter(|v| !v.is_empty()).cloned();
+        set.or_else(|| {
+            VARS.iter()
+                .find(|v| v.name == name)
+                .and_then(|v| v.default)
+                .map(str::to_string)
+        })
+    }
+
+    fn required(&self, name: &str) -> Result<String, ConfigError> {
+        self.get(name).ok_or_else(|| err(name, "is required"))
+    }
+
+    fn parsed<T: std::str::FromStr>(&self, name: &str, expected: &str) -> Result<T, ConfigError> {
+        let text = self.required(name)?;
+        text.trim()
+            .parse()
+            .map_err(|_| err(name, format!("expected {expected}, got {text:?}")))
+    }
+
+    fn flag(&self, name: &str) -> Result<bool, ConfigError> {
+        let text = self.required(name)?;
+        match text.trim() {
+            "true" | "True" | "TRUE" | "1" => Ok(true),
+            "false" | "False" | "FALSE" | "0" => Ok(false),
+            _ => Err(err(name, format!("expected true or false, got {text:?}"))),
+        }
+    }
+
+    fn millis(&self, name: &str) -> Result<Option<Duration>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(_) => {
+                let ms: u64 = self.parsed(name, "a number of milliseconds")?;
+                Ok(Some(Duration::from_millis(ms)))
+            }
+        }
+    }
+
+    /// Read a value that may be `@path` (contents of the file, trailing
+    /// newline trimmed).
+    fn file_or_value(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        match self.get(name) {
+            Some(v) => match v.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path)
+                    .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+                    .map_err(|e| err(name, format!("cannot read {path}: {e}"))),
+                None => Ok(Some(v)),
+            },
+            None => Ok(None),
+        }
+    }
+}
+
+impl Config {
+    /// Validate and type every variable. `standalone` requires the database.
+    pub fn from_sources(sources: &Sources) -> Result<Config, ConfigError> {
+        if sources.get(REDIS_URL).is_some() {
+            return Err(err(
+                REDIS_URL,
+                "cluster mode is not available in this build yet; unset it to run standalone",
+            ));
+        }
+        let db_uri = sources
+            .file_or_value(DB_URI)?
+            .ok_or_else(|| err(DB_URI, "is required"))?;
+        let db = pgws_coordinator::db::parse_uri(&db_uri)
+            .map_err(|e| err(DB_URI, format!("not a valid PostgreSQL URI: {e}")))?;
+        let database = DatabaseConfig {
+            db,
+            pool_size: positive(
+                sources.parsed(POOL_SIZE, "a number of connections")?,
+                POOL_SIZE,
+            )?,
+            retries: sources.parsed(RETRIES, "a number of retries")?,
+            check_listener_interval: sources.millis(CHECK_LISTENER_INTERVAL)?,
+            write_queue_size: positive(
+                sources.parsed(WRITE_QUEUE_SIZE, "a number of messages")?,
+                WRITE_QUEUE_SIZE,
+            )?,
+        };
+        if database.check_listener_interval == Some(Duration::ZERO) {
+            return Err(err(
+                CHECK_LISTENER_INTERVAL,
+                "must be more than 0 ms (unset it to disable)",
+            ));
+        }
+        let secret = sources
+            .file_or_value(JWT_SECRET)?
+            .ok_or_else(|| err(JWT_SECRET, "is required"))?;
+        let jwt = JwtSecret {
+            secret: secret.into_bytes(),
+            base64: sources.flag(JWT_SECRET_BASE64)?,
+        };
+        let listen_channel = sources.required(LISTEN_CHANNEL)?;
+        if listen_channel.len() > pgws_protocol::limits::PG_IDENTIFIER_MAX {
+            return Err(err(
+                LISTEN_CHANNEL,
+                "longer than PostgreSQL's 63-byte identifier limit",
+            ));
+        }
+        Ok(Config {
+            database,
+            jwt,
+            public: ListenAddr {
+                host: Host::parse(HOST, &sources.required(HOST)?)?,
+                port: sources.parsed(PORT, "a port number (0-65535)")?,
+            },
+            admin: admin_addr(sources)?,
+            tls: tls_files(sources)?,
+            listen_channel,
+            meta_channel: sources.get(META_CHANNEL),
+            root_path: root_path(sources)?,
+            max_connections: sources.parsed(MAX_CONNECTIONS, "a number of connections")?,
+            allowed_origins: sources.get(ALLOWED_ORIGINS).map(|list| {
+                list.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect()
+            }),
+            session: SessionLimits {
+                max_message_size: positive(
+                    sources.parsed(MAX_MESSAGE_SIZE, "a number of bytes")?,
+                    MAX_MESSAGE_SIZE,
+                )?,
+                send_queue: positive(
+                    sources.parsed(SEND_QUEUE_SIZE, "a number of messages")?,
+                    SEND_QUEUE_SIZE,
+                )?,
+                ping_interval: match sources.parsed::<u64>(PING_INTERVAL, "a number of seconds")? {
+                    0 => None,
+                    s => Some(Duration::from_secs(s)),
+                },
+                write_timeout: sources.millis(WRITE_TIMEOUT)?.unwrap_or_default(),
+            },
+            shutdown_timeout: sources.millis(SHUTDOWN_TIMEOUT)?.unwrap_or_default(),
+            log: LogConfig {
+                json: match sources.required(LOG_FORMAT)?.as_str() {
+                    "text" => false,
+                    "json" => true,
+                    other => {
+                        return Err(err(
+                            LOG_FORMAT,
+                            format!("expected text or json, got {other:?}"),
+                        ))
+                    }
+                },
+                level: sources.required(LOG_LEVEL)?,
+            },
+        })
+    }
+}
+
+fn positive(n: usize, name: &str) -> Result<usize, ConfigError> {
+    if n == 0 {
+        Err(err(name, "must be at least 1"))
+    } else {
+        Ok(n)
+    }
+}
+
+fn admin_addr(sources: &Sources) -> Result<Option<ListenAddr>, ConfigError> {
+    let port = sources.required(ADMIN_PORT)?;
+    if matches!(port.trim(), "off" | "disabled" | "none") {
+        return Ok(None);
+    }
+    Ok(Some(ListenAddr {
+        host: Host::parse(ADMIN_HOST, &sources.required(ADMIN_HOST)?)?,
+        port: sources.parsed(ADMIN_PORT, "a port number (0-65535) or off")?,
+    }))
+}
+
+fn tls_files(sources: &Sources) -> Result<Option<TlsFiles>, ConfigError> {
+    match (sources.get(CERTIFICATE_FILE), sources.get(KEY_FILE)) {
+        (None, None) => Ok(None),
+        (Some(certificate), Some(key)) => Ok(Some(TlsFiles {
+            certificate: PathBuf::from(certificate),
+            key: PathBuf::from(key),
+        })),
+        _ => Err(err(
+            "PGWS_CERTIFICATE_FILE/PGWS_KEY_FILE",
+            "both must be set to enable TLS, or neither",
+        )),
+    }
+}
+
+fn root_path(sources: &Sources) -> Result<Option<PathBuf>, ConfigError> {
+    match sources.get(ROOT_PATH) {
+        None => Ok(None),
+        Some(path) => {
+            let path = PathBuf::from(path);
+            let canonical = path
+                .canonicalize()
+                .map_err(|e| err(ROOT_PATH, format!("{}: {e}", path.display())))?;
+            if !canonical.is_dir() {
+                return Err(err(
+                    ROOT_PATH,
+                    format!("{} is not a directory", path.display()),
+                ));
+            }
+            Ok(Some(canonical))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
