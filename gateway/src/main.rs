@@ -1,1 +1,104 @@
-fn main() {}
+//! `pgws-gateway`: reads the configuration, sets up logging and signals, and
+//! hands over to [`pgws_gateway::server::run`].
+
+use clap::Parser;
+use pgws_gateway::config::{Config, Sources};
+use pgws_gateway::server::{self, Exit};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a configuration error (sysexits' EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+/// postgres-websockets in Rust: websockets over PostgreSQL LISTEN/NOTIFY,
+/// authorised by JWT. Configured by PGWS_* environment variables (see
+/// docs/configuration.md).
+#[derive(Parser)]
+#[command(name = "pgws-gateway", version, about)]
+struct Args {
+    /// A TOML file of settings (keys: variable names without PGWS_,
+    /// lower-case); the environment overrides it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let sources = match Sources::load(args.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return config_error(&e),
+    };
+    let config = match Config::from_sources(&sources) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    init_logging(&config);
+    for name in sources.unknown() {
+        tracing::warn!(variable = %name, "unknown PGWS_ variable ignored");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(on_signal(shutdown.clone()));
+        match server::run(config, shutdown).await {
+            Ok(Exit::Clean) => ExitCode::SUCCESS,
+            Ok(Exit::ListenerLost) => ExitCode::FAILURE,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn init_logging(config: &Config) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(false).init();
+    }
+}
+
+/// Cancel `shutdown` on SIGTERM or SIGINT.
+async fn on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    shutdown.cancel();
+}

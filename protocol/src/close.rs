@@ -14,6 +14,8 @@ pub enum CloseReason {
     GoingAway,
     /// The client sent something that is not valid for this protocol.
     ProtocolError,
+    /// A message is not valid UTF-8 (it must become JSON text).
+    InvalidPayload,
     /// A frame or its NOTIFY envelope is larger than allowed.
     MessageTooBig,
     /// An unexpected server-side failure.
@@ -30,10 +32,11 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for tables and metrics initialisation.
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::Normal,
         CloseReason::GoingAway,
         CloseReason::ProtocolError,
+        CloseReason::InvalidPayload,
         CloseReason::MessageTooBig,
         CloseReason::InternalError,
         CloseReason::TryAgainLater,
@@ -48,6 +51,7 @@ impl CloseReason {
             CloseReason::Normal => 1000,
             CloseReason::GoingAway => 1001,
             CloseReason::ProtocolError => 1002,
+            CloseReason::InvalidPayload => 1007,
             CloseReason::MessageTooBig => 1009,
             CloseReason::InternalError => 1011,
             CloseReason::TryAgainLater => 1013,
@@ -63,6 +67,7 @@ impl CloseReason {
             CloseReason::Normal => "",
             CloseReason::GoingAway => "Server shutting down",
             CloseReason::ProtocolError => "Protocol error",
+            CloseReason::InvalidPayload => "Message is not valid UTF-8",
             CloseReason::MessageTooBig => "Message too big",
             CloseReason::InternalError => "Internal error",
             CloseReason::TryAgainLater => "Write queue full",
@@ -78,6 +83,7 @@ impl CloseReason {
             CloseReason::Normal => "normal",
             CloseReason::GoingAway => "going_away",
             CloseReason::ProtocolError => "protocol_error",
+            CloseReason::InvalidPayload => "invalid_payload",
             CloseReason::MessageTooBig => "message_too_big",
             CloseReason::InternalError => "internal_error",
             CloseReason::TryAgainLater => "try_again_later",

@@ -1,0 +1,69 @@
+//! The bus between sockets and the database side.
+//!
+//! Outbound (socket → database): [`Bus::publish`] queues an envelope for
+//! NOTIFY. Inbound (database → sockets) needs no method here: in standalone
+//! mode the in-process listener calls [`crate::fanout::Fanout`] directly.
+//! [`Bus::subscribe`] / [`Bus::unsubscribe`] are called on a channel's first
+//! and after its last local reader, so a cross-node bus can subscribe only
+//! to channels this node needs.
+//!
+//! Standalone mode is the only implementation so far: the embedded relay
+//! from `pgws-coordinator`.
+
+use pgws_coordinator::relay::{Relay, RelayError};
+use std::time::Duration;
+
+/// Why a message could not be queued for NOTIFY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// The queue stayed full for the whole wait.
+    #[error("the NOTIFY queue is full")]
+    Full,
+    /// The bus is shutting down.
+    #[error("the bus is closed")]
+    Closed,
+}
+
+/// The bus, by mode.
+#[derive(Clone)]
+pub enum Bus {
+    /// Standalone: the relay runs in this process.
+    Local(Relay),
+}
+
+impl Bus {
+    /// Queue `envelope` (addressed to websocket `channel`) for NOTIFY,
+    /// waiting up to `wait` for room.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        envelope: String,
+        wait: Duration,
+    ) -> Result<(), BusError> {
+        match self {
+            Bus::Local(relay) => {
+                relay
+                    .enqueue(channel, envelope, wait)
+                    .await
+                    .map_err(|e| match e {
+                        RelayError::Full => BusError::Full,
+                        RelayError::Closed => BusError::Closed,
+                    })
+            }
+        }
+    }
+
+    /// `channel` got its first local reader.
+    pub fn subscribe(&self, _channel: &str) {
+        match self {
+            Bus::Local(_) => {} // every notification already reaches this process
+        }
+    }
+
+    /// `channel` lost its last local reader.
+    pub fn unsubscribe(&self, _channel: &str) {
+        match self {
+            Bus::Local(_) => {}
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The gateway's own Prometheus metrics, in one table so names, help texts
+//! and label sets can be reviewed together. The listener and relay register
+//! theirs (from `pgws-coordinator`) into the same registry.
+//!
+//! Labels are bounded: modes, refusal reasons and close reasons — never a
+//! channel name or a user id.
+
+use crate::auth::Refusal;
+use pgws_protocol::close::CloseReason;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Why a client message did not become a NOTIFY.
+#[derive(Debug, Clone, Copy)]
+pub enum Rejection {
+    /// The socket's mode is `r`.
+    ReadOnly,
+    /// Frame over `PGWS_MAX_MESSAGE_SIZE`, or envelope over the NOTIFY limit.
+    TooLarge,
+    /// The NOTIFY queue stayed full.
+    QueueFull,
+    /// Not valid UTF-8.
+    InvalidPayload,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 4] = [
+        Rejection::ReadOnly,
+        Rejection::TooLarge,
+        Rejection::QueueFull,
+        Rejection::InvalidPayload,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Rejection::ReadOnly => "read_only",
+            Rejection::TooLarge => "too_large",
+            Rejection::QueueFull => "queue_full",
+            Rejection::InvalidPayload => "invalid_payload",
+        }
+    }
+}
+
+/// Every gateway metric.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry all of the process's metrics live in.
+    pub registry: Registry,
+    connections: IntGaugeVec,
+    accepted: IntCounter,
+    refused: IntCounterVec,
+    closed: IntCounterVec,
+    /// Frames written to sockets.
+    pub delivered: IntCounter,
+    /// Payload bytes written to sockets.
+    pub delivered_bytes: IntCounter,
+    /// Messages received from sockets (that became NOTIFYs).
+    pub received: IntCounter,
+    /// Payload bytes received from sockets.
+    pub received_bytes: IntCounter,
+    rejected: IntCounterVec,
+    /// Notification received → frame written, in seconds.
+    pub latency: Histogram,
+    /// Sockets cut off because their send queue was full.
+    pub slow_consumers: IntCounter,
+    /// Notifications for channels with no local reader.
+    pub unrouted: IntCounter,
+    /// Channels with at least one local reader.
+    pub channels: IntGauge,
+}
+
+impl Metrics {
+    /// Create the registry and register the gateway's metrics.
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let connections = IntGaugeVec::new(
+            Opts::new("pgws_connections", "Open websockets by mode"),
+            &["mode"],
+        )?;
+        let accepted = IntCounter::new(
+            "pgws_connections_accepted_total",
+            "Websocket upgrades accepted",
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "pgws_connections_refused_total",
+                "Websocket upgrades refused, by reason",
+            ),
+            &["reason"],
+        )?;
+        let closed = IntCounterVec::new(
+            Opts::new(
+                "pgws_connections_closed_total",
+                "Websockets ended, by reason",
+            ),
+            &["reason"],
+        )?;
+        let delivered = IntCounter::new(
+            "pgws_messages_delivered_total",
+            "Messages written to websockets",
+        )?;
+        let delivered_bytes = IntCounter::new(
+            "pgws_bytes_delivered_total",
+            "Payload bytes written to websockets",
+        )?;
+        let received = IntCounter::new(
+            "pgws_messages_received_total",
+            "Messages from websockets queued for NOTIFY",
+        )?;
+        let received_bytes = IntCounter::new(
+            "pgws_bytes_received_total",
+            "Payload bytes received from websockets",
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "pgws_messages_rejected_total",
+                "Messages from websockets that did not become a NOTIFY, by reason",
+            ),
+            &["reason"],
+        )?;
+        let latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "pgws_delivery_latency_seconds",
+                "From the notification reaching the gateway's process to the frame written on the socket",
+            )
+            .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+        )?;
+        let slow_consumers = IntCounter::new(
+            "pgws_slow_consumer_disconnects_total",
+            "Websockets closed (3008) because their send queue was full",
+        )?;
+        let unrouted = IntCounter::new(
+            "pgws_notifications_unrouted_total",
+            "Notifications for a channel with no reader on this node",
+        )?;
+        let channels = IntGauge::new(
+            "pgws_channels",
+            "Channels with at least one reader on this node",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("pgws_build_info", "Build information"),
+            &["version", "role"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "gateway"])
+            .set(1);
+
+        registry.register(Box::new(connections.clone()))?;
+        for c in [
+            &accepted,
+            &delivered,
+            &delivered_bytes,
+            &received,
+            &received_bytes,
+            &slow_consumers,
+            &unrouted,
+        ] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        for v in [&refused, &closed, &rejected] {
+            registry.register(Box::new(v.clone()))?;
+        }
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(channels.clone()))?;
+        registry.register(Box::new(build_info))?;
+
+        // Create every labelled series up front so dashboards see zeros.
+        for mode in ["r", "w", "rw"] {
+            connections.with_label_values(&[mode]);
+        }
+        for reason in Refusal::LABELS {
+            refused.with_label_values(&[reason]);
+        }
+        for reason in CloseReason::ALL {
+            closed.with_label_values(&[reason.label()]);
+        }
+        closed.with_label_values(&["client_closed"]);
+        closed.with_label_values(&["connection_lost"]);
+        for r in Rejection::ALL {
+            rejected.with_label_values(&[r.label()]);
+        }
+
+        Ok(Metrics {
+            registry,
+            connections,
+            accepted,
+            refused,
+            closed,
+            delivered,
+            delivered_bytes,
+            received,
+            received_bytes,
+            rejected,
+            latency,
+            slow_consumers,
+            unrouted,
+            channels,
+        })
+    }
+
+    /// An upgrade was refused; logged at debug (clients cause these).
+    pub fn refused(&self, refusal: &Refusal) {
+        tracing::debug!(reason = %refusal, status = refusal.status(), "websocket refused");
+        self.refused.with_label_values(&[refusal.label()]).inc();
+    }
+
+    /// An upgrade was accepted.
+    pub fn accepted(&self) {
+        self.accepted.inc();
+    }
+
+    /// The open-connections gauge for `mode`.
+    pub fn open(&self, mode: &str) -> IntGauge {
+        self.connections.with_label_values(&[mode])
+    }
+
+    /// A socket ended for `reason` (a close reason label, `client_closed`
+    /// or `connection_lost`).
+    pub fn closed(&self, reason: &str) {
+        self.closed.with_label_values(&[reason]).inc();
+    }
+
+    /// A client message did not become a NOTIFY.
+    pub fn rejected(&self, rejection: Rejection) {
+        self.rejected.with_label_values(&[rejection.label()]).inc();
+    }
+}

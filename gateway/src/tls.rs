@@ -1,0 +1,44 @@
+//! TLS for the public listener (rustls with the ring provider).
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::Arc;
+use tokio_rustls::TlsAcceptor;
+
+/// Why TLS could not be set up; names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file is unreadable or holds no certificate.
+    #[error("PGWS_CERTIFICATE_FILE: {0}")]
+    Certificate(String),
+    /// The key file is unreadable or holds no key.
+    #[error("PGWS_KEY_FILE: {0}")]
+    Key(String),
+    /// rustls refused the pair.
+    #[error("PGWS_CERTIFICATE_FILE/PGWS_KEY_FILE: {0}")]
+    Pair(#[from] rustls::Error),
+}
+
+/// Build an acceptor from PEM files.
+pub fn acceptor(certificate: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
+        .map_err(|e| TlsError::Certificate(format!("{}: {e}", certificate.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Certificate(format!("{}: {e}", certificate.display())))?;
+    if chain.is_empty() {
+        return Err(TlsError::Certificate(format!(
+            "{}: no certificate found",
+            certificate.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError::Key(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
