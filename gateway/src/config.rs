@@ -56,6 +56,7 @@ vars! {
     MAX_CONNECTIONS = "PGWS_MAX_CONNECTIONS", Some("0"), "Most open websockets per process; `0` is unlimited. Beyond it: HTTP 503.";
     SEND_QUEUE_SIZE = "PGWS_SEND_QUEUE_SIZE", Some("1024"), "Messages queued for one socket before it is closed as a slow consumer (3008).";
     WRITE_QUEUE_SIZE = "PGWS_WRITE_QUEUE_SIZE", Some("10000"), "Client messages queued for NOTIFY per pool connection before writers wait.";
+    SEND_TIMEOUT = "PGWS_SEND_TIMEOUT", Some("10000"), "Milliseconds one frame may take to write to a socket before it is dropped as stuck.";
     WRITE_TIMEOUT = "PGWS_WRITE_TIMEOUT", Some("5000"), "Milliseconds a writer waits for room in a full NOTIFY queue before close 1013.";
     PING_INTERVAL = "PGWS_PING_INTERVAL", Some("30"), "Seconds between pings; a peer silent for two intervals is dropped. `0` disables.";
     ALLOWED_ORIGINS = "PGWS_ALLOWED_ORIGINS", None, "Comma-separated Origin allow-list for websocket upgrades; unset allows any.";
@@ -173,6 +174,8 @@ pub struct SessionLimits {
     pub ping_interval: Option<Duration>,
     /// How long a writer waits for room in the NOTIFY queue.
     pub write_timeout: Duration,
+    /// How long one frame may take to write before the socket is dropped.
+    pub send_timeout: Duration,
 }
 
 /// The database side in standalone mode.
@@ -428,6 +431,7 @@ impl Config {
                     s => Some(Duration::from_secs(s)),
                 },
                 write_timeout: sources.millis(WRITE_TIMEOUT)?.unwrap_or_default(),
+                send_timeout: sources.millis(SEND_TIMEOUT)?.unwrap_or_default(),
             },
             shutdown_timeout: sources.millis(SHUTDOWN_TIMEOUT)?.unwrap_or_default(),
             log: LogConfig {

@@ -193,6 +193,7 @@ where
             shutdown: ctx.shutdown.clone(),
             expires_at: grant.expires_at.map(instant_of_unix),
             ping_interval: ctx.limits.ping_interval,
+            send_timeout: ctx.limits.send_timeout,
             epoch,
             last_seen,
             metrics: ctx.metrics.clone(),

@@ -30,6 +30,8 @@ pub struct WriterContext {
     pub expires_at: Option<Instant>,
     /// Keep-alive period.
     pub ping_interval: Option<Duration>,
+    /// Longest time one frame may take to write.
+    pub send_timeout: Duration,
     /// Base of `last_seen`.
     pub epoch: Instant,
     /// Milliseconds since `epoch` of the last frame received.
@@ -43,27 +45,70 @@ pub async fn run<W>(mut write: WebSocketWrite<W>, mut wc: WriterContext) -> Sess
 where
     W: AsyncWrite + Unpin,
 {
-    let end = loop_until_end(&mut write, &mut wc).await;
-    match end {
+    match loop_until_end(&mut write, &mut wc).await {
         Ok(end) => {
             if let SessionEnd::Closed(reason) = end {
-                let _ = send_close(&mut write, reason).await;
+                let _ = tokio::time::timeout(wc.send_timeout, send_close(&mut write, reason)).await;
             }
             end
         }
-        Err(_) => SessionEnd::ConnectionLost,
+        // A write that stalls past the send timeout: the peer is stuck, and
+        // not even a close frame could get through. Drop the connection.
+        Err(WriteFailure::Stalled) => match wc.control.reason() {
+            Some(reason) => SessionEnd::Closed(reason),
+            None => SessionEnd::Closed(CloseReason::SlowConsumer),
+        },
+        Err(WriteFailure::Socket(e)) => {
+            tracing::debug!(error = %e, "websocket write failed");
+            SessionEnd::ConnectionLost
+        }
+    }
+}
+
+/// Why writing stopped early.
+enum WriteFailure {
+    /// The socket failed.
+    Socket(WebSocketError),
+    /// One frame took longer than the send timeout.
+    Stalled,
+}
+
+impl From<WebSocketError> for WriteFailure {
+    fn from(e: WebSocketError) -> Self {
+        WriteFailure::Socket(e)
+    }
+}
+
+/// Write one frame (and flush) within `limit`.
+async fn write_within<W>(
+    write: &mut WebSocketWrite<W>,
+    frame: Frame<'_>,
+    limit: Duration,
+) -> Result<(), WriteFailure>
+where
+    W: AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(limit, async {
+        write.write_frame(frame).await?;
+        write.flush().await
+    })
+    .await
+    {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(WriteFailure::Stalled),
     }
 }
 
 async fn loop_until_end<W>(
     write: &mut WebSocketWrite<W>,
     wc: &mut WriterContext,
-) -> Result<SessionEnd, WebSocketError>
+) -> Result<SessionEnd, WriteFailure>
 where
     W: AsyncWrite + Unpin,
 {
-    let expiry = async {
-        match wc.expires_at {
+    let expires_at = wc.expires_at;
+    let expiry = async move {
+        match expires_at {
             Some(at) => tokio::time::sleep_until(at.into()).await,
             None => std::future::pending().await,
         }
@@ -84,12 +129,11 @@ where
             }
             event = wc.events.recv() => match event {
                 Some(ReaderEvent::Ping(payload)) => {
-                    write.write_frame(Frame::pong(Payload::Owned(payload))).await?;
-                    write.flush().await?;
+                    write_within(write, Frame::pong(Payload::Owned(payload)), wc.send_timeout).await?;
                 }
                 Some(ReaderEvent::ClientClosed) => {
                     // Echo the close handshake with a normal closure.
-                    let _ = send_close(write, CloseReason::Normal).await;
+                    let _ = tokio::time::timeout(wc.send_timeout, send_close(write, CloseReason::Normal)).await;
                     return Ok(SessionEnd::ClientClosed);
                 }
                 Some(ReaderEvent::Fail(reason)) => return Ok(SessionEnd::Closed(reason)),
@@ -103,11 +147,11 @@ where
                         return Ok(SessionEnd::Closed(CloseReason::PingTimeout));
                     }
                 }
-                write.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await?;
-                write.flush().await?;
+                let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]));
+                write_within(write, ping, wc.send_timeout).await?;
             }
             delivery = wc.queue.recv(), if queue_open => match delivery {
-                Some(first) => write_burst(write, &mut wc.queue, first, &wc.metrics).await?,
+                Some(first) => write_burst(write, wc, first).await?,
                 None => queue_open = false,
             },
         }
@@ -115,35 +159,39 @@ where
 }
 
 /// Write `first` and whatever else is already queued (up to a burst), then
-/// flush once.
+/// flush once. Stops early when the socket has been told to close.
 async fn write_burst<W>(
     write: &mut WebSocketWrite<W>,
-    queue: &mut mpsc::Receiver<Delivery>,
+    wc: &mut WriterContext,
     first: Delivery,
-    metrics: &Metrics,
-) -> Result<(), WebSocketError>
+) -> Result<(), WriteFailure>
 where
     W: AsyncWrite + Unpin,
 {
     let mut next = Some(first);
     let mut written = 0;
     while let Some(delivery) = next.take() {
-        write
-            .write_frame(Frame::text(Payload::Borrowed(&delivery.payload)))
-            .await?;
-        metrics.delivered.inc();
-        metrics
+        let frame = Frame::text(Payload::Borrowed(&delivery.payload));
+        match tokio::time::timeout(wc.send_timeout, write.write_frame(frame)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(WriteFailure::Stalled),
+        }
+        wc.metrics.delivered.inc();
+        wc.metrics
             .delivered_bytes
             .inc_by(delivery.payload.len() as u64);
-        metrics
+        wc.metrics
             .latency
             .observe(delivery.received_at.elapsed().as_secs_f64());
         written += 1;
-        if written < WRITE_BURST {
-            next = queue.try_recv().ok();
+        if written < WRITE_BURST && wc.control.reason().is_none() {
+            next = wc.queue.try_recv().ok();
         }
     }
-    write.flush().await
+    match tokio::time::timeout(wc.send_timeout, write.flush()).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(WriteFailure::Stalled),
+    }
 }
 
 async fn send_close<W>(
