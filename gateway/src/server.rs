@@ -120,6 +120,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
 
     let stop_accepting = CancellationToken::new();
+    let stop_admin = CancellationToken::new(); // admin answers until the very end
     let http_task = tokio::spawn(http::serve(
         public,
         tls,
@@ -132,7 +133,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             listener: state_rx,
             draining: drain.clone(),
         });
-        tokio::spawn(admin::serve(l, state, stop_accepting.clone()))
+        tokio::spawn(admin::serve(l, state, stop_admin.clone()))
     });
 
     let exit = tokio::select! {
@@ -185,6 +186,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if !listener_task.is_finished() {
         let _ = listener_task.await;
     }
+    stop_admin.cancel();
     if let Some(task) = admin_task {
         let _ = task.await;
     }

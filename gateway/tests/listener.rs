@@ -28,7 +28,10 @@ async fn wait_backend(db: &tokio_postgres::Client, channel: &str, not: Option<i3
                 return *pid;
             }
         }
-        assert!(Instant::now() < deadline, "no single listener backend: {found:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no single listener backend: {found:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -56,12 +59,17 @@ async fn pg_stat_activity_shows_the_listen_and_application_names() {
 
 #[tokio::test]
 async fn a_killed_listener_is_replaced_and_sockets_keep_receiving() {
-    let gw = Gateway::builder().env("PGWS_CHECK_LISTENER_INTERVAL", "500").start().await;
+    let gw = Gateway::builder()
+        .env("PGWS_CHECK_LISTENER_INTERVAL", "500")
+        .start()
+        .await;
     let chat = unique("chat");
     let mut ws = connect(&gw.url(&format!("{chat}/{}", token(json!({"mode":"r"}))))).await;
     let db = db().await;
     let old = wait_backend(&db, &gw.listen_channel, None).await;
-    db.execute("SELECT pg_terminate_backend($1)", &[&old]).await.expect("terminate");
+    db.execute("SELECT pg_terminate_backend($1)", &[&old])
+        .await
+        .expect("terminate");
     let new = wait_backend(&db, &gw.listen_channel, Some(old)).await;
     assert_ne!(old, new);
     gw.wait_metric("pgws_listener_reconnects_total", 1.0).await;
@@ -69,7 +77,11 @@ async fn a_killed_listener_is_replaced_and_sockets_keep_receiving() {
     gw.wait_ready().await;
     let payload = format!(r#"{{"channel":"{chat}","payload":"after"}}"#);
     notify(&db, &gw.listen_channel, &payload).await;
-    assert_eq!(next_text(&mut ws).await, payload, "the same socket receives again");
+    assert_eq!(
+        next_text(&mut ws).await,
+        payload,
+        "the same socket receives again"
+    );
 }
 
 #[tokio::test]
@@ -78,10 +90,16 @@ async fn without_self_healing_a_lost_listener_exits_non_zero() {
     let mut ws = connect(&gw.url(&format!("chat/{}", token(json!({"mode":"r"}))))).await;
     let db = db().await;
     let pid = wait_backend(&db, &gw.listen_channel, None).await;
-    db.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.expect("terminate");
+    db.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .expect("terminate");
     let status = gw.wait_exit(WAIT).await;
     assert_eq!(status.code(), Some(1));
-    assert_eq!(expect_close(&mut ws).await.0, 1001, "sockets are closed, not dropped");
+    assert_eq!(
+        expect_close(&mut ws).await.0,
+        1001,
+        "sockets are closed, not dropped"
+    );
 }
 
 #[tokio::test]
@@ -97,8 +115,16 @@ async fn retries_are_exhausted_then_the_process_exits() {
     let status = gw.wait_exit(WAIT).await;
     assert_eq!(status.code(), Some(1));
     // Two retries: waits of 1 s and 2 s.
-    assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
-    assert!(gw.log_text().contains("could not LISTEN after 3 attempts"), "{}", gw.log_text());
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        gw.log_text().contains("could not LISTEN after 3 attempts"),
+        "{}",
+        gw.log_text()
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,36 @@
+//! The admin endpoint's metrics reflect what happened.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn metrics_count_connections_messages_and_bytes() {
+    let gw = Gateway::start().await;
+    let chat = unique("chat");
+    let mut ws = connect(&gw.url(&format!("{chat}/{}", token(json!({"mode":"rw"}))))).await;
+    gw.wait_metric("pgws_connections{mode=\"rw\"}", 1.0).await;
+    send(&mut ws, "ping-pong").await;
+    next_text(&mut ws).await; // loop-back
+    let text = gw.metrics().await;
+    assert_eq!(metric_value(&text, "pgws_connections_accepted_total"), 1.0);
+    assert_eq!(metric_value(&text, "pgws_messages_received_total"), 1.0);
+    assert_eq!(metric_value(&text, "pgws_bytes_received_total"), 9.0);
+    assert_eq!(metric_value(&text, "pgws_messages_delivered_total"), 1.0);
+    assert!(metric_value(&text, "pgws_bytes_delivered_total") > 9.0);
+    assert_eq!(metric_value(&text, "pgws_notify_sent_total"), 1.0);
+    assert_eq!(metric_value(&text, "pgws_listener_up"), 1.0);
+    assert_eq!(
+        metric_value(&text, "pgws_delivery_latency_seconds_count"),
+        1.0
+    );
+    assert!(text.contains("pgws_build_info{"), "{text}");
+    ws.close(None).await.expect("close");
+    gw.wait_metric(
+        "pgws_connections_closed_total{reason=\"client_closed\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(gw.metric("pgws_connections{mode=\"rw\"}").await, 0.0);
+}
