@@ -154,6 +154,9 @@ impl Relay {
         wait: Duration,
     ) -> Result<(), RelayError> {
         let shard = &self.shards[shard_for(channel, self.shards.len())];
+        // Count first: the worker may dequeue (and decrement) before
+        // `send` even returns.
+        self.metrics.queue_depth.inc();
         let sent = match shard.try_send(envelope) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(RelayError::Closed),
@@ -165,8 +168,8 @@ impl Relay {
                 }
             }
         };
-        if sent.is_ok() {
-            self.metrics.queue_depth.inc();
+        if sent.is_err() {
+            self.metrics.queue_depth.dec();
         }
         sent
     }
