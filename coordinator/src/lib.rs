@@ -7,15 +7,20 @@
 //!
 //! # Layout
 //!
+//! * [`admin`] — `/healthz`, `/readyz`, `/metrics` on their own port.
 //! * [`db`] — opening PostgreSQL connections that say who they are
 //!   (`application_name`).
 //! * [`backoff`] — the retry schedule shared by every reconnect loop.
 //! * [`listener`] — the supervised `LISTEN` connection: connects with retries,
 //!   detects a dead backend, reconnects (self-healing) or reports the loss.
+//! * [`settings`] — how both binaries read `PGWS_*` variables; binding
+//!   listeners; logging.
 //! * [`relay`] — turns queued envelopes into `pg_notify` calls, batched per
 //!   transaction, sharded by channel so per-channel order is kept.
 
+pub mod admin;
 pub mod backoff;
 pub mod db;
 pub mod listener;
 pub mod relay;
+pub mod settings;

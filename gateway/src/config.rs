@@ -9,34 +9,12 @@
 //! Variables whose value starts with `@` are read from that file where the
 //! original allowed it (`PGWS_DB_URI`, `PGWS_JWT_SECRET`).
 
-use figment::providers::{Format, Serialized, Toml};
-use figment::value::Value;
-use figment::Figment;
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use pgws_coordinator::settings::{err, listen_addr, positive};
+pub use pgws_coordinator::settings::{ConfigError, Host, ListenAddr, Sources};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// One configuration variable: its name, default (as text) and meaning.
-#[derive(Debug, Clone, Copy)]
-pub struct Var {
-    /// The environment variable's name.
-    pub name: &'static str,
-    /// The default, as it would be written in the environment; `None`: unset.
-    pub default: Option<&'static str>,
-    /// A one-line description, mirrored in `docs/configuration.md`.
-    pub doc: &'static str,
-}
-
-macro_rules! vars {
-    ($($id:ident = $name:literal, $default:expr, $doc:literal;)*) => {
-        $(#[doc = $doc] pub const $id: &str = $name;)*
-        /// Every variable the gateway reads.
-        pub const VARS: &[Var] = &[$(Var { name: $name, default: $default, doc: $doc }),*];
-    };
-}
-
-vars! {
+pgws_coordinator::vars! {
     DB_URI = "PGWS_DB_URI", None, "libpq URI or key/value string of the database; `@path` reads it from a file. Required in standalone mode.";
     JWT_SECRET = "PGWS_JWT_SECRET", None, "HMAC secret, a JWK or a JWKS (`{\"keys\":[…]}`); `@path` reads it from a file. Required.";
     JWT_SECRET_BASE64 = "PGWS_JWT_SECRET_BASE64", Some("false"), "The secret is base64-encoded (`true`/`True`/`false`/`False`).";
@@ -64,76 +42,6 @@ vars! {
     LOG_FORMAT = "PGWS_LOG_FORMAT", Some("text"), "`text` or `json`.";
     LOG_LEVEL = "PGWS_LOG_LEVEL", Some("info"), "A tracing filter: `info`, `debug`, `pgws_gateway=debug,info` …";
     REDIS_URL = "PGWS_REDIS_URL", None, "Cluster mode: the Redis URL. Unset: standalone mode.";
-}
-
-/// A configuration error: always names the variable.
-#[derive(Debug, thiserror::Error)]
-#[error("{variable}: {message}")]
-pub struct ConfigError {
-    /// The offending variable.
-    pub variable: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-fn err(variable: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        variable: variable.to_string(),
-        message: message.into(),
-    }
-}
-
-/// A listen address in the original's notation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Host {
-    /// `*`, `*6`: every address, IPv6 and IPv4 (dual stack).
-    AnyDualStack,
-    /// `*4`, `!4`: every IPv4 address.
-    AnyV4,
-    /// `!6`: every IPv6 address, IPv6 only.
-    AnyV6Only,
-    /// A literal address.
-    Ip(IpAddr),
-    /// A name to resolve.
-    Name(String),
-}
-
-impl Host {
-    fn parse(variable: &str, text: &str) -> Result<Host, ConfigError> {
-        Ok(match text.trim() {
-            "*" | "*6" => Host::AnyDualStack,
-            "*4" | "!4" => Host::AnyV4,
-            "!6" => Host::AnyV6Only,
-            "" => return Err(err(variable, "must not be empty")),
-            other => match other
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-            {
-                Ok(ip) => Host::Ip(ip),
-                Err(_) => Host::Name(other.to_string()),
-            },
-        })
-    }
-
-    /// The IP to bind when no name resolution is needed.
-    pub fn literal(&self) -> Option<IpAddr> {
-        match self {
-            Host::AnyDualStack | Host::AnyV6Only => Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
-            Host::AnyV4 => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            Host::Ip(ip) => Some(*ip),
-            Host::Name(_) => None,
-        }
-    }
-}
-
-/// Where a listener binds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenAddr {
-    /// The host preference.
-    pub host: Host,
-    /// The port; 0 picks a free one.
-    pub port: u16,
 }
 
 /// The JWT key material, before it is turned into keys by `auth`.
@@ -224,133 +132,6 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-/// The raw, merged sources: variable name → text.
-#[derive(Debug, Default)]
-pub struct Sources(BTreeMap<String, String>);
-
-impl Sources {
-    /// Merge the optional TOML file with the process environment.
-    pub fn load(config_file: Option<&Path>) -> Result<Sources, ConfigError> {
-        Sources::merge(config_file, std::env::vars())
-    }
-
-    /// Merge the optional TOML file with `env` (environment wins).
-    pub fn merge(
-        config_file: Option<&Path>,
-        env: impl Iterator<Item = (String, String)>,
-    ) -> Result<Sources, ConfigError> {
-        let mut figment = Figment::new();
-        if let Some(path) = config_file {
-            if !path.is_file() {
-                return Err(err("--config", format!("no such file: {}", path.display())));
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        // Environment values are kept as text (figment's own Env provider
-        // would parse `{"kty":…}` JWKs into dictionaries).
-        let env: BTreeMap<String, String> = env
-            .filter_map(|(k, v)| {
-                k.strip_prefix("PGWS_")
-                    .map(|rest| (rest.to_ascii_lowercase(), v))
-            })
-            .collect();
-        figment = figment.merge(Serialized::defaults(env));
-        let merged: BTreeMap<String, Value> = figment
-            .extract()
-            .map_err(|e| err("--config", format!("cannot read the configuration: {e}")))?;
-        let mut out = BTreeMap::new();
-        for (key, value) in merged {
-            let name = format!("PGWS_{}", key.to_ascii_uppercase());
-            let text = match value {
-                Value::String(_, s) => s,
-                Value::Num(_, n) => match (n.to_u128(), n.to_i128(), n.to_f64()) {
-                    (Some(u), _, _) => u.to_string(),
-                    (_, Some(i), _) => i.to_string(),
-                    (_, _, Some(f)) => f.to_string(),
-                    _ => return Err(err(&name, "is not a usable number")),
-                },
-                Value::Bool(_, b) => b.to_string(),
-                _ => return Err(err(&name, "must be a string, number or boolean")),
-            };
-            out.insert(name, text);
-        }
-        Ok(Sources(out))
-    }
-
-    /// Build from explicit pairs (tests).
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Sources {
-        Sources(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
-    /// Variables that look like ours but are not known: likely typos.
-    pub fn unknown(&self) -> Vec<String> {
-        self.0
-            .keys()
-            .filter(|k| !VARS.iter().any(|v| v.name == k.as_str()))
-            .cloned()
-            .collect()
-    }
-
-    fn get(&self, name: &str) -> Option<String> {
-        let set = self.0.get(name).filter(|v| !v.is_empty()).cloned();
-        set.or_else(|| {
-            VARS.iter()
-                .find(|v| v.name == name)
-                .and_then(|v| v.default)
-                .map(str::to_string)
-        })
-    }
-
-    fn required(&self, name: &str) -> Result<String, ConfigError> {
-        self.get(name).ok_or_else(|| err(name, "is required"))
-    }
-
-    fn parsed<T: std::str::FromStr>(&self, name: &str, expected: &str) -> Result<T, ConfigError> {
-        let text = self.required(name)?;
-        text.trim()
-            .parse()
-            .map_err(|_| err(name, format!("expected {expected}, got {text:?}")))
-    }
-
-    fn flag(&self, name: &str) -> Result<bool, ConfigError> {
-        let text = self.required(name)?;
-        match text.trim() {
-            "true" | "True" | "TRUE" | "1" => Ok(true),
-            "false" | "False" | "FALSE" | "0" => Ok(false),
-            _ => Err(err(name, format!("expected true or false, got {text:?}"))),
-        }
-    }
-
-    fn millis(&self, name: &str) -> Result<Option<Duration>, ConfigError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(_) => {
-                let ms: u64 = self.parsed(name, "a number of milliseconds")?;
-                Ok(Some(Duration::from_millis(ms)))
-            }
-        }
-    }
-
-    /// Read a value that may be `@path` (contents of the file, trailing
-    /// newline trimmed).
-    fn file_or_value(&self, name: &str) -> Result<Option<String>, ConfigError> {
-        match self.get(name) {
-            Some(v) => match v.strip_prefix('@') {
-                Some(path) => std::fs::read_to_string(path)
-                    .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
-                    .map_err(|e| err(name, format!("cannot read {path}: {e}"))),
-                None => Ok(Some(v)),
-            },
-            None => Ok(None),
-        }
-    }
-}
-
 impl Config {
     /// Validate and type every variable. `standalone` requires the database.
     pub fn from_sources(sources: &Sources) -> Result<Config, ConfigError> {
@@ -405,7 +186,7 @@ impl Config {
                 host: Host::parse(HOST, &sources.required(HOST)?)?,
                 port: sources.parsed(PORT, "a port number (0-65535)")?,
             },
-            admin: admin_addr(sources)?,
+            admin: listen_addr(sources, ADMIN_HOST, ADMIN_PORT)?,
             tls: tls_files(sources)?,
             listen_channel,
             meta_channel: sources.get(META_CHANNEL),
@@ -451,25 +232,6 @@ impl Config {
     }
 }
 
-fn positive(n: usize, name: &str) -> Result<usize, ConfigError> {
-    if n == 0 {
-        Err(err(name, "must be at least 1"))
-    } else {
-        Ok(n)
-    }
-}
-
-fn admin_addr(sources: &Sources) -> Result<Option<ListenAddr>, ConfigError> {
-    let port = sources.required(ADMIN_PORT)?;
-    if matches!(port.trim(), "off" | "disabled" | "none") {
-        return Ok(None);
-    }
-    Ok(Some(ListenAddr {
-        host: Host::parse(ADMIN_HOST, &sources.required(ADMIN_HOST)?)?,
-        port: sources.parsed(ADMIN_PORT, "a port number (0-65535) or off")?,
-    }))
-}
-
 fn tls_files(sources: &Sources) -> Result<Option<TlsFiles>, ConfigError> {
     match (sources.get(CERTIFICATE_FILE), sources.get(KEY_FILE)) {
         (None, None) => Ok(None),
@@ -505,3 +267,8 @@ fn root_path(sources: &Sources) -> Result<Option<PathBuf>, ConfigError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Merge the TOML file and the environment for the gateway's variables.
+pub fn load_sources(config_file: Option<&Path>) -> Result<Sources, ConfigError> {
+    Sources::load(VARS, config_file)
+}

@@ -11,12 +11,10 @@
 //! * [`fanout`] — one notification to every local reader, never blocking.
 //! * [`bus`] — the path from writers to NOTIFY (in-process relay in
 //!   standalone mode).
-//! * [`admin`] — `/healthz`, `/readyz`, `/metrics` on their own port.
 //! * [`metrics`] — the gateway's Prometheus metrics.
 //! * [`tls`] — rustls for `wss://`.
 //! * [`server`] — builds all of the above from a `Config`, runs it, drains it.
 
-pub mod admin;
 pub mod auth;
 pub mod bus;
 pub mod config;

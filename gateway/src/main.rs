@@ -2,7 +2,7 @@
 //! hands over to [`pgws_gateway::server::run`].
 
 use clap::Parser;
-use pgws_gateway::config::{Config, Sources};
+use pgws_gateway::config::{self, Config};
 use pgws_gateway::server::{self, Exit};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,7 +25,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let sources = match Sources::load(args.config.as_deref()) {
+    let sources = match config::load_sources(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => return config_error(&e),
     };
@@ -68,17 +68,7 @@ fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
 }
 
 fn init_logging(config: &Config) {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if config.log.json {
-        builder.json().init();
-    } else {
-        builder.with_ansi(false).init();
-    }
+    pgws_coordinator::settings::init_logging(config.log.json, &config.log.level);
 }
 
 /// Cancel `shutdown` on SIGTERM or SIGINT.

@@ -5,10 +5,9 @@
 //! with 1001, wait for sessions and queued NOTIFYs within
 //! `PGWS_SHUTDOWN_TIMEOUT`, then stop the listener and the admin endpoints.
 
-use crate::admin::{self, AdminState};
 use crate::auth::Keys;
 use crate::bus::Bus;
-use crate::config::{Config, Host, ListenAddr};
+use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
@@ -16,12 +15,12 @@ use crate::registry::Registry;
 use crate::session::SessionContext;
 use crate::tls;
 use anyhow::Context;
+use pgws_coordinator::admin::{self, AdminState};
 use pgws_coordinator::listener::{self, ListenerConfig, ListenerMetrics, ListenerState};
 use pgws_coordinator::relay::{Relay, RelayConfig, RelayMetrics};
-use std::net::SocketAddr;
+use pgws_coordinator::settings::{bind, log_bound};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -128,10 +127,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         stop_accepting.clone(),
     ));
     let admin_task = admin_listener.map(|l| {
+        let draining = drain.clone();
         let state = Arc::new(AdminState {
             registry: metrics.registry.clone(),
-            listener: state_rx,
-            draining: drain.clone(),
+            readiness: Box::new(move || {
+                if draining.is_cancelled() {
+                    return Err("draining".into());
+                }
+                match *state_rx.borrow() {
+                    ListenerState::Listening => Ok(()),
+                    other => Err(format!("listener {other:?}").to_lowercase()),
+                }
+            }),
         });
         tokio::spawn(admin::serve(l, state, stop_admin.clone()))
     });
@@ -192,45 +199,4 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     tracing::info!(?exit, "stopped");
     Ok(exit)
-}
-
-fn log_bound(kind: &str, listener: &TcpListener, tls: bool) {
-    match listener.local_addr() {
-        Ok(addr) => tracing::info!(kind, %addr, tls, "listening"),
-        Err(e) => tracing::warn!(kind, error = %e, "listening on an unknown address"),
-    }
-}
-
-/// Bind a listener for `addr` with the original's host notation.
-pub async fn bind(addr: &ListenAddr) -> std::io::Result<TcpListener> {
-    let socket_addr = match addr.host.literal() {
-        Some(ip) => SocketAddr::new(ip, addr.port),
-        None => {
-            let Host::Name(name) = &addr.host else {
-                unreachable!("literal() is None only for names")
-            };
-            tokio::net::lookup_host((name.as_str(), addr.port))
-                .await?
-                .next()
-                .ok_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!("{name} did not resolve"),
-                    )
-                })?
-        }
-    };
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(socket_addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    if socket_addr.is_ipv6() {
-        socket.set_only_v6(addr.host == Host::AnyV6Only)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&socket_addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
 }

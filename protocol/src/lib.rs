@@ -10,9 +10,13 @@
 //! * [`routing`] — which websocket channel a NOTIFY payload is delivered to.
 //! * [`close`] — every websocket close code the gateway sends, in one table.
 //! * [`limits`] — hard limits imposed by PostgreSQL.
+//! * [`keys`] — the Redis key and channel layout of cluster mode.
+//! * [`bus`] — the wire format of notifications republished on Redis.
 
+pub mod bus;
 pub mod close;
 pub mod envelope;
+pub mod keys;
 pub mod limits;
 pub mod routing;
 

@@ -8,7 +8,7 @@ fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         (JWT_SECRET, "reallyreallyreallyreallyverysafe"),
     ];
     all.extend_from_slice(pairs);
-    Config::from_sources(&Sources::from_pairs(all))
+    Config::from_sources(&Sources::from_pairs(VARS, all))
 }
 
 #[test]
@@ -64,9 +64,11 @@ fn errors_name_the_variable() {
 
 #[test]
 fn missing_required_values_are_reported() {
-    let e = Config::from_sources(&Sources::from_pairs([(DB_URI, DB)])).expect_err("no secret");
+    let e =
+        Config::from_sources(&Sources::from_pairs(VARS, [(DB_URI, DB)])).expect_err("no secret");
     assert_eq!(e.variable, JWT_SECRET);
-    let e = Config::from_sources(&Sources::from_pairs([(JWT_SECRET, "s")])).expect_err("no db");
+    let e =
+        Config::from_sources(&Sources::from_pairs(VARS, [(JWT_SECRET, "s")])).expect_err("no db");
     assert_eq!(e.variable, DB_URI);
 }
 
@@ -82,6 +84,7 @@ fn tls_needs_both_files() {
 
 #[test]
 fn host_notations() {
+    use pgws_coordinator::settings::Host;
     for (text, want) in [
         ("*", Host::AnyDualStack),
         ("*6", Host::AnyDualStack),
@@ -119,7 +122,7 @@ fn environment_wins_over_the_toml_file() {
     let env = [("PGWS_PORT", "5000"), ("PGWS_DB_URI", DB), ("OTHER", "x")]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()));
-    let sources = Sources::merge(Some(&file), env).expect("merged");
+    let sources = Sources::merge(VARS, Some(&file), env).expect("merged");
     let c = Config::from_sources(&sources).expect("valid");
     assert_eq!(c.public.port, 5000);
     assert_eq!(c.database.pool_size, 3);
@@ -133,13 +136,13 @@ fn jwk_json_in_the_environment_stays_text() {
     let env = [("PGWS_JWT_SECRET", jwk), ("PGWS_DB_URI", DB)]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()));
-    let c = Config::from_sources(&Sources::merge(None, env).expect("merged")).expect("valid");
+    let c = Config::from_sources(&Sources::merge(VARS, None, env).expect("merged")).expect("valid");
     assert_eq!(c.jwt.secret, jwk.as_bytes());
 }
 
 #[test]
 fn unknown_variables_are_listed() {
-    let s = Sources::from_pairs([("PGWS_PROT", "1"), (PORT, "1")]);
+    let s = Sources::from_pairs(VARS, [("PGWS_PROT", "1"), (PORT, "1")]);
     assert_eq!(s.unknown(), vec!["PGWS_PROT".to_string()]);
 }
 

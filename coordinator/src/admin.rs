@@ -1,32 +1,36 @@
-//! The admin listener, separate from the public port.
+//! The admin listener of both binaries, separate from any public port.
 //!
-//! | path       | answers                                                      |
-//! |------------|--------------------------------------------------------------|
-//! | `/healthz` | 200 while the process runs (liveness)                        |
-//! | `/readyz`  | 200 while the listener is LISTENing and not draining, else 503 |
-//! | `/metrics` | Prometheus text format                                       |
+//! | path       | answers                                                         |
+//! |------------|-----------------------------------------------------------------|
+//! | `/healthz` | 200 while the process runs (liveness)                           |
+//! | `/readyz`  | 200 while the process's readiness check passes, else 503 + why  |
+//! | `/metrics` | Prometheus text format                                          |
+//!
+//! What "ready" means is the caller's: the gateway is ready while it can
+//! deliver (listener LISTENing, or Redis connected), a coordinator while it
+//! can lead or take over.
 
-use crate::http::{text, Body};
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use pgws_coordinator::listener::ListenerState;
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// The readiness check: `Ok` when ready, else the reason.
+pub type Readiness = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// What the admin endpoints report on.
 pub struct AdminState {
     /// All metrics of the process.
     pub registry: Registry,
-    /// The listener's state, for readiness.
-    pub listener: watch::Receiver<ListenerState>,
-    /// Cancelled when draining: not ready any more.
-    pub draining: CancellationToken,
+    /// The readiness check.
+    pub readiness: Readiness,
 }
 
 /// Serve the admin endpoints until `stop` is cancelled.
@@ -56,41 +60,40 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
     }
 }
 
-fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Body> {
+fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => readiness(state),
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => match (state.readiness)() {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        },
         "/metrics" => metrics(&state.registry),
-        _ => text(StatusCode::NOT_FOUND, "Not found\n"),
+        _ => text(StatusCode::NOT_FOUND, "Not found\n".into()),
     }
 }
 
-fn readiness(state: &AdminState) -> Response<Body> {
-    if state.draining.is_cancelled() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
-    }
-    match *state.listener.borrow() {
-        ListenerState::Listening => text(StatusCode::OK, "ready\n"),
-        other => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("listener {other:?}\n").to_lowercase(),
-        ),
-    }
-}
-
-fn metrics(registry: &Registry) -> Response<Body> {
-    let encoder = TextEncoder::new();
+fn metrics(registry: &Registry) -> Response<Full<Bytes>> {
     let mut buffer = Vec::new();
-    if let Err(e) = encoder.encode(&registry.gather(), &mut buffer) {
+    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut buffer) {
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode metrics: {e}\n"),
         );
     }
-    let mut response = Response::new(Body::new(buffer.into()));
+    let mut response = Response::new(Full::new(Bytes::from(buffer)));
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
 }
