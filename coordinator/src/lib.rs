@@ -13,6 +13,14 @@
 //! * [`backoff`] — the retry schedule shared by every reconnect loop.
 //! * [`listener`] — the supervised `LISTEN` connection: connects with retries,
 //!   detects a dead backend, reconnects (self-healing) or reports the loss.
+//! * [`redis_client`] — one Redis handle over a single Redis or a Redis
+//!   Cluster (RESP3 push messages, sharded pub/sub on a cluster).
+//! * [`config`] — the coordinator binary's `PGWS_*` variables.
+//! * [`node`] — a coordinator's life: standby, leader term, step-down.
+//! * [`election`] — the Redis lock, the fencing epoch, and the local lease.
+//! * [`publisher`] — the leader republishes notifications on Redis pub/sub.
+//! * [`drain`] — the leader turns the writers' Redis stream into NOTIFYs,
+//!   acknowledging after commit.
 //! * [`settings`] — how both binaries read `PGWS_*` variables; binding
 //!   listeners; logging.
 //! * [`relay`] — turns queued envelopes into `pg_notify` calls, batched per
@@ -20,7 +28,13 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod config;
 pub mod db;
+pub mod drain;
+pub mod election;
 pub mod listener;
+pub mod node;
+pub mod publisher;
+pub mod redis_client;
 pub mod relay;
 pub mod settings;

@@ -131,14 +131,14 @@ impl Relay {
         let shards = (0..config.pool_size.max(1))
             .map(|index| {
                 let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-                let worker = Worker {
-                    index,
-                    config: config.clone(),
-                    metrics: metrics.clone(),
-                    abort: abort.clone(),
-                    connection: None,
-                };
-                workers.spawn(worker.run(rx));
+                let notifier = Notifier::new(
+                    format!("notify-{index}"),
+                    config.db.clone(),
+                    config.listen_channel.clone(),
+                    metrics.clone(),
+                    abort.clone(),
+                );
+                workers.spawn(notifier.run_queue(rx, config.max_batch));
                 tx
             })
             .collect();
@@ -193,21 +193,44 @@ struct Prepared {
     many: Statement,
 }
 
-struct Worker {
-    index: usize,
-    config: RelayConfig,
+/// One NOTIFY connection and what it needs to send batches through it:
+/// fold-safe cutting, reconnects with backoff, one-by-one retry of a batch
+/// PostgreSQL refuses. Used by the relay's workers and by the cluster
+/// coordinator's stream drain.
+pub struct Notifier {
+    name: String,
+    db: tokio_postgres::Config,
+    listen_channel: String,
     metrics: RelayMetrics,
     abort: CancellationToken,
     connection: Option<Prepared>,
 }
 
-impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<String>) {
-        let mut batch = Vec::with_capacity(self.config.max_batch);
+impl Notifier {
+    /// A notifier that connects on first use. `abort` stops its retries.
+    pub fn new(
+        name: String,
+        db: tokio_postgres::Config,
+        listen_channel: String,
+        metrics: RelayMetrics,
+        abort: CancellationToken,
+    ) -> Notifier {
+        Notifier {
+            name,
+            db,
+            listen_channel,
+            metrics,
+            abort,
+            connection: None,
+        }
+    }
+
+    async fn run_queue(mut self, mut rx: mpsc::Receiver<String>, max_batch: usize) {
+        let mut batch = Vec::with_capacity(max_batch);
         loop {
             let received = tokio::select! {
                 _ = self.abort.cancelled() => 0,
-                n = rx.recv_many(&mut batch, self.config.max_batch) => n,
+                n = rx.recv_many(&mut batch, max_batch) => n,
             };
             if received == 0 {
                 break; // every sender dropped and the queue is empty, or aborted
@@ -222,15 +245,17 @@ impl Worker {
             let lost = rx.len() + batch.len();
             self.metrics.errors.inc_by(lost as u64);
             tracing::error!(
-                worker = self.index,
+                worker = %self.name,
                 lost,
                 "NOTIFY relay stopped with messages still queued"
             );
         }
     }
 
-    /// Send `batch`, cut wherever a payload repeats. False when aborted.
-    async fn send(&mut self, batch: &[String]) -> bool {
+    /// Send `batch` in order, as few transactions as PostgreSQL's folding of
+    /// identical payloads allows. Returns once every message was committed
+    /// (or refused by PostgreSQL, counted and logged); false when aborted.
+    pub async fn send(&mut self, batch: &[String]) -> bool {
         let mut start = 0;
         while start < batch.len() {
             let end = start + fold_safe_prefix(&batch[start..]);
@@ -241,7 +266,7 @@ impl Worker {
                 Outcome::Aborted => return false,
                 Outcome::Refused(e) if chunk.len() == 1 => self.count_refused(&chunk[0], &e),
                 Outcome::Refused(e) => {
-                    tracing::warn!(worker = self.index, error = %e, size = chunk.len(), "PostgreSQL refused a NOTIFY batch: sending one by one");
+                    tracing::warn!(worker = %self.name, error = %e, size = chunk.len(), "PostgreSQL refused a NOTIFY batch: sending one by one");
                     for payload in chunk {
                         match self.transact(std::slice::from_ref(payload)).await {
                             Outcome::Sent => {}
@@ -267,7 +292,7 @@ impl Worker {
                 continue;
             };
             let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
-            let params: [&(dyn ToSql + Sync); 2] = [&self.config.listen_channel, &refs];
+            let params: [&(dyn ToSql + Sync); 2] = [&self.listen_channel, &refs];
             let result = tokio::select! {
                 _ = self.abort.cancelled() => return Outcome::Aborted,
                 r = prepared.client.execute(&prepared.many, &params) => r,
@@ -279,7 +304,7 @@ impl Worker {
                     return Outcome::Sent;
                 }
                 Err(e) if connection_lost || e.code().is_none() => {
-                    tracing::warn!(worker = self.index, error = %e, "NOTIFY connection lost: retrying the batch");
+                    tracing::warn!(worker = %self.name, error = %e, "NOTIFY connection lost: retrying the batch");
                     self.metrics.reconnects.inc();
                     self.connection = None;
                 }
@@ -290,7 +315,7 @@ impl Worker {
 
     fn count_refused(&self, payload: &str, error: &tokio_postgres::Error) {
         self.metrics.errors.inc();
-        tracing::error!(worker = self.index, %error, bytes = payload.len(), "PostgreSQL refused a NOTIFY: message dropped");
+        tracing::error!(worker = %self.name, %error, bytes = payload.len(), "PostgreSQL refused a NOTIFY: message dropped");
     }
 
     fn count_sent(&self, n: usize) {
@@ -310,7 +335,7 @@ impl Worker {
                 Ok(prepared) => self.connection = Some(prepared),
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(worker = self.index, error = %e, retry_in_s = delay.as_secs(), "cannot connect a NOTIFY connection");
+                    tracing::warn!(worker = %self.name, error = %e, retry_in_s = delay.as_secs(), "cannot connect a NOTIFY connection");
                     tokio::select! {
                         _ = self.abort.cancelled() => return false,
                         _ = tokio::time::sleep(delay) => {}
@@ -322,11 +347,11 @@ impl Worker {
     }
 
     async fn connect(&self) -> Result<Prepared, tokio_postgres::Error> {
-        let (client, connection) = db::connect(&self.config.db, db::NOTIFY_APP_NAME).await?;
-        let worker = self.index;
+        let (client, connection) = db::connect(&self.db, db::NOTIFY_APP_NAME).await?;
+        let worker = self.name.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(worker, error = %e, "NOTIFY connection ended");
+                tracing::debug!(%worker, error = %e, "NOTIFY connection ended");
             }
         });
         // A function scan over unnest yields rows in array order, so the

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(on_signal(shutdown.clone()));
+        tokio::spawn(pgws_coordinator::settings::on_signal(shutdown.clone()));
         match server::run(config, shutdown).await {
             Ok(Exit::Clean) => ExitCode::SUCCESS,
             Ok(Exit::ListenerLost) => ExitCode::FAILURE,
@@ -69,26 +69,4 @@ fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
 
 fn init_logging(config: &Config) {
     pgws_coordinator::settings::init_logging(config.log.json, &config.log.level);
-}
-
-/// Cancel `shutdown` on SIGTERM or SIGINT.
-async fn on_signal(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch SIGTERM");
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    shutdown.cancel();
 }

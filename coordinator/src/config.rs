@@ -1,0 +1,218 @@
+//! The coordinator's `PGWS_*` variables, read here and nowhere else.
+
+use crate::redis_client::RedisConfig;
+use crate::settings::{err, listen_addr, ConfigError, ListenAddr, Sources};
+use pgws_protocol::keys::KeySpace;
+use std::path::Path;
+use std::time::Duration;
+
+crate::vars! {
+    DB_URI = "PGWS_DB_URI", None, "libpq URI of the database; `@path` reads it from a file. Required.";
+    REDIS_URL = "PGWS_REDIS_URL", None, "Redis URL (`redis://host:6379`); for a cluster, comma-separated seed URLs. Required.";
+    REDIS_CLUSTER = "PGWS_REDIS_CLUSTER", Some("false"), "Talk to a Redis Cluster (sharded pub/sub, hash-tagged keys).";
+    REDIS_PREFIX = "PGWS_REDIS_PREFIX", Some("pgws"), "Prefix of every Redis key and channel; clusters with different prefixes share a Redis safely.";
+    NODE_ID = "PGWS_NODE_ID", None, "This coordinator's name in the election; default: host name and pid.";
+    LEADER_TTL = "PGWS_LEADER_TTL", Some("5000"), "Milliseconds the leader lock lives without renewal (renewed every third of it).";
+    LISTEN_CHANNEL = "PGWS_LISTEN_CHANNEL", Some("postgres-websockets-listener"), "The database channel LISTENed and NOTIFYed on.";
+    RETRIES = "PGWS_RETRIES", Some("5"), "Retries of the listener connection when a term starts (backoff 1, 2, 4 … 32 s).";
+    CHECK_LISTENER_INTERVAL = "PGWS_CHECK_LISTENER_INTERVAL", Some("1000"), "Milliseconds between listener liveness probes; a lost listener is re-established within the term.";
+    POOL_SIZE = "PGWS_POOL_SIZE", Some("10"), "Accepted for compatibility; the leader sends NOTIFYs on one connection, in stream order.";
+    ADMIN_HOST = "PGWS_ADMIN_HOST", Some("127.0.0.1"), "Admin listen address (/healthz, /readyz, /metrics).";
+    ADMIN_PORT = "PGWS_ADMIN_PORT", Some("3002"), "Admin listen port; `off` disables it.";
+    SHUTDOWN_TIMEOUT = "PGWS_SHUTDOWN_TIMEOUT", Some("10000"), "Milliseconds allowed for stepping down on SIGTERM.";
+    LOG_FORMAT = "PGWS_LOG_FORMAT", Some("text"), "`text` or `json`.";
+    LOG_LEVEL = "PGWS_LOG_LEVEL", Some("info"), "A tracing filter.";
+}
+
+/// The coordinator's whole configuration.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// The database.
+    pub db: tokio_postgres::Config,
+    /// Redis.
+    pub redis: RedisConfig,
+    /// Key layout under the prefix.
+    pub keys: KeySpace,
+    /// Name in the election.
+    pub node_id: String,
+    /// Lock time-to-live.
+    pub leader_ttl: Duration,
+    /// The database channel.
+    pub listen_channel: String,
+    /// Listener connection retries.
+    pub retries: u32,
+    /// Listener probe interval.
+    pub check_listener_interval: Option<Duration>,
+    /// Admin listener.
+    pub admin: Option<ListenAddr>,
+    /// Step-down budget.
+    pub shutdown_timeout: Duration,
+    /// JSON logs.
+    pub log_json: bool,
+    /// Log filter.
+    pub log_level: String,
+}
+
+/// Merge the TOML file and the environment for the coordinator's variables.
+pub fn load_sources(config_file: Option<&Path>) -> Result<Sources, ConfigError> {
+    Sources::load(VARS, config_file)
+}
+
+/// Parse the Redis URL list and cluster flag (shared with the gateway).
+pub fn redis_config(
+    sources: &Sources,
+    url_var: &str,
+    cluster_var: &str,
+) -> Result<Option<RedisConfig>, ConfigError> {
+    let Some(urls) = sources.get(url_var) else {
+        return Ok(None);
+    };
+    let urls: Vec<String> = urls
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    for url in &urls {
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("unix://"))
+        {
+            return Err(err(url_var, format!("not a redis:// URL: {url:?}")));
+        }
+    }
+    if urls.is_empty() {
+        return Err(err(url_var, "no URL given"));
+    }
+    Ok(Some(RedisConfig {
+        urls,
+        cluster: sources.flag(cluster_var)?,
+    }))
+}
+
+/// Validate a Redis prefix: non-empty, no braces (they are hash tags).
+pub fn redis_prefix(sources: &Sources, var: &str) -> Result<KeySpace, ConfigError> {
+    let prefix = sources.required(var)?;
+    if prefix.contains(['{', '}']) || prefix.trim().is_empty() {
+        return Err(err(var, "must be non-empty and contain no braces"));
+    }
+    Ok(KeySpace::new(&prefix))
+}
+
+fn default_node_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "coordinator".into());
+    format!("{host}-{}", std::process::id())
+}
+
+impl CoordinatorConfig {
+    /// Validate and type every variable.
+    pub fn from_sources(sources: &Sources) -> Result<CoordinatorConfig, ConfigError> {
+        let db_uri = sources
+            .file_or_value(DB_URI)?
+            .ok_or_else(|| err(DB_URI, "is required"))?;
+        let db = crate::db::parse_uri(&db_uri)
+            .map_err(|e| err(DB_URI, format!("not a valid PostgreSQL URI: {e}")))?;
+        let redis = redis_config(sources, REDIS_URL, REDIS_CLUSTER)?
+            .ok_or_else(|| err(REDIS_URL, "is required"))?;
+        let ttl: u64 = sources.parsed(LEADER_TTL, "a number of milliseconds")?;
+        if ttl < 300 {
+            return Err(err(LEADER_TTL, "must be at least 300 ms"));
+        }
+        let listen_channel = sources.required(LISTEN_CHANNEL)?;
+        if listen_channel.len() > pgws_protocol::limits::PG_IDENTIFIER_MAX {
+            return Err(err(
+                LISTEN_CHANNEL,
+                "longer than PostgreSQL's 63-byte identifier limit",
+            ));
+        }
+        let _: usize = sources.parsed(POOL_SIZE, "a number of connections")?;
+        Ok(CoordinatorConfig {
+            db,
+            redis,
+            keys: redis_prefix(sources, REDIS_PREFIX)?,
+            node_id: sources.get(NODE_ID).unwrap_or_else(default_node_id),
+            leader_ttl: Duration::from_millis(ttl),
+            listen_channel,
+            retries: sources.parsed(RETRIES, "a number of retries")?,
+            check_listener_interval: sources
+                .millis(CHECK_LISTENER_INTERVAL)?
+                .filter(|d| !d.is_zero()),
+            admin: listen_addr(sources, ADMIN_HOST, ADMIN_PORT)?,
+            shutdown_timeout: sources.millis(SHUTDOWN_TIMEOUT)?.unwrap_or_default(),
+            log_json: match sources.required(LOG_FORMAT)?.as_str() {
+                "text" => false,
+                "json" => true,
+                other => {
+                    return Err(err(
+                        LOG_FORMAT,
+                        format!("expected text or json, got {other:?}"),
+                    ))
+                }
+            },
+            log_level: sources.required(LOG_LEVEL)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<CoordinatorConfig, ConfigError> {
+        let mut all = vec![
+            (DB_URI, "postgres://postgres@127.0.0.1/postgres"),
+            (REDIS_URL, "redis://127.0.0.1:6379"),
+        ];
+        all.extend_from_slice(pairs);
+        CoordinatorConfig::from_sources(&Sources::from_pairs(VARS, all))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(&[]).expect("valid");
+        assert_eq!(c.keys.prefix(), "pgws");
+        assert_eq!(c.leader_ttl, Duration::from_secs(5));
+        assert!(!c.redis.cluster);
+        assert!(c.node_id.ends_with(&format!("-{}", std::process::id())));
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        for (name, value) in [
+            (REDIS_URL, "http://x"),
+            (LEADER_TTL, "10"),
+            (REDIS_PREFIX, "{x}"),
+            (REDIS_CLUSTER, "maybe"),
+            (DB_URI, "postgres://h:port/db"),
+        ] {
+            assert_eq!(load(&[(name, value)]).expect_err(name).variable, name);
+        }
+    }
+
+    #[test]
+    fn cluster_seed_lists() {
+        let c = load(&[
+            (REDIS_URL, "redis://a:1, redis://b:2"),
+            (REDIS_CLUSTER, "true"),
+        ])
+        .expect("valid");
+        assert_eq!(c.redis.urls, vec!["redis://a:1", "redis://b:2"]);
+        assert!(c.redis.cluster);
+    }
+
+    #[test]
+    fn every_variable_is_documented() {
+        let docs = include_str!("../../docs/configuration.md");
+        for var in VARS {
+            assert!(
+                docs.contains(var.name),
+                "{} missing from docs/configuration.md",
+                var.name
+            );
+        }
+    }
+}

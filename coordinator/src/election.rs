@@ -1,0 +1,225 @@
+//! Leader election through a Redis lock, with a fencing epoch and a local
+//! lease.
+//!
+//! * **Acquire:** one script does `SET {p}:leader <node id> NX PX <ttl>` and,
+//!   only if that succeeded, `INCR {p}:epoch`: every term gets a new,
+//!   larger epoch, atomically with the lock.
+//! * **Renew:** every ttl/3, a compare-and-extend script (`PEXPIRE` only if
+//!   the lock still holds our id).
+//! * **Release:** compare-and-delete on shutdown, so a standby takes over at
+//!   once instead of waiting for the ttl.
+//!
+//! The [`Lease`] is the holder's own view of how long the lock is surely
+//! its own: measured on the local monotonic clock from the moment *before*
+//! each successful acquire/renew was sent, minus a margin. Everything a
+//! leader does (publish, NOTIFY) checks the lease first; a leader that
+//! cannot renew — paused, partitioned — stops the instant its lease runs
+//! out, before the lock can have passed to anyone else. Gateways also drop
+//! messages stamped with an older epoch than the newest they have seen, so
+//! even a leader whose clock misbehaves cannot interleave with its
+//! successor.
+
+use crate::redis_client::RedisClient;
+use pgws_protocol::keys::KeySpace;
+use prometheus::{IntCounter, IntGauge, Registry};
+use redis::{RedisResult, Script};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const ACQUIRE: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0";
+
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// The holder's view of how long the lock is surely its own.
+#[derive(Debug)]
+pub struct Lease {
+    origin: Instant,
+    /// Milliseconds after `origin` at which the lease ends; 0 = none.
+    until_ms: AtomicU64,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Lease {
+            origin: Instant::now(),
+            until_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Lease {
+    /// Whether the lease still holds now.
+    pub fn valid(&self) -> bool {
+        (self.origin.elapsed().as_millis() as u64) < self.until_ms.load(Ordering::Acquire)
+    }
+
+    /// When the lease ends (for sleeping until then).
+    pub fn deadline(&self) -> Instant {
+        self.origin + Duration::from_millis(self.until_ms.load(Ordering::Acquire))
+    }
+
+    /// Extend to `sent + ttl - margin`, `sent` being when the successful
+    /// acquire/renew was sent.
+    pub fn extend(&self, sent: Instant, ttl: Duration) {
+        let margin = ttl / 20 + Duration::from_millis(5);
+        let until = sent.saturating_duration_since(self.origin) + ttl.saturating_sub(margin);
+        self.until_ms
+            .store(until.as_millis() as u64, Ordering::Release);
+    }
+
+    /// End the lease now.
+    pub fn revoke(&self) {
+        self.until_ms.store(0, Ordering::Release);
+    }
+}
+
+/// Election metrics.
+#[derive(Clone)]
+pub struct ElectionMetrics {
+    /// 1 while this node leads.
+    pub leader: IntGauge,
+    /// The epoch of this node's current (or last) term.
+    pub epoch: IntGauge,
+    /// Acquisition attempts.
+    pub attempts: IntCounter,
+    /// Terms started.
+    pub terms: IntCounter,
+    /// 1 while Redis answers.
+    pub redis_up: IntGauge,
+}
+
+impl ElectionMetrics {
+    /// Create and register.
+    pub fn register(registry: &Registry) -> prometheus::Result<ElectionMetrics> {
+        let m = ElectionMetrics {
+            leader: IntGauge::new(
+                "pgws_coordinator_leader",
+                "1 while this coordinator holds the leader lock",
+            )?,
+            epoch: IntGauge::new(
+                "pgws_coordinator_epoch",
+                "Fencing epoch of this coordinator's current or last term",
+            )?,
+            attempts: IntCounter::new(
+                "pgws_election_attempts_total",
+                "Attempts to acquire the leader lock",
+            )?,
+            terms: IntCounter::new(
+                "pgws_election_terms_total",
+                "Times this coordinator became leader",
+            )?,
+            redis_up: IntGauge::new("pgws_redis_up", "1 while Redis answers")?,
+        };
+        registry.register(Box::new(m.leader.clone()))?;
+        registry.register(Box::new(m.epoch.clone()))?;
+        registry.register(Box::new(m.attempts.clone()))?;
+        registry.register(Box::new(m.terms.clone()))?;
+        registry.register(Box::new(m.redis_up.clone()))?;
+        Ok(m)
+    }
+}
+
+/// One candidate in the election.
+pub struct Election {
+    redis: RedisClient,
+    keys: KeySpace,
+    node_id: String,
+    ttl: Duration,
+    acquire: Script,
+    renew: Script,
+    release: Script,
+}
+
+impl Election {
+    /// A candidate named `node_id` with lock time-to-live `ttl`.
+    pub fn new(redis: RedisClient, keys: KeySpace, node_id: String, ttl: Duration) -> Election {
+        Election {
+            redis,
+            keys,
+            node_id,
+            ttl,
+            acquire: Script::new(ACQUIRE),
+            renew: Script::new(RENEW),
+            release: Script::new(RELEASE),
+        }
+    }
+
+    /// The lock's time-to-live.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Try to take the lock; the new epoch when it was taken.
+    pub async fn try_acquire(&mut self) -> RedisResult<Option<u64>> {
+        let epoch: u64 = self
+            .acquire
+            .key(self.keys.leader())
+            .key(self.keys.epoch())
+            .arg(&self.node_id)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut self.redis)
+            .await?;
+        Ok((epoch > 0).then_some(epoch))
+    }
+
+    /// Extend the lock if it is still ours.
+    pub async fn renew(&mut self) -> RedisResult<bool> {
+        let extended: i64 = self
+            .renew
+            .key(self.keys.leader())
+            .arg(&self.node_id)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut self.redis)
+            .await?;
+        Ok(extended == 1)
+    }
+
+    /// Delete the lock if it is still ours.
+    pub async fn release(&mut self) -> RedisResult<bool> {
+        let deleted: i64 = self
+            .release
+            .key(self.keys.leader())
+            .arg(&self.node_id)
+            .invoke_async(&mut self.redis)
+            .await?;
+        Ok(deleted == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_ends_before_the_lock_could() {
+        let lease = Lease::default();
+        assert!(!lease.valid(), "no lease before the first acquisition");
+        let sent = Instant::now();
+        lease.extend(sent, Duration::from_secs(10));
+        assert!(lease.valid());
+        assert!(lease.deadline() < sent + Duration::from_secs(10));
+        lease.revoke();
+        assert!(!lease.valid());
+    }
+
+    #[test]
+    fn a_ttl_inside_the_margin_gives_no_lease() {
+        let lease = Lease::default();
+        lease.extend(Instant::now(), Duration::from_millis(1));
+        assert!(!lease.valid());
+    }
+}

@@ -1,0 +1,380 @@
+//! A coordinator node: standby until it wins the election, leader until it
+//! loses the lease or is told to stop.
+//!
+//! ```text
+//!        ┌──────── try_acquire every poll ────────┐
+//!        ▼                                        │ lock held elsewhere
+//!   ┌─────────┐  acquired (epoch)  ┌────────┐     │
+//!   │ standby │ ─────────────────▶ │ leader │ ────┘ lease lapsed / lock lost /
+//!   └─────────┘                    └────────┘       listener failed
+//!        ▲ SIGTERM: exit              │ SIGTERM: stop term, release lock, exit
+//! ```
+//!
+//! A term runs three tasks under one cancellation token: the listener (the
+//! only LISTEN connection cluster-wide), the publisher it feeds, and the
+//! drain of the writers' stream. Ending a term cancels all three before the
+//! lock is released, so there is never a moment where two terms publish.
+
+use crate::admin::{self, AdminState};
+use crate::backoff::Backoff;
+use crate::config::CoordinatorConfig;
+use crate::drain::{Drain, DrainMetrics};
+use crate::election::{Election, ElectionMetrics, Lease};
+use crate::listener::{self, ListenerConfig, ListenerMetrics, ListenerState};
+use crate::publisher::{Publisher, PublisherMetrics};
+use crate::redis_client::RedisClient;
+use crate::relay::{Notifier, RelayMetrics};
+use crate::settings::{bind, log_bound};
+use anyhow::Context;
+use prometheus::{IntGaugeVec, Opts, Registry};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How a term ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TermEnd {
+    /// Shutdown requested: release and exit.
+    Shutdown,
+    /// The lease lapsed or the lock is someone else's: back to standby.
+    LeaseLost,
+    /// The listener gave up: release so another node can try.
+    ListenerFailed,
+}
+
+struct Metrics {
+    registry: Registry,
+    election: ElectionMetrics,
+    listener: ListenerMetrics,
+    relay: RelayMetrics,
+    publisher: PublisherMetrics,
+    drain: DrainMetrics,
+}
+
+impl Metrics {
+    fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new("pgws_build_info", "Build information"),
+            &["version", "role"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "coordinator"])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        Ok(Metrics {
+            election: ElectionMetrics::register(&registry)?,
+            listener: ListenerMetrics::register(&registry)?,
+            relay: RelayMetrics::register(&registry)?,
+            publisher: PublisherMetrics::register(&registry)?,
+            drain: DrainMetrics::register(&registry)?,
+            registry,
+        })
+    }
+}
+
+/// Run a coordinator until `shutdown`.
+pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Metrics::new().context("registering metrics")?;
+    let (state_tx, state_rx) = watch::channel(ListenerState::Stopped);
+    let leading = Arc::new(AtomicBool::new(false));
+    let stop_admin = CancellationToken::new();
+    let admin_task = match &config.admin {
+        Some(addr) => {
+            let listener = bind(addr)
+                .await
+                .context("PGWS_ADMIN_HOST/PGWS_ADMIN_PORT: cannot listen")?;
+            log_bound("admin", &listener, false);
+            let redis_up = metrics.election.redis_up.clone();
+            let leading = leading.clone();
+            let state = Arc::new(AdminState {
+                registry: metrics.registry.clone(),
+                readiness: Box::new(move || {
+                    if redis_up.get() != 1 {
+                        return Err("redis unreachable".into());
+                    }
+                    if leading.load(Ordering::Acquire)
+                        && *state_rx.borrow() != ListenerState::Listening
+                    {
+                        return Err("leader, listener not listening yet".into());
+                    }
+                    Ok(())
+                }),
+            });
+            Some(tokio::spawn(admin::serve(
+                listener,
+                state,
+                stop_admin.clone(),
+            )))
+        }
+        None => None,
+    };
+
+    let node = Node {
+        config,
+        metrics,
+        state: state_tx,
+        leading,
+    };
+    let result = node.run(shutdown).await;
+    stop_admin.cancel();
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    result
+}
+
+struct Node {
+    config: CoordinatorConfig,
+    metrics: Metrics,
+    state: watch::Sender<ListenerState>,
+    leading: Arc<AtomicBool>,
+}
+
+impl Node {
+    async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Some(redis) = self
+            .connect(&shutdown, Some(crate::redis_client::RESPONSE_TIMEOUT))
+            .await
+        else {
+            return Ok(());
+        };
+        let Some(blocking) = self.connect(&shutdown, None).await else {
+            return Ok(());
+        };
+        let mut election = Election::new(
+            redis.clone(),
+            self.config.keys.clone(),
+            self.config.node_id.clone(),
+            self.config.leader_ttl,
+        );
+        tracing::info!(node = %self.config.node_id, prefix = self.config.keys.prefix(), "standing by for election");
+        loop {
+            let lease = Arc::new(Lease::default());
+            let Some(epoch) = self.stand_by(&mut election, &lease, &shutdown).await else {
+                return Ok(());
+            };
+            let end = self
+                .lead(epoch, lease, &mut election, &redis, &blocking, &shutdown)
+                .await;
+            if end == TermEnd::Shutdown {
+                return Ok(());
+            }
+            if end == TermEnd::ListenerFailed {
+                // Give another node the first chance at the lock.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(self.config.leader_ttl) => {}
+                }
+            }
+        }
+    }
+
+    /// Connect to Redis, retrying with backoff; None on shutdown.
+    async fn connect(
+        &self,
+        shutdown: &CancellationToken,
+        timeout: Option<Duration>,
+    ) -> Option<RedisClient> {
+        let mut backoff = Backoff::new();
+        loop {
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                r = RedisClient::connect(&self.config.redis, None, timeout) => r,
+            };
+            match attempt {
+                Ok(client) => {
+                    self.metrics.election.redis_up.set(1);
+                    return Some(client);
+                }
+                Err(e) => {
+                    self.metrics.election.redis_up.set(0);
+                    let delay = backoff.next_delay().min(Duration::from_secs(5));
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect to Redis");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Poll for the lock until it is ours (Some(epoch)) or shutdown (None).
+    async fn stand_by(
+        &self,
+        election: &mut Election,
+        lease: &Lease,
+        shutdown: &CancellationToken,
+    ) -> Option<u64> {
+        let poll = (self.config.leader_ttl / 3).min(Duration::from_millis(200));
+        loop {
+            self.metrics.election.attempts.inc();
+            let sent = Instant::now();
+            match election.try_acquire().await {
+                Ok(Some(epoch)) => {
+                    lease.extend(sent, election.ttl());
+                    self.metrics.election.redis_up.set(1);
+                    return Some(epoch);
+                }
+                Ok(None) => self.metrics.election.redis_up.set(1),
+                Err(e) => {
+                    self.metrics.election.redis_up.set(0);
+                    tracing::warn!(error = %e, "election attempt failed");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    async fn lead(
+        &self,
+        epoch: u64,
+        lease: Arc<Lease>,
+        election: &mut Election,
+        redis: &RedisClient,
+        blocking: &RedisClient,
+        shutdown: &CancellationToken,
+    ) -> TermEnd {
+        tracing::info!(epoch, node = %self.config.node_id, "became leader");
+        self.metrics.election.terms.inc();
+        self.metrics.election.epoch.set(epoch as i64);
+        self.metrics.election.leader.set(1);
+        self.leading.store(true, Ordering::Release);
+        let term = CancellationToken::new();
+
+        let (sink, publisher) = Publisher {
+            redis: redis.clone(),
+            keys: self.config.keys.clone(),
+            listen_channel: self.config.listen_channel.clone(),
+            epoch,
+            lease: lease.clone(),
+            metrics: self.metrics.publisher.clone(),
+        }
+        .start(term.clone());
+        let mut listener = tokio::spawn(listener::run(
+            ListenerConfig {
+                db: self.config.db.clone(),
+                channel: self.config.listen_channel.clone(),
+                retries: self.config.retries,
+                check_interval: self.config.check_listener_interval,
+            },
+            sink,
+            self.state.clone(),
+            self.metrics.listener.clone(),
+            term.clone(),
+        ));
+        let mut drain = tokio::spawn(self.drain(redis, blocking, &lease, &term).run(term.clone()));
+
+        let renew_every = election.ttl() / 3;
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(lease.deadline().into()) => {
+                    if !lease.valid() {
+                        tracing::warn!(epoch, "lease lapsed before it could be renewed: stepping down");
+                        break TermEnd::LeaseLost;
+                    }
+                }
+                _ = shutdown.cancelled() => break TermEnd::Shutdown,
+                _ = renew.tick() => {
+                    let sent = Instant::now();
+                    match election.renew().await {
+                        Ok(true) => {
+                            lease.extend(sent, election.ttl());
+                            self.metrics.election.redis_up.set(1);
+                        }
+                        Ok(false) => {
+                            tracing::warn!(epoch, "the lock is no longer ours: stepping down");
+                            break TermEnd::LeaseLost;
+                        }
+                        Err(e) => {
+                            self.metrics.election.redis_up.set(0);
+                            tracing::warn!(epoch, error = %e, "cannot renew the lock; leading until the lease runs out");
+                        }
+                    }
+                }
+                result = &mut listener => {
+                    match result {
+                        Ok(Err(e)) => tracing::error!(epoch, error = %e, "listener failed: stepping down"),
+                        Ok(Ok(())) => tracing::error!(epoch, "listener stopped: stepping down"),
+                        Err(e) => tracing::error!(epoch, error = %e, "listener task failed: stepping down"),
+                    }
+                    break TermEnd::ListenerFailed;
+                }
+                result = &mut drain => {
+                    if let Ok(Err(e)) = result {
+                        tracing::warn!(epoch, error = %e, "write drain failed: restarting it");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break TermEnd::Shutdown,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    drain = tokio::spawn(self.drain(redis, blocking, &lease, &term).run(term.clone()));
+                }
+            }
+        };
+
+        // Stop the term's work before the lock can pass to anyone else.
+        lease.revoke();
+        term.cancel();
+        self.leading.store(false, Ordering::Release);
+        self.metrics.election.leader.set(0);
+        let stop = async {
+            let _ = publisher.await;
+            if !listener.is_finished() {
+                let _ = (&mut listener).await;
+            }
+            let _ = drain.await;
+        };
+        if tokio::time::timeout(self.config.shutdown_timeout, stop)
+            .await
+            .is_err()
+        {
+            tracing::warn!(epoch, "term tasks did not stop in time");
+        }
+        if end != TermEnd::LeaseLost {
+            match election.release().await {
+                Ok(true) => tracing::info!(epoch, "released the leader lock"),
+                Ok(false) => tracing::info!(epoch, "the leader lock had already passed on"),
+                Err(e) => {
+                    tracing::warn!(epoch, error = %e, "cannot release the leader lock; it expires with its ttl")
+                }
+            }
+        }
+        tracing::info!(epoch, ?end, "term ended");
+        end
+    }
+
+    fn drain(
+        &self,
+        redis: &RedisClient,
+        blocking: &RedisClient,
+        lease: &Arc<Lease>,
+        term: &CancellationToken,
+    ) -> Drain {
+        Drain {
+            redis: redis.clone(),
+            blocking: blocking.clone(),
+            keys: self.config.keys.clone(),
+            consumer: self.config.node_id.clone(),
+            notifier: Notifier::new(
+                "drain".into(),
+                self.config.db.clone(),
+                self.config.listen_channel.clone(),
+                self.metrics.relay.clone(),
+                term.clone(),
+            ),
+            lease: lease.clone(),
+            metrics: self.metrics.drain.clone(),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The leader's republisher: every notification from the listener goes to
+//! the Redis pub/sub channel of its websocket channel, stamped with the
+//! leader's epoch and a sequence number (`pgws_protocol::bus`).
+//!
+//! The listener hands notifications over with a non-blocking `try_send`
+//! into a bounded queue; one task drains it in batches, pipelining the
+//! `PUBLISH`es (`SPUBLISH` on a cluster). The lease is checked before every
+//! batch: a leader whose lease lapsed publishes nothing.
+
+use crate::election::Lease;
+use crate::listener::{Notification, NotificationSink};
+use crate::redis_client::RedisClient;
+use pgws_protocol::keys::KeySpace;
+use pgws_protocol::{bus, routing};
+use prometheus::{IntCounter, Registry};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Most notifications published in one pipeline.
+const BATCH: usize = 256;
+/// Notifications waiting to be published before new ones are dropped.
+const QUEUE: usize = 65_536;
+
+/// Publisher metrics.
+#[derive(Clone)]
+pub struct PublisherMetrics {
+    published: IntCounter,
+    dropped: IntCounter,
+}
+
+impl PublisherMetrics {
+    /// Create and register.
+    pub fn register(registry: &Registry) -> prometheus::Result<PublisherMetrics> {
+        let m = PublisherMetrics {
+            published: IntCounter::new(
+                "pgws_notifications_published_total",
+                "Notifications republished on Redis",
+            )?,
+            dropped: IntCounter::new(
+                "pgws_notifications_dropped_total",
+                "Notifications not republished (queue full, Redis error, or lease lapsed)",
+            )?,
+        };
+        registry.register(Box::new(m.published.clone()))?;
+        registry.register(Box::new(m.dropped.clone()))?;
+        Ok(m)
+    }
+}
+
+/// The listener's sink in cluster mode.
+pub struct PublisherSink {
+    queue: mpsc::Sender<Notification>,
+    metrics: PublisherMetrics,
+}
+
+impl NotificationSink for PublisherSink {
+    fn deliver(&self, notification: Notification) {
+        if self.queue.try_send(notification).is_err() {
+            self.metrics.dropped.inc();
+            tracing::warn!("publish queue full: notification dropped");
+        }
+    }
+}
+
+/// What one term's publisher needs.
+pub struct Publisher {
+    /// Redis.
+    pub redis: RedisClient,
+    /// Key layout.
+    pub keys: KeySpace,
+    /// The listen channel (routing fallback).
+    pub listen_channel: String,
+    /// This term's epoch.
+    pub epoch: u64,
+    /// This term's lease.
+    pub lease: Arc<Lease>,
+    /// Metrics.
+    pub metrics: PublisherMetrics,
+}
+
+impl Publisher {
+    /// The sink for the listener, and the task publishing what it receives
+    /// until `term` ends.
+    pub fn start(
+        self,
+        term: CancellationToken,
+    ) -> (Arc<PublisherSink>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let sink = Arc::new(PublisherSink {
+            queue: tx,
+            metrics: self.metrics.clone(),
+        });
+        (sink, tokio::spawn(self.run(rx, term)))
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Notification>, term: CancellationToken) {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut seq = 0u64;
+        loop {
+            let n = tokio::select! {
+                _ = term.cancelled() => return,
+                n = rx.recv_many(&mut batch, BATCH) => n,
+            };
+            if n == 0 {
+                return;
+            }
+            if !self.lease.valid() {
+                self.metrics.dropped.inc_by(n as u64);
+                tracing::warn!(
+                    epoch = self.epoch,
+                    dropped = n,
+                    "lease lapsed: not publishing"
+                );
+                batch.clear();
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for notification in &batch {
+                seq += 1;
+                let text = std::str::from_utf8(&notification.payload).unwrap_or("");
+                let channel = routing::target_channel(text, &self.listen_channel);
+                let sent_at_us = unix_micros_at(notification.received_at);
+                let message = bus::encode(self.epoch, seq, sent_at_us, &notification.payload);
+                pipe.add_command(
+                    self.redis
+                        .publish_cmd(&self.keys.channel(&channel), &message),
+                )
+                .ignore();
+            }
+            let result = tokio::time::timeout(
+                Duration::from_secs(5),
+                pipe.query_async::<()>(&mut self.redis),
+            )
+            .await;
+            match result {
+                Ok(Ok(())) => self.metrics.published.inc_by(n as u64),
+                Ok(Err(e)) => {
+                    self.metrics.dropped.inc_by(n as u64);
+                    tracing::warn!(error = %e, dropped = n, "publishing to Redis failed");
+                }
+                Err(_) => {
+                    self.metrics.dropped.inc_by(n as u64);
+                    tracing::warn!(dropped = n, "publishing to Redis timed out");
+                }
+            }
+            batch.clear();
+        }
+    }
+}
+
+/// Unix microseconds at `instant` (a moment in the recent past).
+fn unix_micros_at(instant: std::time::Instant) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(instant.elapsed()).as_micros() as u64
+}

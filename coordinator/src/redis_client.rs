@@ -1,0 +1,183 @@
+//! One Redis handle over a single Redis or a Redis Cluster.
+//!
+//! Both speak RESP3 so that pub/sub messages arrive as push messages on a
+//! channel given at connect time, on the same multiplexed connection as
+//! commands, and both re-subscribe by themselves after a reconnect. On a
+//! cluster, pub/sub is sharded (`SSUBSCRIBE`/`SPUBLISH`): a channel lives on
+//! the node owning its slot, so pub/sub traffic scales with the shards.
+//!
+//! [`RedisClient`] implements `redis::aio::ConnectionLike`, so commands,
+//! pipelines and scripts run on either kind unchanged.
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, PushInfo, RedisFuture, RedisResult, Value};
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Where Redis is.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://…` URLs: one for a single Redis, any seed nodes for a cluster.
+    pub urls: Vec<String>,
+    /// Talk the cluster protocol (sharded pub/sub, slot routing).
+    pub cluster: bool,
+}
+
+/// A connected handle; cheap to clone (clones share the connection).
+#[derive(Clone)]
+pub enum RedisClient {
+    /// A single Redis (or a primary behind a proxy).
+    Single(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+/// How long a command may take. Blocking reads pass their own, longer one.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+impl RedisClient {
+    /// Connect; pub/sub messages go to `pushes` when given. `response_timeout`
+    /// `None` allows blocking commands (`XREADGROUP BLOCK`).
+    pub async fn connect(
+        config: &RedisConfig,
+        pushes: Option<UnboundedSender<PushInfo>>,
+        response_timeout: Option<Duration>,
+    ) -> RedisResult<RedisClient> {
+        if config.cluster {
+            let urls: Vec<String> = config.urls.iter().map(|u| resp3(u)).collect();
+            let mut builder = ClusterClientBuilder::new(urls)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .connection_timeout(Duration::from_secs(2))
+                .retries(2);
+            if let Some(timeout) = response_timeout {
+                builder = builder.response_timeout(timeout);
+            } else {
+                builder = builder.response_timeout(Duration::from_secs(3600));
+            }
+            if let Some(tx) = pushes {
+                builder = builder.push_sender(tx);
+            }
+            let client = builder.build()?;
+            return Ok(RedisClient::Cluster(client.get_async_connection().await?));
+        }
+        let url = config
+            .urls
+            .first()
+            .map(String::as_str)
+            .unwrap_or("redis://127.0.0.1:6379");
+        let client = redis::Client::open(resp3(url))?;
+        let mut manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(response_timeout)
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        if let Some(tx) = pushes {
+            manager = manager.set_push_sender(tx).set_automatic_resubscription();
+        }
+        Ok(RedisClient::Single(
+            client.get_connection_manager_with_config(manager).await?,
+        ))
+    }
+
+    /// Whether this is a cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisClient::Cluster(_))
+    }
+
+    /// Subscribe to `channels` (sharded on a cluster).
+    pub async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            RedisClient::Single(c) => c.subscribe(channels).await,
+            RedisClient::Cluster(c) => c.ssubscribe(channels).await,
+        }
+    }
+
+    /// Unsubscribe from `channels`.
+    pub async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            RedisClient::Single(c) => c.unsubscribe(channels).await,
+            RedisClient::Cluster(c) => c.sunsubscribe(channels).await,
+        }
+    }
+
+    /// The command publishing `message` on `channel` (sharded on a cluster).
+    pub fn publish_cmd(&self, channel: &str, message: &[u8]) -> Cmd {
+        let mut cmd = redis::cmd(if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        });
+        cmd.arg(channel).arg(message);
+        cmd
+    }
+}
+
+/// The channel and payload of a pub/sub push message, if it is one.
+pub fn message_of(push: &PushInfo) -> Option<(&[u8], &[u8])> {
+    use redis::PushKind;
+    if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
+        return None;
+    }
+    match push.data.as_slice() {
+        [Value::BulkString(channel), Value::BulkString(payload)] => Some((channel, payload)),
+        _ => None,
+    }
+}
+
+impl ConnectionLike for RedisClient {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisClient::Single(c) => c.req_packed_command(cmd),
+            RedisClient::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisClient::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisClient::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisClient::Single(c) => c.get_db(),
+            RedisClient::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_switched_to_resp3() {
+        assert_eq!(resp3("redis://h:1"), "redis://h:1?protocol=resp3");
+        assert_eq!(
+            resp3("redis://h:1/0?x=y"),
+            "redis://h:1/0?x=y&protocol=resp3"
+        );
+        assert_eq!(
+            resp3("redis://h?protocol=resp3"),
+            "redis://h?protocol=resp3"
+        );
+    }
+}
