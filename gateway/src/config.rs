@@ -41,7 +41,10 @@ pgws_coordinator::vars! {
     SHUTDOWN_TIMEOUT = "PGWS_SHUTDOWN_TIMEOUT", Some("10000"), "Milliseconds allowed for the graceful drain after SIGTERM.";
     LOG_FORMAT = "PGWS_LOG_FORMAT", Some("text"), "`text` or `json`.";
     LOG_LEVEL = "PGWS_LOG_LEVEL", Some("info"), "A tracing filter: `info`, `debug`, `pgws_gateway=debug,info` …";
-    REDIS_URL = "PGWS_REDIS_URL", None, "Cluster mode: the Redis URL. Unset: standalone mode.";
+    REDIS_URL = "PGWS_REDIS_URL", None, "Cluster mode: the Redis URL (comma-separated seeds for a cluster). Unset: standalone mode.";
+    REDIS_CLUSTER = "PGWS_REDIS_CLUSTER", Some("false"), "The Redis is a Redis Cluster (sharded pub/sub).";
+    REDIS_PREFIX = "PGWS_REDIS_PREFIX", Some("pgws"), "Prefix of every Redis key and channel.";
+    WRITE_STREAM_MAX_LEN = "PGWS_WRITE_STREAM_MAX_LEN", Some("100000"), "Cluster mode: most writes waiting in the Redis stream; beyond it writers get 1013.";
 }
 
 /// The JWT key material, before it is turned into keys by `auth`.
@@ -101,11 +104,31 @@ pub struct DatabaseConfig {
     pub write_queue_size: usize,
 }
 
+/// Cluster mode: the gateway talks to Redis only.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Where Redis is.
+    pub redis: pgws_coordinator::redis_client::RedisConfig,
+    /// Key layout under `PGWS_REDIS_PREFIX`.
+    pub keys: pgws_protocol::keys::KeySpace,
+    /// Bound of the writes stream.
+    pub stream_max_len: usize,
+}
+
+/// Where notifications come from and writes go.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// One process: the embedded listener and NOTIFY relay.
+    Standalone(DatabaseConfig),
+    /// Redis, with coordinators elsewhere.
+    Cluster(ClusterConfig),
+}
+
 /// The whole gateway configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Database settings (standalone mode).
-    pub database: DatabaseConfig,
+    /// Standalone (database) or cluster (Redis).
+    pub backend: Backend,
     /// JWT key material.
     pub jwt: JwtSecret,
     /// Public listener.
@@ -135,36 +158,18 @@ pub struct Config {
 impl Config {
     /// Validate and type every variable. `standalone` requires the database.
     pub fn from_sources(sources: &Sources) -> Result<Config, ConfigError> {
-        if sources.get(REDIS_URL).is_some() {
-            return Err(err(
-                REDIS_URL,
-                "cluster mode is not available in this build yet; unset it to run standalone",
-            ));
-        }
-        let db_uri = sources
-            .file_or_value(DB_URI)?
-            .ok_or_else(|| err(DB_URI, "is required"))?;
-        let db = pgws_coordinator::db::parse_uri(&db_uri)
-            .map_err(|e| err(DB_URI, format!("not a valid PostgreSQL URI: {e}")))?;
-        let database = DatabaseConfig {
-            db,
-            pool_size: positive(
-                sources.parsed(POOL_SIZE, "a number of connections")?,
-                POOL_SIZE,
-            )?,
-            retries: sources.parsed(RETRIES, "a number of retries")?,
-            check_listener_interval: sources.millis(CHECK_LISTENER_INTERVAL)?,
-            write_queue_size: positive(
-                sources.parsed(WRITE_QUEUE_SIZE, "a number of messages")?,
-                WRITE_QUEUE_SIZE,
-            )?,
-        };
-        if database.check_listener_interval == Some(Duration::ZERO) {
-            return Err(err(
-                CHECK_LISTENER_INTERVAL,
-                "must be more than 0 ms (unset it to disable)",
-            ));
-        }
+        let backend =
+            match pgws_coordinator::config::redis_config(sources, REDIS_URL, REDIS_CLUSTER)? {
+                Some(redis) => Backend::Cluster(ClusterConfig {
+                    redis,
+                    keys: pgws_coordinator::config::redis_prefix(sources, REDIS_PREFIX)?,
+                    stream_max_len: positive(
+                        sources.parsed(WRITE_STREAM_MAX_LEN, "a number of messages")?,
+                        WRITE_STREAM_MAX_LEN,
+                    )?,
+                }),
+                None => Backend::Standalone(database_config(sources)?),
+            };
         let secret = sources
             .file_or_value(JWT_SECRET)?
             .ok_or_else(|| err(JWT_SECRET, "is required"))?;
@@ -180,7 +185,7 @@ impl Config {
             ));
         }
         Ok(Config {
-            database,
+            backend,
             jwt,
             public: ListenAddr {
                 host: Host::parse(HOST, &sources.required(HOST)?)?,
@@ -230,6 +235,34 @@ impl Config {
             },
         })
     }
+}
+
+fn database_config(sources: &Sources) -> Result<DatabaseConfig, ConfigError> {
+    let db_uri = sources
+        .file_or_value(DB_URI)?
+        .ok_or_else(|| err(DB_URI, "is required"))?;
+    let db = pgws_coordinator::db::parse_uri(&db_uri)
+        .map_err(|e| err(DB_URI, format!("not a valid PostgreSQL URI: {e}")))?;
+    let database = DatabaseConfig {
+        db,
+        pool_size: positive(
+            sources.parsed(POOL_SIZE, "a number of connections")?,
+            POOL_SIZE,
+        )?,
+        retries: sources.parsed(RETRIES, "a number of retries")?,
+        check_listener_interval: sources.millis(CHECK_LISTENER_INTERVAL)?,
+        write_queue_size: positive(
+            sources.parsed(WRITE_QUEUE_SIZE, "a number of messages")?,
+            WRITE_QUEUE_SIZE,
+        )?,
+    };
+    if database.check_listener_interval == Some(Duration::ZERO) {
+        return Err(err(
+            CHECK_LISTENER_INTERVAL,
+            "must be more than 0 ms (unset it to disable)",
+        ));
+    }
+    Ok(database)
 }
 
 fn tls_files(sources: &Sources) -> Result<Option<TlsFiles>, ConfigError> {

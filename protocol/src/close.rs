@@ -70,7 +70,7 @@ impl CloseReason {
             CloseReason::InvalidPayload => "Message is not valid UTF-8",
             CloseReason::MessageTooBig => "Message too big",
             CloseReason::InternalError => "Internal error",
-            CloseReason::TryAgainLater => "Write queue full",
+            CloseReason::TryAgainLater => "Try again later",
             CloseReason::JwtExpired => "JWT expired",
             CloseReason::SlowConsumer => "Slow consumer",
             CloseReason::PingTimeout => "Ping timeout",

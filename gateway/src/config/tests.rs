@@ -17,9 +17,12 @@ fn defaults_match_the_original() {
     assert_eq!(c.public.host, Host::AnyV4);
     assert_eq!(c.public.port, 3000);
     assert_eq!(c.listen_channel, "postgres-websockets-listener");
-    assert_eq!(c.database.pool_size, 10);
-    assert_eq!(c.database.retries, 5);
-    assert_eq!(c.database.check_listener_interval, None);
+    let Backend::Standalone(db) = &c.backend else {
+        panic!("standalone without PGWS_REDIS_URL")
+    };
+    assert_eq!(db.pool_size, 10);
+    assert_eq!(db.retries, 5);
+    assert_eq!(db.check_listener_interval, None);
     assert!(c.meta_channel.is_none() && c.root_path.is_none() && c.tls.is_none());
     assert!(!c.jwt.base64);
 }
@@ -125,7 +128,10 @@ fn environment_wins_over_the_toml_file() {
     let sources = Sources::merge(VARS, Some(&file), env).expect("merged");
     let c = Config::from_sources(&sources).expect("valid");
     assert_eq!(c.public.port, 5000);
-    assert_eq!(c.database.pool_size, 3);
+    let Backend::Standalone(db) = &c.backend else {
+        panic!("standalone")
+    };
+    assert_eq!(db.pool_size, 3);
     assert_eq!(c.jwt.secret, b"file");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -156,4 +162,24 @@ fn every_variable_is_documented() {
             var.name
         );
     }
+}
+
+#[test]
+fn a_redis_url_selects_cluster_mode_without_database() {
+    let c = Config::from_sources(&Sources::from_pairs(
+        VARS,
+        [
+            (JWT_SECRET, "s"),
+            (REDIS_URL, "redis://127.0.0.1:6379"),
+            (REDIS_PREFIX, "test"),
+        ],
+    ))
+    .expect("valid without PGWS_DB_URI");
+    let Backend::Cluster(cluster) = c.backend else {
+        panic!("cluster mode")
+    };
+    assert_eq!(cluster.keys.prefix(), "test");
+    assert_eq!(cluster.stream_max_len, 100_000);
+    let e = load(&[(REDIS_URL, "localhost:6379")]).expect_err("not a URL");
+    assert_eq!(e.variable, REDIS_URL);
 }

@@ -168,6 +168,14 @@ async fn on_message(rc: &ReaderContext, message: &str) -> Result<(), CloseReason
                 );
                 return Err(CloseReason::TryAgainLater);
             }
+            Err(BusError::Unavailable) => {
+                metrics.rejected(Rejection::QueueFull);
+                tracing::warn!(
+                    session = rc.session.0,
+                    "bus unavailable: closing the writer with 1013"
+                );
+                return Err(CloseReason::TryAgainLater);
+            }
             Err(BusError::Closed) => return Err(CloseReason::GoingAway),
         }
     }

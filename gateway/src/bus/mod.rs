@@ -7,8 +7,10 @@
 //! and after its last local reader, so a cross-node bus can subscribe only
 //! to channels this node needs.
 //!
-//! Standalone mode is the only implementation so far: the embedded relay
-//! from `pgws-coordinator`.
+//! * standalone: the embedded relay from `pgws-coordinator`;
+//! * cluster: [`redis::RedisBus`] — pub/sub in, a bounded stream out.
+
+pub mod redis;
 
 use pgws_coordinator::relay::{Relay, RelayError};
 use std::time::Duration;
@@ -22,6 +24,9 @@ pub enum BusError {
     /// The bus is shutting down.
     #[error("the bus is closed")]
     Closed,
+    /// Redis is unreachable (cluster mode).
+    #[error("the bus is unavailable")]
+    Unavailable,
 }
 
 /// The bus, by mode.
@@ -29,6 +34,10 @@ pub enum BusError {
 pub enum Bus {
     /// Standalone: the relay runs in this process.
     Local(Relay),
+    /// Cluster: Redis.
+    Redis(redis::RedisBus),
+    /// Shut down: nothing is accepted any more.
+    Closed,
 }
 
 impl Bus {
@@ -50,20 +59,26 @@ impl Bus {
                         RelayError::Closed => BusError::Closed,
                     })
             }
+            Bus::Redis(bus) => bus.publish(channel, envelope, wait).await,
+            Bus::Closed => Err(BusError::Closed),
         }
     }
 
     /// `channel` got its first local reader.
-    pub fn subscribe(&self, _channel: &str) {
+    pub fn subscribe(&self, channel: &str) {
         match self {
             Bus::Local(_) => {} // every notification already reaches this process
+            Bus::Redis(bus) => bus.subscribe(channel),
+            Bus::Closed => {}
         }
     }
 
     /// `channel` lost its last local reader.
-    pub fn unsubscribe(&self, _channel: &str) {
+    pub fn unsubscribe(&self, channel: &str) {
         match self {
             Bus::Local(_) => {}
+            Bus::Redis(bus) => bus.unsubscribe(channel),
+            Bus::Closed => {}
         }
     }
 }

@@ -1,0 +1,367 @@
+//! Cluster mode's bus: Redis pub/sub in, a Redis stream out.
+//!
+//! * **In:** one RESP3 connection carries the subscriptions as push
+//!   messages. The gateway subscribes to `p:msg:<channel>` on a channel's
+//!   first local reader and unsubscribes after its last, so a node only
+//!   receives what its sockets read. Every message is checked against the
+//!   newest fencing epoch seen: anything from an older epoch (a deposed
+//!   leader) is dropped and counted. Then it is a plain call into fan-out.
+//! * **Out:** writers' envelopes are appended to `{p}:writes` by a script
+//!   that refuses once the stream holds `PGWS_WRITE_STREAM_MAX_LEN` entries,
+//!   so a writer is told (close 1013) instead of its message being trimmed
+//!   away while no coordinator drains the stream.
+//!
+//! One task owns the connection's lifecycle: connect with backoff, apply
+//! subscribe/unsubscribe requests, ping every second for readiness, and
+//! re-subscribe everything wanted after Redis comes back.
+
+use super::BusError;
+use crate::fanout::Fanout;
+use crate::session::Delivery;
+use pgws_coordinator::backoff::Backoff;
+use pgws_coordinator::redis_client::{message_of, RedisClient, RedisConfig, RESPONSE_TIMEOUT};
+use pgws_protocol::bus;
+use pgws_protocol::keys::{KeySpace, FIELD_CHANNEL, FIELD_MESSAGE};
+use prometheus::{IntCounter, IntGauge, Registry};
+use redis::{PushInfo, PushKind, Script};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const APPEND: &str = r"
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+return 1";
+
+/// How often the connection is pinged for readiness.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Redis bus metrics.
+#[derive(Clone)]
+pub struct RedisBusMetrics {
+    up: IntGauge,
+    subscriptions: IntGauge,
+    received: IntCounter,
+    stale: IntCounter,
+    malformed: IntCounter,
+}
+
+impl RedisBusMetrics {
+    /// Create and register.
+    pub fn register(registry: &Registry) -> prometheus::Result<RedisBusMetrics> {
+        let m = RedisBusMetrics {
+            up: IntGauge::new("pgws_redis_up", "1 while Redis answers")?,
+            subscriptions: IntGauge::new("pgws_redis_subscriptions", "Redis channels this gateway subscribes to")?,
+            received: IntCounter::new("pgws_bus_messages_received_total", "Notifications received from Redis")?,
+            stale: IntCounter::new(
+                "pgws_bus_stale_dropped_total",
+                "Notifications dropped because a newer coordinator epoch was already seen (fencing)",
+            )?,
+            malformed: IntCounter::new("pgws_bus_malformed_total", "Redis messages that could not be decoded")?,
+        };
+        registry.register(Box::new(m.up.clone()))?;
+        registry.register(Box::new(m.subscriptions.clone()))?;
+        registry.register(Box::new(m.received.clone()))?;
+        registry.register(Box::new(m.stale.clone()))?;
+        registry.register(Box::new(m.malformed.clone()))?;
+        Ok(m)
+    }
+}
+
+enum Subscription {
+    Add(String),
+    Remove(String),
+}
+
+/// The handle sessions use.
+#[derive(Clone)]
+pub struct RedisBus {
+    client: Arc<RwLock<Option<RedisClient>>>,
+    ops: mpsc::UnboundedSender<Subscription>,
+    keys: KeySpace,
+    max_len: usize,
+    append: Arc<Script>,
+    up: Arc<AtomicBool>,
+}
+
+impl RedisBus {
+    /// Start the connection task; it runs until `stop`.
+    pub fn start(
+        config: RedisConfig,
+        keys: KeySpace,
+        max_len: usize,
+        fanout: Arc<Fanout>,
+        metrics: RedisBusMetrics,
+        stop: CancellationToken,
+    ) -> (RedisBus, tokio::task::JoinHandle<()>) {
+        let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+        let bus = RedisBus {
+            client: Arc::new(RwLock::new(None)),
+            ops: ops_tx,
+            keys: keys.clone(),
+            max_len,
+            append: Arc::new(Script::new(APPEND)),
+            up: Arc::new(AtomicBool::new(false)),
+        };
+        let link = Link {
+            config,
+            keys,
+            fanout,
+            metrics,
+            slot: bus.client.clone(),
+            up: bus.up.clone(),
+            wanted: HashSet::new(),
+            newest_epoch: 0,
+        };
+        (bus, tokio::spawn(link.run(ops_rx, stop)))
+    }
+
+    /// Whether Redis currently answers.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Append `envelope` to the writes stream, unless it is full.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        envelope: String,
+        wait: Duration,
+    ) -> Result<(), BusError> {
+        let client = self
+            .client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(mut client) = client else {
+            return Err(BusError::Unavailable);
+        };
+        let mut invocation = self.append.key(self.keys.writes());
+        let invocation = invocation
+            .arg(self.max_len)
+            .arg(FIELD_CHANNEL)
+            .arg(channel)
+            .arg(FIELD_MESSAGE)
+            .arg(envelope)
+            .invoke_async::<i64>(&mut client);
+        match tokio::time::timeout(wait.max(Duration::from_millis(100)), invocation).await {
+            Ok(Ok(1)) => Ok(()),
+            Ok(Ok(_)) => Err(BusError::Full),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot queue a write in Redis");
+                Err(BusError::Unavailable)
+            }
+            Err(_) => Err(BusError::Unavailable),
+        }
+    }
+
+    /// `channel` got its first local reader.
+    pub fn subscribe(&self, channel: &str) {
+        let _ = self.ops.send(Subscription::Add(self.keys.channel(channel)));
+    }
+
+    /// `channel` lost its last local reader.
+    pub fn unsubscribe(&self, channel: &str) {
+        let _ = self
+            .ops
+            .send(Subscription::Remove(self.keys.channel(channel)));
+    }
+}
+
+/// The connection task's state.
+struct Link {
+    config: RedisConfig,
+    keys: KeySpace,
+    fanout: Arc<Fanout>,
+    metrics: RedisBusMetrics,
+    slot: Arc<RwLock<Option<RedisClient>>>,
+    up: Arc<AtomicBool>,
+    /// Redis channels some local socket reads.
+    wanted: HashSet<String>,
+    newest_epoch: u64,
+}
+
+impl Link {
+    async fn run(
+        mut self,
+        mut ops: mpsc::UnboundedReceiver<Subscription>,
+        stop: CancellationToken,
+    ) {
+        let (push_tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
+        let Some(mut client) = self.connect(push_tx, &mut ops, &stop).await else {
+            return;
+        };
+        *self.slot.write().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
+        let mut synced = self.resubscribe(&mut client).await;
+        let mut health = tokio::time::interval(HEALTH_EVERY);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                op = ops.recv() => match op {
+                    Some(op) => {
+                        if !self.apply(&mut client, op).await {
+                            synced = false;
+                        }
+                    }
+                    None => break,
+                },
+                push = pushes.recv() => match push {
+                    Some(push) => self.on_push(push),
+                    None => break,
+                },
+                _ = health.tick() => {
+                    let alive = ping(&mut client).await;
+                    self.set_up(alive);
+                    if alive && !synced {
+                        synced = self.resubscribe(&mut client).await;
+                    } else if !alive {
+                        synced = false;
+                    }
+                }
+            }
+        }
+        self.set_up(false);
+        *self.slot.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Connect with backoff, keeping track of wanted channels meanwhile.
+    async fn connect(
+        &mut self,
+        push_tx: mpsc::UnboundedSender<PushInfo>,
+        ops: &mut mpsc::UnboundedReceiver<Subscription>,
+        stop: &CancellationToken,
+    ) -> Option<RedisClient> {
+        let mut backoff = Backoff::new();
+        loop {
+            match RedisClient::connect(&self.config, Some(push_tx.clone()), Some(RESPONSE_TIMEOUT))
+                .await
+            {
+                Ok(client) => {
+                    tracing::info!("connected to Redis");
+                    self.set_up(true);
+                    return Some(client);
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay().min(Duration::from_secs(5));
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect to Redis");
+                    let retry = tokio::time::sleep(delay);
+                    tokio::pin!(retry);
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return None,
+                            _ = &mut retry => break,
+                            op = ops.recv() => match op {
+                                Some(Subscription::Add(c)) => { self.wanted.insert(c); }
+                                Some(Subscription::Remove(c)) => { self.wanted.remove(&c); }
+                                None => return None,
+                            },
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Apply one request; false when Redis refused it (retried later).
+    async fn apply(&mut self, client: &mut RedisClient, op: Subscription) -> bool {
+        let result = match op {
+            Subscription::Add(channel) => {
+                let r = client.subscribe(std::slice::from_ref(&channel)).await;
+                self.wanted.insert(channel);
+                r
+            }
+            Subscription::Remove(channel) => {
+                let r = client.unsubscribe(std::slice::from_ref(&channel)).await;
+                self.wanted.remove(&channel);
+                r
+            }
+        };
+        self.metrics.subscriptions.set(self.wanted.len() as i64);
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "subscription change failed: will retry when Redis answers");
+        }
+        result.is_ok()
+    }
+
+    /// Subscribe to everything wanted (idempotent); true on success.
+    async fn resubscribe(&mut self, client: &mut RedisClient) -> bool {
+        self.metrics.subscriptions.set(self.wanted.len() as i64);
+        if self.wanted.is_empty() {
+            return true;
+        }
+        let channels: Vec<String> = self.wanted.iter().cloned().collect();
+        match client.subscribe(&channels).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "re-subscribing failed");
+                false
+            }
+        }
+    }
+
+    fn on_push(&mut self, push: PushInfo) {
+        if push.kind == PushKind::Disconnection {
+            tracing::warn!("Redis connection lost");
+            self.set_up(false);
+            return;
+        }
+        let Some((channel, message)) = message_of(&push) else {
+            return;
+        };
+        let Some(channel) = std::str::from_utf8(channel)
+            .ok()
+            .and_then(|c| self.keys.channel_of(c))
+        else {
+            return;
+        };
+        self.metrics.received.inc();
+        let published = match bus::decode(bytes::Bytes::copy_from_slice(message)) {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics.malformed.inc();
+                tracing::warn!(error = %e, "malformed message on Redis");
+                return;
+            }
+        };
+        if published.epoch < self.newest_epoch {
+            self.metrics.stale.inc();
+            return;
+        }
+        self.newest_epoch = published.epoch;
+        let delivery = Delivery {
+            payload: published.payload,
+            received_at: instant_of_micros(published.sent_at_us),
+        };
+        self.fanout.deliver_to(channel, &delivery);
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Release);
+        self.metrics.up.set(i64::from(up));
+    }
+}
+
+async fn ping(client: &mut RedisClient) -> bool {
+    let cmd = redis::cmd("PING");
+    let ping = cmd.query_async::<String>(client);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), ping).await,
+        Ok(Ok(_))
+    )
+}
+
+/// The local `Instant` corresponding to Unix microseconds `at` (in the past).
+fn instant_of_micros(at: u64) -> Instant {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64;
+    let ago = Duration::from_micros(now.saturating_sub(at));
+    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
+}
