@@ -2,8 +2,10 @@
 //! lease.
 //!
 //! * **Acquire:** one script does `SET {p}:leader <node id> NX PX <ttl>` and,
-//!   only if that succeeded, `INCR {p}:epoch`: every term gets a new,
-//!   larger epoch, atomically with the lock.
+//!   only if that succeeded, advances `{p}:epoch` to
+//!   `max(previous + 1, Redis time in ms)`: every term gets a new, larger
+//!   epoch, atomically with the lock — an `INCR` that also survives Redis
+//!   losing its data.
 //! * **Renew:** every ttl/3, a compare-and-extend script (`PEXPIRE` only if
 //!   the lock still holds our id).
 //! * **Release:** compare-and-delete on shutdown, so a standby takes over at
@@ -26,11 +28,20 @@ use redis::{RedisResult, Script};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+// The epoch is max(previous + 1, Redis time in ms): strictly increasing
+// like INCR while Redis keeps its data, and still larger than every earlier
+// epoch after Redis restarts empty (gateways remember the newest epoch they
+// saw and would otherwise drop every message of a reset counter).
 const ACQUIRE: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 0
 end
-return 0";
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+local epoch = math.max(previous + 1, ms)
+redis.call('SET', KEYS[2], string.format('%d', epoch))
+return epoch";
 
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then

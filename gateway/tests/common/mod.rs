@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod cluster;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -79,6 +81,8 @@ pub struct GatewayBuilder {
     env: Vec<(String, String)>,
     args: Vec<String>,
     wait_ready: bool,
+    bin: std::path::PathBuf,
+    public: bool,
 }
 
 impl GatewayBuilder {
@@ -105,7 +109,12 @@ impl GatewayBuilder {
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgws-gateway"));
+        assert!(
+            self.bin.exists(),
+            "{} is missing: build the workspace first (cargo test --workspace does)",
+            self.bin.display()
+        );
+        let mut cmd = Command::new(&self.bin);
         cmd.env_clear()
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(&self.args)
@@ -128,6 +137,7 @@ impl GatewayBuilder {
             .env
             .iter()
             .any(|(k, v)| k == "PGWS_ADMIN_PORT" && v == "off");
+        let public_expected = self.public;
         let mut child = self.command().spawn().expect("spawn pgws-gateway");
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
@@ -150,7 +160,11 @@ impl GatewayBuilder {
         };
         let deadline = Instant::now() + WAIT;
         loop {
-            let public = gateway.logged_addr("public");
+            let public = if public_expected {
+                gateway.logged_addr("public")
+            } else {
+                Some(gateway.addr)
+            };
             let admin = gateway.logged_addr("admin");
             if let Some(public) = public {
                 if admin.is_some() || admin_off {
@@ -193,6 +207,41 @@ impl Gateway {
             ],
             args: Vec::new(),
             wait_ready: true,
+            bin: std::path::PathBuf::from(env!("CARGO_BIN_EXE_pgws-gateway")),
+            public: true,
+        }
+    }
+
+    /// A gateway in cluster mode (no database settings).
+    pub fn cluster_gateway(redis_url: &str, prefix: &str, listen_channel: &str) -> GatewayBuilder {
+        Gateway::builder()
+            .unset("PGWS_DB_URI")
+            .env("PGWS_REDIS_URL", redis_url)
+            .env("PGWS_REDIS_PREFIX", prefix)
+            .env("PGWS_LISTEN_CHANNEL", listen_channel)
+    }
+
+    /// A `pgws-coordinator` (built beside `pgws-gateway`).
+    pub fn coordinator(redis_url: &str, prefix: &str, listen_channel: &str) -> GatewayBuilder {
+        let gateway = std::path::PathBuf::from(env!("CARGO_BIN_EXE_pgws-gateway"));
+        let bin = gateway.with_file_name(format!("pgws-coordinator{}", std::env::consts::EXE_SUFFIX));
+        GatewayBuilder {
+            env: vec![
+                ("PGWS_DB_URI".into(), db_uri()),
+                ("PGWS_REDIS_URL".into(), redis_url.into()),
+                ("PGWS_REDIS_PREFIX".into(), prefix.into()),
+                ("PGWS_LISTEN_CHANNEL".into(), listen_channel.into()),
+                ("PGWS_NODE_ID".into(), unique("coord")),
+                ("PGWS_LEADER_TTL".into(), "2000".into()),
+                ("PGWS_ADMIN_HOST".into(), "127.0.0.1".into()),
+                ("PGWS_ADMIN_PORT".into(), "0".into()),
+                ("PGWS_SHUTDOWN_TIMEOUT".into(), "5000".into()),
+                ("PGWS_LOG_LEVEL".into(), "info,pgws_coordinator=debug".into()),
+            ],
+            args: Vec::new(),
+            wait_ready: true,
+            bin,
+            public: false,
         }
     }
 
@@ -501,4 +550,90 @@ pub async fn recv_within(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) 
             return payload;
         }
     }
+}
+
+/// The shared Redis the machine runs (isolation is by key prefix).
+pub fn redis_url() -> String {
+    std::env::var("PGWS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A free TCP port on loopback (bound and released; the kernel does not
+/// hand it out again at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A private `redis-server` this test can stop and restart.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    dir: std::path::PathBuf,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub async fn start(extra: &[&str]) -> RedisServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("pgws-redis"));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = RedisServer::spawn(port, &dir, &extra);
+        let server = RedisServer { child, port, dir, extra };
+        server.wait_up().await;
+        server
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (install the redis-server package)")
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn wait_up(&self) {
+        let deadline = Instant::now() + WAIT;
+        while !redis_ping(self.port) {
+            assert!(Instant::now() < deadline, "redis-server on {} did not start", self.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.child = RedisServer::spawn(self.port, &self.dir, &self.extra);
+        self.wait_up().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether a Redis answers PING on `port`.
+pub fn redis_ping(port: u16) -> bool {
+    Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "ping"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+        .unwrap_or(false)
 }
