@@ -116,25 +116,20 @@ impl Publisher {
                 batch.clear();
                 continue;
             }
-            let mut pipe = redis::pipe();
-            for notification in &batch {
-                seq += 1;
-                let text = std::str::from_utf8(&notification.payload).unwrap_or("");
-                let channel = routing::target_channel(text, &self.listen_channel);
-                let sent_at_us = unix_micros_at(notification.received_at);
-                let message = bus::encode(self.epoch, seq, sent_at_us, &notification.payload);
-                pipe.add_command(
+            let commands: Vec<redis::Cmd> = batch
+                .iter()
+                .map(|notification| {
+                    seq += 1;
+                    let text = std::str::from_utf8(&notification.payload).unwrap_or("");
+                    let channel = routing::target_channel(text, &self.listen_channel);
+                    let sent_at_us = unix_micros_at(notification.received_at);
+                    let message = bus::encode(self.epoch, seq, sent_at_us, &notification.payload);
                     self.redis
-                        .publish_cmd(&self.keys.channel(&channel), &message),
-                )
-                .ignore();
-            }
-            let result = tokio::time::timeout(
-                Duration::from_secs(5),
-                pipe.query_async::<()>(&mut self.redis),
-            )
-            .await;
-            match result {
+                        .publish_cmd(&self.keys.channel(&channel), &message)
+                })
+                .collect();
+            let sent = tokio::time::timeout(Duration::from_secs(5), self.send(&commands)).await;
+            match sent {
                 Ok(Ok(())) => self.metrics.published.inc_by(n as u64),
                 Ok(Err(e)) => {
                     self.metrics.dropped.inc_by(n as u64);
@@ -147,6 +142,29 @@ impl Publisher {
             }
             batch.clear();
         }
+    }
+}
+
+impl Publisher {
+    /// Send one batch: one pipeline on a single Redis; on a cluster, where a
+    /// pipeline would go to one node, each `SPUBLISH` separately — issued
+    /// together, so they still share round trips per node.
+    async fn send(&mut self, commands: &[redis::Cmd]) -> redis::RedisResult<()> {
+        if !self.redis.is_cluster() {
+            let mut pipe = redis::pipe();
+            for cmd in commands {
+                pipe.add_command(cmd.clone()).ignore();
+            }
+            return pipe.query_async::<()>(&mut self.redis).await;
+        }
+        let sends = commands.iter().map(|cmd| {
+            let mut redis = self.redis.clone();
+            async move { cmd.query_async::<i64>(&mut redis).await }
+        });
+        futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .try_for_each(|r| r.map(|_| ()))
     }
 }
 

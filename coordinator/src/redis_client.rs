@@ -96,11 +96,17 @@ impl RedisClient {
         matches!(self, RedisClient::Cluster(_))
     }
 
-    /// Subscribe to `channels` (sharded on a cluster).
+    /// Subscribe to `channels` (sharded on a cluster, one call per channel:
+    /// channels in different slots cannot share an `SSUBSCRIBE`).
     pub async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             RedisClient::Single(c) => c.subscribe(channels).await,
-            RedisClient::Cluster(c) => c.ssubscribe(channels).await,
+            RedisClient::Cluster(c) => {
+                for channel in channels {
+                    c.ssubscribe(channel).await?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -108,7 +114,12 @@ impl RedisClient {
     pub async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             RedisClient::Single(c) => c.unsubscribe(channels).await,
-            RedisClient::Cluster(c) => c.sunsubscribe(channels).await,
+            RedisClient::Cluster(c) => {
+                for channel in channels {
+                    c.sunsubscribe(channel).await?;
+                }
+                Ok(())
+            }
         }
     }
 

@@ -119,7 +119,7 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone)]
 pub enum Backend {
     /// One process: the embedded listener and NOTIFY relay.
-    Standalone(DatabaseConfig),
+    Standalone(Box<DatabaseConfig>),
     /// Redis, with coordinators elsewhere.
     Cluster(ClusterConfig),
 }
@@ -168,7 +168,7 @@ impl Config {
                         WRITE_STREAM_MAX_LEN,
                     )?,
                 }),
-                None => Backend::Standalone(database_config(sources)?),
+                None => Backend::Standalone(Box::new(database_config(sources)?)),
             };
         let secret = sources
             .file_or_value(JWT_SECRET)?

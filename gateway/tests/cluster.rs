@@ -22,7 +22,11 @@ async fn each_notify_reaches_every_gateway_once_and_each_write_notifies_once_per
     c.notify(&db, &chat, "marker").await;
     for r in readers.iter_mut() {
         for k in 0..20 {
-            assert_eq!(payload_of(&next_text(r).await), k.to_string(), "in order, once");
+            assert_eq!(
+                payload_of(&next_text(r).await),
+                k.to_string(),
+                "in order, once"
+            );
         }
         assert_eq!(payload_of(&next_text(r).await), "marker", "nothing twice");
     }
@@ -40,7 +44,11 @@ async fn each_notify_reaches_every_gateway_once_and_each_write_notifies_once_per
     }
     assert_eq!(channels, HashSet::from([a, b]));
     notify(&db, &c.listen_channel, "after").await;
-    assert_eq!(recv_within(&mut pg).await, "after", "exactly one NOTIFY per channel");
+    assert_eq!(
+        recv_within(&mut pg).await,
+        "after",
+        "exactly one NOTIFY per channel"
+    );
 }
 
 #[tokio::test]
@@ -50,8 +58,12 @@ async fn exactly_one_backend_listens() {
     wait_listen_backends(&db, &c.listen_channel, 1).await;
     // The standby keeps trying; still one listener after several attempts.
     let standby = 1 - c.leader().await;
-    let attempts = c.coordinators[standby].metric("pgws_election_attempts_total").await;
-    c.coordinators[standby].wait_metric("pgws_election_attempts_total", attempts + 5.0).await;
+    let attempts = c.coordinators[standby]
+        .metric("pgws_election_attempts_total")
+        .await;
+    c.coordinators[standby]
+        .wait_metric("pgws_election_attempts_total", attempts + 5.0)
+        .await;
     assert_eq!(listen_backends(&db, &c.listen_channel).await, 1);
 }
 
@@ -64,7 +76,10 @@ async fn kill_9_of_the_leader_resumes_delivery_within_the_ttl_and_closes_no_sock
     let leader = c.leader().await;
     c.coordinators[leader].signal("KILL");
     let (took, _) = pump_until_delivered(&c, &db, &chat, &mut readers[0], "after-kill").await;
-    assert!(took <= TTL + Duration::from_secs(1), "delivery resumed after {took:?}");
+    assert!(
+        took <= TTL + Duration::from_secs(1),
+        "delivery resumed after {took:?}"
+    );
     assert_eq!(c.leader_except(&[leader]).await, 1 - leader);
     // Every socket is still open and receiving.
     c.notify(&db, &chat, "still-here").await;
@@ -105,16 +120,25 @@ async fn a_paused_leader_that_wakes_up_publishes_nothing_and_steps_down() {
     // Wake the old leader: its lease has lapsed; whatever it still holds
     // (notifications queued on its LISTEN connection) must not reach anyone.
     c.coordinators[old].signal("CONT");
-    c.coordinators[old].wait_metric("pgws_election_attempts_total", 1.0).await;
+    c.coordinators[old]
+        .wait_metric("pgws_election_attempts_total", 1.0)
+        .await;
     let deadline = Instant::now() + WAIT;
     while c.coordinators[old].metric("pgws_coordinator_leader").await != 0.0 {
-        assert!(Instant::now() < deadline, "the old leader did not step down");
+        assert!(
+            Instant::now() < deadline,
+            "the old leader did not step down"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_listen_backends(&db, &c.listen_channel, 1).await;
     c.notify(&db, &chat, "final").await;
     for (i, r) in readers.iter_mut().enumerate() {
-        let mut got = if i == 0 { std::mem::take(&mut seen) } else { Vec::new() };
+        let mut got = if i == 0 {
+            std::mem::take(&mut seen)
+        } else {
+            Vec::new()
+        };
         loop {
             let p = payload_of(&next_text(r).await);
             let done = p == "final";
@@ -124,7 +148,11 @@ async fn a_paused_leader_that_wakes_up_publishes_nothing_and_steps_down() {
             }
         }
         let unique: HashSet<&String> = got.iter().collect();
-        assert_eq!(unique.len(), got.len(), "reader {i} got a duplicate: {got:?}");
+        assert_eq!(
+            unique.len(),
+            got.len(),
+            "reader {i} got a duplicate: {got:?}"
+        );
     }
     assert_eq!(c.leader().await, new, "the new leader keeps leading");
 }
@@ -139,7 +167,9 @@ async fn writes_made_while_no_coordinator_runs_are_sent_when_one_starts() {
     for i in 0..30 {
         send(&mut writer, &format!("m{i}")).await;
     }
-    c.gateways[0].wait_metric("pgws_messages_received_total", 30.0).await;
+    c.gateways[0]
+        .wait_metric("pgws_messages_received_total", 30.0)
+        .await;
     let mut pg = listen_ready(&c.listen_channel).await;
     c.add_coordinator().await;
     for i in 0..30 {
@@ -203,9 +233,12 @@ async fn gateways_keep_their_sockets_while_redis_is_away() {
     redis.restart().await;
     let mut g = c.gateways.into_iter().next().expect("gateway");
     g.wait_ready().await;
-    c.coordinators[0].wait_metric("pgws_election_terms_total", 2.0).await;
+    c.coordinators[0]
+        .wait_metric("pgws_election_terms_total", 2.0)
+        .await;
     // The same socket receives again: the subscription was restored.
-    let (_, got) = pump_until_delivered_single(&db, &c.listen_channel, &chat, &mut readers[0]).await;
+    let (_, got) =
+        pump_until_delivered_single(&db, &c.listen_channel, &chat, &mut readers[0]).await;
     assert!(got.starts_with("after"), "{got}");
     assert_eq!(g.metric("pgws_connections{mode=\"r\"}").await, 1.0);
 }
@@ -224,9 +257,14 @@ async fn pump_until_delivered_single(
         n += 1;
         let text = json!({"channel": chat, "payload": format!("after-{n}")}).to_string();
         notify(db, listen_channel, &text).await;
-        if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_millis(100), reader.next()).await {
+        if let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_millis(100), reader.next()).await
+        {
             return (started.elapsed(), payload_of(&t));
         }
-        assert!(started.elapsed() < WAIT * 2, "delivery never resumed after Redis came back");
+        assert!(
+            started.elapsed() < WAIT * 2,
+            "delivery never resumed after Redis came back"
+        );
     }
 }

@@ -312,6 +312,7 @@ impl Link {
             return;
         }
         let Some((channel, message)) = message_of(&push) else {
+            tracing::debug!(kind = ?push.kind, "Redis push");
             return;
         };
         let Some(channel) = std::str::from_utf8(channel)

@@ -19,7 +19,12 @@ impl Cluster {
         Cluster::start_with(redis_url, false, coordinators, gateways).await
     }
 
-    pub async fn start_with(redis_url: &str, cluster_mode: bool, coordinators: usize, gateways: usize) -> Cluster {
+    pub async fn start_with(
+        redis_url: &str,
+        cluster_mode: bool,
+        coordinators: usize,
+        gateways: usize,
+    ) -> Cluster {
         let mut c = Cluster {
             redis_url: redis_url.to_string(),
             prefix: unique("pgws-test"),
@@ -68,7 +73,8 @@ impl Cluster {
                     continue;
                 }
                 let Some(admin) = c.admin else { continue };
-                let Ok(Ok((200, text))) = tokio::time::timeout(Duration::from_secs(2), http_get(admin, "/metrics")).await
+                let Ok(Ok((200, text))) =
+                    tokio::time::timeout(Duration::from_secs(2), http_get(admin, "/metrics")).await
                 else {
                     continue;
                 };
@@ -81,7 +87,10 @@ impl Cluster {
             if let [one] = leaders.as_slice() {
                 return *one;
             }
-            assert!(Instant::now() < deadline, "no single ready leader: {leaders:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no single ready leader: {leaders:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -137,7 +146,10 @@ pub async fn wait_listen_backends(db: &tokio_postgres::Client, channel: &str, wa
         if n == want {
             return;
         }
-        assert!(Instant::now() < deadline, "{n} LISTEN backends, wanted {want}");
+        assert!(
+            Instant::now() < deadline,
+            "{n} LISTEN backends, wanted {want}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -157,7 +169,9 @@ pub async fn pump_until_delivered(
     loop {
         n += 1;
         cluster.notify(db, channel, &format!("{tag}-{n}")).await;
-        if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_millis(50), reader.next()).await {
+        if let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_millis(50), reader.next()).await
+        {
             received.push(payload_of(&t));
             return (started.elapsed(), received);
         }

@@ -224,7 +224,8 @@ impl Gateway {
     /// A `pgws-coordinator` (built beside `pgws-gateway`).
     pub fn coordinator(redis_url: &str, prefix: &str, listen_channel: &str) -> GatewayBuilder {
         let gateway = std::path::PathBuf::from(env!("CARGO_BIN_EXE_pgws-gateway"));
-        let bin = gateway.with_file_name(format!("pgws-coordinator{}", std::env::consts::EXE_SUFFIX));
+        let bin =
+            gateway.with_file_name(format!("pgws-coordinator{}", std::env::consts::EXE_SUFFIX));
         GatewayBuilder {
             env: vec![
                 ("PGWS_DB_URI".into(), db_uri()),
@@ -236,7 +237,10 @@ impl Gateway {
                 ("PGWS_ADMIN_HOST".into(), "127.0.0.1".into()),
                 ("PGWS_ADMIN_PORT".into(), "0".into()),
                 ("PGWS_SHUTDOWN_TIMEOUT".into(), "5000".into()),
-                ("PGWS_LOG_LEVEL".into(), "info,pgws_coordinator=debug".into()),
+                (
+                    "PGWS_LOG_LEVEL".into(),
+                    "info,pgws_coordinator=debug".into(),
+                ),
             ],
             args: Vec::new(),
             wait_ready: true,
@@ -581,14 +585,28 @@ impl RedisServer {
         std::fs::create_dir_all(&dir).expect("redis dir");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = RedisServer::spawn(port, &dir, &extra);
-        let server = RedisServer { child, port, dir, extra };
+        let server = RedisServer {
+            child,
+            port,
+            dir,
+            extra,
+        };
         server.wait_up().await;
         server
     }
 
     fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
         Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir)
             .args(extra)
@@ -605,7 +623,11 @@ impl RedisServer {
     pub async fn wait_up(&self) {
         let deadline = Instant::now() + WAIT;
         while !redis_ping(self.port) {
-            assert!(Instant::now() < deadline, "redis-server on {} did not start", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on {} did not start",
+                self.port
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -636,4 +658,76 @@ pub fn redis_ping(port: u16) -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
         .unwrap_or(false)
+}
+
+/// A private 3-master Redis Cluster on loopback.
+pub struct RedisClusterServers {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisClusterServers {
+    pub async fn start() -> RedisClusterServers {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(
+                RedisServer::start(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+                .await,
+            );
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + WAIT;
+        for n in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &n.port.to_string(),
+                        "cluster",
+                        "info",
+                    ])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster never became ok: {info}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        RedisClusterServers { nodes }
+    }
+
+    /// Seed URLs, comma-separated, as PGWS_REDIS_URL takes them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
