@@ -1,7 +1,7 @@
 //! The coordinator's `PGWS_*` variables, read here and nowhere else.
 
 use crate::redis_client::RedisConfig;
-use crate::settings::{err, listen_addr, ConfigError, ListenAddr, Sources};
+use crate::settings::{err, listen_addr, ConfigError, ListenAddr, LogConfig, Sources};
 use pgws_protocol::keys::KeySpace;
 use std::path::Path;
 use std::time::Duration;
@@ -47,15 +47,8 @@ pub struct CoordinatorConfig {
     pub admin: Option<ListenAddr>,
     /// Step-down budget.
     pub shutdown_timeout: Duration,
-    /// JSON logs.
-    pub log_json: bool,
-    /// Log filter.
-    pub log_level: String,
-}
-
-/// Merge the TOML file and the environment for the coordinator's variables.
-pub fn load_sources(config_file: Option<&Path>) -> Result<Sources, ConfigError> {
-    Sources::load(VARS, config_file)
+    /// Logging.
+    pub log: LogConfig,
 }
 
 /// Parse the Redis URL list and cluster flag (shared with the gateway).
@@ -143,17 +136,7 @@ impl CoordinatorConfig {
                 .filter(|d| !d.is_zero()),
             admin: listen_addr(sources, ADMIN_HOST, ADMIN_PORT)?,
             shutdown_timeout: sources.millis(SHUTDOWN_TIMEOUT)?.unwrap_or_default(),
-            log_json: match sources.required(LOG_FORMAT)?.as_str() {
-                "text" => false,
-                "json" => true,
-                other => {
-                    return Err(err(
-                        LOG_FORMAT,
-                        format!("expected text or json, got {other:?}"),
-                    ))
-                }
-            },
-            log_level: sources.required(LOG_LEVEL)?,
+            log: LogConfig::from_sources(sources)?,
         })
     }
 }

@@ -266,6 +266,31 @@ pub fn positive(n: usize, name: &str) -> Result<usize, ConfigError> {
     }
 }
 
+/// Log output settings (`PGWS_LOG_FORMAT`, `PGWS_LOG_LEVEL`).
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Emit JSON lines instead of text.
+    pub json: bool,
+    /// The tracing filter.
+    pub level: String,
+}
+
+impl LogConfig {
+    /// Read `PGWS_LOG_FORMAT` and `PGWS_LOG_LEVEL`.
+    pub fn from_sources(sources: &Sources) -> Result<LogConfig, ConfigError> {
+        const FORMAT: &str = "PGWS_LOG_FORMAT";
+        const LEVEL: &str = "PGWS_LOG_LEVEL";
+        Ok(LogConfig {
+            json: match sources.required(FORMAT)?.as_str() {
+                "text" => false,
+                "json" => true,
+                other => return Err(err(FORMAT, format!("expected text or json, got {other:?}"))),
+            },
+            level: sources.required(LEVEL)?,
+        })
+    }
+}
+
 /// Parse a listen address from a host and a port variable; a port of `off`
 /// (or `disabled`, `none`) means no listener.
 pub fn listen_addr(
@@ -324,8 +349,9 @@ pub fn log_bound(kind: &str, listener: &TcpListener, tls: bool) {
 
 /// Set up logging to stderr: `json` or text, with a tracing filter
 /// (`RUST_LOG` wins when set).
-pub fn init_logging(json: bool, level: &str) {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string());
+pub fn init_logging(log: &LogConfig) {
+    let json = log.json;
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| log.level.clone());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -358,4 +384,61 @@ pub async fn on_signal(shutdown: CancellationToken) {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
     shutdown.cancel();
+}
+
+/// Exit code for a configuration error (sysexits' EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// The start-up both binaries share: read the configuration (an error is
+/// one line naming the variable, exit 78), set up logging, warn about
+/// unknown `PGWS_` variables, start the runtime, turn SIGTERM/SIGINT into
+/// the shutdown token, and run `run` to its exit code.
+pub fn run_binary<C, Fut>(
+    vars: &'static [Var],
+    config_file: Option<&Path>,
+    parse: impl FnOnce(&Sources) -> Result<C, ConfigError>,
+    log: impl FnOnce(&C) -> LogConfig,
+    run: impl FnOnce(C, CancellationToken) -> Fut,
+) -> std::process::ExitCode
+where
+    Fut: std::future::Future<Output = anyhow::Result<std::process::ExitCode>>,
+{
+    use std::process::ExitCode;
+    let config = match Sources::load(vars, config_file).and_then(|sources| {
+        let config = parse(&sources)?;
+        Ok((config, sources.unknown()))
+    }) {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (config, unknown) = config;
+    init_logging(&log(&config));
+    for name in unknown {
+        tracing::warn!(variable = %name, "unknown PGWS_ variable ignored");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(on_signal(shutdown.clone()));
+        match run(config, shutdown).await {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

@@ -10,7 +10,7 @@
 //! original allowed it (`PGWS_DB_URI`, `PGWS_JWT_SECRET`).
 
 use pgws_coordinator::settings::{err, listen_addr, positive};
-pub use pgws_coordinator::settings::{ConfigError, Host, ListenAddr, Sources};
+pub use pgws_coordinator::settings::{ConfigError, Host, ListenAddr, LogConfig, Sources};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -63,15 +63,6 @@ pub struct TlsFiles {
     pub certificate: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
-}
-
-/// Log output settings.
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    /// Emit JSON lines instead of text.
-    pub json: bool,
-    /// The tracing filter.
-    pub level: String,
 }
 
 /// Websocket session limits.
@@ -220,19 +211,7 @@ impl Config {
                 send_timeout: sources.millis(SEND_TIMEOUT)?.unwrap_or_default(),
             },
             shutdown_timeout: sources.millis(SHUTDOWN_TIMEOUT)?.unwrap_or_default(),
-            log: LogConfig {
-                json: match sources.required(LOG_FORMAT)?.as_str() {
-                    "text" => false,
-                    "json" => true,
-                    other => {
-                        return Err(err(
-                            LOG_FORMAT,
-                            format!("expected text or json, got {other:?}"),
-                        ))
-                    }
-                },
-                level: sources.required(LOG_LEVEL)?,
-            },
+            log: LogConfig::from_sources(sources)?,
         })
     }
 }
@@ -300,8 +279,3 @@ fn root_path(sources: &Sources) -> Result<Option<PathBuf>, ConfigError> {
 
 #[cfg(test)]
 mod tests;
-
-/// Merge the TOML file and the environment for the gateway's variables.
-pub fn load_sources(config_file: Option<&Path>) -> Result<Sources, ConfigError> {
-    Sources::load(VARS, config_file)
-}

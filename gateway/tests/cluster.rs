@@ -273,14 +273,22 @@ async fn pump_until_delivered_single(
 async fn beyond_the_stream_bound_a_writer_is_told_instead_of_losing_messages() {
     // No coordinator drains the stream: it fills up to its bound.
     let c = Cluster::start(&redis_url(), 0, 0).await;
-    let gw = c.gateway_builder().env("PGWS_WRITE_STREAM_MAX_LEN", "5").start().await;
+    let gw = c
+        .gateway_builder()
+        .env("PGWS_WRITE_STREAM_MAX_LEN", "5")
+        .start()
+        .await;
     let mut writer = connect(&gw.url(&format!("chat/{}", token(json!({"mode":"w"}))))).await;
     for i in 0..6 {
         send(&mut writer, &format!("m{i}")).await;
     }
-    assert_eq!(expect_close(&mut writer).await, (1013, "Try again later".to_string()));
+    assert_eq!(
+        expect_close(&mut writer).await,
+        (1013, "Try again later".to_string())
+    );
     assert_eq!(gw.metric("pgws_messages_received_total").await, 5.0);
-    gw.wait_metric("pgws_messages_rejected_total{reason=\"queue_full\"}", 1.0).await;
+    gw.wait_metric("pgws_messages_rejected_total{reason=\"queue_full\"}", 1.0)
+        .await;
     // The five queued messages are delivered once a coordinator runs.
     let mut pg = listen_ready(&c.listen_channel).await;
     let mut c = c;
