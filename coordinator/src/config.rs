@@ -3,7 +3,6 @@
 use crate::redis_client::RedisConfig;
 use crate::settings::{err, listen_addr, ConfigError, ListenAddr, LogConfig, Sources};
 use pgws_protocol::keys::KeySpace;
-use std::path::Path;
 use std::time::Duration;
 
 crate::vars! {

@@ -11,7 +11,7 @@
 
 use pgws_coordinator::settings::{err, listen_addr, positive};
 pub use pgws_coordinator::settings::{ConfigError, Host, ListenAddr, LogConfig, Sources};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pgws_coordinator::vars! {
