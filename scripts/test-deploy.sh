@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Static checks of everything operators deploy: the Helm chart (lint,
+# render with default and all-features values, validate the manifests
+# offline), the Prometheus rules and scrape config, docker-compose.yml, the
+# HAProxy config, and the Grafana dashboard.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/tools.sh
+pgws_ensure_helm
+pgws_ensure_python_tools
+pgws_ensure_debs
+out="$PGWS_TOOLS/rendered"
+mkdir -p "$out"
+failed=0
+check() { local name=$1; shift; if "$@"; then echo "ok: $name"; else echo "FAILED: $name"; failed=$((failed + 1)); fi; }
+
+check "helm lint --strict (defaults)" helm lint --strict helm -f helm/ci/default-values.yaml
+check "helm lint --strict (all features)" helm lint --strict helm -f helm/ci/all-features-values.yaml
+check "helm template (defaults)" sh -c "helm template pgws helm -f helm/ci/default-values.yaml > '$out/default.yaml'"
+check "helm template (all features)" sh -c "helm template pgws helm -f helm/ci/all-features-values.yaml > '$out/all.yaml'"
+check "helm refuses missing secrets" sh -c "! helm template pgws helm >/dev/null 2>&1"
+check "kubernetes-validate (defaults)" kubernetes-validate --strict "$out/default.yaml"
+check "kubernetes-validate (all features)" kubernetes-validate --strict "$out/all.yaml"
+check "chart alert rules are deploy/prometheus/alerts.yml" cmp -s deploy/prometheus/alerts.yml helm/files/alerts.yml
+check "promtool check rules" promtool check rules deploy/prometheus/alerts.yml
+check "promtool check config" promtool check config --syntax-only deploy/prometheus/prometheus.yml
+check "docker compose config" docker-compose -f docker-compose.yml config -q
+check "haproxy -c" env PGWS_LB_BIND=127.0.0.1:3000 PGWS_GATEWAY_1=127.0.0.1:1 PGWS_GATEWAY_2=127.0.0.1:2 PGWS_GATEWAY_3=127.0.0.1:3 PGWS_GATEWAY_1_ADMIN_PORT=4 PGWS_GATEWAY_2_ADMIN_PORT=5 PGWS_GATEWAY_3_ADMIN_PORT=6 haproxy -c -q -f deploy/haproxy/haproxy.cfg
+check "grafana dashboard is JSON" python3 -c "import json,sys; d=json.load(open('deploy/grafana/pgws-dashboard.json')); assert d['panels']"
+echo "$((13 - failed)) passed, $failed failed"
+[ "$failed" -eq 0 ]
