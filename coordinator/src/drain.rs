@@ -16,7 +16,7 @@
 use crate::election::Lease;
 use crate::redis_client::RedisClient;
 use crate::relay::Notifier;
-use pgws_protocol::keys::{KeySpace, FIELD_MESSAGE, WRITES_GROUP};
+use pgws_protocol::keys::{KeySpace, FIELD_MESSAGE, FIELD_TRACE, WRITES_GROUP};
 use prometheus::{IntGauge, Registry};
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
@@ -171,6 +171,20 @@ impl Drain {
             .iter()
             .map(|e| e.get::<String>(FIELD_MESSAGE).unwrap_or_default())
             .collect();
+        // One span per traced write, open while its batch is NOTIFYed.
+        let _spans: Vec<tracing::Span> = if crate::telemetry::enabled() {
+            entries
+                .iter()
+                .filter_map(|e| e.get::<String>(FIELD_TRACE))
+                .map(|tp| {
+                    let span = tracing::info_span!("pgws.relay", batch = entries.len());
+                    crate::telemetry::set_remote_parent(&span, &tp);
+                    span
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         if !self.notifier.send(&payloads).await {
             return Ok(false);
         }

@@ -23,6 +23,8 @@
 //!   acknowledging after commit.
 //! * [`settings`] — how both binaries read `PGWS_*` variables; binding
 //!   listeners; logging.
+//! * [`telemetry`] — logs, and OpenTelemetry traces over OTLP when
+//!   configured.
 //! * [`relay`] — turns queued envelopes into `pg_notify` calls, batched per
 //!   transaction, sharded by channel so per-channel order is kept.
 
@@ -38,3 +40,4 @@ pub mod publisher;
 pub mod redis_client;
 pub mod relay;
 pub mod settings;
+pub mod telemetry;

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         args.config.as_deref(),
         CoordinatorConfig::from_sources,
         |c: &CoordinatorConfig| c.log.clone(),
+        "pgws-coordinator",
         |config, shutdown| async move {
             pgws_coordinator::node::run(config, shutdown).await?;
             Ok(ExitCode::SUCCESS)

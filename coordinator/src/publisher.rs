@@ -123,7 +123,11 @@ impl Publisher {
                     let text = std::str::from_utf8(&notification.payload).unwrap_or("");
                     let channel = routing::target_channel(text, &self.listen_channel);
                     let sent_at_us = unix_micros_at(notification.received_at);
-                    let message = bus::encode(self.epoch, seq, sent_at_us, &notification.payload);
+                    let traceparent = crate::telemetry::enabled().then(|| {
+                        let span = tracing::info_span!("pgws.publish", channel = %channel, epoch = self.epoch, seq);
+                        crate::telemetry::traceparent(&span)
+                    });
+                    let message = bus::encode(self.epoch, seq, sent_at_us, traceparent.flatten().as_deref(), &notification.payload);
                     self.redis
                         .publish_cmd(&self.keys.channel(&channel), &message)
                 })

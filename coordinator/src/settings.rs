@@ -347,23 +347,6 @@ pub fn log_bound(kind: &str, listener: &TcpListener, tls: bool) {
     }
 }
 
-/// Set up logging to stderr: `json` or text, with a tracing filter
-/// (`RUST_LOG` wins when set).
-pub fn init_logging(log: &LogConfig) {
-    let json = log.json;
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| log.level.clone());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.with_ansi(false).init();
-    }
-}
-
 /// Cancel `shutdown` on SIGTERM or SIGINT.
 pub async fn on_signal(shutdown: CancellationToken) {
     #[cfg(unix)]
@@ -398,6 +381,7 @@ pub fn run_binary<C, Fut>(
     config_file: Option<&Path>,
     parse: impl FnOnce(&Sources) -> Result<C, ConfigError>,
     log: impl FnOnce(&C) -> LogConfig,
+    service: &str,
     run: impl FnOnce(C, CancellationToken) -> Fut,
 ) -> std::process::ExitCode
 where
@@ -415,7 +399,7 @@ where
         }
     };
     let (config, unknown) = config;
-    init_logging(&log(&config));
+    let telemetry = crate::telemetry::init(&log(&config), service);
     for name in unknown {
         tracing::warn!(variable = %name, "unknown PGWS_ variable ignored");
     }
@@ -429,7 +413,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
         match run(config, shutdown).await {
@@ -440,5 +424,7 @@ where
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    drop(telemetry); // flush traces before exiting
+    code
 }

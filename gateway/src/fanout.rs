@@ -65,6 +65,11 @@ impl NotificationSink for Fanout {
         // connection converts to UTF-8.
         let text = std::str::from_utf8(&delivery.payload).unwrap_or("");
         let channel = routing::target_channel(text, &self.listen_channel);
-        self.deliver_to(&channel, &delivery);
+        if pgws_coordinator::telemetry::enabled() {
+            tracing::info_span!("pgws.fanout", channel = %channel)
+                .in_scope(|| self.deliver_to(&channel, &delivery));
+        } else {
+            self.deliver_to(&channel, &delivery);
+        }
     }
 }

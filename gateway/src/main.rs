@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         args.config.as_deref(),
         Config::from_sources,
         |c: &Config| c.log.clone(),
+        "pgws-gateway",
         |config, shutdown| async move {
             Ok(match server::run(config, shutdown).await? {
                 Exit::Clean => ExitCode::SUCCESS,

@@ -1,7 +1,7 @@
 //! The wire format of a notification republished on Redis pub/sub.
 //!
 //! ```text
-//! pgws1 <epoch> <seq> <sent_at_us>\n<payload>
+//! pgws1 <epoch> <seq> <sent_at_us>[ <traceparent>]\n<payload>
 //! ```
 //!
 //! One ASCII header line, then the NOTIFY payload verbatim — no escaping,
@@ -9,7 +9,9 @@
 //! they are. `epoch` is the coordinator's fencing epoch (gateways drop
 //! anything older than the newest they have seen), `seq` counts within an
 //! epoch, `sent_at_us` is when the coordinator received the notification
-//! (Unix microseconds; the start of the delivery latency).
+//! (Unix microseconds; the start of the delivery latency), and the optional
+//! W3C `traceparent` makes the gateways' fan-out spans children of the
+//! coordinator's publish span.
 
 use bytes::Bytes;
 
@@ -24,6 +26,8 @@ pub struct Published {
     pub seq: u64,
     /// When the coordinator received it, Unix microseconds.
     pub sent_at_us: u64,
+    /// W3C trace context of the publish span, when traces are on.
+    pub traceparent: Option<String>,
     /// The NOTIFY payload, verbatim.
     pub payload: Bytes,
 }
@@ -34,9 +38,23 @@ pub struct Published {
 pub struct DecodeError(&'static str);
 
 /// Encode a notification for pub/sub.
-pub fn encode(epoch: u64, seq: u64, sent_at_us: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(48 + payload.len());
-    out.extend_from_slice(format!("{MAGIC} {epoch} {seq} {sent_at_us}\n").as_bytes());
+pub fn encode(
+    epoch: u64,
+    seq: u64,
+    sent_at_us: u64,
+    traceparent: Option<&str>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(112 + payload.len());
+    let header = match traceparent {
+        // A traceparent is `00-<hex>-<hex>-<hex>`: it never contains a space
+        // or newline, but refuse anything that would break the header.
+        Some(tp) if !tp.is_empty() && !tp.contains([' ', '\n']) => {
+            format!("{MAGIC} {epoch} {seq} {sent_at_us} {tp}\n")
+        }
+        _ => format!("{MAGIC} {epoch} {seq} {sent_at_us}\n"),
+    };
+    out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(payload);
     out
 }
@@ -62,10 +80,12 @@ pub fn decode(message: Bytes) -> Result<Published, DecodeError> {
     let epoch = number("bad epoch")?;
     let seq = number("bad seq")?;
     let sent_at_us = number("bad timestamp")?;
+    let traceparent = fields.next().map(str::to_string);
     Ok(Published {
         epoch,
         seq,
         sent_at_us,
+        traceparent,
         payload: message.slice(newline + 1..),
     })
 }
@@ -81,6 +101,7 @@ mod tests {
             7,
             42,
             1_700_000_000_000_000,
+            None,
             payload.as_bytes(),
         )))
         .expect("decode");
@@ -88,7 +109,18 @@ mod tests {
             (m.epoch, m.seq, m.sent_at_us),
             (7, 42, 1_700_000_000_000_000)
         );
+        assert_eq!(m.traceparent, None);
         assert_eq!(&m.payload[..], payload.as_bytes());
+    }
+
+    #[test]
+    fn a_traceparent_rides_in_the_header() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let m = decode(Bytes::from(encode(1, 2, 3, Some(tp), b"x y\nz"))).expect("decode");
+        assert_eq!(m.traceparent.as_deref(), Some(tp));
+        assert_eq!(&m.payload[..], b"x y\nz");
+        let m = decode(Bytes::from(encode(1, 2, 3, Some("bad value"), b"p"))).expect("decode");
+        assert_eq!(m.traceparent, None, "an unsafe value is left out");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `{p}:leader` | string, PX ttl | the coordinator lock: the holder's node id |
 //! | `{p}:epoch` | integer | fencing epoch, `INCR`ed at every acquisition |
-//! | `{p}:writes` | stream | writers' envelopes waiting for NOTIFY (field `m`, channel `c`) |
+//! | `{p}:writes` | stream | writers' envelopes waiting for NOTIFY (field `m`, channel `c`, optional traceparent `t`) |
 //! | consumer group `relay` on `{p}:writes` | | the leader's read position |
 //! | `p:msg:<channel>` | pub/sub channel | notifications for one websocket channel |
 
@@ -21,6 +21,8 @@ pub const WRITES_GROUP: &str = "relay";
 pub const FIELD_MESSAGE: &str = "m";
 /// Stream entry field holding the websocket channel.
 pub const FIELD_CHANNEL: &str = "c";
+/// Stream entry field holding the writer's W3C traceparent (optional).
+pub const FIELD_TRACE: &str = "t";
 
 /// Key and channel names for one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,10 +43,12 @@ pub enum Bus {
 impl Bus {
     /// Queue `envelope` (addressed to websocket `channel`) for NOTIFY,
     /// waiting up to `wait` for room.
+    /// `traceparent` links the relay's span to the writer's (cluster mode).
     pub async fn publish(
         &self,
         channel: &str,
         envelope: String,
+        traceparent: Option<&str>,
         wait: Duration,
     ) -> Result<(), BusError> {
         match self {
@@ -59,7 +61,7 @@ impl Bus {
                         RelayError::Closed => BusError::Closed,
                     })
             }
-            Bus::Redis(bus) => bus.publish(channel, envelope, wait).await,
+            Bus::Redis(bus) => bus.publish(channel, envelope, traceparent, wait).await,
             Bus::Closed => Err(BusError::Closed),
         }
     }

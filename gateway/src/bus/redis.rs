@@ -21,7 +21,7 @@ use crate::session::Delivery;
 use pgws_coordinator::backoff::Backoff;
 use pgws_coordinator::redis_client::{message_of, RedisClient, RedisConfig, RESPONSE_TIMEOUT};
 use pgws_protocol::bus;
-use pgws_protocol::keys::{KeySpace, FIELD_CHANNEL, FIELD_MESSAGE};
+use pgws_protocol::keys::{KeySpace, FIELD_CHANNEL, FIELD_MESSAGE, FIELD_TRACE};
 use prometheus::{IntCounter, IntGauge, Registry};
 use redis::{PushInfo, PushKind, Script};
 use std::collections::HashSet;
@@ -35,7 +35,11 @@ const APPEND: &str = r"
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
   return 0
 end
-redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+if ARGV[7] == '' then
+  redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+else
+  redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+end
 return 1";
 
 /// How often the connection is pinged for readiness.
@@ -131,6 +135,7 @@ impl RedisBus {
         &self,
         channel: &str,
         envelope: String,
+        traceparent: Option<&str>,
         wait: Duration,
     ) -> Result<(), BusError> {
         let client = self
@@ -148,6 +153,8 @@ impl RedisBus {
             .arg(channel)
             .arg(FIELD_MESSAGE)
             .arg(envelope)
+            .arg(FIELD_TRACE)
+            .arg(traceparent.unwrap_or(""))
             .invoke_async::<i64>(&mut client);
         match tokio::time::timeout(wait.max(Duration::from_millis(100)), invocation).await {
             Ok(Ok(1)) => Ok(()),
@@ -339,7 +346,18 @@ impl Link {
             payload: published.payload,
             received_at: instant_of_micros(published.sent_at_us),
         };
-        self.fanout.deliver_to(channel, &delivery);
+        match published
+            .traceparent
+            .filter(|_| pgws_coordinator::telemetry::enabled())
+        {
+            Some(traceparent) => {
+                let span =
+                    tracing::info_span!("pgws.fanout", channel = %channel, epoch = published.epoch);
+                pgws_coordinator::telemetry::set_remote_parent(&span, &traceparent);
+                span.in_scope(|| self.fanout.deliver_to(channel, &delivery));
+            }
+            None => self.fanout.deliver_to(channel, &delivery),
+        }
     }
 
     fn set_up(&self, up: bool) {

@@ -144,8 +144,13 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
     let Ok(target) = request::parse(parts) else {
         return Ok(text(StatusCode::NOT_FOUND, "Not found\n"));
     };
+    let span = tracing::info_span!(
+        "pgws.handshake",
+        channel = target.channel.as_deref().unwrap_or("")
+    );
+    let _entered = span.enter();
     let token = target.token.as_deref().ok_or(Refusal::MissingToken)?;
-    let claims = state.keys.verify(token)?;
+    let claims = tracing::info_span!("pgws.jwt_verify").in_scope(|| state.keys.verify(token))?;
     let grant = auth::authorize(claims, target.channel.as_deref())?;
     let slot =
         Slot::acquire(&state.sessions, state.max_connections).ok_or(Refusal::TooManyConnections)?;

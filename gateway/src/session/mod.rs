@@ -238,7 +238,11 @@ async fn meta_event(ctx: &SessionContext, event: Event, grant: &Grant, claims: &
         );
         return;
     }
-    if let Err(e) = ctx.bus.publish(meta, text, ctx.limits.write_timeout).await {
+    if let Err(e) = ctx
+        .bus
+        .publish(meta, text, None, ctx.limits.write_timeout)
+        .await
+    {
         tracing::warn!(event = event.as_str(), error = %e, "meta event not sent");
     }
 }

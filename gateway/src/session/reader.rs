@@ -152,11 +152,21 @@ async fn on_message(rc: &ReaderContext, message: &str) -> Result<(), CloseReason
         );
         return Err(CloseReason::MessageTooBig);
     }
+    let traced = pgws_coordinator::telemetry::enabled().then(|| {
+        let span = tracing::info_span!(
+            "pgws.write",
+            session = rc.session.0,
+            channels = envelopes.len()
+        );
+        let traceparent = pgws_coordinator::telemetry::traceparent(&span);
+        (span, traceparent)
+    });
+    let traceparent = traced.as_ref().and_then(|(_, tp)| tp.as_deref());
     for (channel, text) in envelopes {
         match rc
             .ctx
             .bus
-            .publish(channel, text, rc.ctx.limits.write_timeout)
+            .publish(channel, text, traceparent, rc.ctx.limits.write_timeout)
             .await
         {
             Ok(()) => {}

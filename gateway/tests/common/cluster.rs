@@ -12,6 +12,8 @@ pub struct Cluster {
     pub coordinators: Vec<Gateway>,
     pub gateways: Vec<Gateway>,
     pub cluster_mode: bool,
+    /// Extra environment for every node (e.g. OTEL_*).
+    pub env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -25,7 +27,18 @@ impl Cluster {
         coordinators: usize,
         gateways: usize,
     ) -> Cluster {
+        Cluster::start_full(redis_url, cluster_mode, Vec::new(), coordinators, gateways).await
+    }
+
+    pub async fn start_full(
+        redis_url: &str,
+        cluster_mode: bool,
+        env: Vec<(String, String)>,
+        coordinators: usize,
+        gateways: usize,
+    ) -> Cluster {
         let mut c = Cluster {
+            env,
             redis_url: redis_url.to_string(),
             prefix: unique("pgws-test"),
             listen_channel: unique("pgws-cl"),
@@ -47,14 +60,16 @@ impl Cluster {
     }
 
     pub fn coordinator_builder(&self) -> GatewayBuilder {
-        Gateway::coordinator(&self.redis_url, &self.prefix, &self.listen_channel)
+        let b = Gateway::coordinator(&self.redis_url, &self.prefix, &self.listen_channel)
             .env("PGWS_LEADER_TTL", TTL.as_millis().to_string())
-            .env("PGWS_REDIS_CLUSTER", self.cluster_mode.to_string())
+            .env("PGWS_REDIS_CLUSTER", self.cluster_mode.to_string());
+        self.env.iter().fold(b, |b, (k, v)| b.env(k, v.clone()))
     }
 
     pub fn gateway_builder(&self) -> GatewayBuilder {
-        Gateway::cluster_gateway(&self.redis_url, &self.prefix, &self.listen_channel)
-            .env("PGWS_REDIS_CLUSTER", self.cluster_mode.to_string())
+        let b = Gateway::cluster_gateway(&self.redis_url, &self.prefix, &self.listen_channel)
+            .env("PGWS_REDIS_CLUSTER", self.cluster_mode.to_string());
+        self.env.iter().fold(b, |b, (k, v)| b.env(k, v.clone()))
     }
 
     pub async fn add_coordinator(&mut self) {
