@@ -38,6 +38,7 @@ impl Fanout {
             match subscriber.queue.try_send(delivery.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
+                    self.metrics.queue_drops.inc();
                     if subscriber.control.close(CloseReason::SlowConsumer) {
                         self.metrics.slow_consumers.inc();
                         tracing::info!(

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub latency: Histogram,
     /// Sockets cut off because their send queue was full.
     pub slow_consumers: IntCounter,
+    /// Messages that did not fit a socket's send queue.
+    pub queue_drops: IntCounter,
     /// Notifications for channels with no local reader.
     pub unrouted: IntCounter,
     /// Channels with at least one local reader.
@@ -130,6 +132,10 @@ impl Metrics {
             "pgws_slow_consumer_disconnects_total",
             "Websockets closed (3008) because their send queue was full",
         )?;
+        let queue_drops = IntCounter::new(
+            "pgws_send_queue_drops_total",
+            "Messages that did not fit a socket's send queue (that socket is then closed with 3008)",
+        )?;
         let unrouted = IntCounter::new(
             "pgws_notifications_unrouted_total",
             "Notifications for a channel with no reader on this node",
@@ -154,6 +160,7 @@ impl Metrics {
             &received,
             &received_bytes,
             &slow_consumers,
+            &queue_drops,
             &unrouted,
         ] {
             registry.register(Box::new(c.clone()))?;
@@ -194,6 +201,7 @@ impl Metrics {
             rejected,
             latency,
             slow_consumers,
+            queue_drops,
             unrouted,
             channels,
         })

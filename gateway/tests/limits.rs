@@ -71,6 +71,7 @@ async fn a_reader_that_stops_reading_is_cut_off_and_others_are_not_held_up() {
         }
     }
     assert!(overflowed, "the stuck reader was never cut off");
+    assert!(gw.metric("pgws_send_queue_drops_total").await >= 1.0);
     // Once the stuck client reads again, it finds the close code behind the
     // frames already in flight.
     assert_eq!(
