@@ -1,0 +1,161 @@
+//! `pgws-load`: load scenarios against running pgws gateways, on loopback.
+//!
+//! Every scenario is bounded in time and count, prints a table, and with
+//! `--json` one JSON line per run (for `load-tests/run.sh`, which turns them
+//! into `docs/benchmarks.md`). It mints its own HS256 tokens, spreads
+//! sockets round-robin over the `--url`s, publishes with `pg_notify`, and
+//! embeds a sequence number and a send timestamp in every payload to
+//! measure latency, loss and order. Server memory and CPU come from
+//! `/proc/<pid>` of the `--pid`s it is given (PostgreSQL's CPU is added
+//! from its processes).
+
+mod client;
+mod proc;
+mod scenarios;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+
+/// Load scenarios for postgres-websockets.
+#[derive(Parser)]
+#[command(name = "pgws-load", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Options every scenario takes.
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    /// Gateway address (host:port); repeat to spread sockets round-robin.
+    #[arg(long = "url", global = true, default_value = "127.0.0.1:3000")]
+    pub urls: Vec<SocketAddr>,
+    /// HS256 secret of the gateways.
+    #[arg(
+        long,
+        global = true,
+        default_value = "reallyreallyreallyreallyverysafe"
+    )]
+    pub secret: String,
+    /// Database to pg_notify / LISTEN on.
+    #[arg(
+        long,
+        global = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub db: String,
+    /// The gateways' PGWS_LISTEN_CHANNEL.
+    #[arg(long, global = true, default_value = "postgres-websockets-listener")]
+    pub listen_channel: String,
+    /// Server process to measure (gateway, coordinator); repeatable.
+    #[arg(long = "pid", global = true)]
+    pub pids: Vec<u32>,
+    /// Label for the report (`standalone`, `cluster`).
+    #[arg(long, global = true, default_value = "")]
+    pub label: String,
+    /// Print one JSON line per run.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// N sockets over K channels, no traffic: server memory per socket, connect rate.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        #[arg(long, default_value_t = 100)]
+        channels: usize,
+    },
+    /// One channel, many readers, NOTIFY at a fixed rate.
+    Fanout {
+        #[arg(long, default_value_t = 2_000)]
+        readers: usize,
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// Many channels, few readers each, NOTIFY at a fixed rate over all channels.
+    Spread {
+        #[arg(long, default_value_t = 5_000)]
+        readers: usize,
+        #[arg(long, default_value_t = 1_000)]
+        channels: usize,
+        #[arg(long, default_value_t = 2_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Many writer sockets sending as fast as they can: NOTIFYs/s reaching a LISTEN.
+    Writers {
+        #[arg(long, default_value_t = 200)]
+        writers: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Connect/disconnect with valid and invalid tokens.
+    Churn {
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Cluster: kill (or SIGTERM) the leader under steady load.
+    Failover {
+        /// The leader coordinator's pid.
+        #[arg(long)]
+        leader: u32,
+        /// KILL or TERM.
+        #[arg(long, default_value = "KILL")]
+        signal: String,
+        #[arg(long, default_value_t = 100)]
+        readers: usize,
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value_t = 12)]
+        seconds: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let nofile = proc::raise_nofile();
+    let c = cli.common;
+    let report = match cli.scenario {
+        Scenario::Idle { sockets, channels } => {
+            scenarios::idle(&c, sockets, channels, nofile).await?
+        }
+        Scenario::Fanout {
+            readers,
+            rate,
+            seconds,
+            size,
+        } => scenarios::fanout(&c, readers, rate, seconds, size).await?,
+        Scenario::Spread {
+            readers,
+            channels,
+            rate,
+            seconds,
+        } => scenarios::spread(&c, readers, channels, rate, seconds).await?,
+        Scenario::Writers { writers, seconds } => scenarios::writers(&c, writers, seconds).await?,
+        Scenario::Churn {
+            concurrency,
+            seconds,
+        } => scenarios::churn(&c, concurrency, seconds).await?,
+        Scenario::Failover {
+            leader,
+            signal,
+            readers,
+            rate,
+            seconds,
+        } => scenarios::failover(&c, leader, &signal, readers, rate, seconds).await?,
+    };
+    report.print(c.json);
+    Ok(())
+}
