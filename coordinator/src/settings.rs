@@ -400,6 +400,10 @@ where
     };
     let (config, unknown) = config;
     let telemetry = crate::telemetry::init(&log(&config), service);
+    match raise_open_files_limit() {
+        Some(limit) => tracing::debug!(limit, "open-files limit"),
+        None => tracing::warn!("cannot read the open-files limit"),
+    }
     for name in unknown {
         tracing::warn!(variable = %name, "unknown PGWS_ variable ignored");
     }
@@ -427,4 +431,23 @@ where
     });
     drop(telemetry); // flush traces before exiting
     code
+}
+
+/// Raise the open-files soft limit to the hard limit: every websocket is a
+/// file descriptor, and the usual soft default (1024) is far too low.
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
 }
