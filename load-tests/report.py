@@ -1,0 +1,62 @@
+"""Render pgws-load JSON lines into docs/benchmarks.md."""
+import json, os, platform, subprocess, sys, datetime
+
+results = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+scale = sys.argv[2]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+mem_gib = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))) / 1048576
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+def table(scenario, columns):
+    rows = [r for r in results if r["scenario"] == scenario]
+    if not rows:
+        return ""
+    out = ["| mode | " + " | ".join(h for h, _ in columns) + " |", "|---|" + "---|" * len(columns)]
+    for r in rows:
+        out.append("| " + r.get("label", "") + " | " + " | ".join(str(r.get(k, "")) for _, k in columns) + " |")
+    return "\n".join(out) + "\n"
+
+print(f"""# Benchmarks
+
+Measured by `load-tests/run.sh` (the load generator is `pgws-load`, in
+`load-tests/`), on loopback: gateway(s), coordinators, PostgreSQL, Redis and
+the load generator share one machine, so every number includes the
+generator's own CPU competing for the same cores.
+
+* Machine: {os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB, {platform.system()} {platform.release()}
+* Date: {datetime.date.today().isoformat()}, commit `{commit}`, size scale {scale}
+* Command: `{"SCALE=" + scale + " " if scale != "1" else ""}load-tests/run.sh` (release build; results also in `.tmp/bench/results.jsonl`)
+* Cluster mode: 2 gateways + 2 coordinators, one local Redis.
+
+## Idle sockets: memory per socket
+
+{table("idle", [("sockets", "sockets"), ("channels", "channels"), ("connects/s", "connect_per_s"), ("server RSS before (MiB)", "server_rss_before_mib"), ("after (MiB)", "server_rss_after_mib"), ("RSS per socket (KiB)", "server_rss_per_socket_kib")])}
+Target: ≤ 8 KiB of server RSS per idle socket. In cluster mode the RSS is
+summed over both gateways and the leader.
+
+## Fan-out: one channel, many readers
+
+{table("fanout", [("readers", "readers"), ("NOTIFY/s", "notify_per_s"), ("delivered", "delivered"), ("lost", "lost"), ("p50 ms", "latency_p50_ms"), ("p99 ms", "latency_p99_ms"), ("server µs/delivery", "server_cpu_us_per_delivery"), ("+PG µs/delivery", "server_plus_pg_cpu_us_per_delivery"), ("client µs/delivery", "client_cpu_us_per_delivery")])}
+Target: no loss; server CPU (gateway + PostgreSQL) ≤ 5 µs per delivery.
+
+## Spread: many channels, few readers each
+
+{table("spread", [("readers", "readers"), ("channels", "channels"), ("NOTIFY/s", "notify_per_s"), ("delivered", "delivered"), ("lost", "lost"), ("p50 ms", "latency_p50_ms"), ("p99 ms", "latency_p99_ms"), ("p99.9 ms", "latency_p999_ms"), ("server µs/delivery", "server_cpu_us_per_delivery"), ("client µs/delivery", "client_cpu_us_per_delivery")])}
+Targets: p50 ≤ 0.5 ms and p99 ≤ 2 ms standalone; cluster adds ≤ 1 ms at p50
+and costs ≤ 1.3× the standalone CPU per delivery.
+
+## Writers: client messages → NOTIFY
+
+{table("writers", [("writer sockets", "writers"), ("sent", "sent"), ("NOTIFYs received", "notifies_received"), ("lost", "lost"), ("NOTIFY/s", "notifies_per_s"), ("server CPU s", "server_cpu_s"), ("PostgreSQL CPU s", "postgres_cpu_s")])}
+Target: ≥ 50,000 client messages/s become NOTIFYs, no loss.
+
+## Churn: connect / disconnect
+
+{table("churn", [("concurrency", "concurrency"), ("accepted/s", "accepted_per_s"), ("refused/s (bad token)", "refused_per_s"), ("unexpected", "unexpected"), ("server µs per attempt", "server_cpu_us_per_attempt")])}
+## Failover (cluster)
+
+{table("failover", [("signal", "signal"), ("readers", "readers"), ("NOTIFY/s", "notify_per_s"), ("sent", "sent"), ("lost at a reader", "lost_at_reader"), ("longest gap ms", "longest_gap_ms"), ("first delivery after signal ms", "first_delivery_after_kill_ms")])}
+Targets: deliveries resume ≤ lease TTL (2 s here) + 1 s after `kill -9`,
+≤ 1 s after SIGTERM. Notifications sent while no coordinator LISTENs are
+lost (NOTIFY has no replay): the "lost" column is that gap times the rate.
+""")
