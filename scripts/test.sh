@@ -22,6 +22,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test" >&2
+# The cluster tests start pgws-coordinator and pgws-gateway: build every
+# binary first (the same dev profile the tests use, so nothing builds twice).
+cargo build --locked --workspace --bins
 cargo test --locked --workspace -- --test-threads "${PGWS_TEST_THREADS:-4}"
 echo "== deploy checks" >&2
 bash scripts/test-deploy.sh
