@@ -65,7 +65,11 @@ for i in 1 2; do
   pids+=($!); eval "G$i=$!"
 done
 for p in 3621 3622 3631 3632; do wait_ready $p; done
-leader() { for i in 1 2; do curl -fsS "http://127.0.0.1:$((3620 + i))/metrics" | grep -q '^pgws_coordinator_leader 1' && { eval "echo \$C$i"; return; }; done; }
+leader() {
+  for i in 1 2; do
+    if curl -fsS "http://127.0.0.1:$((3620 + i))/metrics" | grep -q '^pgws_coordinator_leader 1'; then eval "echo \$C$i"; return; fi
+  done
+}
 run_scenarios cluster "$CH" "$G1,$G2,$(leader)" 127.0.0.1:3611 127.0.0.1:3612
 LEADER=$(leader)
 load failover --leader "$LEADER" --signal TERM --readers "$(n 200)" --rate 200 --seconds 8 \
@@ -76,7 +80,14 @@ PGWS_DB_URI=$DB PGWS_REDIS_URL=redis://127.0.0.1:6379 PGWS_REDIS_PREFIX=$PREFIX 
   "$BIN/pgws-coordinator" >"$OUT/coordinator-3.log" 2>&1 &
 pids+=($!); C3=$!
 wait_ready 3623
-for _ in $(seq 1 100); do L=$(for p in 3621 3622 3623; do curl -fsS "http://127.0.0.1:$p/metrics" 2>/dev/null | grep -q '^pgws_coordinator_leader 1' && echo $p; done); [ -n "$L" ] && break; sleep 0.1; done
+L=""
+for _ in $(seq 1 100); do
+  for p in 3621 3622 3623; do
+    if curl -fsS "http://127.0.0.1:$p/metrics" 2>/dev/null | grep -q '^pgws_coordinator_leader 1'; then L=$p; fi
+  done
+  [ -n "$L" ] && break
+  sleep 0.1
+done
 case "$L" in 3621) LEADER=$C1;; 3622) LEADER=$C2;; *) LEADER=$C3;; esac
 load failover --leader "$LEADER" --signal KILL --readers "$(n 200)" --rate 200 --seconds 10 \
   --label cluster --listen-channel "$CH" --url 127.0.0.1:3611 --url 127.0.0.1:3612

@@ -11,6 +11,8 @@ use hyper::header::{CONNECTION, UPGRADE};
 use hyper::Request;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -83,8 +85,13 @@ fn seq_and_sent(text: &[u8]) -> Option<(u64, u64)> {
     Some((seq, sent))
 }
 
-/// Read until `stop` turns true or the socket ends.
-pub async fn read_until(mut ws: Ws, mut stop: watch::Receiver<bool>) -> ReaderStats {
+/// Read until `stop` turns true or the socket ends; `total` counts every
+/// message received by all readers (for progress).
+pub async fn read_until(
+    mut ws: Ws,
+    mut stop: watch::Receiver<bool>,
+    total: Arc<AtomicU64>,
+) -> ReaderStats {
     let mut stats = ReaderStats {
         received: 0,
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
@@ -100,6 +107,7 @@ pub async fn read_until(mut ws: Ws, mut stop: watch::Receiver<bool>) -> ReaderSt
         match frame.opcode {
             OpCode::Text => {
                 stats.received += 1;
+                total.fetch_add(1, Ordering::Relaxed);
                 if let Some((seq, sent)) = seq_and_sent(&frame.payload) {
                     let us = now_ns().saturating_sub(sent) / 1000;
                     let _ = stats.latency_us.record(us.max(1));

@@ -190,18 +190,39 @@ async fn publish(
 struct Readers {
     stop: watch::Sender<bool>,
     tasks: JoinSet<ReaderStats>,
+    total: Arc<AtomicU64>,
 }
 
 fn start_readers(sockets: Vec<Ws>) -> Readers {
     let (stop, stop_rx) = watch::channel(false);
+    let total = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
     for ws in sockets {
-        tasks.spawn(client::read_until(ws, stop_rx.clone()));
+        tasks.spawn(client::read_until(ws, stop_rx.clone(), total.clone()));
     }
-    Readers { stop, tasks }
+    Readers { stop, tasks, total }
 }
 
 impl Readers {
+    /// Wait until `expected` messages arrived, or nothing arrived for 3 s
+    /// (bounded by 60 s): late messages are not lost ones.
+    async fn drain(&self, expected: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = self.total.load(Ordering::Relaxed);
+        let mut last_change = Instant::now();
+        while Instant::now() < deadline {
+            let now = self.total.load(Ordering::Relaxed);
+            if now >= expected || last_change.elapsed() > Duration::from_secs(3) {
+                return;
+            }
+            if now != last {
+                last = now;
+                last_change = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn finish(mut self) -> (u64, u64, Histogram<u64>) {
         let _ = self.stop.send(true);
         let mut received = 0;
@@ -272,8 +293,8 @@ async fn notify_scenario(
     })
     .await?;
     let expected = sent * readers_per_channel as u64;
-    // Bounded grace for in-flight deliveries.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let published_in = mark.at.elapsed().as_secs_f64();
+    group.drain(expected).await;
     let (server_cpu, pg_cpu, client_cpu) = mark.since();
     let elapsed = mark.at.elapsed().as_secs_f64();
     let (received, reordered, latency) = group.finish().await;
@@ -287,6 +308,11 @@ async fn notify_scenario(
     report.set("lost", expected.saturating_sub(received));
     report.set("reordered", reordered);
     report.set("deliveries_per_s", (received as f64 / elapsed).round());
+    report.set("publish_seconds", (published_in * 10.0).round() / 10.0);
+    report.set(
+        "drain_seconds",
+        ((elapsed - published_in) * 10.0).round() / 10.0,
+    );
     latency_fields(&mut report, &latency);
     let per = |cpu: f64| (cpu * 1e6 / received.max(1) as f64 * 100.0).round() / 100.0;
     report.set("server_cpu_us_per_delivery", per(server_cpu));

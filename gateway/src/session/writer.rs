@@ -120,11 +120,19 @@ where
         i
     });
     let mut queue_open = true;
+    // Registered once, not on every turn of the loop: re-creating these
+    // futures would re-register their wakers (a lock on the token shared by
+    // every socket) for each message written.
+    let shutdown = wc.shutdown.clone();
+    let control = wc.control.clone();
+    let cancelled = shutdown.cancelled();
+    let killed = control.closed();
+    tokio::pin!(cancelled, killed);
     loop {
         tokio::select! {
             biased;
-            _ = wc.shutdown.cancelled() => return Ok(SessionEnd::Closed(CloseReason::GoingAway)),
-            _ = wc.control.closed() => {
+            _ = &mut cancelled => return Ok(SessionEnd::Closed(CloseReason::GoingAway)),
+            _ = &mut killed => {
                 return Ok(SessionEnd::Closed(wc.control.reason().unwrap_or(CloseReason::InternalError)));
             }
             event = wc.events.recv() => match event {
