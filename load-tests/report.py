@@ -60,3 +60,6 @@ Targets: deliveries resume ≤ lease TTL (2 s here) + 1 s after `kill -9`,
 ≤ 1 s after SIGTERM. Notifications sent while no coordinator LISTENs are
 lost (NOTIFY has no replay): the "lost" column is that gap times the rate.
 """)
+notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
+if os.path.exists(notes):
+    print(open(notes).read())
