@@ -95,15 +95,7 @@ async fn kill_9_of_the_leader_resumes_delivery_within_the_ttl_and_closes_no_sock
 #[tokio::test]
 async fn sigterm_of_the_leader_hands_over_within_a_second() {
     let mut c = Cluster::start(&redis_url(), 2, 1).await;
-    let chat = unique("chat");
-    let mut readers = c.readers(&chat).await;
-    let db = db().await;
-    let leader = c.leader().await;
-    c.coordinators[leader].signal("TERM");
-    let (took, _) = pump_until_delivered(&c, &db, &chat, &mut readers[0], "after-term").await;
-    assert!(took <= Duration::from_secs(1), "handover took {took:?}");
-    assert_eq!(c.coordinators[leader].wait_exit(WAIT).await.code(), Some(0));
-    wait_listen_backends(&db, &c.listen_channel, 1).await;
+    assert_sigterm_handover(&mut c).await;
 }
 
 #[tokio::test]

@@ -6,7 +6,6 @@ mod common;
 use common::cluster::*;
 use common::*;
 use serde_json::json;
-use std::time::Duration;
 
 #[tokio::test]
 async fn on_a_redis_cluster_notifications_and_writes_flow_once() {
@@ -50,13 +49,6 @@ async fn on_a_redis_cluster_notifications_and_writes_flow_once() {
 #[tokio::test]
 async fn on_a_redis_cluster_sigterm_hands_over_within_a_second() {
     let servers = RedisClusterServers::start().await;
-    let c = Cluster::start_with(&servers.urls(), true, 2, 1).await;
-    let chat = unique("chat");
-    let mut readers = c.readers(&chat).await;
-    let db = db().await;
-    let leader = c.leader().await;
-    c.coordinators[leader].signal("TERM");
-    let (took, _) = pump_until_delivered(&c, &db, &chat, &mut readers[0], "after-term").await;
-    assert!(took <= Duration::from_secs(1), "handover took {took:?}");
-    wait_listen_backends(&db, &c.listen_channel, 1).await;
+    let mut c = Cluster::start_with(&servers.urls(), true, 2, 1).await;
+    assert_sigterm_handover(&mut c).await;
 }

@@ -193,3 +193,18 @@ pub async fn pump_until_delivered(
         assert!(started.elapsed() < WAIT * 2, "delivery never resumed");
     }
 }
+
+/// SIGTERM the leader under a steady trickle of notifications: the standby
+/// delivers within a second, the old leader exits 0, and one backend
+/// LISTENs again.
+pub async fn assert_sigterm_handover(c: &mut Cluster) {
+    let chat = unique("chat");
+    let mut readers = c.readers(&chat).await;
+    let db = db().await;
+    let leader = c.leader().await;
+    c.coordinators[leader].signal("TERM");
+    let (took, _) = pump_until_delivered(c, &db, &chat, &mut readers[0], "after-term").await;
+    assert!(took <= Duration::from_secs(1), "handover took {took:?}");
+    assert_eq!(c.coordinators[leader].wait_exit(WAIT).await.code(), Some(0));
+    wait_listen_backends(&db, &c.listen_channel, 1).await;
+}
