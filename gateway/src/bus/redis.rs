@@ -9,7 +9,9 @@
 //! * **Out:** writers' envelopes are appended to `{p}:writes` by a script
 //!   that refuses once the stream holds `PGWS_WRITE_STREAM_MAX_LEN` entries,
 //!   so a writer is told (close 1013) instead of its message being trimmed
-//!   away while no coordinator drains the stream.
+//!   away while no coordinator drains the stream. One appender task batches
+//!   the messages of all sockets — up to 256 per script call — so Redis
+//!   sees a round trip per batch, not per message.
 //!
 //! One task owns the connection's lifecycle: connect with backoff, apply
 //! subscribe/unsubscribe requests, ping every second for readiness, and
@@ -31,16 +33,32 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// Append a batch: ARGV = max length, then (channel, envelope, traceparent)
+/// per message; `{c}`/`{m}`/`{t}` become the field names of
+/// `pgws_protocol::keys`. Appends in order until the stream holds the maximum;
+/// returns how many were appended (the rest are refused).
 const APPEND: &str = r"
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
-  return 0
+local length = redis.call('XLEN', KEYS[1])
+local max = tonumber(ARGV[1])
+local appended = 0
+for i = 2, #ARGV, 3 do
+  if length >= max then
+    break
+  end
+  if ARGV[i + 2] == '' then
+    redis.call('XADD', KEYS[1], '*', '{c}', ARGV[i], '{m}', ARGV[i + 1])
+  else
+    redis.call('XADD', KEYS[1], '*', '{c}', ARGV[i], '{m}', ARGV[i + 1], '{t}', ARGV[i + 2])
+  end
+  length = length + 1
+  appended = appended + 1
 end
-if ARGV[7] == '' then
-  redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-else
-  redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-end
-return 1";
+return appended";
+
+/// Most messages appended in one script call.
+const APPEND_BATCH: usize = 256;
+/// Writes waiting for the appender before writers wait.
+const APPEND_QUEUE: usize = 4096;
 
 /// How often the connection is pinged for readiness.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
@@ -82,14 +100,20 @@ enum Subscription {
     Remove(String),
 }
 
+/// One writer's message on its way to the stream.
+struct Append {
+    channel: String,
+    envelope: String,
+    traceparent: String,
+    reply: tokio::sync::oneshot::Sender<Result<(), BusError>>,
+}
+
 /// The handle sessions use.
 #[derive(Clone)]
 pub struct RedisBus {
-    client: Arc<RwLock<Option<RedisClient>>>,
     ops: mpsc::UnboundedSender<Subscription>,
     keys: KeySpace,
-    max_len: usize,
-    append: Arc<Script>,
+    appends: mpsc::Sender<Append>,
     up: Arc<AtomicBool>,
 }
 
@@ -104,25 +128,41 @@ impl RedisBus {
         stop: CancellationToken,
     ) -> (RedisBus, tokio::task::JoinHandle<()>) {
         let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+        let (appends_tx, appends_rx) = mpsc::channel(APPEND_QUEUE);
+        let slot = Arc::new(RwLock::new(None));
         let bus = RedisBus {
-            client: Arc::new(RwLock::new(None)),
             ops: ops_tx,
             keys: keys.clone(),
-            max_len,
-            append: Arc::new(Script::new(APPEND)),
+            appends: appends_tx,
             up: Arc::new(AtomicBool::new(false)),
+        };
+        let appender = Appender {
+            slot: slot.clone(),
+            stream: keys.writes(),
+            max_len,
+            script: Script::new(
+                &APPEND
+                    .replace("{c}", FIELD_CHANNEL)
+                    .replace("{m}", FIELD_MESSAGE)
+                    .replace("{t}", FIELD_TRACE),
+            ),
         };
         let link = Link {
             config,
             keys,
             fanout,
             metrics,
-            slot: bus.client.clone(),
+            slot,
             up: bus.up.clone(),
             wanted: HashSet::new(),
             newest_epoch: 0,
         };
-        (bus, tokio::spawn(link.run(ops_rx, stop)))
+        let task = tokio::spawn(async move {
+            let appending = tokio::spawn(appender.run(appends_rx));
+            link.run(ops_rx, stop).await;
+            appending.abort();
+        });
+        (bus, task)
     }
 
     /// Whether Redis currently answers.
@@ -130,7 +170,8 @@ impl RedisBus {
         self.up.load(Ordering::Acquire)
     }
 
-    /// Append `envelope` to the writes stream, unless it is full.
+    /// Append `envelope` to the writes stream, unless it is full. Messages
+    /// from all sockets are batched into one script call by the appender.
     pub async fn publish(
         &self,
         channel: &str,
@@ -138,31 +179,21 @@ impl RedisBus {
         traceparent: Option<&str>,
         wait: Duration,
     ) -> Result<(), BusError> {
-        let client = self
-            .client
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some(mut client) = client else {
-            return Err(BusError::Unavailable);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let append = Append {
+            channel: channel.to_string(),
+            envelope,
+            traceparent: traceparent.unwrap_or_default().to_string(),
+            reply,
         };
-        let mut invocation = self.append.key(self.keys.writes());
-        let invocation = invocation
-            .arg(self.max_len)
-            .arg(FIELD_CHANNEL)
-            .arg(channel)
-            .arg(FIELD_MESSAGE)
-            .arg(envelope)
-            .arg(FIELD_TRACE)
-            .arg(traceparent.unwrap_or(""))
-            .invoke_async::<i64>(&mut client);
-        match tokio::time::timeout(wait.max(Duration::from_millis(100)), invocation).await {
-            Ok(Ok(1)) => Ok(()),
-            Ok(Ok(_)) => Err(BusError::Full),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot queue a write in Redis");
-                Err(BusError::Unavailable)
-            }
+        let wait = wait.max(Duration::from_millis(100));
+        let queued = tokio::time::timeout(wait, self.appends.send(append)).await;
+        if !matches!(queued, Ok(Ok(()))) {
+            return Err(BusError::Full);
+        }
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(BusError::Closed),
             Err(_) => Err(BusError::Unavailable),
         }
     }
@@ -177,6 +208,54 @@ impl RedisBus {
         let _ = self
             .ops
             .send(Subscription::Remove(self.keys.channel(channel)));
+    }
+}
+
+/// Batches writers' messages into script calls.
+struct Appender {
+    slot: Arc<RwLock<Option<RedisClient>>>,
+    stream: String,
+    max_len: usize,
+    script: Script,
+}
+
+impl Appender {
+    async fn run(self, mut appends: mpsc::Receiver<Append>) {
+        let mut batch = Vec::with_capacity(APPEND_BATCH);
+        while appends.recv_many(&mut batch, APPEND_BATCH).await > 0 {
+            let outcome = self.append(&batch).await;
+            for (i, append) in batch.drain(..).enumerate() {
+                let result = match outcome {
+                    Ok(appended) if i < appended => Ok(()),
+                    Ok(_) => Err(BusError::Full),
+                    Err(()) => Err(BusError::Unavailable),
+                };
+                let _ = append.reply.send(result);
+            }
+        }
+    }
+
+    /// How many of `batch` (a prefix) were appended; Err when Redis failed.
+    async fn append(&self, batch: &[Append]) -> Result<usize, ()> {
+        let client = self.slot.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(mut client) = client else {
+            return Err(());
+        };
+        let mut invocation = self.script.key(&self.stream);
+        invocation.arg(self.max_len);
+        for a in batch {
+            invocation
+                .arg(&a.channel)
+                .arg(&a.envelope)
+                .arg(&a.traceparent);
+        }
+        match invocation.invoke_async::<i64>(&mut client).await {
+            Ok(n) => Ok(n.max(0) as usize),
+            Err(e) => {
+                tracing::warn!(error = %e, messages = batch.len(), "cannot queue writes in Redis");
+                Err(())
+            }
+        }
     }
 }
 
