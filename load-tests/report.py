@@ -5,7 +5,9 @@ results = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 scale = sys.argv[2]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
 mem_gib = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))) / 1048576
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+commit_file = os.path.join(os.path.dirname(os.path.abspath(sys.argv[1])), "commit")
+commit = (open(commit_file).read().strip() if os.path.exists(commit_file)
+          else subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip())
 
 def table(scenario, columns):
     rows = [r for r in results if r["scenario"] == scenario]

@@ -19,6 +19,7 @@ OUT="${OUT:-.tmp/bench}"
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
 : > "$RESULTS"
+git rev-parse --short HEAD > "$OUT/commit" 2>/dev/null || true
 SECRET=reallyreallyreallyreallyverysafe
 DB=postgres://postgres@127.0.0.1:5432/postgres
 pids=()
