@@ -4,8 +4,7 @@
 
 use clap::Parser;
 use pgws_coordinator::config::{CoordinatorConfig, VARS};
-use pgws_coordinator::settings::run_binary;
-use std::path::PathBuf;
+use pgws_coordinator::settings::{run_binary, ConfigFileArg};
 use std::process::ExitCode;
 
 /// The postgres-websockets coordinator: elected through Redis, holds the
@@ -15,17 +14,15 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "pgws-coordinator", version, about)]
 struct Args {
-    /// A TOML file of settings (keys: variable names without PGWS_,
-    /// lower-case); the environment overrides it.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    file: ConfigFileArg,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     run_binary(
         VARS,
-        args.config.as_deref(),
+        args.file.config.as_deref(),
         CoordinatorConfig::from_sources,
         |c: &CoordinatorConfig| c.log.clone(),
         "pgws-coordinator",

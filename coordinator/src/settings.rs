@@ -369,6 +369,15 @@ pub async fn on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
+/// The `--config FILE` flag both binaries take.
+#[derive(clap::Args, Debug)]
+pub struct ConfigFileArg {
+    /// A TOML file of settings (keys: variable names without PGWS_,
+    /// lower-case); the environment overrides it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+}
+
 /// Exit code for a configuration error (sysexits' EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
 

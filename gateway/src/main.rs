@@ -2,10 +2,9 @@
 //! [`pgws_gateway::server::run`].
 
 use clap::Parser;
-use pgws_coordinator::settings::run_binary;
+use pgws_coordinator::settings::{run_binary, ConfigFileArg};
 use pgws_gateway::config::{Config, VARS};
 use pgws_gateway::server::{self, Exit};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// postgres-websockets in Rust: websockets over PostgreSQL LISTEN/NOTIFY,
@@ -15,17 +14,15 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "pgws-gateway", version, about)]
 struct Args {
-    /// A TOML file of settings (keys: variable names without PGWS_,
-    /// lower-case); the environment overrides it.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    file: ConfigFileArg,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     run_binary(
         VARS,
-        args.config.as_deref(),
+        args.file.config.as_deref(),
         Config::from_sources,
         |c: &Config| c.log.clone(),
         "pgws-gateway",

@@ -115,7 +115,7 @@ impl Drop for LocalCluster {
             if let Ok(Some(_)) = self.child.try_wait() {
                 break;
             }
-            std::thread::yield_now();
+            std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

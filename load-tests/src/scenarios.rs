@@ -356,7 +356,6 @@ async fn count_notifies(
     let sql = format!("LISTEN \"{}\"", c.listen_channel.replace('"', "\"\""));
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
-        use futures_util_shim::next_message;
         let listen = client.batch_execute(&sql);
         tokio::pin!(listen);
         let mut ready = Some(ready_tx);
@@ -383,18 +382,15 @@ async fn count_notifies(
     Ok((count, task))
 }
 
-/// A `poll_fn`-based `next` for the connection's message stream, without a
-/// futures dependency.
-mod futures_util_shim {
-    pub async fn next_message<S, T>(
-        connection: &mut tokio_postgres::Connection<S, T>,
-    ) -> Option<Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        std::future::poll_fn(|cx| connection.poll_message(cx)).await
-    }
+/// The next message of a PostgreSQL connection (notifications included).
+async fn next_message<S, T>(
+    connection: &mut tokio_postgres::Connection<S, T>,
+) -> Option<Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    std::future::poll_fn(|cx| connection.poll_message(cx)).await
 }
 
 pub async fn writers(c: &Common, writers: usize, seconds: u64) -> anyhow::Result<Report> {
