@@ -33,7 +33,7 @@ impl Fanout {
     }
 
     /// Deliver `delivery` to every reader of `channel`.
-    pub fn deliver_to(&self, channel: &str, delivery: &Delivery) {
+    pub fn deliver_to(&self, channel: &str, delivery: &Arc<Delivery>) {
         let readers = self.registry.for_each(channel, |subscriber| {
             match subscriber.queue.try_send(delivery.clone()) {
                 Ok(()) => {}
@@ -58,10 +58,10 @@ impl Fanout {
 
 impl NotificationSink for Fanout {
     fn deliver(&self, notification: Notification) {
-        let delivery = Delivery {
+        let delivery = Arc::new(Delivery {
             payload: notification.payload,
             received_at: notification.received_at,
-        };
+        });
         // NOTIFY payloads are text in the database encoding, which the
         // connection converts to UTF-8.
         let text = std::str::from_utf8(&delivery.payload).unwrap_or("");

@@ -19,7 +19,7 @@ pub struct Subscriber {
     /// The socket's id, to remove it again.
     pub id: SessionId,
     /// Its bounded send queue.
-    pub queue: mpsc::Sender<Delivery>,
+    pub queue: mpsc::Sender<Arc<Delivery>>,
     /// Used to cut it off when the queue is full.
     pub control: Arc<SessionControl>,
 }

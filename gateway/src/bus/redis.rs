@@ -421,10 +421,10 @@ impl Link {
             return;
         }
         self.newest_epoch = published.epoch;
-        let delivery = Delivery {
+        let delivery = Arc::new(Delivery {
             payload: published.payload,
             received_at: instant_of_micros(published.sent_at_us),
-        };
+        });
         match published
             .traceparent
             .filter(|_| pgws_coordinator::telemetry::enabled())

@@ -154,7 +154,12 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
     let grant = auth::authorize(claims, target.channel.as_deref())?;
     let slot =
         Slot::acquire(&state.sessions, state.max_connections).ok_or(Refusal::TooManyConnections)?;
-    let (response, upgrading) = match fastwebsockets::upgrade::upgrade(&mut req) {
+    // The upgraded connection is taken from hyper directly: fastwebsockets
+    // validates the request and builds the 101 response, but its own
+    // future would wrap the connection in its reader, which allocates 8 KiB
+    // per socket (see `session::inbound`).
+    let upgrading = hyper::upgrade::on(&mut req);
+    let (response, _) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => {
             return Ok(text(
@@ -175,7 +180,7 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
     let sessions = state.sessions.clone();
     state.tracker.spawn(async move {
         match upgrading.await {
-            Ok(ws) => session::run(ws, grant, sessions, slot).await,
+            Ok(upgraded) => session::run(TokioIo::new(upgraded), grant, sessions, slot).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
         }
     });

@@ -1,23 +1,25 @@
 //! One websocket, from accepted upgrade to close.
 //!
-//! Each socket runs two tasks, because fastwebsockets' `read_frame` is not
-//! cancel-safe and so cannot sit in a `select!` beside the writes:
+//! Each socket is one task ([`socket`]) that reads, writes and keeps time:
 //!
-//! * [`reader`] reads frames, reassembles messages (bounded by
-//!   `PGWS_MAX_MESSAGE_SIZE`), turns a writer's messages into envelopes on
-//!   the bus, and reports pings, closes and failures to the writer;
-//! * [`writer`] owns the write half: it drains the socket's bounded send
-//!   queue, answers pings, sends keep-alive pings, and decides when and with
-//!   which close code the socket ends (shutdown, slow consumer, JWT expiry,
-//!   ping timeout, or the reader's report).
+//! * [`inbound`] decodes client frames, cancel-safely and with a buffer
+//!   that starts small, so reading can share a `select!` with the rest;
+//! * [`assemble`] joins fragments into messages bounded by
+//!   `PGWS_MAX_MESSAGE_SIZE`, and [`publish`] turns a writer's messages into
+//!   envelopes on the bus;
+//! * [`outbound`] encodes frames into one buffer per burst of the socket's
+//!   bounded send queue;
+//! * [`control`] is the kill switch fan-out raises for a slow consumer.
 //!
-//! This module wires them, registers the socket's channels, and emits the
-//! meta channel's `ConnectionOpen` / `ConnectionClose` events.
+//! This module registers the socket's channels, runs the socket, and emits
+//! the meta channel's `ConnectionOpen` / `ConnectionClose` events.
 
 mod assemble;
 mod control;
-mod reader;
-mod writer;
+mod inbound;
+mod outbound;
+mod publish;
+mod socket;
 
 pub use control::SessionControl;
 
@@ -27,7 +29,6 @@ use crate::config::SessionLimits;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Subscriber};
 use bytes::Bytes;
-use fastwebsockets::WebSocket;
 use pgws_protocol::envelope::{self, ClaimsJson, Event};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -40,9 +41,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SessionId(pub u64);
 
-/// One message on its way to a socket: the NOTIFY payload, shared by every
-/// reader, and when it arrived (for the latency histogram).
-#[derive(Debug, Clone)]
+/// One message on its way to sockets: the NOTIFY payload and when it
+/// arrived (for the latency histogram). Every reader's queue holds the same
+/// `Arc` — a reference count per socket, no copy, and one pointer per queue
+/// slot.
+#[derive(Debug)]
 pub struct Delivery {
     /// The NOTIFY payload, verbatim.
     pub payload: Bytes,
@@ -135,21 +138,58 @@ impl SessionEnd {
     }
 }
 
-/// Milliseconds since `epoch`, for the lock-free "last heard from" stamp.
-fn millis_since(epoch: Instant) -> u64 {
-    epoch.elapsed().as_millis() as u64
-}
-
 /// Run one upgraded websocket to its end.
-pub async fn run<S>(ws: WebSocket<S>, grant: Grant, ctx: Arc<SessionContext>, slot: Slot)
+pub async fn run<S>(io: S, mut grant: Grant, ctx: Arc<SessionContext>, slot: Slot)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let id = SessionId(ctx.next_id.fetch_add(1, Ordering::Relaxed));
-    let claims = ClaimsJson::new(&grant.claims);
+    // Envelopes need the claims only as JSON text: keep that, free the map.
+    let claims = ClaimsJson::new(&std::mem::take(&mut grant.claims));
     let open_gauge = ctx.metrics.open(grant.mode.as_str());
     open_gauge.inc();
     let control = Arc::new(SessionControl::default());
+    let queue = subscribe(&ctx, &grant, id, &control);
+    tracing::debug!(session = id.0, mode = grant.mode.as_str(), channels = ?grant.channels, "websocket open");
+    meta_event(&ctx, Event::ConnectionOpen, &grant, &claims).await;
+
+    let end = socket::run(
+        io,
+        socket::SocketContext {
+            queue,
+            control,
+            shutdown: ctx.shutdown.clone(),
+            expires_at: grant.expires_at.map(instant_of_unix),
+            ping_interval: ctx.limits.ping_interval,
+            send_timeout: ctx.limits.send_timeout,
+            max_message_size: ctx.limits.max_message_size,
+            writer: publish::Writer {
+                session: id,
+                grant: &grant,
+                claims: &claims,
+                ctx: &ctx,
+            },
+            metrics: ctx.metrics.clone(),
+        },
+    )
+    .await;
+
+    unsubscribe(&ctx, &grant, id);
+    open_gauge.dec();
+    ctx.metrics.closed(end.label());
+    tracing::debug!(session = id.0, end = end.label(), "websocket closed");
+    meta_event(&ctx, Event::ConnectionClose, &grant, &claims).await;
+    drop(slot);
+}
+
+/// Put a reader on its channels; returns its send queue (empty and closed
+/// for a write-only socket: the registry holds the only senders).
+fn subscribe(
+    ctx: &SessionContext,
+    grant: &Grant,
+    id: SessionId,
+    control: &Arc<SessionControl>,
+) -> mpsc::Receiver<Arc<Delivery>> {
     let (queue_tx, queue_rx) = mpsc::channel(ctx.limits.send_queue);
     if grant.mode.can_read() {
         for channel in &grant.channels {
@@ -164,50 +204,10 @@ where
             }
         }
     }
-    drop(queue_tx); // the registry holds the only senders now
-    tracing::debug!(session = id.0, mode = grant.mode.as_str(), channels = ?grant.channels, "websocket open");
-    meta_event(&ctx, Event::ConnectionOpen, &grant, &claims).await;
+    queue_rx
+}
 
-    let epoch = Instant::now();
-    let last_seen = Arc::new(AtomicU64::new(0));
-    let (read, write) = ws.split(tokio::io::split);
-    let (events_tx, events_rx) = mpsc::channel(8);
-    let mut reader = tokio::spawn(reader::run(
-        read,
-        reader::ReaderContext {
-            session: id,
-            grant: grant.clone(),
-            claims: claims.clone(),
-            ctx: ctx.clone(),
-            epoch,
-            last_seen: last_seen.clone(),
-        },
-        events_tx,
-    ));
-    let end = writer::run(
-        write,
-        writer::WriterContext {
-            queue: queue_rx,
-            events: events_rx,
-            control,
-            shutdown: ctx.shutdown.clone(),
-            expires_at: grant.expires_at.map(instant_of_unix),
-            ping_interval: ctx.limits.ping_interval,
-            send_timeout: ctx.limits.send_timeout,
-            epoch,
-            last_seen,
-            metrics: ctx.metrics.clone(),
-        },
-    )
-    .await;
-    // Give the client a moment to answer our close frame, then cut it.
-    if tokio::time::timeout(Duration::from_secs(2), &mut reader)
-        .await
-        .is_err()
-    {
-        reader.abort();
-    }
-
+fn unsubscribe(ctx: &SessionContext, grant: &Grant, id: SessionId) {
     if grant.mode.can_read() {
         for channel in &grant.channels {
             if ctx.registry.remove(channel, id) {
@@ -216,11 +216,6 @@ where
             }
         }
     }
-    open_gauge.dec();
-    ctx.metrics.closed(end.label());
-    tracing::debug!(session = id.0, end = end.label(), "websocket closed");
-    meta_event(&ctx, Event::ConnectionClose, &grant, &claims).await;
-    drop(slot);
 }
 
 /// Send a meta event when `PGWS_META_CHANNEL` is set. Best effort with the

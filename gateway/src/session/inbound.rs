@@ -1,0 +1,291 @@
+//! Client frames in: a websocket frame decoder that is cancel-safe and
+//! whose buffer starts small.
+//!
+//! fastwebsockets' reader allocates an 8 KiB buffer per socket at the
+//! handshake, and its `read_frame` keeps parsed state inside the future, so
+//! it cannot sit in a `select!` beside writes. This decoder keeps every byte
+//! it has read in its own buffer and parses only from there: dropping the
+//! future of [`FrameReader::read_frame`] at any await loses nothing, which
+//! lets one task per socket wait on inbound frames, its send queue and its
+//! timers at once. The buffer is allocated on the first read
+//! ([`READ_CHUNK`] bytes), grows to the size of the frame being read, and is
+//! released again after a frame larger than [`KEEP`] — so an idle socket
+//! holds half a kilobyte, not eight.
+//!
+//! Only what a server must enforce on client frames is checked here (RFC
+//! 6455 §5): mask present, no reserved bits (no extensions are negotiated),
+//! known opcodes, unfragmented control frames of at most 125 bytes, and the
+//! size limit. Message reassembly and UTF-8 are [`super::assemble`]'s.
+
+use bytes::{Buf, BytesMut};
+use fastwebsockets::OpCode;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The first allocation, and the least asked of each read.
+pub const READ_CHUNK: usize = 512;
+/// Buffer capacity kept once a frame has been consumed; more is released.
+pub const KEEP: usize = 16 * 1024;
+
+/// One frame from the client, unmasked.
+#[derive(Debug)]
+pub struct InFrame {
+    /// Last frame of its message.
+    pub fin: bool,
+    /// What it is.
+    pub opcode: OpCode,
+    /// Its payload.
+    pub payload: BytesMut,
+}
+
+/// Why no frame could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// A frame longer than the limit was announced.
+    #[error("frame larger than the limit")]
+    TooLarge,
+    /// The client broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    /// The connection ended.
+    #[error("connection closed")]
+    Eof,
+    /// The connection failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Decodes client frames from a byte stream.
+pub struct FrameReader {
+    buf: BytesMut,
+    max_payload: usize,
+}
+
+/// What the bytes buffered so far amount to.
+enum Parsed {
+    Frame(InFrame),
+    /// The buffer must hold this many bytes before parsing can go on.
+    Need(usize),
+}
+
+impl FrameReader {
+    /// A reader that refuses frames with more than `max_payload` bytes.
+    pub fn new(max_payload: usize) -> FrameReader {
+        FrameReader {
+            buf: BytesMut::new(),
+            max_payload,
+        }
+    }
+
+    /// Bytes currently held for this socket.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// The next frame. Cancel-safe: bytes already read stay buffered.
+    pub async fn read_frame<R>(&mut self, io: &mut R) -> Result<InFrame, FrameError>
+    where
+        R: AsyncRead + Unpin,
+    {
+        loop {
+            let need = match self.parse()? {
+                Parsed::Frame(frame) => return Ok(frame),
+                Parsed::Need(need) => need,
+            };
+            let missing = need.saturating_sub(self.buf.len());
+            self.buf.reserve(missing.max(READ_CHUNK));
+            if io.read_buf(&mut self.buf).await? == 0 {
+                return Err(FrameError::Eof);
+            }
+        }
+    }
+
+    fn parse(&mut self) -> Result<Parsed, FrameError> {
+        let Some(&[b0, b1]) = self.buf.get(..2) else {
+            return Ok(Parsed::Need(2));
+        };
+        if b0 & 0b0111_0000 != 0 {
+            return Err(FrameError::Protocol("reserved bits set"));
+        }
+        let fin = b0 & 0b1000_0000 != 0;
+        let opcode =
+            OpCode::try_from(b0 & 0x0F).map_err(|_| FrameError::Protocol("unknown opcode"))?;
+        if b1 & 0x80 == 0 {
+            return Err(FrameError::Protocol("unmasked client frame"));
+        }
+        let control = matches!(opcode, OpCode::Close | OpCode::Ping | OpCode::Pong);
+        let (extra, short) = match b1 & 0x7F {
+            126 => (2, None),
+            127 => (8, None),
+            n => (0, Some(u64::from(n))),
+        };
+        let header = 2 + extra + 4;
+        if self.buf.len() < header {
+            return Ok(Parsed::Need(header));
+        }
+        let announced = match short {
+            Some(n) => n,
+            None if extra == 2 => u64::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
+            None => {
+                let mut be = [0u8; 8];
+                be.copy_from_slice(&self.buf[2..10]);
+                u64::from_be_bytes(be)
+            }
+        };
+        if control && (!fin || announced > 125) {
+            return Err(FrameError::Protocol("bad control frame"));
+        }
+        let len = usize::try_from(announced).map_err(|_| FrameError::TooLarge)?;
+        if len > self.max_payload {
+            return Err(FrameError::TooLarge);
+        }
+        if self.buf.len() < header + len {
+            return Ok(Parsed::Need(header + len));
+        }
+        let mut mask = [0u8; 4];
+        mask.copy_from_slice(&self.buf[header - 4..header]);
+        self.buf.advance(header);
+        let mut payload = self.buf.split_to(len);
+        fastwebsockets::unmask(&mut payload, mask);
+        if self.buf.is_empty() && self.buf.capacity() > KEEP {
+            // After a large frame, go back to small; the payload keeps its
+            // part of the allocation until it is dropped.
+            self.buf = BytesMut::new();
+        }
+        Ok(Parsed::Frame(InFrame {
+            fin,
+            opcode,
+            payload,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame, as a browser would send it.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut out = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n < 65536 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    async fn read_all(bytes: Vec<u8>, max: usize) -> Vec<Result<InFrame, FrameError>> {
+        let mut reader = FrameReader::new(max);
+        let mut io = bytes.as_slice();
+        let mut out = Vec::new();
+        loop {
+            match reader.read_frame(&mut io).await {
+                Err(FrameError::Eof) => return out,
+                other => {
+                    let stop = other.is_err();
+                    out.push(other);
+                    if stop {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn decodes_and_unmasks_frames_of_every_length_form() {
+        let big = vec![b'x'; 70_000];
+        let mid = vec![b'y'; 300];
+        let mut bytes = client_frame(true, 1, b"hello");
+        bytes.extend(client_frame(false, 1, &mid));
+        bytes.extend(client_frame(true, 0, &big));
+        let frames = read_all(bytes, 100_000).await;
+        let frames: Vec<InFrame> = frames.into_iter().map(|f| f.expect("frame")).collect();
+        assert_eq!(frames.len(), 3);
+        assert_eq!((frames[0].fin, frames[0].opcode), (true, OpCode::Text));
+        assert_eq!(&frames[0].payload[..], b"hello");
+        assert_eq!((frames[1].fin, frames[1].opcode), (false, OpCode::Text));
+        assert_eq!(&frames[1].payload[..], &mid[..]);
+        assert_eq!(frames[2].opcode, OpCode::Continuation);
+        assert_eq!(&frames[2].payload[..], &big[..]);
+    }
+
+    #[tokio::test]
+    async fn refuses_what_a_server_must_refuse() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (vec![0x81, 0x05, b'h', b'e', b'l', b'l', b'o'], "unmasked"),
+            (
+                {
+                    let mut f = client_frame(true, 1, b"x");
+                    f[0] |= 0x40;
+                    f
+                },
+                "reserved",
+            ),
+            (client_frame(true, 3, b"x"), "opcode"),
+            (client_frame(false, 9, b"x"), "control"),
+            (client_frame(true, 9, &[0u8; 126]), "control"),
+        ];
+        for (bytes, what) in cases {
+            let frames = read_all(bytes, 1000).await;
+            assert!(
+                matches!(frames.last(), Some(Err(FrameError::Protocol(_)))),
+                "{what}: {frames:?}"
+            );
+        }
+        let frames = read_all(client_frame(true, 1, &[b'a'; 1001]), 1000).await;
+        assert!(matches!(frames.last(), Some(Err(FrameError::TooLarge))));
+    }
+
+    #[tokio::test]
+    async fn a_frame_split_across_reads_survives_a_dropped_future() {
+        let bytes = client_frame(true, 2, &[7u8; 2000]);
+        let (mut tx, mut rx) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(10_000);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for chunk in bytes.chunks(100) {
+                let _ = tx.write_all(chunk).await;
+            }
+        });
+        // Cancel the read again and again while the frame trickles in.
+        let frame = loop {
+            let attempt = tokio::time::timeout(
+                std::time::Duration::from_micros(50),
+                reader.read_frame(&mut rx),
+            )
+            .await;
+            if let Ok(result) = attempt {
+                break result.expect("frame");
+            }
+        };
+        assert_eq!(frame.opcode, OpCode::Binary);
+        assert_eq!(&frame.payload[..], &[7u8; 2000][..]);
+    }
+
+    #[tokio::test]
+    async fn the_buffer_starts_small_and_shrinks_after_a_big_frame() {
+        let mut reader = FrameReader::new(1 << 20);
+        assert_eq!(reader.capacity(), 0);
+        let mut small = client_frame(true, 1, b"hi");
+        let mut io = small.as_slice();
+        reader.read_frame(&mut io).await.expect("small");
+        assert!(reader.capacity() <= READ_CHUNK, "{}", reader.capacity());
+        small.clear();
+        let big = client_frame(true, 1, &vec![b'z'; 100_000]);
+        let mut io = big.as_slice();
+        let frame = reader.read_frame(&mut io).await.expect("big");
+        assert_eq!(frame.payload.len(), 100_000);
+        assert!(reader.capacity() <= KEEP, "{}", reader.capacity());
+    }
+}

@@ -1,0 +1,100 @@
+//! A writer's messages onto the bus: one envelope per channel of the
+//! socket (with its claims and `message_delivered_at`), all or nothing
+//! against the NOTIFY size limit, traced when tracing is on.
+
+use super::{SessionContext, SessionId};
+use crate::auth::Grant;
+use crate::bus::BusError;
+use crate::metrics::Rejection;
+use pgws_protocol::close::CloseReason;
+use pgws_protocol::envelope::{self, ClaimsJson, Event};
+use pgws_protocol::limits::NOTIFY_PAYLOAD_MAX;
+
+/// Who is writing.
+pub struct Writer<'a> {
+    /// For logs.
+    pub session: SessionId,
+    /// Mode and channels.
+    pub grant: &'a Grant,
+    /// Serialised claims for envelopes.
+    pub claims: &'a ClaimsJson,
+    /// Bus, metrics, limits.
+    pub ctx: &'a SessionContext,
+}
+
+/// One whole client message: for each of the socket's channels, one
+/// envelope on the bus. Nothing is queued unless every envelope fits.
+pub async fn on_message(rc: &Writer<'_>, message: &str) -> Result<(), CloseReason> {
+    let metrics = &rc.ctx.metrics;
+    if !rc.grant.mode.can_write() {
+        // As in the original, a read-only socket's messages are ignored.
+        metrics.rejected(Rejection::ReadOnly);
+        tracing::debug!(
+            session = rc.session.0,
+            "message on a read-only socket ignored"
+        );
+        return Ok(());
+    }
+    let now = envelope::unix_now();
+    let envelopes: Vec<(&str, String)> = rc
+        .grant
+        .channels
+        .iter()
+        .map(|channel| {
+            let text = envelope::build(Event::WebsocketMessage, channel, message, rc.claims, now);
+            (channel.as_str(), text)
+        })
+        .collect();
+    if envelopes
+        .iter()
+        .any(|(_, text)| text.len() > NOTIFY_PAYLOAD_MAX)
+    {
+        metrics.rejected(Rejection::TooLarge);
+        tracing::debug!(
+            session = rc.session.0,
+            bytes = message.len(),
+            "message too large for NOTIFY"
+        );
+        return Err(CloseReason::MessageTooBig);
+    }
+    let traced = pgws_coordinator::telemetry::enabled().then(|| {
+        let span = tracing::info_span!(
+            "pgws.write",
+            session = rc.session.0,
+            channels = envelopes.len()
+        );
+        let traceparent = pgws_coordinator::telemetry::traceparent(&span);
+        (span, traceparent)
+    });
+    let traceparent = traced.as_ref().and_then(|(_, tp)| tp.as_deref());
+    for (channel, text) in envelopes {
+        match rc
+            .ctx
+            .bus
+            .publish(channel, text, traceparent, rc.ctx.limits.write_timeout)
+            .await
+        {
+            Ok(()) => {}
+            Err(BusError::Full) => {
+                metrics.rejected(Rejection::QueueFull);
+                tracing::warn!(
+                    session = rc.session.0,
+                    "NOTIFY queue full: closing the writer with 1013"
+                );
+                return Err(CloseReason::TryAgainLater);
+            }
+            Err(BusError::Unavailable) => {
+                metrics.rejected(Rejection::QueueFull);
+                tracing::warn!(
+                    session = rc.session.0,
+                    "bus unavailable: closing the writer with 1013"
+                );
+                return Err(CloseReason::TryAgainLater);
+            }
+            Err(BusError::Closed) => return Err(CloseReason::GoingAway),
+        }
+    }
+    metrics.received.inc();
+    metrics.received_bytes.inc_by(message.len() as u64);
+    Ok(())
+}

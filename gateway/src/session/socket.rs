@@ -1,0 +1,317 @@
+//! The one task that drives a socket from open to close.
+//!
+//! A single `select!` waits on the gateway's drain, the socket's kill switch
+//! (raised by fan-out for a slow consumer), inbound frames, the token's
+//! expiry, the send queue and the keep-alive timer. Inbound frames are
+//! decoded by the cancel-safe [`FrameReader`], so the read can be dropped
+//! whenever another branch wins; everything written goes through the
+//! socket's [`FrameWriter`], one `write_all` per burst. One task and no
+//! channels between halves keeps an idle socket small (see
+//! `docs/benchmarks.md`).
+
+use super::assemble::{AssembleError, Assembler};
+use super::inbound::{FrameError, FrameReader, InFrame};
+use super::outbound::{FrameWriter, FLUSH_AT};
+use super::publish::{self, Writer};
+use super::{Delivery, SessionControl, SessionEnd};
+use crate::metrics::{Metrics, Rejection};
+use fastwebsockets::OpCode;
+use pgws_protocol::close::CloseReason;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Most queued messages encoded into one write.
+const WRITE_BURST: usize = 64;
+/// How long we wait for the client's answer to our close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What the socket task needs besides the connection.
+pub struct SocketContext<'a> {
+    /// The socket's send queue (readers only; empty and closed otherwise).
+    pub queue: mpsc::Receiver<Arc<Delivery>>,
+    /// Kill switch raised by fan-out.
+    pub control: Arc<SessionControl>,
+    /// Gateway drain.
+    pub shutdown: CancellationToken,
+    /// The token's `exp`.
+    pub expires_at: Option<Instant>,
+    /// Keep-alive period.
+    pub ping_interval: Option<Duration>,
+    /// Longest time one write may take.
+    pub send_timeout: Duration,
+    /// Largest client message.
+    pub max_message_size: usize,
+    /// Where this socket's messages go.
+    pub writer: Writer<'a>,
+    /// Delivery metrics.
+    pub metrics: Metrics,
+}
+
+/// The state of one socket while it runs.
+struct Socket<'a, S> {
+    io: S,
+    frames: FrameReader,
+    out: FrameWriter,
+    assembler: Assembler,
+    last_seen: Instant,
+    sc: SocketContext<'a>,
+}
+
+/// What one turn of the loop decided.
+enum Step {
+    Continue,
+    End(SessionEnd),
+}
+
+/// Why writing failed.
+enum WriteFailure {
+    /// The connection failed.
+    Socket,
+    /// A write took longer than the send timeout.
+    Stalled,
+}
+
+/// Run the socket until it ends; returns how it ended.
+pub async fn run<S>(io: S, sc: SocketContext<'_>) -> SessionEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut socket = Socket {
+        io,
+        frames: FrameReader::new(sc.max_message_size),
+        out: FrameWriter::default(),
+        assembler: Assembler::new(sc.max_message_size),
+        last_seen: Instant::now(),
+        sc,
+    };
+    let end = match socket.serve().await {
+        Ok(end) => end,
+        Err(WriteFailure::Socket) => SessionEnd::ConnectionLost,
+        // Not even a close frame could get through: drop the connection.
+        Err(WriteFailure::Stalled) => SessionEnd::Closed(
+            socket
+                .sc
+                .control
+                .reason()
+                .unwrap_or(CloseReason::SlowConsumer),
+        ),
+    };
+    if let SessionEnd::Closed(reason) = end {
+        socket.close(reason).await;
+    }
+    end
+}
+
+impl<S> Socket<'_, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn serve(&mut self) -> Result<SessionEnd, WriteFailure> {
+        let expires_at = self.sc.expires_at;
+        let expiry = async move {
+            match expires_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut ping = self.sc.ping_interval.map(|every| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        // Registered once, not on every turn of the loop: re-creating these
+        // futures would re-register their wakers (a lock on the token shared
+        // by every socket) for each message written.
+        let shutdown = self.sc.shutdown.clone();
+        let control = self.sc.control.clone();
+        let cancelled = shutdown.cancelled();
+        let killed = control.closed();
+        tokio::pin!(expiry, cancelled, killed);
+        let mut queue_open = true;
+        loop {
+            // Checked first on every turn, so that a drain or a kill is seen
+            // even while frames and deliveries keep arriving.
+            if self.sc.shutdown.is_cancelled() {
+                return Ok(SessionEnd::Closed(CloseReason::GoingAway));
+            }
+            if let Some(reason) = self.sc.control.reason() {
+                return Ok(SessionEnd::Closed(reason));
+            }
+            // Not biased: a client that sends without pause must not starve
+            // its own deliveries, nor a flood of deliveries its pings.
+            let step = tokio::select! {
+                _ = &mut cancelled => Step::End(SessionEnd::Closed(CloseReason::GoingAway)),
+                _ = &mut killed => Step::End(SessionEnd::Closed(
+                    self.sc.control.reason().unwrap_or(CloseReason::InternalError),
+                )),
+                frame = self.frames.read_frame(&mut self.io) => self.on_frame(frame).await?,
+                _ = &mut expiry => Step::End(SessionEnd::Closed(CloseReason::JwtExpired)),
+                delivery = self.sc.queue.recv(), if queue_open => match delivery {
+                    Some(first) => self.write_burst(first).await?,
+                    None => {
+                        queue_open = false;
+                        Step::Continue
+                    }
+                },
+                _ = tick(&mut ping) => self.keep_alive().await?,
+            };
+            if let Step::End(end) = step {
+                return Ok(end);
+            }
+        }
+    }
+
+    /// One inbound frame (or why there is none).
+    async fn on_frame(&mut self, frame: Result<InFrame, FrameError>) -> Result<Step, WriteFailure> {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => return Ok(Step::End(self.read_failure(e))),
+        };
+        self.last_seen = Instant::now();
+        match frame.opcode {
+            OpCode::Close => {
+                // Echo the close handshake with a normal closure.
+                self.out.close(CloseReason::Normal.code(), b"");
+                let _ = self.flush().await;
+                Ok(Step::End(SessionEnd::ClientClosed))
+            }
+            OpCode::Ping => {
+                self.out.push(true, OpCode::Pong, &frame.payload);
+                self.flush().await?;
+                Ok(Step::Continue)
+            }
+            OpCode::Pong => Ok(Step::Continue),
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                match self.assembler.push(frame.opcode, frame.fin, &frame.payload) {
+                    Ok(None) => Ok(Step::Continue),
+                    Ok(Some(message)) => {
+                        drop(frame);
+                        // Boxed: a rare, large future kept out of every
+                        // socket's resting state.
+                        match Box::pin(publish::on_message(&self.sc.writer, &message)).await {
+                            Ok(()) => Ok(Step::Continue),
+                            Err(reason) => Ok(Step::End(SessionEnd::Closed(reason))),
+                        }
+                    }
+                    Err(e) => Ok(Step::End(SessionEnd::Closed(self.assemble_failure(e)))),
+                }
+            }
+        }
+    }
+
+    fn read_failure(&self, e: FrameError) -> SessionEnd {
+        match e {
+            FrameError::TooLarge => {
+                self.sc.metrics.rejected(Rejection::TooLarge);
+                SessionEnd::Closed(CloseReason::MessageTooBig)
+            }
+            FrameError::Protocol(what) => {
+                tracing::debug!(session = self.sc.writer.session.0, what, "protocol error");
+                SessionEnd::Closed(CloseReason::ProtocolError)
+            }
+            FrameError::Eof | FrameError::Io(_) => SessionEnd::ConnectionLost,
+        }
+    }
+
+    fn assemble_failure(&self, e: AssembleError) -> CloseReason {
+        match e {
+            AssembleError::TooLarge => {
+                self.sc.metrics.rejected(Rejection::TooLarge);
+                CloseReason::MessageTooBig
+            }
+            AssembleError::NotUtf8 => {
+                self.sc.metrics.rejected(Rejection::InvalidPayload);
+                CloseReason::InvalidPayload
+            }
+            AssembleError::BadFragment => CloseReason::ProtocolError,
+        }
+    }
+
+    /// Encode `first` and whatever else is already queued (up to a burst),
+    /// then write them all at once. Stops early once the socket has been
+    /// told to close.
+    async fn write_burst(&mut self, first: Arc<Delivery>) -> Result<Step, WriteFailure> {
+        let metrics = &self.sc.metrics;
+        let mut next = Some(first);
+        let (mut frames, mut bytes) = (0u64, 0u64);
+        while let Some(delivery) = next.take() {
+            self.out.text(&delivery.payload);
+            // Observed as the frame is encoded, just before the burst's
+            // single write.
+            metrics
+                .latency
+                .observe(delivery.received_at.elapsed().as_secs_f64());
+            frames += 1;
+            bytes += delivery.payload.len() as u64;
+            if frames < WRITE_BURST as u64
+                && self.out.pending() < FLUSH_AT
+                && self.sc.control.reason().is_none()
+            {
+                next = self.sc.queue.try_recv().ok();
+            }
+        }
+        metrics.delivered.inc_by(frames);
+        metrics.delivered_bytes.inc_by(bytes);
+        self.flush().await?;
+        Ok(Step::Continue)
+    }
+
+    /// Ping the client, or give up on it after two silent periods.
+    async fn keep_alive(&mut self) -> Result<Step, WriteFailure> {
+        if let Some(every) = self.sc.ping_interval {
+            if self.last_seen.elapsed() > 2 * every {
+                return Ok(Step::End(SessionEnd::Closed(CloseReason::PingTimeout)));
+            }
+        }
+        self.out.push(true, OpCode::Ping, &[]);
+        self.flush().await?;
+        Ok(Step::Continue)
+    }
+
+    /// Write what is queued within the send timeout.
+    async fn flush(&mut self) -> Result<(), WriteFailure> {
+        match tokio::time::timeout(self.sc.send_timeout, self.out.write_to(&mut self.io)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "websocket write failed");
+                Err(WriteFailure::Socket)
+            }
+            Err(_) => Err(WriteFailure::Stalled),
+        }
+    }
+
+    /// Send our close frame, then give the client a moment to answer it.
+    async fn close(&mut self, reason: CloseReason) {
+        let text: &[u8] = if reason == CloseReason::Normal {
+            b""
+        } else {
+            reason.text().as_bytes()
+        };
+        self.out.close(reason.code(), text);
+        if self.flush().await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            loop {
+                match self.frames.read_frame(&mut self.io).await {
+                    Ok(frame) if frame.opcode == OpCode::Close => return,
+                    Ok(_) => continue,
+                    Err(_) => return,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
