@@ -155,3 +155,72 @@ async fn the_server_pings_and_drops_silent_peers() {
     )
     .await;
 }
+
+/// Read from a raw socket until `done` says the bytes so far suffice.
+async fn read_until(
+    stream: &mut tokio::net::TcpStream,
+    seen: &mut Vec<u8>,
+    done: impl Fn(&[u8]) -> bool,
+) {
+    use tokio::io::AsyncReadExt;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !done(seen) {
+        let mut chunk = [0u8; 1024];
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let n = tokio::time::timeout(left, stream.read(&mut chunk))
+            .await
+            .expect("the gateway answered in time")
+            .expect("read");
+        assert!(n > 0, "connection closed early: {seen:?}");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[tokio::test]
+async fn frames_sent_with_the_handshake_are_read_and_an_unmasked_frame_is_closed_with_1002() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gateway::start().await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    // The handshake and a masked ping in one write: the ping arrives in the
+    // same packet as the upgrade request.
+    let mut first = format!(
+        "GET /chat/{} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        token(json!({"mode": "r"}))
+    )
+    .into_bytes();
+    let mask = [1u8, 2, 3, 4];
+    first.extend_from_slice(&[0x89, 0x82]);
+    first.extend_from_slice(&mask);
+    first.extend(b"hi".iter().zip(mask).map(|(b, m)| b ^ m));
+    stream.write_all(&first).await.expect("write");
+    let mut seen = Vec::new();
+    read_until(&mut stream, &mut seen, |s| {
+        find(s, &[0x8A, 2, b'h', b'i']).is_some()
+    })
+    .await;
+    assert!(
+        seen.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+
+    // A client frame without a mask breaks RFC 6455: 1002.
+    seen.clear();
+    stream
+        .write_all(&[0x81, 2, b'n', b'o'])
+        .await
+        .expect("write");
+    read_until(&mut stream, &mut seen, |s| {
+        find(s, &[0x88]).is_some_and(|i| s.len() >= i + 4)
+    })
+    .await;
+    let at = find(&seen, &[0x88]).expect("close frame");
+    assert_eq!(u16::from_be_bytes([seen[at + 2], seen[at + 3]]), 1002);
+}
