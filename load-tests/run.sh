@@ -23,7 +23,11 @@ git rev-parse --short HEAD > "$OUT/commit" 2>/dev/null || true
 SECRET=reallyreallyreallyreallyverysafe
 DB=postgres://postgres@127.0.0.1:5432/postgres
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  # Only this run's keys (its prefix) in the shared Redis.
+  redis-cli --scan --pattern "*pgws-bench-$$*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 wait_ready() { for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "not ready: $1" >&2; exit 1; }
@@ -39,6 +43,7 @@ run_scenarios() { # label, listen channel, gateway pids (csv), urls...
   load fanout --readers "$(n 2000)" --rate 200 --seconds 10 "${common[@]}"
   load spread --readers "$(n 5000)" --channels "$(n 1000)" --rate 2000 --seconds 10 "${common[@]}"
   load writers --writers "$(n 200)" --seconds 10 "${common[@]}"
+  load writers --writers "$(n 200)" --rate "$(n 50000)" --seconds 10 "${common[@]}"
   load churn --concurrency 32 --seconds 5 "${common[@]}"
 }
 

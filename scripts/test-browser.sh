@@ -14,7 +14,28 @@ pgws_ensure_playwright
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export LOCAL_CLUSTER_BIN_DIR="${LOCAL_CLUSTER_BIN_DIR:-target/debug}"
 export LOCAL_CLUSTER_LB_PORT="$(free_port)"
-base="$(free_port)"; export LOCAL_CLUSTER_BASE_PORT=$(( base > 40000 ? base - 30 : base ))
+# 23 consecutive free ports below the ephemeral range (32768+), where no
+# outgoing connection can be holding one; the cluster uses BASE+1..BASE+22.
+free_block() {
+  python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    base = random.randrange(20000, 32000 - 23)
+    socks = []
+    try:
+        for p in range(base, base + 23):
+            s = socket.socket(); s.bind(("127.0.0.1", p)); socks.append(s)
+    except OSError:
+        continue
+    finally:
+        for s in socks: s.close()
+    if len(socks) == 23:
+        print(base); break
+else:
+    raise SystemExit("no block of 23 free ports")
+PY
+}
+export LOCAL_CLUSTER_BASE_PORT="$(free_block)"
 export LOCAL_CLUSTER_RUN_DIR="$PWD/.tmp/browser-cluster-$$"
 export PGWS_REDIS_PREFIX="pgws-browser-$$"
 export PGWS_LISTEN_CHANNEL="pgws-browser-$$"

@@ -1,27 +1,28 @@
 //! The leader's drain: writers' envelopes from the Redis stream into
-//! `pg_notify`, acknowledged only after the NOTIFY committed.
+//! `pg_notify`, removed from the stream only after the NOTIFY committed.
 //!
-//! Gateways `XADD` envelopes to `{p}:writes`. The leader reads them through
-//! the consumer group `relay`: first it claims (`XAUTOCLAIM`) whatever a
-//! previous leader read but never acknowledged, then it reads new entries
-//! (`XREADGROUP … >`). Each batch goes through a [`Notifier`] (one
-//! transaction per fold-safe chunk), then is `XACK`ed and `XDEL`eted, so the
-//! stream's length is the number of messages not yet in PostgreSQL — the
-//! bound gateways check before adding.
+//! Gateways `XADD` envelopes to `{p}:writes`; the stream holds exactly the
+//! messages not yet in PostgreSQL, and its length is the bound gateways
+//! check before adding. The leader reads it from the start with plain
+//! `XREAD` (a term begins with whatever a previous leader left), NOTIFYs
+//! each batch (one transaction per fold-safe chunk), then trims everything
+//! up to the batch's last entry with one `XTRIM MINID`. No consumer group:
+//! a single reader per term needs no pending-entries list, and dropping it
+//! removes two writes per message from Redis (the group's pending entry and
+//! its acknowledgement) and the per-entry `XDEL` — measured in
+//! `docs/benchmarks.md`.
 //!
-//! Delivery is at least once: a leader that dies between commit and ack
-//! leaves entries its successor sends again. Entries are read in stream
-//! order by a single consumer, so per-channel order is kept.
+//! The next batch is read while the current one is NOTIFYed; batches are
+//! still sent strictly one after the other, so stream order (and with it
+//! each socket's order) is kept. Delivery is at least once: a leader that
+//! dies between commit and trim leaves entries its successor sends again.
 
 use crate::election::Lease;
 use crate::redis_client::RedisClient;
 use crate::relay::Notifier;
-use pgws_protocol::keys::{KeySpace, FIELD_MESSAGE, FIELD_TRACE, WRITES_GROUP};
+use pgws_protocol::keys::{KeySpace, FIELD_MESSAGE, FIELD_TRACE};
 use prometheus::{IntGauge, Registry};
-use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
-};
-use redis::AsyncCommands;
+use redis::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -58,18 +59,30 @@ pub enum DrainError {
     /// Redis failed.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis answered something that is not a stream read.
+    #[error("unexpected reply to XREAD: {0}")]
+    Reply(String),
+}
+
+/// One writer's message read from the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Stream id, `<ms>-<seq>`.
+    pub id: String,
+    /// The envelope to NOTIFY.
+    pub message: String,
+    /// The writer's traceparent, when traced.
+    pub trace: Option<String>,
 }
 
 /// One term's drain.
 pub struct Drain {
-    /// For XACK/XDEL/XLEN.
+    /// For the trim.
     pub redis: RedisClient,
     /// A connection without response timeout, for blocking reads.
     pub blocking: RedisClient,
     /// Key layout.
     pub keys: KeySpace,
-    /// This node's consumer name.
-    pub consumer: String,
     /// Sends the NOTIFYs.
     pub notifier: Notifier,
     /// This term's lease.
@@ -80,23 +93,15 @@ pub struct Drain {
 
 impl Drain {
     /// Relay until `term` ends or Redis fails.
-    ///
-    /// The next batch is read while the current one is NOTIFYed: reading
-    /// marks entries as delivered to this consumer (a successor claims them
-    /// if this leader dies), and batches are still sent strictly one after
-    /// the other, so order is kept.
     pub async fn run(mut self, term: CancellationToken) -> Result<(), DrainError> {
-        self.ensure_group().await?;
-        self.claim_abandoned(&term).await?;
-        let options = StreamReadOptions::default()
-            .group(WRITES_GROUP, &self.consumer)
-            .count(BATCH)
-            .block(BLOCK.as_millis() as usize);
         let key = self.keys.writes();
         let mut blocking = self.blocking.clone();
-        let mut current: Vec<StreamId> = Vec::new();
+        let mut current: Vec<Entry> = Vec::new();
+        // From the start: what a previous leader read but never trimmed is
+        // sent again (at least once).
+        let mut cursor = "0-0".to_string();
         loop {
-            let read_next = read_new(&mut blocking, &key, &options);
+            let read_next = read_after(&mut blocking, &key, &cursor);
             let (next, relayed) = tokio::select! {
                 _ = term.cancelled() => return Ok(()),
                 both = async { tokio::join!(read_next, self.relay(&current)) } => both,
@@ -105,79 +110,34 @@ impl Drain {
                 return Ok(());
             }
             current = next?;
+            if let Some(last) = current.last() {
+                cursor.clone_from(&last.id);
+            }
         }
     }
 
-    async fn ensure_group(&mut self) -> Result<(), DrainError> {
-        // From the start of the stream: messages written while no
-        // coordinator ran are delivered by the first one.
-        let created: redis::RedisResult<()> = self
-            .redis
-            .xgroup_create_mkstream(self.keys.writes(), WRITES_GROUP, "0")
-            .await;
-        match created {
-            Ok(()) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Take over every entry another consumer read but never acknowledged.
-    async fn claim_abandoned(&mut self, term: &CancellationToken) -> Result<(), DrainError> {
-        let key = self.keys.writes();
-        let mut cursor = "0-0".to_string();
-        loop {
-            if term.is_cancelled() {
-                return Ok(());
-            }
-            let reply: StreamAutoClaimReply = self
-                .redis
-                .xautoclaim_options(
-                    &key,
-                    WRITES_GROUP,
-                    &self.consumer,
-                    0,
-                    &cursor,
-                    StreamAutoClaimOptions::default().count(BATCH),
-                )
-                .await?;
-            if !reply.claimed.is_empty() {
-                tracing::info!(
-                    entries = reply.claimed.len(),
-                    "claimed writes a previous leader left unacknowledged"
-                );
-            }
-            if !self.relay(&reply.claimed).await? {
-                return Ok(());
-            }
-            if reply.next_stream_id == "0-0" {
-                return Ok(());
-            }
-            cursor = reply.next_stream_id;
-        }
-    }
-
-    /// NOTIFY `entries`, then acknowledge and delete them. False when the
+    /// NOTIFY `entries`, then trim them from the stream. False when the
     /// term ended (lease lapsed or aborted) before they were sent.
-    async fn relay(&mut self, entries: &[StreamId]) -> Result<bool, DrainError> {
-        if entries.is_empty() {
+    async fn relay(&mut self, entries: &[Entry]) -> Result<bool, DrainError> {
+        let Some(last) = entries.last() else {
             return Ok(true);
-        }
+        };
         if !self.lease.valid() {
             return Ok(false);
         }
         let payloads: Vec<String> = entries
             .iter()
-            .map(|e| e.get::<String>(FIELD_MESSAGE).unwrap_or_default())
+            .filter(|e| !e.message.is_empty())
+            .map(|e| e.message.clone())
             .collect();
         // One span per traced write, open while its batch is NOTIFYed.
         let _spans: Vec<tracing::Span> = if crate::telemetry::enabled() {
             entries
                 .iter()
-                .filter_map(|e| e.get::<String>(FIELD_TRACE))
+                .filter_map(|e| e.trace.as_deref())
                 .map(|tp| {
                     let span = tracing::info_span!("pgws.relay", batch = entries.len());
-                    crate::telemetry::set_remote_parent(&span, &tp);
+                    crate::telemetry::set_remote_parent(&span, tp);
                     span
                 })
                 .collect()
@@ -187,32 +147,175 @@ impl Drain {
         if !self.notifier.send(&payloads).await {
             return Ok(false);
         }
-        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        // One round trip: drop everything up to and including the batch's
+        // last entry, and read what is left.
         let key = self.keys.writes();
-        // One round trip: acknowledge, delete, and read what is left.
         let mut pipe = redis::pipe();
-        pipe.xack(&key, WRITES_GROUP, &ids)
+        pipe.cmd("XTRIM")
+            .arg(&key)
+            .arg("MINID")
+            .arg(id_after(&last.id))
             .ignore()
-            .xdel(&key, &ids)
-            .ignore()
-            .xlen(&key);
+            .cmd("XLEN")
+            .arg(&key);
         let (length,): (i64,) = pipe.query_async(&mut self.redis).await?;
         self.metrics.stream_length.set(length);
         Ok(true)
     }
 }
 
-/// The next entries no consumer of the group has read yet; waits up to
-/// [`BLOCK`] for some.
-async fn read_new(
+/// Up to [`BATCH`] entries after `cursor`; waits up to [`BLOCK`] for some.
+async fn read_after(
     client: &mut RedisClient,
     key: &str,
-    options: &StreamReadOptions,
-) -> Result<Vec<StreamId>, DrainError> {
-    let reply: Option<StreamReadReply> = client.xread_options(&[key], &[">"], options).await?;
-    Ok(reply
-        .into_iter()
-        .flat_map(|r| r.keys)
-        .flat_map(|k| k.ids)
-        .collect())
+    cursor: &str,
+) -> Result<Vec<Entry>, DrainError> {
+    let reply: Value = redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(BATCH)
+        .arg("BLOCK")
+        .arg(BLOCK.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(cursor)
+        .query_async(client)
+        .await?;
+    entries_of(reply)
+}
+
+/// The smallest stream id greater than `id` (`XTRIM MINID` keeps ids ≥ it).
+fn id_after(id: &str) -> String {
+    match id.split_once('-') {
+        Some((ms, seq)) => match seq.parse::<u64>() {
+            Ok(seq) if seq < u64::MAX => format!("{ms}-{}", seq + 1),
+            _ => format!("{}-0", ms.parse::<u64>().unwrap_or(0).saturating_add(1)),
+        },
+        None => format!("{id}-1"),
+    }
+}
+
+/// The entries of an `XREAD` reply, in order, taken straight from the
+/// reply (no map per entry). An entry without an envelope (gateways never
+/// write one) comes out with an empty message, which is not NOTIFYed.
+pub fn entries_of(reply: Value) -> Result<Vec<Entry>, DrainError> {
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        // RESP3: { key => entries }; RESP2: [[key, entries]].
+        Value::Map(pairs) => pairs.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
+                _ => None,
+            })
+            .collect(),
+        other => return Err(DrainError::Reply(format!("{other:?}"))),
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let Value::Array(entries) = stream else {
+            return Err(DrainError::Reply("entries are not an array".into()));
+        };
+        out.reserve(entries.len());
+        for entry in entries {
+            out.push(entry_of(entry)?);
+        }
+    }
+    Ok(out)
+}
+
+fn entry_of(entry: Value) -> Result<Entry, DrainError> {
+    let Value::Array(parts) = entry else {
+        return Err(DrainError::Reply("an entry is not an array".into()));
+    };
+    let mut parts = parts.into_iter();
+    let id = parts
+        .next()
+        .and_then(text)
+        .ok_or_else(|| DrainError::Reply("entry without id".into()))?;
+    let fields: Vec<Value> = match parts.next() {
+        Some(Value::Array(fields)) => fields,
+        Some(Value::Map(pairs)) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    };
+    let (mut message, mut trace) = (String::new(), None);
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        match text(name).as_deref() {
+            Some(FIELD_MESSAGE) => message = text(value).unwrap_or_default(),
+            Some(FIELD_TRACE) => trace = text(value),
+            _ => {}
+        }
+    }
+    Ok(Entry { id, message, trace })
+}
+
+fn text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
+        Value::VerbatimString { text, .. } => Some(text),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, fields: &[(&str, &str)]) -> Value {
+        Value::Array(vec![
+            bulk(id),
+            Value::Array(
+                fields
+                    .iter()
+                    .flat_map(|(k, v)| [bulk(k), bulk(v)])
+                    .collect(),
+            ),
+        ])
+    }
+
+    #[test]
+    fn the_next_id_is_just_past_the_last() {
+        assert_eq!(id_after("1700000000000-0"), "1700000000000-1");
+        assert_eq!(id_after("5-41"), "5-42");
+        assert_eq!(id_after(&format!("5-{}", u64::MAX)), "6-0");
+    }
+
+    #[test]
+    fn entries_come_out_in_order_from_either_protocol() {
+        let entries = Value::Array(vec![
+            entry("1-0", &[("c", "chat"), ("m", "one")]),
+            entry(
+                "1-1",
+                &[("c", "chat"), ("m", "two"), ("t", "00-abc-def-01")],
+            ),
+        ]);
+        let resp3 = Value::Map(vec![(bulk("{p}:writes"), entries.clone())]);
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("{p}:writes"), entries])]);
+        for reply in [resp3, resp2] {
+            let got = entries_of(reply).expect("entries");
+            assert_eq!(
+                got,
+                vec![
+                    Entry {
+                        id: "1-0".into(),
+                        message: "one".into(),
+                        trace: None
+                    },
+                    Entry {
+                        id: "1-1".into(),
+                        message: "two".into(),
+                        trace: Some("00-abc-def-01".into())
+                    },
+                ]
+            );
+        }
+        assert!(entries_of(Value::Nil).expect("nil").is_empty());
+        assert!(entries_of(Value::Int(3)).is_err());
+    }
 }

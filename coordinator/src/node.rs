@@ -365,7 +365,6 @@ impl Node {
             redis: redis.clone(),
             blocking: blocking.clone(),
             keys: self.config.keys.clone(),
-            consumer: self.config.node_id.clone(),
             notifier: Notifier::new(
                 "drain".into(),
                 self.config.db.clone(),

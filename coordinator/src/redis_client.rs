@@ -49,7 +49,7 @@ fn resp3(url: &str) -> String {
 
 impl RedisClient {
     /// Connect; pub/sub messages go to `pushes` when given. `response_timeout`
-    /// `None` allows blocking commands (`XREADGROUP BLOCK`).
+    /// `None` allows blocking commands (`XREAD BLOCK`).
     pub async fn connect(
         config: &RedisConfig,
         pushes: Option<UnboundedSender<PushInfo>>,

@@ -7,6 +7,12 @@ use pgws_gateway::config::{Config, VARS};
 use pgws_gateway::server::{self, Exit};
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's allocator: the relay paths allocate a few
+/// small buffers per message, and glibc spent a third of the drain's CPU in
+/// malloc/free (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// postgres-websockets in Rust: websockets over PostgreSQL LISTEN/NOTIFY,
 /// authorised by JWT. Standalone by default; with PGWS_REDIS_URL a
 /// stateless gateway of a cluster. Configured by PGWS_* environment

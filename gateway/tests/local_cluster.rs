@@ -25,8 +25,8 @@ impl LocalCluster {
             .expect("bin dir")
             .to_path_buf();
         let run_dir = std::env::temp_dir().join(unique("pgws-local-cluster"));
-        // 23 consecutive ports above a free one; the script needs BASE+1..BASE+22.
-        let base = free_port().saturating_sub(30).max(20000);
+        // The script needs BASE+1..BASE+22.
+        let base = free_port_block(23);
         let lb_port = free_port();
         let child = Command::new("bash")
             .arg(root.join("deploy/local-cluster.sh"))

@@ -95,6 +95,9 @@ enum Scenario {
     Writers {
         #[arg(long, default_value_t = 200)]
         writers: usize,
+        /// Messages per second offered in all; 0 = as fast as possible.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
@@ -143,7 +146,11 @@ async fn main() -> anyhow::Result<()> {
             rate,
             seconds,
         } => scenarios::spread(&c, readers, channels, rate, seconds).await?,
-        Scenario::Writers { writers, seconds } => scenarios::writers(&c, writers, seconds).await?,
+        Scenario::Writers {
+            writers,
+            rate,
+            seconds,
+        } => scenarios::writers(&c, writers, rate, seconds).await?,
         Scenario::Churn {
             concurrency,
             seconds,

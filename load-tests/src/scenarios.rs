@@ -346,13 +346,23 @@ pub async fn spread(
 }
 
 /// Count notifications on the listen channel whose payload contains `tag`.
+/// Count the notifications carrying `tag` on the listen channel, and when
+/// the first and the last one came (microseconds after `since`).
 async fn count_notifies(
     c: &Common,
     tag: String,
-) -> anyhow::Result<(Arc<AtomicU64>, tokio::task::JoinHandle<()>)> {
+    since: Instant,
+) -> anyhow::Result<(
+    Arc<AtomicU64>,
+    (Arc<AtomicU64>, Arc<AtomicU64>),
+    tokio::task::JoinHandle<()>,
+)> {
     let (client, mut connection) = tokio_postgres::connect(&c.db, tokio_postgres::NoTls).await?;
     let count = Arc::new(AtomicU64::new(0));
     let counter = count.clone();
+    let first_at = Arc::new(AtomicU64::new(0));
+    let last_at = Arc::new(AtomicU64::new(0));
+    let (first, last) = (first_at.clone(), last_at.clone());
     let sql = format!("LISTEN \"{}\"", c.listen_channel.replace('"', "\"\""));
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
@@ -369,7 +379,11 @@ async fn count_notifies(
                 m = next_message(&mut connection) => match m {
                     Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
                         if n.payload().contains(&tag) {
-                            counter.fetch_add(1, Ordering::Relaxed);
+                            let at = since.elapsed().as_micros() as u64;
+                            if counter.fetch_add(1, Ordering::Relaxed) == 0 {
+                                first.store(at, Ordering::Relaxed);
+                            }
+                            last.store(at, Ordering::Relaxed);
                         }
                     }
                     Some(Ok(_)) => {}
@@ -379,7 +393,7 @@ async fn count_notifies(
         }
     });
     let _ = ready_rx.await;
-    Ok((count, task))
+    Ok((count, (first_at, last_at), task))
 }
 
 /// The next message of a PostgreSQL connection (notifications included).
@@ -393,21 +407,43 @@ where
     std::future::poll_fn(|cx| connection.poll_message(cx)).await
 }
 
-pub async fn writers(c: &Common, writers: usize, seconds: u64) -> anyhow::Result<Report> {
+/// Writers send for `seconds`, as fast as they can (`rate` 0) or at `rate`
+/// messages per second in all. Counts what reaches a LISTENing connection;
+/// the rate is taken over the time the NOTIFYs took to arrive.
+pub async fn writers(
+    c: &Common,
+    writers: usize,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<Report> {
     let mut report = Report::new("writers", c);
     let tag = format!("w{}", std::process::id());
-    let (count, listener) = count_notifies(c, tag.clone()).await?;
+    let started = Instant::now();
+    let (count, (first_at, last_at), listener) = count_notifies(c, tag.clone(), started).await?;
     let sockets = open_sockets(c, writers, "w", |i| format!("{tag}-{i}")).await?;
     let mark = CpuMark::now(c);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let writing_from = Instant::now();
+    let deadline = writing_from + Duration::from_secs(seconds);
+    let per_writer = rate as f64 / writers.max(1) as f64;
     let sent = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
     for (i, mut ws) in sockets.into_iter().enumerate() {
-        let sent = sent.clone();
-        let tag = tag.clone();
+        let (sent, refused, tag) = (sent.clone(), refused.clone(), tag.clone());
         tasks.spawn(async move {
             let mut seq = 0u64;
-            while Instant::now() < deadline {
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                if rate > 0 {
+                    let due = (now - writing_from).as_secs_f64() * per_writer;
+                    if seq as f64 >= due {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                }
                 seq += 1;
                 let text = format!("{tag} {i} {seq}");
                 if ws
@@ -419,6 +455,12 @@ pub async fn writers(c: &Common, writers: usize, seconds: u64) -> anyhow::Result
                 }
                 sent.fetch_add(1, Ordering::Relaxed);
             }
+            // A socket the gateway closed (1013: stream full) may still
+            // have accepted our writes into its buffers: look for the close.
+            let closed = tokio::time::timeout(Duration::from_millis(200), ws.read_frame()).await;
+            if matches!(closed, Ok(Ok(ref f)) if f.opcode == OpCode::Close) {
+                refused.fetch_add(1, Ordering::Relaxed);
+            }
             let _ = ws.write_frame(Frame::close(1000, b"")).await;
             ws
         });
@@ -428,22 +470,34 @@ pub async fn writers(c: &Common, writers: usize, seconds: u64) -> anyhow::Result
         open.push(ws);
     }
     let sent = sent.load(Ordering::Relaxed);
-    // Wait (bounded) for the NOTIFYs to drain.
+    // Wait (bounded) for the NOTIFYs to drain, or for them to stop coming:
+    // frames a refused socket still wrote will never arrive.
     let drain_deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = (count.load(Ordering::Relaxed), Instant::now());
     while count.load(Ordering::Relaxed) < sent && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = count.load(Ordering::Relaxed);
+        if now != seen.0 {
+            seen = (now, Instant::now());
+        } else if seen.1.elapsed() > Duration::from_secs(3) {
+            break;
+        }
     }
-    let elapsed = mark.at.elapsed().as_secs_f64();
     let (server_cpu, pg_cpu, _) = mark.since();
     let received = count.load(Ordering::Relaxed);
+    let last = Duration::from_micros(last_at.load(Ordering::Relaxed));
+    let first = Duration::from_micros(first_at.load(Ordering::Relaxed));
+    let arrived_over = last.saturating_sub(first).as_secs_f64().max(1e-3);
     listener.abort();
     drop(open);
     report.set("writers", writers as u64);
+    report.set("offered_per_s", rate);
     report.set("seconds", seconds);
     report.set("sent", sent);
+    report.set("refused_sockets", refused.load(Ordering::Relaxed));
     report.set("notifies_received", received);
     report.set("lost", sent.saturating_sub(received));
-    report.set("notifies_per_s", (received as f64 / elapsed).round());
+    report.set("notifies_per_s", (received as f64 / arrived_over).round());
     report.set("server_cpu_s", (server_cpu * 100.0).round() / 100.0);
     report.set("postgres_cpu_s", (pg_cpu * 100.0).round() / 100.0);
     Ok(report)

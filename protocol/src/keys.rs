@@ -12,11 +12,8 @@
 //! | `{p}:leader` | string, PX ttl | the coordinator lock: the holder's node id |
 //! | `{p}:epoch` | integer | fencing epoch, `INCR`ed at every acquisition |
 //! | `{p}:writes` | stream | writers' envelopes waiting for NOTIFY (field `m`, channel `c`, optional traceparent `t`) |
-//! | consumer group `relay` on `{p}:writes` | | the leader's read position |
 //! | `p:msg:<channel>` | pub/sub channel | notifications for one websocket channel |
 
-/// The consumer group the leader reads the writes stream with.
-pub const WRITES_GROUP: &str = "relay";
 /// Stream entry field holding the envelope.
 pub const FIELD_MESSAGE: &str = "m";
 /// Stream entry field holding the websocket channel.
