@@ -29,6 +29,7 @@ generator's own CPU competing for the same cores.
 * Date: {datetime.date.today().isoformat()}, commit `{commit}`, size scale {scale}
 * Command: `{"SCALE=" + scale + " " if scale != "1" else ""}load-tests/run.sh` (release build; results also in `.tmp/bench/results.jsonl`)
 * Cluster mode: 2 gateways + 2 coordinators, one local Redis.
+* Every server process runs with `PGWS_WORKER_THREADS={os.environ.get("PGWS_WORKER_THREADS", "0")}` (one runtime thread each: five busy processes share two cores).
 
 ## Idle sockets: memory per socket
 

@@ -20,6 +20,9 @@ mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
 : > "$RESULTS"
 git rev-parse --short HEAD > "$OUT/commit" 2>/dev/null || true
+# One runtime thread per server process: gateways, coordinators, Redis,
+# PostgreSQL and the generator share 2 cores (see docs/benchmarks.md).
+export PGWS_WORKER_THREADS="${PGWS_WORKER_THREADS:-1}"
 SECRET=reallyreallyreallyreallyverysafe
 DB=postgres://postgres@127.0.0.1:5432/postgres
 pids=()

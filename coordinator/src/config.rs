@@ -19,6 +19,7 @@ crate::vars! {
     ADMIN_HOST = "PGWS_ADMIN_HOST", Some("127.0.0.1"), "Admin listen address (/healthz, /readyz, /metrics).";
     ADMIN_PORT = "PGWS_ADMIN_PORT", Some("3002"), "Admin listen port; `off` disables it.";
     SHUTDOWN_TIMEOUT = "PGWS_SHUTDOWN_TIMEOUT", Some("10000"), "Milliseconds allowed for stepping down on SIGTERM.";
+    WORKER_THREADS = "PGWS_WORKER_THREADS", Some("0"), "Runtime worker threads; `0` = one per available CPU (a container's CPU quota is honoured).";
     LOG_FORMAT = "PGWS_LOG_FORMAT", Some("text"), "`text` or `json`.";
     LOG_LEVEL = "PGWS_LOG_LEVEL", Some("info"), "A tracing filter.";
 }

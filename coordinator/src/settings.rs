@@ -399,7 +399,8 @@ where
     use std::process::ExitCode;
     let config = match Sources::load(vars, config_file).and_then(|sources| {
         let config = parse(&sources)?;
-        Ok((config, sources.unknown()))
+        let workers = worker_threads(&sources)?;
+        Ok(((config, workers), sources.unknown()))
     }) {
         Ok(pair) => pair,
         Err(e) => {
@@ -407,7 +408,7 @@ where
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let (config, unknown) = config;
+    let ((config, workers), unknown) = config;
     let telemetry = crate::telemetry::init(&log(&config), service);
     match raise_open_files_limit() {
         Some(limit) => tracing::debug!(limit, "open-files limit"),
@@ -416,10 +417,11 @@ where
     for name in unknown {
         tracing::warn!(variable = %name, "unknown PGWS_ variable ignored");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -440,6 +442,19 @@ where
     });
     drop(telemetry); // flush traces before exiting
     code
+}
+
+/// The variable both binaries read for their runtime's size.
+pub const WORKER_THREADS: &str = "PGWS_WORKER_THREADS";
+
+/// `PGWS_WORKER_THREADS`: `None` (0 or unset) lets tokio use one worker per
+/// available CPU, which honours a container's CPU quota.
+fn worker_threads(sources: &Sources) -> Result<Option<usize>, ConfigError> {
+    if sources.get(WORKER_THREADS).is_none() {
+        return Ok(None);
+    }
+    let n: usize = sources.parsed(WORKER_THREADS, "a number of threads (0 = one per CPU)")?;
+    Ok((n > 0).then_some(n))
 }
 
 /// Raise the open-files soft limit to the hard limit: every websocket is a

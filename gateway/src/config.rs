@@ -39,6 +39,7 @@ pgws_coordinator::vars! {
     PING_INTERVAL = "PGWS_PING_INTERVAL", Some("30"), "Seconds between pings; a peer silent for two intervals is dropped. `0` disables.";
     ALLOWED_ORIGINS = "PGWS_ALLOWED_ORIGINS", None, "Comma-separated Origin allow-list for websocket upgrades; unset allows any.";
     SHUTDOWN_TIMEOUT = "PGWS_SHUTDOWN_TIMEOUT", Some("10000"), "Milliseconds allowed for the graceful drain after SIGTERM.";
+    WORKER_THREADS = "PGWS_WORKER_THREADS", Some("0"), "Runtime worker threads; `0` = one per available CPU (a container's CPU quota is honoured).";
     LOG_FORMAT = "PGWS_LOG_FORMAT", Some("text"), "`text` or `json`.";
     LOG_LEVEL = "PGWS_LOG_LEVEL", Some("info"), "A tracing filter: `info`, `debug`, `pgws_gateway=debug,info` …";
     REDIS_URL = "PGWS_REDIS_URL", None, "Cluster mode: the Redis URL (comma-separated seeds for a cluster). Unset: standalone mode.";
