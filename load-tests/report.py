@@ -50,14 +50,14 @@ and costs ≤ 1.3× the standalone CPU per delivery.
 
 ## Writers: client messages → NOTIFY
 
-{table("writers", [("writer sockets", "writers"), ("offered/s (0 = flat out)", "offered_per_s"), ("sent", "sent"), ("NOTIFYs received", "notifies_received"), ("not received", "lost"), ("sockets closed 1013", "refused_sockets"), ("NOTIFY/s", "notifies_per_s"), ("server CPU s", "server_cpu_s"), ("PostgreSQL CPU s", "postgres_cpu_s")])}
+{table("writers", [("writer sockets", "writers"), ("offered/s (0 = flat out)", "offered_per_s"), ("sent", "sent"), ("NOTIFYs received", "notifies_received"), ("not received", "lost"), ("sockets closed by the gateway", "refused_sockets"), ("NOTIFY/s", "notifies_per_s"), ("server CPU s", "server_cpu_s"), ("PostgreSQL CPU s", "postgres_cpu_s")])}
 Target: ≥ 50,000 client messages/s become NOTIFYs, no loss. Each mode runs
 twice: flat out (every writer sends as fast as it can) and at an offered
 50,000 messages/s. NOTIFY/s is taken over the time between the first and
 the last NOTIFY received. "Not received" counts frames the generator wrote,
 including those written after the gateway had closed the socket with 1013
 (the stream at its bound): those were refused, not lost — the column
-"sockets closed 1013" says when that happened.
+"sockets closed by the gateway" says when that happened.
 
 ## Churn: connect / disconnect
 

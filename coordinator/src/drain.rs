@@ -14,10 +14,14 @@
 //!
 //! The next batch is read while the current one is NOTIFYed; batches are
 //! still sent strictly one after the other, so stream order (and with it
-//! each socket's order) is kept. Delivery is at least once: a leader that
+//! each socket's order) is kept. Every NOTIFY comes back through the
+//! leader's own LISTEN to be republished, so a batch waits while the
+//! publisher is far behind: a backlog of writes drains at the speed Redis
+//! takes the republishing, instead of overflowing the publisher's queue. Delivery is at least once: a leader that
 //! dies between commit and trim leaves entries its successor sends again.
 
 use crate::election::Lease;
+use crate::publisher::Backlog;
 use crate::redis_client::RedisClient;
 use crate::relay::Notifier;
 use pgws_protocol::keys::{KeySpace, FIELD_MESSAGE, FIELD_TRACE};
@@ -31,6 +35,10 @@ use tokio_util::sync::CancellationToken;
 const BATCH: usize = 1024;
 /// How long one blocking read waits for new entries.
 const BLOCK: Duration = Duration::from_millis(1000);
+/// NOTIFY no further batch while the publisher has more than this many
+/// notifications queued: what the drain sends comes back through the
+/// listener, and must not overflow the publisher's queue.
+const PUBLISH_BACKLOG_LIMIT: usize = 16_384;
 
 /// Drain metrics.
 #[derive(Clone)]
@@ -87,6 +95,8 @@ pub struct Drain {
     pub notifier: Notifier,
     /// This term's lease.
     pub lease: Arc<Lease>,
+    /// The publisher's queue, for back-pressure.
+    pub backlog: Arc<Backlog>,
     /// Metrics.
     pub metrics: DrainMetrics,
 }
@@ -122,6 +132,7 @@ impl Drain {
         let Some(last) = entries.last() else {
             return Ok(true);
         };
+        self.backlog.below(PUBLISH_BACKLOG_LIMIT).await;
         if !self.lease.valid() {
             return Ok(false);
         }

@@ -21,7 +21,7 @@ use crate::config::CoordinatorConfig;
 use crate::drain::{Drain, DrainMetrics};
 use crate::election::{Election, ElectionMetrics, Lease};
 use crate::listener::{self, ListenerConfig, ListenerMetrics, ListenerState};
-use crate::publisher::{Publisher, PublisherMetrics};
+use crate::publisher::{Backlog, Publisher, PublisherMetrics};
 use crate::redis_client::RedisClient;
 use crate::relay::{Notifier, RelayMetrics};
 use crate::settings::{bind, log_bound};
@@ -248,7 +248,7 @@ impl Node {
         self.leading.store(true, Ordering::Release);
         let term = CancellationToken::new();
 
-        let (sink, publisher) = Publisher {
+        let (sink, backlog, publisher) = Publisher {
             redis: redis.clone(),
             keys: self.config.keys.clone(),
             listen_channel: self.config.listen_channel.clone(),
@@ -269,7 +269,10 @@ impl Node {
             self.metrics.listener.clone(),
             term.clone(),
         ));
-        let mut drain = tokio::spawn(self.drain(redis, blocking, &lease, &term).run(term.clone()));
+        let mut drain = tokio::spawn(
+            self.drain(redis, blocking, &lease, &backlog, &term)
+                .run(term.clone()),
+        );
 
         let renew_every = election.ttl() / 3;
         let mut renew =
@@ -318,7 +321,7 @@ impl Node {
                         _ = shutdown.cancelled() => break TermEnd::Shutdown,
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
-                    drain = tokio::spawn(self.drain(redis, blocking, &lease, &term).run(term.clone()));
+                    drain = tokio::spawn(self.drain(redis, blocking, &lease, &backlog, &term).run(term.clone()));
                 }
             }
         };
@@ -359,6 +362,7 @@ impl Node {
         redis: &RedisClient,
         blocking: &RedisClient,
         lease: &Arc<Lease>,
+        backlog: &Arc<Backlog>,
         term: &CancellationToken,
     ) -> Drain {
         Drain {
@@ -373,6 +377,7 @@ impl Node {
                 term.clone(),
             ),
             lease: lease.clone(),
+            backlog: backlog.clone(),
             metrics: self.metrics.drain.clone(),
         }
     }

@@ -15,7 +15,7 @@ use pgws_protocol::{bus, routing};
 use prometheus::{IntCounter, Registry};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// Most notifications published in one pipeline.
@@ -55,6 +55,34 @@ pub struct PublisherSink {
     metrics: PublisherMetrics,
 }
 
+/// How far the publisher is behind the listener. The drain waits on it
+/// before each NOTIFY batch, so the leader's own writes never overflow the
+/// queue (only a burst of NOTIFYs from elsewhere in the database can).
+pub struct Backlog {
+    queue: mpsc::Sender<Notification>,
+    published: Notify,
+}
+
+impl Backlog {
+    /// Notifications queued and not yet published.
+    pub fn pending(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// Resolves once at most `limit` notifications are queued.
+    pub async fn below(&self, limit: usize) {
+        loop {
+            // Created before the check: a batch published in between still
+            // wakes us.
+            let published = self.published.notified();
+            if self.pending() <= limit {
+                return;
+            }
+            published.await;
+        }
+    }
+}
+
 impl NotificationSink for PublisherSink {
     fn deliver(&self, notification: Notification) {
         if self.queue.try_send(notification).is_err() {
@@ -81,21 +109,38 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// The sink for the listener, and the task publishing what it receives
-    /// until `term` ends.
+    /// The sink for the listener, the publisher's backlog, and the task
+    /// publishing what it receives until `term` ends.
     pub fn start(
         self,
         term: CancellationToken,
-    ) -> (Arc<PublisherSink>, tokio::task::JoinHandle<()>) {
+    ) -> (
+        Arc<PublisherSink>,
+        Arc<Backlog>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let backlog = Arc::new(Backlog {
+            queue: tx.clone(),
+            published: Notify::new(),
+        });
         let sink = Arc::new(PublisherSink {
             queue: tx,
             metrics: self.metrics.clone(),
         });
-        (sink, tokio::spawn(self.run(rx, term)))
+        (
+            sink,
+            backlog.clone(),
+            tokio::spawn(self.run(rx, backlog, term)),
+        )
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Notification>, term: CancellationToken) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Notification>,
+        backlog: Arc<Backlog>,
+        term: CancellationToken,
+    ) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut seq = 0u64;
         loop {
@@ -132,7 +177,7 @@ impl Publisher {
                         .publish_cmd(&self.keys.channel(&channel), &message)
                 })
                 .collect();
-            let sent = tokio::time::timeout(Duration::from_secs(5), self.send(&commands)).await;
+            let sent = tokio::time::timeout(Duration::from_secs(5), self.send(commands)).await;
             match sent {
                 Ok(Ok(())) => self.metrics.published.inc_by(n as u64),
                 Ok(Err(e)) => {
@@ -145,6 +190,7 @@ impl Publisher {
                 }
             }
             batch.clear();
+            backlog.published.notify_waiters();
         }
     }
 }
@@ -153,11 +199,11 @@ impl Publisher {
     /// Send one batch: one pipeline on a single Redis; on a cluster, where a
     /// pipeline would go to one node, each `SPUBLISH` separately — issued
     /// together, so they still share round trips per node.
-    async fn send(&mut self, commands: &[redis::Cmd]) -> redis::RedisResult<()> {
+    async fn send(&mut self, commands: Vec<redis::Cmd>) -> redis::RedisResult<()> {
         if !self.redis.is_cluster() {
             let mut pipe = redis::pipe();
             for cmd in commands {
-                pipe.add_command(cmd.clone()).ignore();
+                pipe.add_command(cmd).ignore();
             }
             return pipe.query_async::<()>(&mut self.redis).await;
         }
@@ -178,4 +224,54 @@ fn unix_micros_at(instant: std::time::Instant) -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     now.saturating_sub(instant.elapsed()).as_micros() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn notification() -> Notification {
+        Notification {
+            payload: bytes::Bytes::from_static(b"{}"),
+            received_at: Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_drain_waits_until_the_publisher_has_caught_up() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let backlog = Arc::new(Backlog {
+            queue: tx.clone(),
+            published: Notify::new(),
+        });
+        for _ in 0..6 {
+            tx.try_send(notification()).expect("room");
+        }
+        assert_eq!(backlog.pending(), 6);
+        let waiting = tokio::spawn({
+            let backlog = backlog.clone();
+            async move { backlog.below(2).await }
+        });
+        // One batch of three published: still above the limit.
+        for _ in 0..3 {
+            rx.recv().await.expect("queued");
+        }
+        backlog.published.notify_waiters();
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "released with {} pending",
+            backlog.pending()
+        );
+        // The next batch brings it under: released.
+        for _ in 0..3 {
+            rx.recv().await.expect("queued");
+        }
+        backlog.published.notify_waiters();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("released once caught up")
+            .expect("task");
+    }
 }

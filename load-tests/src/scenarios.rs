@@ -432,6 +432,7 @@ pub async fn writers(
         let (sent, refused, tag) = (sent.clone(), refused.clone(), tag.clone());
         tasks.spawn(async move {
             let mut seq = 0u64;
+            let mut write_failed = false;
             loop {
                 let now = Instant::now();
                 if now >= deadline {
@@ -451,14 +452,16 @@ pub async fn writers(
                     .await
                     .is_err()
                 {
+                    write_failed = true;
                     break;
                 }
                 sent.fetch_add(1, Ordering::Relaxed);
             }
-            // A socket the gateway closed (1013: stream full) may still
-            // have accepted our writes into its buffers: look for the close.
+            // A socket the gateway closed (1013: stream full) may still have
+            // taken our writes into its buffers: look for the close frame,
+            // or for the reset that follows it.
             let closed = tokio::time::timeout(Duration::from_millis(200), ws.read_frame()).await;
-            if matches!(closed, Ok(Ok(ref f)) if f.opcode == OpCode::Close) {
+            if write_failed || matches!(closed, Ok(Ok(ref f)) if f.opcode == OpCode::Close) {
                 refused.fetch_add(1, Ordering::Relaxed);
             }
             let _ = ws.write_frame(Frame::close(1000, b"")).await;
