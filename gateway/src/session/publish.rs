@@ -75,19 +75,12 @@ pub async fn on_message(rc: &Writer<'_>, message: &str) -> Result<(), CloseReaso
             .await
         {
             Ok(()) => {}
-            Err(BusError::Full) => {
+            Err(e @ (BusError::Full | BusError::Unavailable)) => {
                 metrics.rejected(Rejection::QueueFull);
                 tracing::warn!(
                     session = rc.session.0,
-                    "NOTIFY queue full: closing the writer with 1013"
-                );
-                return Err(CloseReason::TryAgainLater);
-            }
-            Err(BusError::Unavailable) => {
-                metrics.rejected(Rejection::QueueFull);
-                tracing::warn!(
-                    session = rc.session.0,
-                    "bus unavailable: closing the writer with 1013"
+                    error = %e,
+                    "message not queued: closing the writer with 1013"
                 );
                 return Err(CloseReason::TryAgainLater);
             }
