@@ -87,7 +87,11 @@ where
         last_seen: Instant::now(),
         sc,
     };
-    let end = match socket.serve().await {
+    match socket.serve().await {
+        Ok(SessionEnd::Closed(reason)) => {
+            socket.close(reason).await;
+            SessionEnd::Closed(reason)
+        }
         Ok(end) => end,
         Err(WriteFailure::Socket) => SessionEnd::ConnectionLost,
         // Not even a close frame could get through: drop the connection.
@@ -98,11 +102,7 @@ where
                 .reason()
                 .unwrap_or(CloseReason::SlowConsumer),
         ),
-    };
-    if let SessionEnd::Closed(reason) = end {
-        socket.close(reason).await;
     }
-    end
 }
 
 impl<S> Socket<'_, S>
