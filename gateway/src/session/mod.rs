@@ -158,18 +158,13 @@ where
         socket::SocketContext {
             queue,
             control,
-            shutdown: ctx.shutdown.clone(),
             expires_at: grant.expires_at.map(instant_of_unix),
-            ping_interval: ctx.limits.ping_interval,
-            send_timeout: ctx.limits.send_timeout,
-            max_message_size: ctx.limits.max_message_size,
             writer: publish::Writer {
                 session: id,
                 grant: &grant,
                 claims: &claims,
                 ctx: &ctx,
             },
-            metrics: ctx.metrics.clone(),
         },
     )
     .await;

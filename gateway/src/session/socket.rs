@@ -14,14 +14,13 @@ use super::inbound::{FrameError, FrameReader, InFrame};
 use super::outbound::{FrameWriter, FLUSH_AT};
 use super::publish::{self, Writer};
 use super::{Delivery, SessionControl, SessionEnd};
-use crate::metrics::{Metrics, Rejection};
+use crate::metrics::Rejection;
 use fastwebsockets::OpCode;
 use pgws_protocol::close::CloseReason;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Most queued messages encoded into one write.
 const WRITE_BURST: usize = 64;
@@ -34,20 +33,11 @@ pub struct SocketContext<'a> {
     pub queue: mpsc::Receiver<Arc<Delivery>>,
     /// Kill switch raised by fan-out.
     pub control: Arc<SessionControl>,
-    /// Gateway drain.
-    pub shutdown: CancellationToken,
     /// The token's `exp`.
     pub expires_at: Option<Instant>,
-    /// Keep-alive period.
-    pub ping_interval: Option<Duration>,
-    /// Longest time one write may take.
-    pub send_timeout: Duration,
-    /// Largest client message.
-    pub max_message_size: usize,
-    /// Where this socket's messages go.
+    /// Who this socket is; its session context holds the limits, the
+    /// metrics and the gateway's drain token.
     pub writer: Writer<'a>,
-    /// Delivery metrics.
-    pub metrics: Metrics,
 }
 
 /// The state of one socket while it runs.
@@ -81,9 +71,9 @@ where
 {
     let mut socket = Socket {
         io,
-        frames: FrameReader::new(sc.max_message_size),
+        frames: FrameReader::new(sc.writer.ctx.limits.max_message_size),
         out: FrameWriter::default(),
-        assembler: Assembler::new(sc.max_message_size),
+        assembler: Assembler::new(sc.writer.ctx.limits.max_message_size),
         last_seen: Instant::now(),
         sc,
     };
@@ -110,6 +100,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     async fn serve(&mut self) -> Result<SessionEnd, WriteFailure> {
+        let ctx = self.sc.writer.ctx;
         let expires_at = self.sc.expires_at;
         let expiry = async move {
             match expires_at {
@@ -117,7 +108,7 @@ where
                 None => std::future::pending().await,
             }
         };
-        let mut ping = self.sc.ping_interval.map(|every| {
+        let mut ping = ctx.limits.ping_interval.map(|every| {
             let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
@@ -125,16 +116,15 @@ where
         // Registered once, not on every turn of the loop: re-creating these
         // futures would re-register their wakers (a lock on the token shared
         // by every socket) for each message written.
-        let shutdown = self.sc.shutdown.clone();
         let control = self.sc.control.clone();
-        let cancelled = shutdown.cancelled();
+        let cancelled = ctx.shutdown.cancelled();
         let killed = control.closed();
         tokio::pin!(expiry, cancelled, killed);
         let mut queue_open = true;
         loop {
             // Checked first on every turn, so that a drain or a kill is seen
             // even while frames and deliveries keep arriving.
-            if self.sc.shutdown.is_cancelled() {
+            if ctx.shutdown.is_cancelled() {
                 return Ok(SessionEnd::Closed(CloseReason::GoingAway));
             }
             if let Some(reason) = self.sc.control.reason() {
@@ -205,7 +195,7 @@ where
     fn read_failure(&self, e: FrameError) -> SessionEnd {
         match e {
             FrameError::TooLarge => {
-                self.sc.metrics.rejected(Rejection::TooLarge);
+                self.sc.writer.ctx.metrics.rejected(Rejection::TooLarge);
                 SessionEnd::Closed(CloseReason::MessageTooBig)
             }
             FrameError::Protocol(what) => {
@@ -219,11 +209,15 @@ where
     fn assemble_failure(&self, e: AssembleError) -> CloseReason {
         match e {
             AssembleError::TooLarge => {
-                self.sc.metrics.rejected(Rejection::TooLarge);
+                self.sc.writer.ctx.metrics.rejected(Rejection::TooLarge);
                 CloseReason::MessageTooBig
             }
             AssembleError::NotUtf8 => {
-                self.sc.metrics.rejected(Rejection::InvalidPayload);
+                self.sc
+                    .writer
+                    .ctx
+                    .metrics
+                    .rejected(Rejection::InvalidPayload);
                 CloseReason::InvalidPayload
             }
             AssembleError::BadFragment => CloseReason::ProtocolError,
@@ -234,7 +228,7 @@ where
     /// then write them all at once. Stops early once the socket has been
     /// told to close.
     async fn write_burst(&mut self, first: Arc<Delivery>) -> Result<Step, WriteFailure> {
-        let metrics = &self.sc.metrics;
+        let metrics = &self.sc.writer.ctx.metrics;
         let mut next = Some(first);
         let (mut frames, mut bytes) = (0u64, 0u64);
         while let Some(delivery) = next.take() {
@@ -261,7 +255,7 @@ where
 
     /// Ping the client, or give up on it after two silent periods.
     async fn keep_alive(&mut self) -> Result<Step, WriteFailure> {
-        if let Some(every) = self.sc.ping_interval {
+        if let Some(every) = self.sc.writer.ctx.limits.ping_interval {
             if self.last_seen.elapsed() > 2 * every {
                 return Ok(Step::End(SessionEnd::Closed(CloseReason::PingTimeout)));
             }
@@ -273,7 +267,8 @@ where
 
     /// Write what is queued within the send timeout.
     async fn flush(&mut self) -> Result<(), WriteFailure> {
-        match tokio::time::timeout(self.sc.send_timeout, self.out.write_to(&mut self.io)).await {
+        let limit = self.sc.writer.ctx.limits.send_timeout;
+        match tokio::time::timeout(limit, self.out.write_to(&mut self.io)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "websocket write failed");
