@@ -1,7 +1,7 @@
 //! Fan-out: one notification to every local reader of its channel.
 //!
 //! A plain function call on the listener's (or bus's) task: look the channel
-//! up, `try_send` the same `Bytes` (a reference count, no copy) to each
+//! up, `try_send` the same `Arc<Delivery>` (a reference count, no copy) to each
 //! socket's bounded queue. A full queue never blocks anyone: that socket is
 //! cut off as a slow consumer (close 3008) and counted.
 
