@@ -114,7 +114,7 @@ impl Drain {
             let read_next = read_after(&mut blocking, &key, &cursor);
             let (next, relayed) = tokio::select! {
                 _ = term.cancelled() => return Ok(()),
-                both = async { tokio::join!(read_next, self.relay(&current)) } => both,
+                both = async { tokio::join!(read_next, self.relay(std::mem::take(&mut current))) } => both,
             };
             if !relayed? {
                 return Ok(());
@@ -128,19 +128,14 @@ impl Drain {
 
     /// NOTIFY `entries`, then trim them from the stream. False when the
     /// term ended (lease lapsed or aborted) before they were sent.
-    async fn relay(&mut self, entries: &[Entry]) -> Result<bool, DrainError> {
-        let Some(last) = entries.last() else {
+    async fn relay(&mut self, entries: Vec<Entry>) -> Result<bool, DrainError> {
+        let Some(trim_from) = entries.last().map(|last| id_after(&last.id)) else {
             return Ok(true);
         };
         self.backlog.below(PUBLISH_BACKLOG_LIMIT).await;
         if !self.lease.valid() {
             return Ok(false);
         }
-        let payloads: Vec<String> = entries
-            .iter()
-            .filter(|e| !e.message.is_empty())
-            .map(|e| e.message.clone())
-            .collect();
         // One span per traced write, open while its batch is NOTIFYed.
         let _spans: Vec<tracing::Span> = if crate::telemetry::enabled() {
             entries
@@ -155,6 +150,12 @@ impl Drain {
         } else {
             Vec::new()
         };
+        // The envelopes move into the batch: no copy per message.
+        let payloads: Vec<String> = entries
+            .into_iter()
+            .map(|e| e.message)
+            .filter(|m| !m.is_empty())
+            .collect();
         if !self.notifier.send(&payloads).await {
             return Ok(false);
         }
@@ -165,7 +166,7 @@ impl Drain {
         pipe.cmd("XTRIM")
             .arg(&key)
             .arg("MINID")
-            .arg(id_after(&last.id))
+            .arg(trim_from)
             .ignore()
             .cmd("XLEN")
             .arg(&key);

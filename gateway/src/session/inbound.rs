@@ -259,7 +259,9 @@ mod tests {
             }
         });
         // Cancel the read again and again while the frame trickles in.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let frame = loop {
+            assert!(std::time::Instant::now() < deadline, "no frame within 10 s");
             let attempt = tokio::time::timeout(
                 std::time::Duration::from_micros(50),
                 reader.read_frame(&mut rx),
