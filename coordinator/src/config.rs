@@ -28,7 +28,7 @@ crate::vars! {
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     /// The database.
-    pub db: tokio_postgres::Config,
+    pub db: crate::pg::PgConfig,
     /// Redis.
     pub redis: RedisConfig,
     /// Key layout under the prefix.
@@ -107,8 +107,8 @@ impl CoordinatorConfig {
         let db_uri = sources
             .file_or_value(DB_URI)?
             .ok_or_else(|| err(DB_URI, "is required"))?;
-        let db = crate::db::parse_uri(&db_uri)
-            .map_err(|e| err(DB_URI, format!("not a valid PostgreSQL URI: {e}")))?;
+        let db = crate::pg::parse_with_process_env(&db_uri)
+            .map_err(|e| err(DB_URI, format!("not a valid connection string: {e}")))?;
         let redis = redis_config(sources, REDIS_URL, REDIS_CLUSTER)?
             .ok_or_else(|| err(REDIS_URL, "is required"))?;
         let ttl: u64 = sources.parsed(LEADER_TTL, "a number of milliseconds")?;

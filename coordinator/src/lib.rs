@@ -8,8 +8,9 @@
 //! # Layout
 //!
 //! * [`admin`] — `/healthz`, `/readyz`, `/metrics` on their own port.
-//! * [`db`] — opening PostgreSQL connections that say who they are
-//!   (`application_name`).
+//! * [`pg`] — PostgreSQL connections with libpq's settings: both string
+//!   forms, `PG*` defaults, the password file, several hosts with
+//!   `target_session_attrs`, TLS for every `sslmode`.
 //! * [`backoff`] — the retry schedule shared by every reconnect loop.
 //! * [`listener`] — the supervised `LISTEN` connection: connects with retries,
 //!   detects a dead backend, reconnects (self-healing) or reports the loss.
@@ -31,11 +32,11 @@
 pub mod admin;
 pub mod backoff;
 pub mod config;
-pub mod db;
 pub mod drain;
 pub mod election;
 pub mod listener;
 pub mod node;
+pub mod pg;
 pub mod publisher;
 pub mod redis_client;
 pub mod relay;

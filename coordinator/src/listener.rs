@@ -3,20 +3,30 @@
 //! One connection runs nothing but `LISTEN "<channel>"`, so that is what
 //! operators see in `pg_stat_activity`. Its lifecycle is an explicit loop:
 //!
-//! * connect: up to `1 + retries` attempts, waiting 1, 2, 4 … 32 s between;
+//! * establish: connect (through [`crate::pg`]: every host, TLS, the role
+//!   check) and issue `LISTEN`; both count as one attempt, so a server that
+//!   accepts the connection but refuses `LISTEN` (a standby: "cannot
+//!   execute LISTEN during recovery") is retried on the same schedule as
+//!   one that refuses connections — never in a tight loop;
+//! * the first establishment gives up after `1 + retries` attempts,
+//!   waiting 1, 2, 4 … 32 s between;
 //! * listen: forward every notification to the [`NotificationSink`]; with a
 //!   check interval, re-issue the (idempotent) `LISTEN` every interval as a
 //!   liveness probe, which also catches a half-open TCP connection;
-//! * on loss: with a check interval (self-healing), reconnect at once and
-//!   keep trying with backoff; without one, return [`ListenerError::Lost`] so
-//!   the process can exit non-zero for an external supervisor, as the
-//!   original does.
+//! * on loss: with a check interval (self-healing), re-establish and keep
+//!   trying; without one, return [`ListenerError::Lost`] so the process can
+//!   exit non-zero for an external supervisor, as the original does.
+//!
+//! One [`Backoff`] spans the listener's whole life. It is reset only after
+//! a session stayed up for [`HEALTHY_AFTER`]: then the first reconnect is
+//! immediate; a server that drops the connection right after `LISTEN`
+//! keeps getting longer waits.
 //!
 //! The current [`ListenerState`] is published on a `watch` channel; `/readyz`
 //! reads it.
 
 use crate::backoff::Backoff;
-use crate::db;
+use crate::pg::{self, PgConfig};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use prometheus::{IntCounter, IntGauge, Registry};
@@ -61,7 +71,7 @@ pub enum ListenerState {
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     /// Where to connect.
-    pub db: tokio_postgres::Config,
+    pub db: PgConfig,
     /// The database channel to `LISTEN` on.
     pub channel: String,
     /// Retries after the first failed connection attempt (`PGWS_RETRIES`).
@@ -74,13 +84,13 @@ pub struct ListenerConfig {
 /// Why the listener stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
-    /// Every connection attempt failed.
-    #[error("could not LISTEN after {attempts} attempts: {source}")]
+    /// Every attempt to connect and LISTEN failed.
+    #[error("could not LISTEN after {attempts} attempts: {last}")]
     ConnectFailed {
         /// How many attempts were made.
         attempts: u32,
-        /// The last attempt's error.
-        source: tokio_postgres::Error,
+        /// Why the last attempt failed.
+        last: String,
     },
     /// The connection died and self-healing is off.
     #[error("the LISTEN connection was lost: {0}")]
@@ -138,7 +148,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ListenerError> {
     let listener = Listener {
-        listen_sql: format!("LISTEN {}", db::quote_ident(&config.channel)),
+        listen_sql: format!("LISTEN {}", pg::quote_ident(&config.channel)),
         config,
         sink,
         state,
@@ -159,87 +169,115 @@ struct Listener {
     shutdown: CancellationToken,
 }
 
+/// A session that stayed up this long proves the server healthy: the
+/// backoff starts over.
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+
+/// An established LISTEN session.
+struct Session {
+    client: tokio_postgres::Client,
+    connection: pg::Connection,
+}
+
 impl Listener {
     async fn supervise(&self) -> Result<(), ListenerError> {
-        let mut first = true;
-        loop {
-            let connected = match self.connect_with_retries(first).await {
-                Some(result) => result?,
-                None => return Ok(()), // shutdown while connecting
-            };
-            first = false;
-            match self.listen(connected).await {
-                SessionEnd::Shutdown => return Ok(()),
-                SessionEnd::Disconnected(reason) => {
-                    self.metrics.up.set(0);
-                    if self.config.check_interval.is_none() {
-                        tracing::error!(%reason, "LISTEN connection lost and PGWS_CHECK_LISTENER_INTERVAL is unset: giving up");
-                        return Err(ListenerError::Lost(reason));
-                    }
-                    tracing::warn!(%reason, "LISTEN connection lost: reconnecting");
-                    self.metrics.reconnects.inc();
-                    self.set_state(ListenerState::Reconnecting);
-                }
-            }
-        }
-    }
-
-    /// Connect and issue `LISTEN`. The first connection gives up after the
-    /// configured retries; a self-healing reconnect never gives up.
-    /// `None` means shutdown was requested.
-    async fn connect_with_retries(
-        &self,
-        first: bool,
-    ) -> Option<Result<(tokio_postgres::Client, db::Connection), ListenerError>> {
+        tracing::info!(database = %self.config.db.describe(), "connecting the listener");
         let mut backoff = Backoff::new();
-        let mut attempts = 0u32;
+        let mut failures = 0u32;
+        let mut listened = false;
         loop {
-            attempts += 1;
             let attempt = tokio::select! {
-                _ = self.shutdown.cancelled() => return None,
-                r = db::connect(&self.config.db, db::LISTENER_APP_NAME) => r,
+                _ = self.shutdown.cancelled() => return Ok(()),
+                a = self.establish() => a,
             };
-            match attempt {
-                Ok(connected) => return Some(Ok(connected)),
-                Err(source) => {
-                    let exhausted = first && attempts > self.config.retries;
-                    if exhausted {
-                        return Some(Err(ListenerError::ConnectFailed { attempts, source }));
+            let wait = match attempt {
+                Ok(Some(session)) => {
+                    listened = true;
+                    failures = 0;
+                    let started = Instant::now();
+                    match self.listen(session).await {
+                        SessionEnd::Shutdown => return Ok(()),
+                        SessionEnd::Disconnected(reason) => {
+                            self.metrics.up.set(0);
+                            if self.config.check_interval.is_none() {
+                                tracing::error!(%reason, "LISTEN connection lost and PGWS_CHECK_LISTENER_INTERVAL is unset: giving up");
+                                return Err(ListenerError::Lost(reason));
+                            }
+                            self.metrics.reconnects.inc();
+                            self.set_state(ListenerState::Reconnecting);
+                            if started.elapsed() >= HEALTHY_AFTER {
+                                backoff.reset();
+                                tracing::warn!(%reason, "LISTEN connection lost: reconnecting");
+                                None
+                            } else {
+                                let delay = backoff.next_delay();
+                                tracing::warn!(%reason, retry_in_s = delay.as_secs(), "LISTEN connection lost soon after it was made: reconnecting after a pause");
+                                Some(delay)
+                            }
+                        }
+                    }
+                }
+                Ok(None) => return Ok(()), // shutdown while establishing
+                Err(why) => {
+                    failures += 1;
+                    if !listened && failures > self.config.retries {
+                        return Err(ListenerError::ConnectFailed {
+                            attempts: failures,
+                            last: why,
+                        });
                     }
                     let delay = backoff.next_delay();
-                    tracing::warn!(attempt = attempts, error = %source, retry_in_s = delay.as_secs(), "cannot connect the listener to PostgreSQL");
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return None,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+                    tracing::warn!(attempt = failures, error = %why, retry_in_s = delay.as_secs(), "cannot LISTEN on PostgreSQL");
+                    Some(delay)
+                }
+            };
+            if let Some(delay) = wait {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
     }
 
-    async fn listen(
-        &self,
-        (client, mut connection): (tokio_postgres::Client, db::Connection),
-    ) -> SessionEnd {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        let probe_timeout = self
-            .config
-            .check_interval
-            .unwrap_or(Duration::from_secs(10));
-        if let Err(end) = self
+    /// Connect and issue `LISTEN`: `Ok(None)` on shutdown, `Err` with the
+    /// reason (every host's) when either step failed.
+    async fn establish(&self) -> Result<Option<Session>, String> {
+        let (client, mut connection) = pg::connect(&self.config.db, pg::LISTENER_APP_NAME)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
+        let listen = self
             .drive(
                 client.batch_execute(&self.listen_sql),
                 &mut messages,
-                probe_timeout,
+                self.probe_timeout(),
             )
-            .await
-        {
-            return end;
+            .await;
+        match listen {
+            Ok(()) => Ok(Some(Session { client, connection })),
+            Err(SessionEnd::Shutdown) => Ok(None),
+            Err(SessionEnd::Disconnected(why)) => Err(format!("LISTEN failed: {why}")),
         }
+    }
+
+    fn probe_timeout(&self) -> Duration {
+        self.config
+            .check_interval
+            .unwrap_or(Duration::from_secs(10))
+            .max(Duration::from_secs(1))
+    }
+
+    async fn listen(&self, session: Session) -> SessionEnd {
+        let Session {
+            client,
+            mut connection,
+        } = session;
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        let probe_timeout = self.probe_timeout();
         tracing::info!(channel = %self.config.channel, "listening for notifications");
         self.metrics.up.set(1);
         self.set_state(ListenerState::Listening);
-
         let mut probe = self.config.check_interval.map(|every| {
             let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -282,7 +320,7 @@ impl Listener {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(SessionEnd::Shutdown),
                 _ = &mut deadline => return Err(SessionEnd::Disconnected(format!("no answer to LISTEN within {timeout:?}"))),
-                result = &mut query => return result.map_err(|e| SessionEnd::Disconnected(e.to_string())),
+                result = &mut query => return result.map_err(|e| SessionEnd::Disconnected(pg::error_chain(&e))),
                 message = messages.next() => self.handle(message)?,
             }
         }
@@ -306,7 +344,7 @@ impl Listener {
                 Ok(())
             }
             Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(SessionEnd::Disconnected(e.to_string())),
+            Some(Err(e)) => Err(SessionEnd::Disconnected(pg::error_chain(&e))),
             None => Err(SessionEnd::Disconnected("connection closed".into())),
         }
     }

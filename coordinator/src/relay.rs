@@ -19,7 +19,7 @@
 //! fails is logged and counted in `pgws_notify_errors_total`.
 
 use crate::backoff::Backoff;
-use crate::db;
+use crate::pg::{self, PgConfig};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// Where to connect.
-    pub db: tokio_postgres::Config,
+    pub db: PgConfig,
     /// The channel every NOTIFY is sent on (`PGWS_LISTEN_CHANNEL`).
     pub listen_channel: String,
     /// Number of connections and workers (`PGWS_POOL_SIZE`).
@@ -199,7 +199,7 @@ struct Prepared {
 /// coordinator's stream drain.
 pub struct Notifier {
     name: String,
-    db: tokio_postgres::Config,
+    db: PgConfig,
     listen_channel: String,
     metrics: RelayMetrics,
     abort: CancellationToken,
@@ -210,7 +210,7 @@ impl Notifier {
     /// A notifier that connects on first use. `abort` stops its retries.
     pub fn new(
         name: String,
-        db: tokio_postgres::Config,
+        db: PgConfig,
         listen_channel: String,
         metrics: RelayMetrics,
         abort: CancellationToken,
@@ -266,7 +266,7 @@ impl Notifier {
                 Outcome::Aborted => return false,
                 Outcome::Refused(e) if chunk.len() == 1 => self.count_refused(&chunk[0], &e),
                 Outcome::Refused(e) => {
-                    tracing::warn!(worker = %self.name, error = %e, size = chunk.len(), "PostgreSQL refused a NOTIFY batch: sending one by one");
+                    tracing::warn!(worker = %self.name, error = %pg::error_chain(&e), size = chunk.len(), "PostgreSQL refused a NOTIFY batch: sending one by one");
                     for payload in chunk {
                         match self.transact(std::slice::from_ref(payload)).await {
                             Outcome::Sent => {}
@@ -304,7 +304,7 @@ impl Notifier {
                     return Outcome::Sent;
                 }
                 Err(e) if connection_lost || e.code().is_none() => {
-                    tracing::warn!(worker = %self.name, error = %e, "NOTIFY connection lost: retrying the batch");
+                    tracing::warn!(worker = %self.name, error = %pg::error_chain(&e), "NOTIFY connection lost: retrying the batch");
                     self.metrics.reconnects.inc();
                     self.connection = None;
                 }
@@ -315,7 +315,7 @@ impl Notifier {
 
     fn count_refused(&self, payload: &str, error: &tokio_postgres::Error) {
         self.metrics.errors.inc();
-        tracing::error!(worker = %self.name, %error, bytes = payload.len(), "PostgreSQL refused a NOTIFY: message dropped");
+        tracing::error!(worker = %self.name, error = %pg::error_chain(error), bytes = payload.len(), "PostgreSQL refused a NOTIFY: message dropped");
     }
 
     fn count_sent(&self, n: usize) {
@@ -346,8 +346,11 @@ impl Notifier {
         true
     }
 
-    async fn connect(&self) -> Result<Prepared, tokio_postgres::Error> {
-        let (client, connection) = db::connect(&self.db, db::NOTIFY_APP_NAME).await?;
+    /// Connect and prepare the statement; the error is the whole reason.
+    async fn connect(&self) -> Result<Prepared, String> {
+        let (client, connection) = pg::connect(&self.db, pg::NOTIFY_APP_NAME)
+            .await
+            .map_err(|e| e.to_string())?;
         let worker = self.name.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -358,7 +361,8 @@ impl Notifier {
         // notifications are queued (and delivered) in batch order.
         let many = client
             .prepare("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS t(p)")
-            .await?;
+            .await
+            .map_err(|e| pg::error_chain(&e))?;
         Ok(Prepared { client, many })
     }
 }

@@ -85,7 +85,7 @@ pub struct SessionLimits {
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
     /// The parsed connection settings.
-    pub db: tokio_postgres::Config,
+    pub db: pgws_coordinator::pg::PgConfig,
     /// NOTIFY connections.
     pub pool_size: usize,
     /// Listener connection retries.
@@ -221,8 +221,8 @@ fn database_config(sources: &Sources) -> Result<DatabaseConfig, ConfigError> {
     let db_uri = sources
         .file_or_value(DB_URI)?
         .ok_or_else(|| err(DB_URI, "is required"))?;
-    let db = pgws_coordinator::db::parse_uri(&db_uri)
-        .map_err(|e| err(DB_URI, format!("not a valid PostgreSQL URI: {e}")))?;
+    let db = pgws_coordinator::pg::parse_with_process_env(&db_uri)
+        .map_err(|e| err(DB_URI, format!("not a valid connection string: {e}")))?;
     let database = DatabaseConfig {
         db,
         pool_size: positive(
@@ -230,18 +230,15 @@ fn database_config(sources: &Sources) -> Result<DatabaseConfig, ConfigError> {
             POOL_SIZE,
         )?,
         retries: sources.parsed(RETRIES, "a number of retries")?,
-        check_listener_interval: sources.millis(CHECK_LISTENER_INTERVAL)?,
+        // 0 means disabled, as the original's help says.
+        check_listener_interval: sources
+            .millis(CHECK_LISTENER_INTERVAL)?
+            .filter(|d| !d.is_zero()),
         write_queue_size: positive(
             sources.parsed(WRITE_QUEUE_SIZE, "a number of messages")?,
             WRITE_QUEUE_SIZE,
         )?,
     };
-    if database.check_listener_interval == Some(Duration::ZERO) {
-        return Err(err(
-            CHECK_LISTENER_INTERVAL,
-            "must be more than 0 ms (unset it to disable)",
-        ));
-    }
     Ok(database)
 }
 

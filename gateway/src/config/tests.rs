@@ -28,6 +28,28 @@ fn defaults_match_the_original() {
 }
 
 #[test]
+fn a_zero_check_interval_means_disabled_as_in_the_original() {
+    let c = load(&[(CHECK_LISTENER_INTERVAL, "0")]).expect("0 is valid");
+    let Backend::Standalone(db) = &c.backend else {
+        panic!("standalone")
+    };
+    assert_eq!(db.check_listener_interval, None);
+}
+
+#[test]
+fn libpq_settings_are_accepted() {
+    for uri in [
+        "postgres://u@h/db?sslmode=verify-full&sslrootcert=system",
+        "host=a,b port=5432 user=u dbname=d target_session_attrs=read-write sslmode=require",
+    ] {
+        load(&[(DB_URI, uri)]).expect(uri);
+    }
+    let e = load(&[(DB_URI, "host=h sslmode=verify-full")]).expect_err("no root");
+    assert_eq!(e.variable, DB_URI);
+    assert!(e.to_string().contains("sslrootcert"), "{e}");
+}
+
+#[test]
 fn base64_flag_accepts_haskell_spellings() {
     for (text, want) in [
         ("True", true),
