@@ -1,14 +1,17 @@
 //! The coordinator's `PGWS_*` variables, read here and nowhere else.
 
-use crate::redis_client::RedisConfig;
+use crate::redis_client::{RedisConfig, RedisConfigError, TlsFiles};
 use crate::settings::{err, listen_addr, ConfigError, ListenAddr, LogConfig, Sources};
 use pgws_protocol::keys::KeySpace;
 use std::time::Duration;
 
 crate::vars! {
     DB_URI = "PGWS_DB_URI", None, "libpq URI of the database; `@path` reads it from a file. Required.";
-    REDIS_URL = "PGWS_REDIS_URL", None, "Redis URL (`redis://host:6379`); for a cluster, comma-separated seed URLs. Required.";
+    REDIS_URL = "PGWS_REDIS_URL", None, "Redis URL (`redis://` or `rediss://host:6379`); for a cluster, comma-separated seed URLs; behind Sentinel, `redis+sentinel://host:26379,…/<master>`. Required.";
     REDIS_CLUSTER = "PGWS_REDIS_CLUSTER", Some("false"), "Talk to a Redis Cluster (sharded pub/sub, hash-tagged keys).";
+    REDIS_CA_FILE = "PGWS_REDIS_CA_FILE", None, "PEM file of CA certificates trusted for `rediss://`, in addition to the system's.";
+    REDIS_CERT_FILE = "PGWS_REDIS_CERT_FILE", None, "PEM client certificate for `rediss://` (with PGWS_REDIS_KEY_FILE).";
+    REDIS_KEY_FILE = "PGWS_REDIS_KEY_FILE", None, "PEM private key of PGWS_REDIS_CERT_FILE.";
     REDIS_PREFIX = "PGWS_REDIS_PREFIX", Some("pgws"), "Prefix of every Redis key and channel; clusters with different prefixes share a Redis safely.";
     NODE_ID = "PGWS_NODE_ID", None, "This coordinator's name in the election; default: host name and pid.";
     LEADER_TTL = "PGWS_LEADER_TTL", Some("5000"), "Milliseconds the leader lock lives without renewal (renewed every third of it).";
@@ -51,35 +54,63 @@ pub struct CoordinatorConfig {
     pub log: LogConfig,
 }
 
-/// Parse the Redis URL list and cluster flag (shared with the gateway).
+/// The names of the Redis variables (the same in both binaries).
+pub struct RedisVars {
+    /// `PGWS_REDIS_URL`.
+    pub url: &'static str,
+    /// `PGWS_REDIS_CLUSTER`.
+    pub cluster: &'static str,
+    /// `PGWS_REDIS_CA_FILE`.
+    pub ca_file: &'static str,
+    /// `PGWS_REDIS_CERT_FILE`.
+    pub cert_file: &'static str,
+    /// `PGWS_REDIS_KEY_FILE`.
+    pub key_file: &'static str,
+}
+
+/// The Redis variables of both binaries.
+pub const REDIS_VARS: RedisVars = RedisVars {
+    url: REDIS_URL,
+    cluster: REDIS_CLUSTER,
+    ca_file: REDIS_CA_FILE,
+    cert_file: REDIS_CERT_FILE,
+    key_file: REDIS_KEY_FILE,
+};
+
+/// Read the Redis settings (shared with the gateway); `None` when
+/// `PGWS_REDIS_URL` is unset. Errors name the variable at fault.
 pub fn redis_config(
     sources: &Sources,
-    url_var: &str,
-    cluster_var: &str,
+    vars: &RedisVars,
 ) -> Result<Option<RedisConfig>, ConfigError> {
-    let Some(urls) = sources.get(url_var) else {
+    let Some(urls) = sources.get(vars.url) else {
         return Ok(None);
     };
-    let urls: Vec<String> = urls
-        .split(',')
-        .map(|u| u.trim().to_string())
-        .filter(|u| !u.is_empty())
-        .collect();
-    for url in &urls {
-        if !(url.starts_with("redis://")
-            || url.starts_with("rediss://")
-            || url.starts_with("unix://"))
-        {
-            return Err(err(url_var, format!("not a redis:// URL: {url:?}")));
+    let client = match (sources.get(vars.cert_file), sources.get(vars.key_file)) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+        _ => {
+            return Err(err(
+                &format!("{}/{}", vars.cert_file, vars.key_file),
+                "both must be set for a client certificate, or neither",
+            ))
         }
-    }
-    if urls.is_empty() {
-        return Err(err(url_var, "no URL given"));
-    }
-    Ok(Some(RedisConfig {
-        urls,
-        cluster: sources.flag(cluster_var)?,
-    }))
+    };
+    let tls = TlsFiles {
+        ca: sources.get(vars.ca_file).map(Into::into),
+        client,
+    };
+    let blame = match (&tls.ca, &tls.client) {
+        (Some(_), _) => vars.ca_file,
+        (None, Some(_)) => vars.cert_file,
+        _ => vars.url,
+    };
+    RedisConfig::parse(&urls, sources.flag(vars.cluster)?, tls)
+        .map(Some)
+        .map_err(|e| match e {
+            RedisConfigError::Url(message) => err(vars.url, message),
+            RedisConfigError::Tls(message) => err(blame, message),
+        })
 }
 
 /// Validate a Redis prefix: non-empty, no braces (they are hash tags).
@@ -109,8 +140,8 @@ impl CoordinatorConfig {
             .ok_or_else(|| err(DB_URI, "is required"))?;
         let db = crate::pg::parse_with_process_env(&db_uri)
             .map_err(|e| err(DB_URI, format!("not a valid connection string: {e}")))?;
-        let redis = redis_config(sources, REDIS_URL, REDIS_CLUSTER)?
-            .ok_or_else(|| err(REDIS_URL, "is required"))?;
+        let redis =
+            redis_config(sources, &REDIS_VARS)?.ok_or_else(|| err(REDIS_URL, "is required"))?;
         let ttl: u64 = sources.parsed(LEADER_TTL, "a number of milliseconds")?;
         if ttl < 300 {
             return Err(err(LEADER_TTL, "must be at least 300 ms"));
@@ -159,7 +190,10 @@ mod tests {
         let c = load(&[]).expect("valid");
         assert_eq!(c.keys.prefix(), "pgws");
         assert_eq!(c.leader_ttl, Duration::from_secs(5));
-        assert!(!c.redis.cluster);
+        assert_eq!(
+            c.redis.topology,
+            crate::redis_client::Topology::Single("redis://127.0.0.1:6379".into())
+        );
         assert!(c.node_id.ends_with(&format!("-{}", std::process::id())));
     }
 
@@ -170,6 +204,8 @@ mod tests {
             (LEADER_TTL, "10"),
             (REDIS_PREFIX, "{x}"),
             (REDIS_CLUSTER, "maybe"),
+            (REDIS_CA_FILE, "/nonexistent/ca.pem"),
+            (REDIS_URL, "redis+sentinel://s1"),
             (DB_URI, "postgres://h:port/db"),
         ] {
             assert_eq!(load(&[(name, value)]).expect_err(name).variable, name);
@@ -183,8 +219,13 @@ mod tests {
             (REDIS_CLUSTER, "true"),
         ])
         .expect("valid");
-        assert_eq!(c.redis.urls, vec!["redis://a:1", "redis://b:2"]);
-        assert!(c.redis.cluster);
+        assert_eq!(
+            c.redis.topology,
+            crate::redis_client::Topology::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ])
+        );
     }
 
     #[test]

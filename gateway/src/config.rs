@@ -42,11 +42,23 @@ pgws_coordinator::vars! {
     WORKER_THREADS = "PGWS_WORKER_THREADS", Some("0"), "Runtime worker threads; `0` = one per available CPU (a container's CPU quota is honoured).";
     LOG_FORMAT = "PGWS_LOG_FORMAT", Some("text"), "`text` or `json`.";
     LOG_LEVEL = "PGWS_LOG_LEVEL", Some("info"), "A tracing filter: `info`, `debug`, `pgws_gateway=debug,info` …";
-    REDIS_URL = "PGWS_REDIS_URL", None, "Cluster mode: the Redis URL (comma-separated seeds for a cluster). Unset: standalone mode.";
+    REDIS_URL = "PGWS_REDIS_URL", None, "Cluster mode: the Redis URL (`redis://`, `rediss://`; comma-separated seeds for a Redis Cluster; `redis+sentinel://host:26379,…/<master>` behind Sentinel). Unset: standalone mode.";
     REDIS_CLUSTER = "PGWS_REDIS_CLUSTER", Some("false"), "The Redis is a Redis Cluster (sharded pub/sub).";
+    REDIS_CA_FILE = "PGWS_REDIS_CA_FILE", None, "PEM file of CA certificates trusted for `rediss://`, in addition to the system's.";
+    REDIS_CERT_FILE = "PGWS_REDIS_CERT_FILE", None, "PEM client certificate for `rediss://` (with PGWS_REDIS_KEY_FILE).";
+    REDIS_KEY_FILE = "PGWS_REDIS_KEY_FILE", None, "PEM private key of PGWS_REDIS_CERT_FILE.";
     REDIS_PREFIX = "PGWS_REDIS_PREFIX", Some("pgws"), "Prefix of every Redis key and channel.";
     WRITE_STREAM_MAX_LEN = "PGWS_WRITE_STREAM_MAX_LEN", Some("100000"), "Cluster mode: most writes waiting in the Redis stream; beyond it writers get 1013.";
 }
+
+/// The Redis variables, under the same names as the coordinator's.
+const REDIS_VARS: pgws_coordinator::config::RedisVars = pgws_coordinator::config::RedisVars {
+    url: REDIS_URL,
+    cluster: REDIS_CLUSTER,
+    ca_file: REDIS_CA_FILE,
+    cert_file: REDIS_CERT_FILE,
+    key_file: REDIS_KEY_FILE,
+};
 
 /// The JWT key material, before it is turned into keys by `auth`.
 #[derive(Debug, Clone)]
@@ -150,18 +162,17 @@ pub struct Config {
 impl Config {
     /// Validate and type every variable. `standalone` requires the database.
     pub fn from_sources(sources: &Sources) -> Result<Config, ConfigError> {
-        let backend =
-            match pgws_coordinator::config::redis_config(sources, REDIS_URL, REDIS_CLUSTER)? {
-                Some(redis) => Backend::Cluster(ClusterConfig {
-                    redis,
-                    keys: pgws_coordinator::config::redis_prefix(sources, REDIS_PREFIX)?,
-                    stream_max_len: positive(
-                        sources.parsed(WRITE_STREAM_MAX_LEN, "a number of messages")?,
-                        WRITE_STREAM_MAX_LEN,
-                    )?,
-                }),
-                None => Backend::Standalone(Box::new(database_config(sources)?)),
-            };
+        let backend = match pgws_coordinator::config::redis_config(sources, &REDIS_VARS)? {
+            Some(redis) => Backend::Cluster(ClusterConfig {
+                redis,
+                keys: pgws_coordinator::config::redis_prefix(sources, REDIS_PREFIX)?,
+                stream_max_len: positive(
+                    sources.parsed(WRITE_STREAM_MAX_LEN, "a number of messages")?,
+                    WRITE_STREAM_MAX_LEN,
+                )?,
+            }),
+            None => Backend::Standalone(Box::new(database_config(sources)?)),
+        };
         let secret = sources
             .file_or_value(JWT_SECRET)?
             .ok_or_else(|| err(JWT_SECRET, "is required"))?;

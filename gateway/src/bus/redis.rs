@@ -69,6 +69,20 @@ const APPEND_BATCH: usize = 256;
 const FAST_PATH_SHARE: f64 = 0.5;
 /// Writes waiting for the appender before writers wait.
 const APPEND_QUEUE: usize = 4096;
+/// Pause between attempts while Redis does not answer.
+const APPEND_RETRY: Duration = Duration::from_millis(250);
+
+/// Answer `Unavailable` to every message whose deadline has passed, and
+/// drop it unsent.
+fn refuse_expired(batch: &mut Vec<Append>) {
+    let now = Instant::now();
+    let (expired, live): (Vec<Append>, Vec<Append>) =
+        batch.drain(..).partition(|a| a.deadline <= now);
+    *batch = live;
+    for append in expired {
+        let _ = append.reply.send(Err(BusError::Unavailable));
+    }
+}
 
 /// How often the connection is pinged for readiness.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
@@ -115,6 +129,9 @@ struct Append {
     channel: String,
     envelope: String,
     traceparent: String,
+    /// After this the writer is told `Unavailable`, and the message is not
+    /// sent any more.
+    deadline: Instant,
     reply: tokio::sync::oneshot::Sender<Result<(), BusError>>,
 }
 
@@ -190,23 +207,23 @@ impl RedisBus {
         traceparent: Option<&str>,
         wait: Duration,
     ) -> Result<(), BusError> {
+        let deadline = Instant::now() + wait.max(Duration::from_millis(100));
         let (reply, answer) = tokio::sync::oneshot::channel();
         let append = Append {
             channel: channel.to_string(),
             envelope,
             traceparent: traceparent.unwrap_or_default().to_string(),
+            deadline,
             reply,
         };
-        let wait = wait.max(Duration::from_millis(100));
-        let queued = tokio::time::timeout(wait, self.appends.send(append)).await;
+        let queued = tokio::time::timeout_at(deadline.into(), self.appends.send(append)).await;
         if !matches!(queued, Ok(Ok(()))) {
             return Err(BusError::Full);
         }
-        match tokio::time::timeout(wait, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(BusError::Closed),
-            Err(_) => Err(BusError::Unavailable),
-        }
+        // The appender answers every message it took: at its deadline if
+        // Redis stayed unreachable, else once the Redis call carrying it
+        // returned (bounded by the response timeout).
+        answer.await.unwrap_or(Err(BusError::Closed))
     }
 
     /// `channel` got its first local reader.
@@ -236,14 +253,26 @@ impl Appender {
     async fn run(mut self, mut appends: mpsc::Receiver<Append>) {
         let mut batch = Vec::with_capacity(APPEND_BATCH);
         while appends.recv_many(&mut batch, APPEND_BATCH).await > 0 {
-            let outcome = self.append(&batch).await;
-            for (i, append) in batch.drain(..).enumerate() {
-                let result = match outcome {
-                    Ok(appended) if i < appended => Ok(()),
-                    Ok(_) => Err(BusError::Full),
-                    Err(()) => Err(BusError::Unavailable),
+            // While Redis is unreachable (restarting, or failing over behind
+            // Sentinel) the batch is retried until each writer's deadline.
+            loop {
+                refuse_expired(&mut batch);
+                let Some(first_deadline) = batch.iter().map(|a| a.deadline).min() else {
+                    break;
                 };
-                let _ = append.reply.send(result);
+                if let Ok(appended) = self.append(&batch).await {
+                    for (i, append) in batch.drain(..).enumerate() {
+                        let result = if i < appended {
+                            Ok(())
+                        } else {
+                            Err(BusError::Full)
+                        };
+                        let _ = append.reply.send(result);
+                    }
+                    break;
+                }
+                let pause = (Instant::now() + APPEND_RETRY).min(first_deadline);
+                tokio::time::sleep_until(pause.into()).await;
             }
         }
     }
@@ -320,6 +349,15 @@ impl Appender {
     }
 }
 
+/// What a push meant for the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Push {
+    /// A message (delivered or dropped) or an acknowledgement.
+    Handled,
+    /// The connection dropped: subscriptions must be made again.
+    ConnectionLost,
+}
+
 /// The connection task's state.
 struct Link {
     config: RedisConfig,
@@ -359,7 +397,13 @@ impl Link {
                     None => break,
                 },
                 push = pushes.recv() => match push {
-                    Some(push) => self.on_push(push),
+                    Some(push) => {
+                        if self.on_push(push) == Push::ConnectionLost {
+                            // Re-subscribe everything once Redis answers
+                            // again — possibly on a new master (Sentinel).
+                            synced = false;
+                        }
+                    }
                     None => break,
                 },
                 _ = health.tick() => {
@@ -452,21 +496,21 @@ impl Link {
         }
     }
 
-    fn on_push(&mut self, push: PushInfo) {
+    fn on_push(&mut self, push: PushInfo) -> Push {
         if push.kind == PushKind::Disconnection {
             tracing::warn!("Redis connection lost");
             self.set_up(false);
-            return;
+            return Push::ConnectionLost;
         }
         let Some((channel, message)) = message_of(&push) else {
             tracing::debug!(kind = ?push.kind, "Redis push");
-            return;
+            return Push::Handled;
         };
         let Some(channel) = std::str::from_utf8(channel)
             .ok()
             .and_then(|c| self.keys.channel_of(c))
         else {
-            return;
+            return Push::Handled;
         };
         self.metrics.received.inc();
         let published = match bus::decode(bytes::Bytes::copy_from_slice(message)) {
@@ -474,12 +518,12 @@ impl Link {
             Err(e) => {
                 self.metrics.malformed.inc();
                 tracing::warn!(error = %e, "malformed message on Redis");
-                return;
+                return Push::Handled;
             }
         };
         if published.epoch < self.newest_epoch {
             self.metrics.stale.inc();
-            return;
+            return Push::Handled;
         }
         self.newest_epoch = published.epoch;
         let delivery = Arc::new(Delivery {
@@ -498,6 +542,7 @@ impl Link {
             }
             None => self.fanout.deliver_to(channel, &delivery),
         }
+        Push::Handled
     }
 
     fn set_up(&self, up: bool) {

@@ -8,7 +8,9 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod certs;
 pub mod cluster;
+pub mod pg_server;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;

@@ -1,29 +1,35 @@
-//! One Redis handle over a single Redis or a Redis Cluster.
+//! One Redis handle over a single Redis, a Redis Cluster, or a
+//! Sentinel-managed master, with or without TLS.
 //!
-//! Both speak RESP3 so that pub/sub messages arrive as push messages on a
+//! All speak RESP3 so that pub/sub messages arrive as push messages on a
 //! channel given at connect time, on the same multiplexed connection as
-//! commands, and both re-subscribe by themselves after a reconnect. On a
+//! commands, and all re-subscribe by themselves after a reconnect. On a
 //! cluster, pub/sub is sharded (`SSUBSCRIBE`/`SPUBLISH`): a channel lives on
 //! the node owning its slot, so pub/sub traffic scales with the shards.
+//! Behind Sentinel, the handle follows the master across failovers
+//! ([`sentinel`]).
 //!
 //! [`RedisClient`] implements `redis::aio::ConnectionLike`, so commands,
-//! pipelines and scripts run on either kind unchanged.
+//! pipelines and scripts run on every kind unchanged.
+//!
+//! # Layout
+//!
+//! * [`config`] — URLs (single, cluster seeds, `redis+sentinel://`) and
+//!   TLS files.
+//! * [`sentinel`] — the master connection that follows failovers.
+
+pub mod config;
+pub mod sentinel;
+
+pub use config::{RedisConfig, RedisConfigError, SentinelSpec, TlsFiles, Topology};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, PushInfo, RedisFuture, RedisResult, Value};
+use redis::{Cmd, Pipeline, PushInfo, RedisError, RedisFuture, RedisResult, Value};
+use sentinel::SentinelConnection;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
-
-/// Where Redis is.
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// `redis://…` URLs: one for a single Redis, any seed nodes for a cluster.
-    pub urls: Vec<String>,
-    /// Talk the cluster protocol (sharded pub/sub, slot routing).
-    pub cluster: bool,
-}
 
 /// A connected handle; cheap to clone (clones share the connection).
 #[derive(Clone)]
@@ -32,6 +38,8 @@ pub enum RedisClient {
     Single(ConnectionManager),
     /// A Redis Cluster.
     Cluster(ClusterConnection),
+    /// The master named by Sentinel.
+    Sentinel(SentinelConnection),
 }
 
 /// How long a command may take. Blocking reads pass their own, longer one.
@@ -55,40 +63,48 @@ impl RedisClient {
         pushes: Option<UnboundedSender<PushInfo>>,
         response_timeout: Option<Duration>,
     ) -> RedisResult<RedisClient> {
-        if config.cluster {
-            let urls: Vec<String> = config.urls.iter().map(|u| resp3(u)).collect();
-            let mut builder = ClusterClientBuilder::new(urls)
-                .use_protocol(redis::ProtocolVersion::RESP3)
-                .connection_timeout(Duration::from_secs(2))
-                .retries(2);
-            if let Some(timeout) = response_timeout {
-                builder = builder.response_timeout(timeout);
-            } else {
-                builder = builder.response_timeout(Duration::from_secs(3600));
+        let certificates = config.certificates().map_err(|e| {
+            RedisError::from((redis::ErrorKind::InvalidClientConfig, "TLS", e.to_string()))
+        })?;
+        match &config.topology {
+            Topology::Cluster(urls) => {
+                let urls: Vec<String> = urls.iter().map(|u| resp3(u)).collect();
+                let mut builder = ClusterClientBuilder::new(urls)
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .connection_timeout(Duration::from_secs(2))
+                    .retries(2)
+                    .response_timeout(response_timeout.unwrap_or(Duration::from_secs(3600)));
+                if let Some(certs) = certificates {
+                    builder = builder.certs(certs);
+                }
+                if let Some(tx) = pushes {
+                    builder = builder.push_sender(tx);
+                }
+                let client = builder.build()?;
+                Ok(RedisClient::Cluster(client.get_async_connection().await?))
             }
-            if let Some(tx) = pushes {
-                builder = builder.push_sender(tx);
+            Topology::Single(url) => {
+                let client = match certificates {
+                    Some(certs) => redis::Client::build_with_tls(resp3(url), certs)?,
+                    None => redis::Client::open(resp3(url))?,
+                };
+                let manager = manager_config(pushes, response_timeout);
+                Ok(RedisClient::Single(
+                    client.get_connection_manager_with_config(manager).await?,
+                ))
             }
-            let client = builder.build()?;
-            return Ok(RedisClient::Cluster(client.get_async_connection().await?));
+            Topology::Sentinel(spec) => {
+                let recipe = sentinel::Recipe {
+                    spec: spec.clone(),
+                    certificates,
+                    manager: manager_config(pushes.clone(), response_timeout),
+                    pushes,
+                };
+                Ok(RedisClient::Sentinel(
+                    SentinelConnection::connect(recipe).await?,
+                ))
+            }
         }
-        let url = config
-            .urls
-            .first()
-            .map(String::as_str)
-            .unwrap_or("redis://127.0.0.1:6379");
-        let client = redis::Client::open(resp3(url))?;
-        let mut manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(response_timeout)
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        if let Some(tx) = pushes {
-            manager = manager.set_push_sender(tx).set_automatic_resubscription();
-        }
-        Ok(RedisClient::Single(
-            client.get_connection_manager_with_config(manager).await?,
-        ))
     }
 
     /// Whether this is a cluster connection.
@@ -101,6 +117,7 @@ impl RedisClient {
     pub async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             RedisClient::Single(c) => c.subscribe(channels).await,
+            RedisClient::Sentinel(c) => c.subscribe(channels).await,
             RedisClient::Cluster(c) => {
                 for channel in channels {
                     c.ssubscribe(channel).await?;
@@ -114,6 +131,7 @@ impl RedisClient {
     pub async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             RedisClient::Single(c) => c.unsubscribe(channels).await,
+            RedisClient::Sentinel(c) => c.unsubscribe(channels).await,
             RedisClient::Cluster(c) => {
                 for channel in channels {
                     c.sunsubscribe(channel).await?;
@@ -135,6 +153,22 @@ impl RedisClient {
     }
 }
 
+/// The connection manager's settings for a single node (or the master).
+fn manager_config(
+    pushes: Option<UnboundedSender<PushInfo>>,
+    response_timeout: Option<Duration>,
+) -> ConnectionManagerConfig {
+    let manager = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(response_timeout)
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    match pushes {
+        Some(tx) => manager.set_push_sender(tx).set_automatic_resubscription(),
+        None => manager,
+    }
+}
+
 /// The channel and payload of a pub/sub push message, if it is one.
 pub fn message_of(push: &PushInfo) -> Option<(&[u8], &[u8])> {
     use redis::PushKind;
@@ -152,6 +186,7 @@ impl ConnectionLike for RedisClient {
         match self {
             RedisClient::Single(c) => c.req_packed_command(cmd),
             RedisClient::Cluster(c) => c.req_packed_command(cmd),
+            RedisClient::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -164,6 +199,7 @@ impl ConnectionLike for RedisClient {
         match self {
             RedisClient::Single(c) => c.req_packed_commands(pipeline, offset, count),
             RedisClient::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisClient::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -171,6 +207,7 @@ impl ConnectionLike for RedisClient {
         match self {
             RedisClient::Single(c) => c.get_db(),
             RedisClient::Cluster(c) => c.get_db(),
+            RedisClient::Sentinel(c) => c.get_db(),
         }
     }
 }
