@@ -192,7 +192,7 @@ impl Node {
                 Err(e) => {
                     self.metrics.election.redis_up.set(0);
                     let delay = backoff.next_delay().min(Duration::from_secs(5));
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect to Redis");
+                    tracing::warn!(error = %crate::redis_client::describe_error(&e), retry_in_ms = delay.as_millis() as u64, "cannot connect to Redis");
                     tokio::select! {
                         _ = shutdown.cancelled() => return None,
                         _ = tokio::time::sleep(delay) => {}

@@ -30,7 +30,7 @@ pub enum Topology {
     /// A Redis Cluster, given by seed URLs.
     Cluster(Vec<String>),
     /// A master found through Sentinel.
-    Sentinel(SentinelSpec),
+    Sentinel(Box<SentinelSpec>),
 }
 
 /// A Sentinel-managed master.
@@ -154,7 +154,7 @@ impl RedisConfig {
                     "a Sentinel URL cannot be used with PGWS_REDIS_CLUSTER=true",
                 ));
             }
-            Topology::Sentinel(parse_sentinel(rest.0, rest.1)?)
+            Topology::Sentinel(Box::new(parse_sentinel(rest.0, rest.1)?))
         } else {
             let list: Vec<String> = trimmed
                 .split(',')
@@ -400,9 +400,11 @@ fn parse_sentinel(rest: &str, tls: bool) -> Result<SentinelSpec, RedisConfigErro
         match k {
             "sentinel_username" => spec.sentinel_username = Some(decode(v)?),
             "sentinel_password" => spec.sentinel_password = Some(decode(v)?),
-            other => return Err(url_error(format!(
+            other => {
+                return Err(url_error(format!(
                 "unknown Sentinel URL parameter {other:?} (sentinel_username, sentinel_password)"
-            ))),
+            )))
+            }
         }
     }
     Ok(spec)

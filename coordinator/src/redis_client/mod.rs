@@ -95,7 +95,7 @@ impl RedisClient {
             }
             Topology::Sentinel(spec) => {
                 let recipe = sentinel::Recipe {
-                    spec: spec.clone(),
+                    spec: (**spec).clone(),
                     certificates,
                     manager: manager_config(pushes.clone(), response_timeout),
                     pushes,
@@ -150,6 +150,25 @@ impl RedisClient {
         });
         cmd.arg(channel).arg(message);
         cmd
+    }
+}
+
+/// A Redis error for a log line, with a plain-words hint when a
+/// certificate was refused (the redis crate reports rustls' terse name).
+pub fn describe_error(error: &RedisError) -> String {
+    let text = error.to_string();
+    let hint = if text.contains("UnknownIssuer") {
+        Some("the server's certificate is not signed by a CA in PGWS_REDIS_CA_FILE or the system's roots")
+    } else if text.contains("NotValidForName") {
+        Some("the server's certificate does not name the host in PGWS_REDIS_URL")
+    } else if text.contains("Expired") && text.contains("certificate") {
+        Some("the server's certificate has expired")
+    } else {
+        None
+    };
+    match hint {
+        Some(hint) => format!("{text} ({hint})"),
+        None => text,
     }
 }
 

@@ -23,7 +23,9 @@ use super::BusError;
 use crate::fanout::Fanout;
 use crate::session::Delivery;
 use pgws_coordinator::backoff::Backoff;
-use pgws_coordinator::redis_client::{message_of, RedisClient, RedisConfig, RESPONSE_TIMEOUT};
+use pgws_coordinator::redis_client::{
+    describe_error, message_of, RedisClient, RedisConfig, RESPONSE_TIMEOUT,
+};
 use pgws_protocol::bus;
 use pgws_protocol::keys::{KeySpace, FIELD_CHANNEL, FIELD_MESSAGE, FIELD_TRACE};
 use prometheus::{IntCounter, IntGauge, Registry};
@@ -440,7 +442,7 @@ impl Link {
                 }
                 Err(e) => {
                     let delay = backoff.next_delay().min(Duration::from_secs(5));
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect to Redis");
+                    tracing::warn!(error = %describe_error(&e), retry_in_ms = delay.as_millis() as u64, "cannot connect to Redis");
                     let retry = tokio::time::sleep(delay);
                     tokio::pin!(retry);
                     loop {

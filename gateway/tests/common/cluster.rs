@@ -208,3 +208,46 @@ pub async fn assert_sigterm_handover(c: &mut Cluster) {
     assert_eq!(c.coordinators[leader].wait_exit(WAIT).await.code(), Some(0));
     wait_listen_backends(&db, &c.listen_channel, 1).await;
 }
+
+/// The core behaviours of a cluster: on `channels` channels (spread over
+/// shards on a Redis Cluster), every gateway's reader gets each
+/// notification exactly once, and a writer's message becomes exactly one
+/// NOTIFY.
+pub async fn assert_core_flow(c: &Cluster, channels: usize) {
+    let channels: Vec<String> = (0..channels).map(|i| unique(&format!("room{i}"))).collect();
+    let mut readers = Vec::new();
+    for ch in &channels {
+        readers.push(c.readers(ch).await);
+    }
+    for g in &c.gateways {
+        g.wait_metric("pgws_redis_subscriptions", channels.len() as f64)
+            .await;
+    }
+    let db = db().await;
+    for ch in &channels {
+        c.notify(&db, ch, &format!("hello {ch}")).await;
+        c.notify(&db, ch, "marker").await;
+    }
+    for (ch, rs) in channels.iter().zip(readers.iter_mut()) {
+        for r in rs.iter_mut() {
+            assert_eq!(payload_of(&next_text(r).await), format!("hello {ch}"));
+            assert_eq!(payload_of(&next_text(r).await), "marker", "exactly once");
+        }
+    }
+
+    let mut pg = listen_ready(&c.listen_channel).await;
+    let mut w = connect(&c.url(
+        0,
+        &format!("{}/{}", channels[0], token(serde_json::json!({"mode":"w"}))),
+    ))
+    .await;
+    send(&mut w, "via the cluster").await;
+    let v: serde_json::Value = serde_json::from_str(&recv_within(&mut pg).await).expect("json");
+    assert_eq!(v["payload"], "via the cluster");
+    notify(&db, &c.listen_channel, "after").await;
+    assert_eq!(
+        recv_within(&mut pg).await,
+        "after",
+        "exactly one NOTIFY per write"
+    );
+}

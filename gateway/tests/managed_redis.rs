@@ -1,0 +1,152 @@
+//! Managed Redis: TLS (`rediss://` with a private CA, a client certificate
+//! and an ACL user) for a single Redis and a Redis Cluster, a wrong CA, and
+//! a Sentinel failover under traffic.
+
+mod common;
+
+use common::cluster::*;
+use common::redis_server::{RedisTls, SentinelDeployment};
+use common::*;
+use futures_util::StreamExt;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+fn tls_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(unique("pgws-redis-pki"))
+}
+
+#[tokio::test]
+async fn the_cluster_works_over_rediss_with_a_client_certificate_and_an_acl_user() {
+    let tls = RedisTls::new(&tls_dir());
+    let redis = RedisServer::start_tls(&tls, "app", "app-password", &[]).await;
+    assert!(redis.url().starts_with("rediss://app:app-password@"));
+    let c = Cluster::start_full(&redis.url(), false, tls.env(), 2, 2).await;
+    assert_core_flow(&c, 2).await;
+}
+
+#[tokio::test]
+async fn a_redis_cluster_works_over_tls() {
+    let tls = RedisTls::new(&tls_dir());
+    let servers = RedisClusterServers::start_tls(&tls).await;
+    let c = Cluster::start_full(&servers.urls(), true, tls.env(), 2, 2).await;
+    assert_core_flow(&c, 4).await;
+}
+
+#[tokio::test]
+async fn a_wrong_ca_keeps_the_gateway_unready_and_says_why() {
+    let tls = RedisTls::new(&tls_dir());
+    let redis = RedisServer::start_tls(&tls, "app", "app-password", &[]).await;
+    let other = common::certs::Pki::new(&tls_dir(), "other");
+    let gw = Gateway::cluster_gateway(&redis.url(), &unique("pgws-test"), &unique("pgws-cl"))
+        .env("PGWS_REDIS_CA_FILE", other.ca.display().to_string())
+        .env(
+            "PGWS_REDIS_CERT_FILE",
+            tls.client.cert.display().to_string(),
+        )
+        .env("PGWS_REDIS_KEY_FILE", tls.client.key.display().to_string())
+        .no_wait()
+        .start()
+        .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = gw.log_text();
+        if log.contains("cannot connect to Redis") {
+            assert!(
+                log.contains("not signed by a CA in PGWS_REDIS_CA_FILE"),
+                "the certificate problem is named:\n{log}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection error logged:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = http_get(gw.admin.expect("admin"), "/readyz")
+        .await
+        .expect("readyz");
+    assert_eq!((status, body.trim()), (503, "redis unreachable"));
+}
+
+/// Read from `ws` until a text message arrives; none may be a close.
+async fn next_payload(ws: &mut Ws) -> String {
+    payload_of(&next_text(ws).await)
+}
+
+#[tokio::test]
+async fn behind_sentinel_a_master_failover_closes_no_socket_and_everything_resumes() {
+    let mut deployment = SentinelDeployment::start().await;
+    // Writers may wait out a failover instead of being told to retry.
+    let env = vec![("PGWS_WRITE_TIMEOUT".to_string(), "20000".to_string())];
+    let c = Cluster::start_full(&deployment.url(), false, env, 2, 2).await;
+    let chat = unique("chat");
+    let mut readers = c.readers(&chat).await;
+    let db = db().await;
+    c.notify(&db, &chat, "before").await;
+    for r in readers.iter_mut() {
+        assert_eq!(next_payload(r).await, "before");
+    }
+    let mut pg = listen_ready(&c.listen_channel).await;
+    let writer_token = token(json!({"mode": "w"}));
+    let mut writer = connect(&c.url(1, &format!("{chat}/{writer_token}"))).await;
+
+    let killed = Instant::now();
+    deployment.master.stop(); // kill -9
+    send(&mut writer, "written during the failover").await;
+    let mut resumed = Duration::ZERO;
+    for r in readers.iter_mut() {
+        pump_until_delivered(&c, &db, &chat, r, "after").await;
+        resumed = resumed.max(killed.elapsed());
+    }
+    deployment.wait_master(deployment.replica.port).await;
+    println!("sentinel failover: deliveries resumed {resumed:?} after the master was killed");
+
+    // The write made during the failover arrives, once.
+    let deadline = Instant::now() + WAIT * 2;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let text = tokio::time::timeout(left, pg.recv())
+            .await
+            .expect("the write made during the failover never arrived")
+            .expect("listener");
+        if text.contains("written during the failover") {
+            break;
+        }
+    }
+    // Writes after the failover flow too.
+    send(&mut writer, "written after the failover").await;
+    loop {
+        let text = recv_within(&mut pg).await;
+        assert!(
+            !text.contains("written during the failover"),
+            "a write arrived twice"
+        );
+        if text.contains("written after the failover") {
+            break;
+        }
+    }
+    // No socket was closed: every reader still reads, and no gateway
+    // closed anything.
+    c.notify(&db, &chat, "still open").await;
+    for r in readers.iter_mut() {
+        loop {
+            match tokio::time::timeout(WAIT, r.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if payload_of(&t) == "still open" => break,
+                Ok(Some(Ok(Message::Close(frame)))) => panic!("a reader was closed: {frame:?}"),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("reader: {other:?}"),
+            }
+        }
+    }
+    for g in &c.gateways {
+        let metrics = g.metrics().await;
+        let closed: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("pgws_connections_closed_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(closed, 0.0, "a gateway closed sockets:\n{metrics}");
+    }
+}
