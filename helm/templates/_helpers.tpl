@@ -42,8 +42,16 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Settings every pod shares. */}}
 {{- define "pgws.commonEnv" -}}
+{{- if .Values.redis.urlFromSecret }}
 - name: PGWS_REDIS_URL
-  value: {{ required "redis.url is required" .Values.redis.url | quote }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pgws.secretName" . }}
+      key: {{ .Values.secret.keys.redisUrl }}
+{{- else }}
+- name: PGWS_REDIS_URL
+  value: {{ required "redis.url is required (or set redis.urlFromSecret)" .Values.redis.url | quote }}
+{{- end }}
 - name: PGWS_REDIS_CLUSTER
   value: {{ .Values.redis.cluster | quote }}
 - name: PGWS_REDIS_PREFIX
@@ -54,4 +62,37 @@ app.kubernetes.io/component: {{ .component }}
   value: "*4"
 - name: PGWS_LOG_FORMAT
   value: json
+{{- with .Values.redis.tls }}
+{{- if or .secretName .configMapName }}
+{{- if .caKey }}
+- name: PGWS_REDIS_CA_FILE
+  value: /etc/pgws/redis-tls/{{ .caKey }}
+{{- end }}
+{{- if and .certKey .keyKey }}
+- name: PGWS_REDIS_CERT_FILE
+  value: /etc/pgws/redis-tls/{{ .certKey }}
+- name: PGWS_REDIS_KEY_FILE
+  value: /etc/pgws/redis-tls/{{ .keyKey }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* A volume of TLS files from a Secret or a ConfigMap: (dict "name" … "tls" …). */}}
+{{- define "pgws.tlsVolume" -}}
+{{- if .tls.secretName }}
+- name: {{ .name }}
+  secret:
+    secretName: {{ .tls.secretName }}
+    defaultMode: 0440
+{{- else if .tls.configMapName }}
+- name: {{ .name }}
+  configMap:
+    name: {{ .tls.configMapName }}
+{{- end }}
+{{- end -}}
+
+{{/* Whether a TLS value names a source. */}}
+{{- define "pgws.hasTls" -}}
+{{- if or .secretName .configMapName }}true{{ end -}}
 {{- end -}}
