@@ -80,6 +80,20 @@ fn command(owner: Option<(u32, u32)>, program: impl AsRef<std::ffi::OsStr>) -> C
     cmd
 }
 
+/// Run a set-up tool to completion; panic with its stderr if it fails.
+fn run_checked(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The server's TLS files, readable by the server's user.
 pub struct ServerTls {
     pub pki: Pki,
@@ -105,18 +119,12 @@ impl PgServer {
             chown(file, owner);
         }
         let data = base.join(unique("data"));
-        let out = command(owner, bindir().join("initdb"))
-            .args(["-D"])
-            .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_checked(
+            command(owner, bindir().join("initdb"))
+                .args(["-D"])
+                .arg(&data)
+                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]),
+            "initdb",
         );
         std::fs::write(
             data.join("pg_hba.conf"),
@@ -230,28 +238,14 @@ impl PgServer {
     /// A streaming standby of this server (same TLS files, own port).
     pub async fn standby(&self) -> PgServer {
         let data = self.base.join(unique("standby"));
-        let out = command(self.owner, bindir().join("pg_basebackup"))
-            .arg("-h")
-            .arg(&self.socket_dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-R",
-                "-X",
-                "stream",
-                "-D",
-            ])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("pg_basebackup");
-        assert!(
-            out.status.success(),
-            "pg_basebackup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_checked(
+            command(self.owner, bindir().join("pg_basebackup"))
+                .arg("-h")
+                .arg(&self.socket_dir)
+                .args(["-p", &self.port.to_string(), "-U", "postgres"])
+                .args(["-R", "-X", "stream", "-D"])
+                .arg(&data),
+            "pg_basebackup",
         );
         PgServer::launch(&self.base, data, self.owner, self.settings.clone(), false).await
     }
