@@ -22,6 +22,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Time a client has to send a whole request head.
+pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Largest request head accepted (then 431).
+pub const MAX_HEAD: usize = 16 * 1024;
+
 /// The readiness check: `Ok` when ready, else the reason.
 pub type Readiness = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
@@ -53,7 +58,13 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(&req, &state)) }
             });
+            // The public listener's limits: a head must arrive whole, and
+            // small, within the timeout.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .max_header_size(MAX_HEAD)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

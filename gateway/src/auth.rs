@@ -94,6 +94,12 @@ pub enum Refusal {
     /// The gateway is draining.
     #[error("Server shutting down")]
     ShuttingDown,
+    /// An upgrade request with another method than GET (RFC 6455 §4.1).
+    #[error("Websocket upgrades must use GET")]
+    UpgradeNotGet,
+    /// `PGWS_MAX_PENDING_CONNECTIONS` connections are not yet upgraded.
+    #[error("Too many pending connections")]
+    TooManyPending,
 }
 
 impl Refusal {
@@ -106,7 +112,8 @@ impl Refusal {
             | Refusal::InvalidChannelsClaim
             | Refusal::NoAllowedChannels
             | Refusal::OriginNotAllowed => 403,
-            Refusal::TooManyConnections | Refusal::ShuttingDown => 503,
+            Refusal::UpgradeNotGet => 405,
+            Refusal::TooManyConnections | Refusal::ShuttingDown | Refusal::TooManyPending => 503,
         }
     }
 
@@ -123,11 +130,13 @@ impl Refusal {
             Refusal::OriginNotAllowed => "origin_not_allowed",
             Refusal::TooManyConnections => "too_many_connections",
             Refusal::ShuttingDown => "shutting_down",
+            Refusal::UpgradeNotGet => "method_not_allowed",
+            Refusal::TooManyPending => "too_many_pending",
         }
     }
 
     /// Every label, so the metric's series exist from the start.
-    pub const LABELS: [&'static str; 10] = [
+    pub const LABELS: [&'static str; 12] = [
         "missing_token",
         "token_expired",
         "invalid_token",
@@ -138,6 +147,8 @@ impl Refusal {
         "origin_not_allowed",
         "too_many_connections",
         "shutting_down",
+        "method_not_allowed",
+        "too_many_pending",
     ];
 }
 

@@ -32,6 +32,7 @@ pgws_coordinator::vars! {
     ADMIN_PORT = "PGWS_ADMIN_PORT", Some("3001"), "Admin listen port; `off` disables the admin listener.";
     MAX_MESSAGE_SIZE = "PGWS_MAX_MESSAGE_SIZE", Some("65536"), "Largest websocket message accepted from a client, in bytes; larger: close 1009.";
     MAX_CONNECTIONS = "PGWS_MAX_CONNECTIONS", Some("0"), "Most open websockets per process; `0` is unlimited. Beyond it: HTTP 503.";
+    MAX_PENDING_CONNECTIONS = "PGWS_MAX_PENDING_CONNECTIONS", Some("1024"), "Most connections open and not yet upgraded (TLS handshakes, HTTP requests); beyond it: 503 and close.";
     SEND_QUEUE_SIZE = "PGWS_SEND_QUEUE_SIZE", Some("1024"), "Messages queued for one socket before it is closed as a slow consumer (3008).";
     WRITE_QUEUE_SIZE = "PGWS_WRITE_QUEUE_SIZE", Some("10000"), "Client messages queued for NOTIFY per pool connection before writers wait.";
     SEND_TIMEOUT = "PGWS_SEND_TIMEOUT", Some("10000"), "Milliseconds one frame may take to write to a socket before it is dropped as stuck.";
@@ -149,6 +150,8 @@ pub struct Config {
     pub root_path: Option<PathBuf>,
     /// Most open websockets; 0 is unlimited.
     pub max_connections: usize,
+    /// Most connections not yet upgraded.
+    pub max_pending_connections: usize,
     /// Origin allow-list; `None` allows any.
     pub allowed_origins: Option<Vec<String>>,
     /// Per-socket limits.
@@ -200,6 +203,10 @@ impl Config {
             meta_channel: sources.get(META_CHANNEL),
             root_path: root_path(sources)?,
             max_connections: sources.parsed(MAX_CONNECTIONS, "a number of connections")?,
+            max_pending_connections: positive(
+                sources.parsed(MAX_PENDING_CONNECTIONS, "a number of connections")?,
+                MAX_PENDING_CONNECTIONS,
+            )?,
             allowed_origins: sources.get(ALLOWED_ORIGINS).map(|list| {
                 list.split(',')
                     .map(|o| o.trim().trim_end_matches('/').to_string())

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub unrouted: IntCounter,
     /// Channels with at least one local reader.
     pub channels: IntGauge,
+    /// Connections accepted and not yet upgraded or closed.
+    pub pending: IntGauge,
 }
 
 impl Metrics {
@@ -144,6 +146,10 @@ impl Metrics {
             "pgws_channels",
             "Channels with at least one reader on this node",
         )?;
+        let pending = IntGauge::new(
+            "pgws_http_pending_connections",
+            "Connections accepted and not yet upgraded or closed (TLS handshakes, HTTP requests)",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("pgws_build_info", "Build information"),
             &["version", "role"],
@@ -170,6 +176,7 @@ impl Metrics {
         }
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(channels.clone()))?;
+        registry.register(Box::new(pending.clone()))?;
         registry.register(Box::new(build_info))?;
 
         // Create every labelled series up front so dashboards see zeros.
@@ -204,6 +211,7 @@ impl Metrics {
             queue_drops,
             unrouted,
             channels,
+            pending,
         })
     }
 

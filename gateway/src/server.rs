@@ -117,6 +117,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         root_path: config.root_path.clone(),
         allowed_origins: config.allowed_origins.clone(),
         max_connections: config.max_connections,
+        max_pending: config.max_pending_connections,
+        pending: Arc::default(),
     });
 
     let stop_accepting = CancellationToken::new();

@@ -68,6 +68,186 @@ async fn static_files_are_served_without_listings_or_escape() {
     let _ = std::fs::remove_dir_all(base);
 }
 
+#[tokio::test]
+async fn dotfiles_and_symlinked_index_files_are_never_served() {
+    let base = site();
+    let root = base.join("root");
+    std::fs::write(root.join(".env"), "DB_PASSWORD=hunter2").expect("write");
+    std::fs::create_dir_all(root.join(".git")).expect("dirs");
+    std::fs::write(root.join(".git/config"), "[remote] url=secret").expect("write");
+    std::fs::create_dir_all(root.join("linkdir")).expect("dirs");
+    std::os::unix::fs::symlink(base.join("secret.txt"), root.join("linkdir/index.html"))
+        .expect("symlink");
+    std::os::unix::fs::symlink(root.join(".env"), root.join("innocent.txt")).expect("symlink");
+    let gw = Gateway::builder()
+        .env("PGWS_ROOT_PATH", root.display().to_string())
+        .start()
+        .await;
+    for path in [
+        "/linkdir/",
+        "/linkdir",
+        "/.env",
+        "/%2Eenv",
+        "/.git/config",
+        "/sub/../.env",
+        "/innocent.txt",
+    ] {
+        let (status, body) = http_get(gw.addr, path).await.expect("get");
+        assert_eq!(status, 404, "{path}");
+        assert!(
+            !body.contains("top secret") && !body.contains("hunter2") && !body.contains("url="),
+            "{path} leaked a file"
+        );
+    }
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// The gateway's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn large_files_are_streamed_to_clients_that_do_not_read() {
+    let base = site();
+    let big = vec![b'x'; 20 * 1024 * 1024];
+    std::fs::write(base.join("root/big.bin"), &big).expect("write");
+    let gw = Gateway::builder()
+        .env("PGWS_ROOT_PATH", base.join("root").display().to_string())
+        .start()
+        .await;
+    let before = rss_kib(gw.pid());
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut raw = common::raw::Raw::connect(gw.addr).await;
+        raw.send(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        // The head of the answer: the file is open and being sent.
+        raw.read_until(|s| common::raw::find(s, b"\r\n\r\n").is_some())
+            .await;
+        let head = String::from_utf8_lossy(&raw.seen).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("content-length: 20971520"), "{head}");
+        clients.push(raw); // and never read again
+    }
+    let grown = rss_kib(gw.pid()).saturating_sub(before);
+    assert!(
+        grown < 10 * 1024,
+        "five stalled downloads of a 20 MiB file grew the gateway by {grown} KiB"
+    );
+    // A client that reads gets all of it.
+    let mut raw = common::raw::Raw::connect(gw.addr).await;
+    raw.send(b"GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    let all = raw.read_to_end().await;
+    let body = &all[common::raw::find(&all, b"\r\n\r\n").expect("head") + 4..];
+    assert_eq!(body.len(), big.len());
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[tokio::test]
+async fn request_heads_over_32_kib_get_431() {
+    let gw = Gateway::start().await;
+    let header = "a".repeat(40 * 1024);
+    let (status, _) = http_raw(
+        gw.addr,
+        &format!("GET / HTTP/1.1\r\nHost: x\r\nX-A: {header}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .expect("request");
+    assert_eq!(status, 431);
+    let upgrade = common::raw::upgrade_request(&format!(
+        "/chat/{}?pad={}",
+        token(json!({"mode":"r"})),
+        "b".repeat(40 * 1024)
+    ));
+    let mut raw = common::raw::Raw::connect(gw.addr).await;
+    raw.send(upgrade.as_bytes()).await;
+    assert!(raw.read_to_end().await.starts_with(b"HTTP/1.1 431"));
+    // A normal head still works.
+    assert_eq!(http_get(gw.addr, "/").await.expect("get").0, 200);
+}
+
+#[tokio::test]
+async fn connections_not_yet_upgraded_are_capped() {
+    let gw = Gateway::builder()
+        .env("PGWS_MAX_PENDING_CONNECTIONS", "3")
+        .start()
+        .await;
+    // Three connections that start a request head and never finish it.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut raw = common::raw::Raw::connect(gw.addr).await;
+        raw.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ").await;
+        stalled.push(raw);
+    }
+    gw.wait_metric("pgws_http_pending_connections", 3.0).await;
+    let mut refused = common::raw::Raw::connect(gw.addr).await;
+    let answer = String::from_utf8_lossy(&refused.read_to_end().await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.ends_with("Too many pending connections\n"),
+        "{answer}"
+    );
+    gw.wait_metric(
+        "pgws_connections_refused_total{reason=\"too_many_pending\"}",
+        1.0,
+    )
+    .await;
+    // Websockets do not count once upgraded; stalled heads free their
+    // place when they go.
+    drop(stalled);
+    let deadline = std::time::Instant::now() + WAIT;
+    while gw.metric("pgws_http_pending_connections").await > 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending connections not released"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        sockets.push(connect(&gw.url(&format!("chat/{}", token(json!({"mode":"r"}))))).await);
+    }
+    assert_eq!(http_get(gw.addr, "/").await.expect("get").0, 200);
+}
+
+#[tokio::test]
+async fn only_get_may_upgrade() {
+    let gw = Gateway::start().await;
+    for method in ["POST", "PUT", "DELETE"] {
+        let request =
+            common::raw::upgrade_request(&format!("/chat/{}", token(json!({"mode":"r"}))))
+                .replacen("GET", method, 1)
+                .replace(
+                    "\r\n\r\n",
+                    "\r\nContent-Length: 0\r\nConnection: Upgrade, close\r\n\r\n",
+                );
+        let (status, body) = http_raw(gw.addr, &request).await.expect("request");
+        assert_eq!(status, 405, "{method}");
+        assert_eq!(body, "Websocket upgrades must use GET", "{method}");
+    }
+}
+
+#[tokio::test]
+async fn the_admin_listener_drops_a_head_that_never_ends() {
+    let gw = Gateway::start().await;
+    let mut raw = common::raw::Raw::connect(gw.admin.expect("admin")).await;
+    raw.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-A: ").await;
+    let started = std::time::Instant::now();
+    let answer = raw.read_to_end().await; // read_to_end waits up to WAIT (15 s)
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(14),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+    assert!(!answer.starts_with(b"HTTP/1.1 200"));
+}
+
 /// A self-signed certificate for 127.0.0.1, made with the openssl CLI.
 fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));

@@ -3,7 +3,14 @@
 //!
 //! Every refusal happens before the upgrade, as an HTTP response whose body
 //! is the reason (see `docs/protocol.md`): 401 for token problems, 403 for
-//! permission problems, 503 when full or draining.
+//! permission problems, 405 for an upgrade that is not a GET, 431 for a
+//! request head over [`MAX_HEAD`], 503 when full or draining.
+//!
+//! Memory before a token is checked is bounded: a request head may take at
+//! most [`MAX_HEAD`] bytes and must arrive within [`HEAD_TIMEOUT`], and at
+//! most `PGWS_MAX_PENDING_CONNECTIONS` connections may be open and not yet
+//! upgraded (TLS handshakes, HTTP requests, static files); the next one is
+//! answered 503 and closed.
 
 pub mod request;
 pub mod static_files;
@@ -11,9 +18,12 @@ pub mod static_files;
 use crate::auth::{self, Keys, Refusal};
 use crate::session::{self, SessionContext, Slot};
 use bytes::Bytes;
-use http_body_util::Full;
+use futures_util::TryStreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
@@ -26,8 +36,15 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The body of every response this server writes.
-pub type Body = Full<Bytes>;
+/// The body of every response this server writes: a buffer, or a file
+/// streamed in chunks.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Largest request head (request line and headers) read before answering
+/// 431: browsers send a few kilobytes, cookies included.
+pub const MAX_HEAD: usize = 32 * 1024;
+/// Time a client has to send a whole request head (and a TLS handshake).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 const BANNER: &str = "postgres-websockets: open a websocket on /<channel>/<jwt> or /<jwt>\n";
 
@@ -45,7 +62,44 @@ pub struct HttpState {
     pub allowed_origins: Option<Vec<String>>,
     /// `PGWS_MAX_CONNECTIONS`.
     pub max_connections: usize,
+    /// `PGWS_MAX_PENDING_CONNECTIONS`.
+    pub max_pending: usize,
+    /// Connections accepted and not yet upgraded (or closed).
+    pub pending: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// A connection counted as pending until it is upgraded or closed.
+struct Pending {
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Pending {
+    fn acquire(state: &HttpState) -> Option<Pending> {
+        use std::sync::atomic::Ordering;
+        let previous = state.pending.fetch_add(1, Ordering::AcqRel);
+        if previous >= state.max_pending {
+            state.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let gauge = state.sessions.metrics.pending.clone();
+        gauge.inc();
+        Some(Pending {
+            count: state.pending.clone(),
+            gauge,
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}
+
+/// What a connection over the pending limit is told before it is closed.
+const TOO_MANY_PENDING: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 29\r\nconnection: close\r\n\r\nToo many pending connections\n";
 
 /// Accept connections until `stop` is cancelled.
 pub async fn serve(
@@ -68,16 +122,22 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let Some(pending) = Pending::acquire(&state) else {
+            state.sessions.metrics.refused(&Refusal::TooManyPending);
+            tracing::debug!(%peer, "too many pending connections: refused");
+            if tls.is_none() {
+                tokio::spawn(refuse_pending(stream));
+            }
+            continue;
+        };
         let state = state.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, state).await,
+                None => serve_connection(stream, state, pending).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(stream)) => serve_connection(stream, state).await,
+                    match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, state, pending).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -87,7 +147,15 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection<S>(stream: S, state: Arc<HttpState>)
+/// Tell a connection over the pending limit why it is closed.
+async fn refuse_pending(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(TOO_MANY_PENDING)).await;
+}
+
+/// Serve HTTP on one connection; `pending` is held until the connection is
+/// upgraded (hyper's future then completes) or closed.
+async fn serve_connection<S>(stream: S, state: Arc<HttpState>, pending: Pending)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -97,10 +165,13 @@ where
     });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .max_header_size(MAX_HEAD)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
         .await;
+    drop(pending);
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
@@ -108,7 +179,12 @@ where
 
 async fn handle(req: Request<Incoming>, state: Arc<HttpState>) -> Response<Body> {
     if fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return match upgrade(req, &state) {
+        let upgraded = if req.method() == Method::GET {
+            upgrade(req, &state)
+        } else {
+            Err(Refusal::UpgradeNotGet)
+        };
+        return match upgraded {
             Ok(response) => response,
             Err(refusal) => {
                 state.sessions.metrics.refused(&refusal);
@@ -184,7 +260,10 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
             Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
         }
     });
-    Ok(Response::from_parts(parts, Body::default()))
+    Ok(Response::from_parts(
+        parts,
+        Empty::new().map_err(|never| match never {}).boxed(),
+    ))
 }
 
 fn check_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> Result<(), Refusal> {
@@ -208,19 +287,29 @@ async fn static_or_banner(path: &str, state: &HttpState) -> Response<Body> {
     let Some(root) = &state.root_path else {
         return text(StatusCode::OK, BANNER);
     };
-    match static_files::load(root, path).await {
-        Some(file) => Response::builder()
-            .status(StatusCode::OK)
-            .header(CONTENT_TYPE, file.content_type)
-            .body(Body::new(file.body))
-            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "")),
+    match static_files::open(root, path).await {
+        Some(file) => {
+            let chunks =
+                tokio_util::io::ReaderStream::with_capacity(file.file, static_files::CHUNK)
+                    .map_ok(Frame::data);
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(CONTENT_TYPE, file.content_type)
+                .header(CONTENT_LENGTH, file.len)
+                .body(StreamBody::new(chunks).boxed())
+                .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, ""))
+        }
         None => text(StatusCode::NOT_FOUND, "Not found\n"),
     }
 }
 
 /// A plain-text response.
 pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
-    let mut response = Response::new(Body::new(Bytes::from(body.into())));
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.into()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,

@@ -1,17 +1,43 @@
 //! Static files under `PGWS_ROOT_PATH`: `index.html` for directories, no
-//! listings, and no way out of the root (`..`, `%2e%2e`, absolute paths and
-//! symlinks pointing outside are all refused with 404).
+//! listings, no dotfiles (`/.env`, `/.git/config`), and nothing outside the
+//! root — `..`, `%2e%2e`, absolute paths and symlinks pointing outside are
+//! all refused with 404. The decision is made on the canonical path of the
+//! very file that will be opened (after `index.html` is appended), so a
+//! symlinked `index.html` cannot lead out either.
+//!
+//! Files are streamed in [`CHUNK`]-byte pieces, so a client that reads
+//! slowly holds one chunk of memory, not the whole file.
 
-use bytes::Bytes;
 use percent_encoding::percent_decode_str;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
-/// A file found under the root.
+/// Bytes read from a file at a time.
+pub const CHUNK: usize = 64 * 1024;
+
+/// A file found under the root, opened.
 pub struct StaticFile {
-    /// Its bytes.
-    pub body: Bytes,
+    /// The open file, to stream.
+    pub file: tokio::fs::File,
+    /// Its length in bytes.
+    pub len: u64,
     /// Its media type.
     pub content_type: &'static str,
+}
+
+/// Whether a name is hidden (`.env`, `.git`).
+fn hidden(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+/// `full` if it is a canonical path inside `root` whose every part below
+/// the root is visible.
+fn inside(root: &Path, full: PathBuf) -> Option<PathBuf> {
+    let rest = full.strip_prefix(root).ok()?;
+    let visible = rest.components().all(|c| match c {
+        Component::Normal(name) => !hidden(&name.to_string_lossy()),
+        _ => false,
+    });
+    visible.then_some(full)
 }
 
 /// Resolve the request `path` under `root` (already canonical) to a file.
@@ -21,31 +47,28 @@ pub fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
     for segment in decoded.split('/') {
         match segment {
             "" | "." => continue,
-            ".." => return None,
+            s if hidden(s) => return None, // "..", ".env", ".git"
             s if s.contains('\\') || s.contains('\0') => return None,
             s => full.push(s),
         }
     }
-    let mut full = full.canonicalize().ok()?;
-    if !full.starts_with(root) {
-        return None; // a symlink pointing out of the root
-    }
+    let mut full = inside(root, full.canonicalize().ok()?)?;
     if full.is_dir() {
-        full.push("index.html");
-        if !full.is_file() {
-            return None;
-        }
+        // Canonical again: index.html itself may be a symlink.
+        full = inside(root, full.join("index.html").canonicalize().ok()?)?;
     }
     full.is_file().then_some(full)
 }
 
-/// Read the file for `path`, if there is one.
-pub async fn load(root: &Path, path: &str) -> Option<StaticFile> {
-    let file = resolve(root, path)?;
-    let body = tokio::fs::read(&file).await.ok()?;
+/// Open the file for `path`, if there is one.
+pub async fn open(root: &Path, path: &str) -> Option<StaticFile> {
+    let path = resolve(root, path)?;
+    let file = tokio::fs::File::open(&path).await.ok()?;
+    let len = file.metadata().await.ok()?.len();
     Some(StaticFile {
-        body: Bytes::from(body),
-        content_type: content_type(&file),
+        file,
+        len,
+        content_type: content_type(&path),
     })
 }
 
@@ -82,6 +105,13 @@ mod tests {
         std::fs::write(root.join("index.html"), "home").expect("write");
         std::fs::write(root.join("sub/page.js"), "js").expect("write");
         std::fs::write(base.join("secret.txt"), "secret").expect("write");
+        std::fs::write(root.join(".env"), "PASSWORD=x").expect("write");
+        std::fs::create_dir_all(root.join(".git")).expect("dirs");
+        std::fs::write(root.join(".git/config"), "[core]").expect("write");
+        std::fs::create_dir_all(root.join("linkdir")).expect("dirs");
+        let _ =
+            std::os::unix::fs::symlink(base.join("secret.txt"), root.join("linkdir/index.html"));
+        let _ = std::os::unix::fs::symlink(root.join(".env"), root.join("public.txt"));
         (base, root.canonicalize().expect("canonical"))
     }
 
@@ -108,6 +138,13 @@ mod tests {
             "/sub/../../secret.txt",
             "//etc/passwd",
             "/..%2fsecret.txt",
+            "/linkdir/",
+            "/linkdir",
+            "/.env",
+            "/%2eenv",
+            "/.git/config",
+            "/sub/../.env",
+            "/public.txt",
         ] {
             assert_eq!(resolve(&root, path), None, "{path}");
         }

@@ -8,14 +8,20 @@
 //! future of [`FrameReader::read_frame`] at any await loses nothing, which
 //! lets one task per socket wait on inbound frames, its send queue and its
 //! timers at once. The buffer is allocated on the first read
-//! ([`READ_CHUNK`] bytes), grows to the size of the frame being read, and is
-//! released again after a frame larger than [`KEEP`] — so an idle socket
-//! holds half a kilobyte, not eight.
+//! ([`READ_CHUNK`] bytes) and grows with the bytes that actually arrive —
+//! at most doubling per read, never by what a header merely announces, so
+//! 14 bytes claiming a 64 KiB frame cost 14 bytes, not 64 KiB — and is
+//! released again after a frame larger than [`KEEP`]. An idle socket holds
+//! half a kilobyte, not eight.
 //!
 //! Only what a server must enforce on client frames is checked here (RFC
 //! 6455 §5): mask present, no reserved bits (no extensions are negotiated),
-//! known opcodes, unfragmented control frames of at most 125 bytes, and the
-//! size limit. Message reassembly and UTF-8 are [`super::assemble`]'s.
+//! known opcodes, unfragmented control frames of at most 125 bytes, a
+//! 64-bit length with its top bit clear, and the size limit — which the
+//! caller gives per frame, so that it can subtract what earlier fragments
+//! of the message already hold. A close frame's body is checked by
+//! [`close_frame_error`]. Message reassembly and UTF-8 are
+//! [`super::assemble`]'s.
 
 use bytes::{Buf, BytesMut};
 use fastwebsockets::OpCode;
@@ -55,9 +61,9 @@ pub enum FrameError {
 }
 
 /// Decodes client frames from a byte stream.
+#[derive(Default)]
 pub struct FrameReader {
     buf: BytesMut,
-    max_payload: usize,
 }
 
 /// What the bytes buffered so far amount to.
@@ -68,12 +74,9 @@ enum Parsed {
 }
 
 impl FrameReader {
-    /// A reader that refuses frames with more than `max_payload` bytes.
-    pub fn new(max_payload: usize) -> FrameReader {
-        FrameReader {
-            buf: BytesMut::new(),
-            max_payload,
-        }
+    /// A reader with nothing buffered yet.
+    pub fn new() -> FrameReader {
+        FrameReader::default()
     }
 
     /// Bytes currently held for this socket.
@@ -82,25 +85,40 @@ impl FrameReader {
         self.buf.capacity()
     }
 
-    /// The next frame. Cancel-safe: bytes already read stay buffered.
-    pub async fn read_frame<R>(&mut self, io: &mut R) -> Result<InFrame, FrameError>
+    /// The next frame; a data frame may carry at most `max_payload` bytes.
+    /// Cancel-safe: bytes already read stay buffered.
+    pub async fn read_frame<R>(
+        &mut self,
+        io: &mut R,
+        max_payload: usize,
+    ) -> Result<InFrame, FrameError>
     where
         R: AsyncRead + Unpin,
     {
         loop {
-            let need = match self.parse()? {
+            let need = match self.parse(max_payload)? {
                 Parsed::Frame(frame) => return Ok(frame),
                 Parsed::Need(need) => need,
             };
-            let missing = need.saturating_sub(self.buf.len());
-            self.buf.reserve(missing.max(READ_CHUNK));
+            self.grow_towards(need);
             if io.read_buf(&mut self.buf).await? == 0 {
                 return Err(FrameError::Eof);
             }
         }
     }
 
-    fn parse(&mut self) -> Result<Parsed, FrameError> {
+    /// Make room for the next read: at least [`READ_CHUNK`], towards `need`
+    /// bytes, but never more than what has already arrived (the buffer at
+    /// most doubles per read).
+    fn grow_towards(&mut self, need: usize) {
+        let missing = need.saturating_sub(self.buf.len());
+        let step = missing.min(self.buf.len()).max(READ_CHUNK);
+        if self.buf.capacity() - self.buf.len() < step {
+            self.buf.reserve(step);
+        }
+    }
+
+    fn parse(&mut self, max_payload: usize) -> Result<Parsed, FrameError> {
         let Some(&[b0, b1]) = self.buf.get(..2) else {
             return Ok(Parsed::Need(2));
         };
@@ -129,14 +147,18 @@ impl FrameReader {
             None => {
                 let mut be = [0u8; 8];
                 be.copy_from_slice(&self.buf[2..10]);
-                u64::from_be_bytes(be)
+                let n = u64::from_be_bytes(be);
+                if n >> 63 != 0 {
+                    return Err(FrameError::Protocol("64-bit length with its top bit set"));
+                }
+                n
             }
         };
         if control && (!fin || announced > 125) {
             return Err(FrameError::Protocol("bad control frame"));
         }
         let len = usize::try_from(announced).map_err(|_| FrameError::TooLarge)?;
-        if len > self.max_payload {
+        if len > max_payload && !control {
             return Err(FrameError::TooLarge);
         }
         if self.buf.len() < header + len {
@@ -158,6 +180,36 @@ impl FrameReader {
             payload,
         }))
     }
+}
+
+/// What is wrong with a client's close frame body, if anything (RFC 6455
+/// §5.5.1, §7.4): none, or a 2-byte status code a peer may send, then a
+/// UTF-8 reason.
+pub fn close_frame_error(payload: &[u8]) -> Option<CloseProblem> {
+    match payload {
+        [] => None,
+        [_] => Some(CloseProblem::Malformed),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            if !allowed {
+                Some(CloseProblem::Malformed)
+            } else if std::str::from_utf8(reason).is_err() {
+                Some(CloseProblem::NotUtf8)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Why a close frame is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseProblem {
+    /// One byte, or a status code a peer may not send (1002).
+    Malformed,
+    /// The reason is not UTF-8 (1007).
+    NotUtf8,
 }
 
 #[cfg(test)]
@@ -185,11 +237,11 @@ mod tests {
     }
 
     async fn read_all(bytes: Vec<u8>, max: usize) -> Vec<Result<InFrame, FrameError>> {
-        let mut reader = FrameReader::new(max);
+        let mut reader = FrameReader::new();
         let mut io = bytes.as_slice();
         let mut out = Vec::new();
         loop {
-            match reader.read_frame(&mut io).await {
+            match reader.read_frame(&mut io, max).await {
                 Err(FrameError::Eof) => return out,
                 other => {
                     let stop = other.is_err();
@@ -251,7 +303,7 @@ mod tests {
     async fn a_frame_split_across_reads_survives_a_dropped_future() {
         let bytes = client_frame(true, 2, &[7u8; 2000]);
         let (mut tx, mut rx) = tokio::io::duplex(64);
-        let mut reader = FrameReader::new(10_000);
+        let mut reader = FrameReader::new();
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
             for chunk in bytes.chunks(100) {
@@ -264,7 +316,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no frame within 10 s");
             let attempt = tokio::time::timeout(
                 std::time::Duration::from_micros(50),
-                reader.read_frame(&mut rx),
+                reader.read_frame(&mut rx, 10_000),
             )
             .await;
             if let Ok(result) = attempt {
@@ -277,17 +329,91 @@ mod tests {
 
     #[tokio::test]
     async fn the_buffer_starts_small_and_shrinks_after_a_big_frame() {
-        let mut reader = FrameReader::new(1 << 20);
+        let mut reader = FrameReader::new();
         assert_eq!(reader.capacity(), 0);
         let mut small = client_frame(true, 1, b"hi");
         let mut io = small.as_slice();
-        reader.read_frame(&mut io).await.expect("small");
+        reader.read_frame(&mut io, 1 << 20).await.expect("small");
         assert!(reader.capacity() <= READ_CHUNK, "{}", reader.capacity());
         small.clear();
         let big = client_frame(true, 1, &vec![b'z'; 100_000]);
         let mut io = big.as_slice();
-        let frame = reader.read_frame(&mut io).await.expect("big");
+        let frame = reader.read_frame(&mut io, 1 << 20).await.expect("big");
         assert_eq!(frame.payload.len(), 100_000);
         assert!(reader.capacity() <= KEEP, "{}", reader.capacity());
+    }
+
+    #[tokio::test]
+    async fn an_announced_length_reserves_nothing_until_bytes_arrive() {
+        // 14 bytes announcing a 65,536-byte text frame, then silence.
+        let header = [0x81, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 0x37, 0xfa, 0x21, 0x3d];
+        let (mut tx, mut rx) = tokio::io::duplex(1 << 20);
+        use tokio::io::AsyncWriteExt;
+        tx.write_all(&header).await.expect("write");
+        let mut reader = FrameReader::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            reader.read_frame(&mut rx, 1 << 20),
+        )
+        .await;
+        assert!(read.is_err(), "no frame yet");
+        assert!(
+            reader.capacity() <= 2 * READ_CHUNK,
+            "{} bytes held for a 14-byte header",
+            reader.capacity()
+        );
+        // As the payload arrives, the buffer grows with it.
+        tx.write_all(&[0u8; 4000]).await.expect("write");
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            reader.read_frame(&mut rx, 1 << 20),
+        )
+        .await;
+        assert!(read.is_err(), "still incomplete");
+        assert!(
+            reader.capacity() <= 2 * 4014 + READ_CHUNK,
+            "{} bytes held for 4,014 received",
+            reader.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_remaining_budget_is_refused_from_its_header() {
+        let frames = read_all(client_frame(true, 0, &[b'a'; 600]), 500).await;
+        assert!(matches!(frames.last(), Some(Err(FrameError::TooLarge))));
+        // Control frames are bounded by their own 125-byte rule instead.
+        let frames = read_all(client_frame(true, 9, &[b'a'; 100]), 10).await;
+        assert!(matches!(frames.last(), Some(Ok(_))));
+    }
+
+    #[tokio::test]
+    async fn a_length_with_its_top_bit_set_is_a_protocol_error() {
+        let mut bytes = vec![0x81, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 5];
+        bytes.extend_from_slice(&[1, 2, 3, 4]);
+        let frames = read_all(bytes, usize::MAX).await;
+        assert!(
+            matches!(frames.last(), Some(Err(FrameError::Protocol(_)))),
+            "{frames:?}"
+        );
+    }
+
+    #[test]
+    fn close_bodies_are_checked() {
+        assert_eq!(close_frame_error(b""), None);
+        assert_eq!(close_frame_error(&[0x03, 0xE8]), None);
+        assert_eq!(close_frame_error(&[0x0F, 0xA0, b'o', b'k']), None, "4000");
+        assert_eq!(close_frame_error(&[0x03]), Some(CloseProblem::Malformed));
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            let body = code.to_be_bytes();
+            assert_eq!(
+                close_frame_error(&body),
+                Some(CloseProblem::Malformed),
+                "{code}"
+            );
+        }
+        assert_eq!(
+            close_frame_error(&[0x03, 0xE8, 0xff, 0xfe]),
+            Some(CloseProblem::NotUtf8)
+        );
     }
 }

@@ -10,7 +10,7 @@
 //! `docs/benchmarks.md`).
 
 use super::assemble::{AssembleError, Assembler};
-use super::inbound::{FrameError, FrameReader, InFrame};
+use super::inbound::{close_frame_error, CloseProblem, FrameError, FrameReader, InFrame};
 use super::outbound::{FrameWriter, FLUSH_AT};
 use super::publish::{self, Writer};
 use super::{Delivery, SessionControl, SessionEnd};
@@ -71,7 +71,7 @@ where
 {
     let mut socket = Socket {
         io,
-        frames: FrameReader::new(sc.writer.ctx.limits.max_message_size),
+        frames: FrameReader::new(),
         out: FrameWriter::default(),
         assembler: Assembler::new(sc.writer.ctx.limits.max_message_size),
         last_seen: Instant::now(),
@@ -137,7 +137,7 @@ where
                 _ = &mut killed => Step::End(SessionEnd::Closed(
                     self.sc.control.reason().unwrap_or(CloseReason::InternalError),
                 )),
-                frame = self.frames.read_frame(&mut self.io) => self.on_frame(frame).await?,
+                frame = self.frames.read_frame(&mut self.io, self.assembler.remaining()) => self.on_frame(frame).await?,
                 _ = &mut expiry => Step::End(SessionEnd::Closed(CloseReason::JwtExpired)),
                 delivery = self.sc.queue.recv(), if queue_open => match delivery {
                     Some(first) => self.write_burst(first).await?,
@@ -162,12 +162,20 @@ where
         };
         self.last_seen = Instant::now();
         match frame.opcode {
-            OpCode::Close => {
-                // Echo the close handshake with a normal closure.
-                self.out.close(CloseReason::Normal.code(), b"");
-                let _ = self.flush().await;
-                Ok(Step::End(SessionEnd::ClientClosed))
-            }
+            OpCode::Close => match close_frame_error(&frame.payload) {
+                None => {
+                    // Echo the close handshake with a normal closure.
+                    self.out.close(CloseReason::Normal.code(), b"");
+                    let _ = self.flush().await;
+                    Ok(Step::End(SessionEnd::ClientClosed))
+                }
+                Some(CloseProblem::Malformed) => {
+                    Ok(Step::End(SessionEnd::Closed(CloseReason::ProtocolError)))
+                }
+                Some(CloseProblem::NotUtf8) => {
+                    Ok(Step::End(SessionEnd::Closed(CloseReason::InvalidPayload)))
+                }
+            },
             OpCode::Ping => {
                 self.out.push(true, OpCode::Pong, &frame.payload);
                 self.flush().await?;
@@ -291,7 +299,8 @@ where
         }
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
             loop {
-                match self.frames.read_frame(&mut self.io).await {
+                let budget = self.sc.writer.ctx.limits.max_message_size;
+                match self.frames.read_frame(&mut self.io, budget).await {
                     Ok(frame) if frame.opcode == OpCode::Close => return,
                     Ok(_) => continue,
                     Err(_) => return,

@@ -11,6 +11,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod pg_server;
+pub mod raw;
 pub mod redis_server;
 
 #[allow(unused_imports)]
