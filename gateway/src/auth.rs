@@ -2,7 +2,12 @@
 //!
 //! [`Keys`] turns `PGWS_JWT_SECRET` into verification keys once at start-up:
 //! a raw HMAC secret (optionally base64), a single JWK, or a JWKS from which
-//! the token's `kid` picks the key. [`Keys::verify`] checks the signature
+//! the token's `kid` picks the key. An empty HMAC key is refused (it would
+//! make every token signed with an empty key valid); one under 32 bytes is
+//! reported by [`Keys::weakest_hmac_key`] for a start-up warning.
+//! [`Keys::verify`] refuses a header with `crit` (RFC 7515 §4.1.11: we
+//! understand no extension, so every critical one — `b64`, anything — is
+//! unknown, and an empty list is forbidden outright), checks the signature
 //! (HS/RS/PS/ES 256/384/512 and EdDSA; `none` can never verify), `exp` and
 //! `nbf` (no leeway, as in the original), and returns the claims.
 //! [`authorize`] turns claims and the requested channel into a [`Grant`], or
@@ -176,7 +181,13 @@ struct JwkKey {
 pub struct Keys {
     hmac: Option<DecodingKey>,
     jwks: Vec<JwkKey>,
+    /// Length of the shortest HMAC key, in bytes.
+    shortest_hmac: Option<usize>,
 }
+
+/// HMAC keys shorter than this draw a warning at start-up (RFC 7518 §3.2
+/// asks for at least the hash size: 32 bytes for HS256).
+pub const MIN_HMAC_KEY: usize = 32;
 
 impl Keys {
     /// Build keys from the secret's bytes.
@@ -193,21 +204,31 @@ impl Keys {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(&text)
                 .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&text))?;
-            return Ok(Keys::hmac(&raw));
+            return Keys::hmac(&raw);
         }
         let trimmed = String::from_utf8_lossy(secret);
         let trimmed = trimmed.trim();
         if trimmed.starts_with('{') {
             return Keys::from_json(trimmed);
         }
-        Ok(Keys::hmac(secret))
+        Keys::hmac(secret)
     }
 
-    fn hmac(secret: &[u8]) -> Keys {
-        Keys {
+    fn hmac(secret: &[u8]) -> Result<Keys, KeyError> {
+        if secret.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        Ok(Keys {
             hmac: Some(DecodingKey::from_secret(secret)),
             jwks: Vec::new(),
-        }
+            shortest_hmac: Some(secret.len()),
+        })
+    }
+
+    /// The length of the shortest HMAC key when it is under
+    /// [`MIN_HMAC_KEY`] bytes.
+    pub fn weakest_hmac_key(&self) -> Option<usize> {
+        self.shortest_hmac.filter(|n| *n < MIN_HMAC_KEY)
     }
 
     fn from_json(json: &str) -> Result<Keys, KeyError> {
@@ -219,6 +240,19 @@ impl Keys {
         } else {
             vec![serde_json::from_value(value).map_err(|e| KeyError::Jwk(e.to_string()))?]
         };
+        let mut shortest_hmac: Option<usize> = None;
+        for jwk in &jwks {
+            if let jsonwebtoken::jwk::AlgorithmParameters::OctetKey(oct) = &jwk.algorithm {
+                let len = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(oct.value.trim_end_matches('='))
+                    .map_err(|e| KeyError::Jwk(format!("oct key: {e}")))?
+                    .len();
+                if len == 0 {
+                    return Err(KeyError::Jwk("an oct key with an empty \"k\"".into()));
+                }
+                shortest_hmac = Some(shortest_hmac.map_or(len, |s| s.min(len)));
+            }
+        }
         let keys = jwks
             .iter()
             .map(|jwk| {
@@ -238,11 +272,13 @@ impl Keys {
         Ok(Keys {
             hmac: None,
             jwks: keys,
+            shortest_hmac,
         })
     }
 
     /// Verify `token` and return its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, Refusal> {
+        refuse_critical_extensions(token)?;
         let header = jsonwebtoken::decode_header(token).map_err(token_error)?;
         let mut validation = Validation::new(header.alg);
         validation.required_spec_claims.clear();
@@ -288,6 +324,40 @@ impl Keys {
     }
 }
 
+/// RFC 7515 §4.1.11: a recipient must reject a JWS whose `crit` names an
+/// extension it does not understand — we understand none — and `crit` may
+/// not be empty. The header is read here because the JWT library ignores
+/// `crit`.
+pub fn refuse_critical_extensions(token: &str) -> Result<(), Refusal> {
+    let Some(encoded) = token.split('.').next() else {
+        return Ok(());
+    };
+    let Ok(bytes) =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded.trim_end_matches('='))
+    else {
+        return Ok(()); // malformed: decode_header reports it
+    };
+    let Ok(Value::Object(header)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Ok(());
+    };
+    match header.get("crit") {
+        None => Ok(()),
+        Some(Value::Array(names)) if !names.is_empty() => {
+            let names: Vec<String> = names
+                .iter()
+                .map(|n| n.as_str().map_or_else(|| n.to_string(), str::to_string))
+                .collect();
+            Err(Refusal::InvalidToken(format!(
+                "Unsupported critical header parameters: {}",
+                names.join(", ")
+            )))
+        }
+        Some(_) => Err(Refusal::InvalidToken(
+            "Invalid crit header: must be a non-empty list".into(),
+        )),
+    }
+}
+
 fn family_matches(key: &DecodingKey, alg: Algorithm) -> bool {
     key.family() == alg.family()
 }
@@ -299,8 +369,34 @@ fn token_error(e: jsonwebtoken::errors::Error) -> Refusal {
     }
 }
 
+/// Who may use the meta channel (`PGWS_META_CHANNEL`).
+///
+/// By default its events — which carry every connecting user's claims —
+/// are read only by tokens that name the channel in `channel`/`channels`,
+/// and nobody writes to it. `PGWS_META_CHANNEL_PUBLIC=true` restores the
+/// original's behaviour: any token that may open any channel reads it, and
+/// writers may post on it.
+#[derive(Debug, Clone, Default)]
+pub struct MetaChannel {
+    /// The channel's name, when meta events are on.
+    pub name: Option<String>,
+    /// The original's open behaviour.
+    pub public: bool,
+}
+
+impl MetaChannel {
+    /// Whether `channel` is the meta channel and is guarded.
+    pub fn guards(&self, channel: &str) -> bool {
+        !self.public && self.name.as_deref() == Some(channel)
+    }
+}
+
 /// Decide what a verified token allows, given the channel named in the URL.
-pub fn authorize(claims: Claims, requested: Option<&str>) -> Result<Grant, Refusal> {
+pub fn authorize(
+    claims: Claims,
+    requested: Option<&str>,
+    meta: &MetaChannel,
+) -> Result<Grant, Refusal> {
     let allowed = claim_channels(&claims)?;
     let mode = match claims.get("mode") {
         None => return Err(Refusal::MissingMode),
@@ -313,7 +409,9 @@ pub fn authorize(claims: Claims, requested: Option<&str>) -> Result<Grant, Refus
         Some(_) => return Err(Refusal::InvalidMode),
     };
     let channels = match requested {
-        // No channel claims: any channel named in the URL.
+        // No channel claims: any channel named in the URL — except a
+        // guarded meta channel, which must be named in the claims.
+        Some(channel) if allowed.is_empty() && meta.guards(channel) => Vec::new(),
         Some(channel) if allowed.is_empty() => vec![channel.to_string()],
         Some(channel) => allowed.into_iter().filter(|c| c == channel).collect(),
         None => allowed,

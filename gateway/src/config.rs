@@ -22,6 +22,7 @@ pgws_coordinator::vars! {
     PORT = "PGWS_PORT", Some("3000"), "Public listen port (`0` picks a free one and logs it).";
     LISTEN_CHANNEL = "PGWS_LISTEN_CHANNEL", Some("postgres-websockets-listener"), "The one database channel the gateway LISTENs and NOTIFYs on.";
     META_CHANNEL = "PGWS_META_CHANNEL", None, "When set, ConnectionOpen/ConnectionClose events are sent on this websocket channel.";
+    META_CHANNEL_PUBLIC = "PGWS_META_CHANNEL_PUBLIC", Some("false"), "`true`: any token may read the meta channel (its events carry every user's claims) and writers may post on it, as in the original.";
     ROOT_PATH = "PGWS_ROOT_PATH", None, "Directory of static files served on plain HTTP GET (index.html, no listings).";
     POOL_SIZE = "PGWS_POOL_SIZE", Some("10"), "Number of PostgreSQL connections sending NOTIFY.";
     RETRIES = "PGWS_RETRIES", Some("5"), "Retries of the first listener connection (backoff 1, 2, 4 … 32 s).";
@@ -144,8 +145,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// The database channel.
     pub listen_channel: String,
-    /// Meta events channel.
-    pub meta_channel: Option<String>,
+    /// Meta events channel and who may use it.
+    pub meta: crate::auth::MetaChannel,
     /// Static files directory.
     pub root_path: Option<PathBuf>,
     /// Most open websockets; 0 is unlimited.
@@ -200,7 +201,10 @@ impl Config {
             admin: listen_addr(sources, ADMIN_HOST, ADMIN_PORT)?,
             tls: tls_files(sources)?,
             listen_channel,
-            meta_channel: sources.get(META_CHANNEL),
+            meta: crate::auth::MetaChannel {
+                name: sources.get(META_CHANNEL),
+                public: sources.flag(META_CHANNEL_PUBLIC)?,
+            },
             root_path: root_path(sources)?,
             max_connections: sources.parsed(MAX_CONNECTIONS, "a number of connections")?,
             max_pending_connections: positive(

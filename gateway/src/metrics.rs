@@ -22,14 +22,17 @@ pub enum Rejection {
     QueueFull,
     /// Not valid UTF-8.
     InvalidPayload,
+    /// Addressed only to the guarded meta channel.
+    MetaChannel,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 4] = [
+    const ALL: [Rejection; 5] = [
         Rejection::ReadOnly,
         Rejection::TooLarge,
         Rejection::QueueFull,
         Rejection::InvalidPayload,
+        Rejection::MetaChannel,
     ];
 
     fn label(self) -> &'static str {
@@ -38,6 +41,7 @@ impl Rejection {
             Rejection::TooLarge => "too_large",
             Rejection::QueueFull => "queue_full",
             Rejection::InvalidPayload => "invalid_payload",
+            Rejection::MetaChannel => "meta_channel",
         }
     }
 }

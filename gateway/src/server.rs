@@ -68,6 +68,13 @@ struct RunningBackend {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Exit> {
     let keys = Keys::from_secret(&config.jwt.secret, config.jwt.base64)
         .map_err(|e| anyhow::anyhow!("PGWS_JWT_SECRET: {e}"))?;
+    if let Some(bytes) = keys.weakest_hmac_key() {
+        tracing::warn!(
+            bytes,
+            minimum = crate::auth::MIN_HMAC_KEY,
+            "PGWS_JWT_SECRET: an HMAC key shorter than 32 bytes can be brute-forced; use a longer one"
+        );
+    }
     let tls = match &config.tls {
         Some(files) => Some(tls::acceptor(&files.certificate, &files.key)?),
         None => None,
@@ -106,7 +113,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         backend.bus.clone(),
         metrics.clone(),
         config.session.clone(),
-        config.meta_channel.clone(),
+        config.meta.clone(),
         drain.clone(),
     ));
     let tracker = TaskTracker::new();

@@ -77,7 +77,9 @@ async fn a_toml_file_configures_and_the_environment_wins() {
     let meta = unique("meta");
     std::fs::write(
         &file,
-        format!("meta_channel = \"{meta}\"\njwt_secret = \"from-the-file\"\n"),
+        format!(
+            "meta_channel = \"{meta}\"\nmeta_channel_public = true\njwt_secret = \"from-the-file\"\n"
+        ),
     )
     .expect("write");
     // The environment's secret (the harness default) overrides the file's.
@@ -91,7 +93,7 @@ async fn a_toml_file_configures_and_the_environment_wins() {
         serde_json::from_str(&next_text(&mut watcher).await).expect("json");
     assert_eq!(
         open["event"], "ConnectionOpen",
-        "meta_channel came from the file"
+        "meta_channel (and meta_channel_public: the token names no channel) came from the file"
     );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -182,7 +182,8 @@ async fn meta_channel_announces_open_and_close() {
         .env("PGWS_META_CHANNEL", meta.clone())
         .start()
         .await;
-    let mut watcher = connect(&gw.url(&format!("{meta}/{}", token(json!({"mode":"r"}))))).await;
+    let watcher_token = token(json!({"mode":"r","channel": meta}));
+    let mut watcher = connect(&gw.url(&format!("{meta}/{watcher_token}"))).await;
     // The watcher's own ConnectionOpen arrives first.
     let own: Value = serde_json::from_str(&next_text(&mut watcher).await).expect("json");
     assert_eq!(own["event"], "ConnectionOpen");
@@ -193,6 +194,7 @@ async fn meta_channel_announces_open_and_close() {
     assert_eq!(open["event"], "ConnectionOpen");
     assert_eq!(open["channel"], meta.as_str());
     assert_eq!(open["payload"], format!("{a},{b}"));
+    assert_eq!(open["channels"], json!([a, b]));
     assert_eq!(open["claims"]["user"], "u1");
     assert!(open["claims"]["message_delivered_at"].is_number());
 
@@ -200,4 +202,87 @@ async fn meta_channel_announces_open_and_close() {
     let close: Value = serde_json::from_str(&next_text(&mut watcher).await).expect("json");
     assert_eq!(close["event"], "ConnectionClose");
     assert_eq!(close["payload"], format!("{a},{b}"));
+}
+
+#[tokio::test]
+async fn the_meta_channel_is_read_only_by_tokens_that_name_it_and_written_by_nobody() {
+    let meta = unique("meta");
+    let gw = Gateway::builder()
+        .env("PGWS_META_CHANNEL", meta.clone())
+        .start()
+        .await;
+    // A token without channel claims may open any channel — but not this.
+    let (status, body) = refused(&gw.url(&format!("{meta}/{}", token(json!({"mode":"r"}))))).await;
+    assert_eq!((status, body.as_str()), (403, "No allowed channels"));
+    let mut watcher = connect(&gw.url(&format!(
+        "{meta}/{}",
+        token(json!({"mode":"r","channels":[meta]}))
+    )))
+    .await;
+    next_text(&mut watcher).await; // its own ConnectionOpen
+
+    // A socket on "a,b" (one channel with a comma): the array says so.
+    let mut comma = connect(&gw.url(&format!("a%2Cb/{}", token(json!({"mode":"r"}))))).await;
+    let open: Value = serde_json::from_str(&next_text(&mut watcher).await).expect("json");
+    assert_eq!(
+        (open["payload"].as_str(), &open["channels"]),
+        (Some("a,b"), &json!(["a,b"]))
+    );
+    comma.close(None).await.expect("close");
+    next_text(&mut watcher).await; // its ConnectionClose
+
+    // A writer on the meta channel and another: only the other is written.
+    let mut pg = listen_ready(&gw.listen_channel).await;
+    let chat = unique("chat");
+    let writer_token = token(json!({"mode":"w","channels":[chat, meta]}));
+    let mut writer = connect(&gw.url(&writer_token)).await;
+    send(&mut writer, "hello").await;
+    let v: Value = loop {
+        let v: Value = serde_json::from_str(&recv_within(&mut pg).await).expect("json");
+        if v["event"] == "WebsocketMessage" {
+            break v;
+        }
+    };
+    assert_eq!(v["channel"], chat.as_str());
+    // Only the meta channel: ignored and counted, the socket stays open.
+    let mut meta_writer = connect(&gw.url(&format!(
+        "{meta}/{}",
+        token(json!({"mode":"w","channel": meta}))
+    )))
+    .await;
+    send(&mut meta_writer, "spoofed event").await;
+    gw.wait_metric("pgws_messages_rejected_total{reason=\"meta_channel\"}", 1.0)
+        .await;
+    notify(&db().await, &gw.listen_channel, "marker").await;
+    loop {
+        let text = recv_within(&mut pg).await;
+        assert!(
+            !text.contains("spoofed event"),
+            "written to the meta channel: {text}"
+        );
+        assert!(
+            !(text.contains("WebsocketMessage")
+                && text.contains(&format!("\"channel\":\"{meta}\""))),
+            "{text}"
+        );
+        if text == "marker" {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_public_meta_channel_behaves_as_the_original() {
+    let meta = unique("meta");
+    let gw = Gateway::builder()
+        .env("PGWS_META_CHANNEL", meta.clone())
+        .env("PGWS_META_CHANNEL_PUBLIC", "true")
+        .start()
+        .await;
+    let mut watcher = connect(&gw.url(&format!("{meta}/{}", token(json!({"mode":"rw"}))))).await;
+    let own: Value = serde_json::from_str(&next_text(&mut watcher).await).expect("json");
+    assert_eq!(own["event"], "ConnectionOpen");
+    send(&mut watcher, "posted on the meta channel").await;
+    let echo: Value = serde_json::from_str(&next_text(&mut watcher).await).expect("json");
+    assert_eq!(echo["payload"], "posted on the meta channel");
 }

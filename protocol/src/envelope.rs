@@ -82,6 +82,17 @@ pub fn build(
     claims: &ClaimsJson,
     delivered_at: f64,
 ) -> String {
+    build_with(event, channel, payload, &[], claims, delivered_at)
+}
+
+fn build_with(
+    event: Event,
+    channel: &str,
+    payload: &str,
+    channels: &[String],
+    claims: &ClaimsJson,
+    delivered_at: f64,
+) -> String {
     let mut out = String::with_capacity(80 + channel.len() + payload.len() + claims.0.len());
     out.push_str(r#"{"event":""#);
     out.push_str(event.as_str());
@@ -89,6 +100,16 @@ pub fn build(
     push_json_string(&mut out, channel);
     out.push_str(r#","payload":"#);
     push_json_string(&mut out, payload);
+    if !channels.is_empty() {
+        out.push_str(r#","channels":["#);
+        for (i, c) in channels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_string(&mut out, c);
+        }
+        out.push(']');
+    }
     out.push_str(r#","claims":{"#);
     out.push_str(&claims.0);
     if !claims.0.is_empty() {
@@ -100,6 +121,26 @@ pub fn build(
     push_json_number(&mut out, delivered_at);
     out.push_str("}}");
     out
+}
+
+/// Build a meta event (`ConnectionOpen`/`ConnectionClose`) about a socket on
+/// `channels`. `payload` is the original's comma-joined list; `channels`,
+/// ours, is the same list as a JSON array, unambiguous when a channel name
+/// contains a comma:
+///
+/// ```json
+/// {"event":"ConnectionOpen","channel":"server-info","payload":"a,b",
+///  "channels":["a,b"],"claims":{…}}
+/// ```
+pub fn build_meta(
+    event: Event,
+    meta_channel: &str,
+    channels: &[String],
+    claims: &ClaimsJson,
+    delivered_at: f64,
+) -> String {
+    let joined = channels.join(",");
+    build_with(event, meta_channel, &joined, channels, claims, delivered_at)
 }
 
 fn push_json_string(out: &mut String, s: &str) {
@@ -124,6 +165,19 @@ mod tests {
             Value::Object(map) => ClaimsJson::new(&map),
             _ => unreachable!("test claims are objects"),
         }
+    }
+
+    #[test]
+    fn meta_events_carry_the_channels_unambiguously() {
+        let c = claims(json!({"mode":"r"}));
+        let channels = vec!["a,b".to_string(), "c\"d".to_string()];
+        let text = build_meta(Event::ConnectionOpen, "server-info", &channels, &c, 1.5);
+        let v: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(
+            v,
+            json!({"event":"ConnectionOpen","channel":"server-info","payload":"a,b,c\"d",
+                   "channels":["a,b","c\"d"],"claims":{"mode":"r","message_delivered_at":1.5}})
+        );
     }
 
     #[test]

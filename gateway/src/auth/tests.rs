@@ -160,6 +160,7 @@ fn channels_merge_channel_first_without_duplicates() {
     let g = authorize(
         claims(json!({"mode":"rw","channel":"a","channels":["b","a","c"]})),
         None,
+        &MetaChannel::default(),
     )
     .expect("grant");
     assert_eq!(g.channels, vec!["a", "b", "c"]);
@@ -169,22 +170,33 @@ fn channels_merge_channel_first_without_duplicates() {
 #[test]
 fn requested_channel_rules() {
     // No channel claims: any requested channel.
-    let g = authorize(claims(json!({"mode":"r"})), Some("chat")).expect("grant");
+    let g = authorize(
+        claims(json!({"mode":"r"})),
+        Some("chat"),
+        &MetaChannel::default(),
+    )
+    .expect("grant");
     assert_eq!(g.channels, vec!["chat"]);
     // With claims: only a listed one.
     let g = authorize(
         claims(json!({"mode":"r","channels":["x","chat"]})),
         Some("chat"),
+        &MetaChannel::default(),
     )
     .expect("grant");
     assert_eq!(g.channels, vec!["chat"]);
     assert_eq!(
-        authorize(claims(json!({"mode":"r","channel":"x"})), Some("chat")).expect_err("not listed"),
+        authorize(
+            claims(json!({"mode":"r","channel":"x"})),
+            Some("chat"),
+            &MetaChannel::default()
+        )
+        .expect_err("not listed"),
         Refusal::NoAllowedChannels
     );
     // Token-only path needs a channel claim.
     assert_eq!(
-        authorize(claims(json!({"mode":"r"})), None).expect_err("none"),
+        authorize(claims(json!({"mode":"r"})), None, &MetaChannel::default()).expect_err("none"),
         Refusal::NoAllowedChannels
     );
 }
@@ -192,19 +204,39 @@ fn requested_channel_rules() {
 #[test]
 fn mode_rules() {
     assert_eq!(
-        authorize(claims(json!({"channel":"c"})), None).expect_err("missing"),
+        authorize(
+            claims(json!({"channel":"c"})),
+            None,
+            &MetaChannel::default()
+        )
+        .expect_err("missing"),
         Refusal::MissingMode
     );
     assert_eq!(
-        authorize(claims(json!({"mode":"x","channel":"c"})), None).expect_err("bad"),
+        authorize(
+            claims(json!({"mode":"x","channel":"c"})),
+            None,
+            &MetaChannel::default()
+        )
+        .expect_err("bad"),
         Refusal::InvalidMode
     );
     assert_eq!(
-        authorize(claims(json!({"mode":1,"channel":"c"})), None).expect_err("bad"),
+        authorize(
+            claims(json!({"mode":1,"channel":"c"})),
+            None,
+            &MetaChannel::default()
+        )
+        .expect_err("bad"),
         Refusal::InvalidMode
     );
     for (m, read, write) in [("r", true, false), ("w", false, true), ("rw", true, true)] {
-        let g = authorize(claims(json!({"mode":m,"channel":"c"})), None).expect("grant");
+        let g = authorize(
+            claims(json!({"mode":m,"channel":"c"})),
+            None,
+            &MetaChannel::default(),
+        )
+        .expect("grant");
         assert_eq!(
             (g.mode.can_read(), g.mode.can_write()),
             (read, write),
@@ -226,7 +258,7 @@ fn malformed_channel_claims_are_refused() {
         json!({"mode":"r","channels":["a",2]}),
     ] {
         assert_eq!(
-            authorize(claims(bad), None).expect_err("bad"),
+            authorize(claims(bad), None, &MetaChannel::default()).expect_err("bad"),
             Refusal::InvalidChannelsClaim
         );
     }
@@ -248,4 +280,101 @@ fn refusal_labels_are_listed() {
     ] {
         assert!(Refusal::LABELS.contains(&r.label()), "{r:?}");
     }
+}
+
+/// A token with a hand-made header (jsonwebtoken cannot write `crit`).
+fn with_header(header: Value, claims: Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let h = URL_SAFE_NO_PAD.encode(header.to_string());
+    let c = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let message = format!("{h}.{c}");
+    let sig = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(SECRET),
+        Algorithm::HS256,
+    )
+    .expect("sign");
+    format!("{message}.{sig}")
+}
+
+#[test]
+fn critical_header_extensions_are_refused() {
+    let keys = Keys::from_secret(SECRET, false).expect("keys");
+    let ok = with_header(json!({"alg":"HS256","typ":"JWT"}), json!({"mode":"r"}));
+    assert!(keys.verify(&ok).is_ok(), "the hand-made token is valid");
+    for header in [
+        json!({"alg":"HS256","crit":["b64"],"b64":false}),
+        json!({"alg":"HS256","crit":["x"],"x":1}),
+        json!({"alg":"HS256","crit":[]}),
+        json!({"alg":"HS256","crit":"b64"}),
+    ] {
+        let token = with_header(header.clone(), json!({"mode":"r"}));
+        let e = keys.verify(&token).expect_err(&header.to_string());
+        assert!(
+            matches!(&e, Refusal::InvalidToken(why) if why.contains("crit") || why.contains("critical")),
+            "{e}"
+        );
+        assert_eq!(e.status(), 401);
+    }
+}
+
+#[test]
+fn empty_hmac_keys_are_refused_and_short_ones_reported() {
+    assert!(matches!(
+        Keys::from_secret(b" ", true),
+        Err(KeyError::Empty)
+    ));
+    assert!(matches!(
+        Keys::from_secret(b"", false),
+        Err(KeyError::Empty)
+    ));
+    assert!(Keys::from_secret(br#"{"kty":"oct","k":""}"#, false).is_err());
+    assert_eq!(
+        Keys::from_secret(b"short", false)
+            .expect("keys")
+            .weakest_hmac_key(),
+        Some(5)
+    );
+    assert_eq!(
+        Keys::from_secret(SECRET, false)
+            .expect("keys")
+            .weakest_hmac_key(),
+        None
+    );
+    let jwk =
+        json!({"kty":"oct","k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b"tiny")});
+    assert_eq!(
+        Keys::from_secret(jwk.to_string().as_bytes(), false)
+            .expect("keys")
+            .weakest_hmac_key(),
+        Some(4)
+    );
+}
+
+#[test]
+fn the_meta_channel_is_read_only_by_tokens_that_name_it_unless_public() {
+    let guarded = MetaChannel {
+        name: Some("server-info".into()),
+        public: false,
+    };
+    let no_claims = || claims(json!({"mode":"r"}));
+    assert_eq!(
+        authorize(no_claims(), Some("server-info"), &guarded).expect_err("guarded"),
+        Refusal::NoAllowedChannels
+    );
+    assert!(
+        authorize(no_claims(), Some("chat"), &guarded).is_ok(),
+        "other channels as before"
+    );
+    let named = claims(json!({"mode":"r","channels":["chat","server-info"]}));
+    let g = authorize(named, Some("server-info"), &guarded).expect("named explicitly");
+    assert_eq!(g.channels, vec!["server-info"]);
+    let public = MetaChannel {
+        name: Some("server-info".into()),
+        public: true,
+    };
+    assert!(
+        authorize(no_claims(), Some("server-info"), &public).is_ok(),
+        "the original's behaviour"
+    );
 }

@@ -23,7 +23,7 @@ fn defaults_match_the_original() {
     assert_eq!(db.pool_size, 10);
     assert_eq!(db.retries, 5);
     assert_eq!(db.check_listener_interval, None);
-    assert!(c.meta_channel.is_none() && c.root_path.is_none() && c.tls.is_none());
+    assert!(c.meta.name.is_none() && !c.meta.public && c.root_path.is_none() && c.tls.is_none());
     assert!(!c.jwt.base64);
 }
 

@@ -227,7 +227,7 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
     let _entered = span.enter();
     let token = target.token.as_deref().ok_or(Refusal::MissingToken)?;
     let claims = tracing::info_span!("pgws.jwt_verify").in_scope(|| state.keys.verify(token))?;
-    let grant = auth::authorize(claims, target.channel.as_deref())?;
+    let grant = auth::authorize(claims, target.channel.as_deref(), &state.sessions.meta)?;
     let slot =
         Slot::acquire(&state.sessions, state.max_connections).ok_or(Refusal::TooManyConnections)?;
     // The upgraded connection is taken from hyper directly: fastwebsockets

@@ -23,7 +23,7 @@ mod socket;
 
 pub use control::SessionControl;
 
-use crate::auth::Grant;
+use crate::auth::{Grant, MetaChannel};
 use crate::bus::Bus;
 use crate::config::SessionLimits;
 use crate::metrics::Metrics;
@@ -63,8 +63,8 @@ pub struct SessionContext {
     pub metrics: Metrics,
     /// Per-socket limits.
     pub limits: SessionLimits,
-    /// `PGWS_META_CHANNEL`.
-    pub meta_channel: Option<String>,
+    /// `PGWS_META_CHANNEL` and who may use it.
+    pub meta: MetaChannel,
     /// Cancelled when the gateway drains: every socket closes with 1001.
     pub shutdown: CancellationToken,
     /// Open sockets, for `PGWS_MAX_CONNECTIONS`.
@@ -79,7 +79,7 @@ impl SessionContext {
         bus: Bus,
         metrics: Metrics,
         limits: SessionLimits,
-        meta_channel: Option<String>,
+        meta: MetaChannel,
         shutdown: CancellationToken,
     ) -> SessionContext {
         SessionContext {
@@ -87,7 +87,7 @@ impl SessionContext {
             bus,
             metrics,
             limits,
-            meta_channel,
+            meta,
             shutdown,
             open: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -216,11 +216,10 @@ fn unsubscribe(ctx: &SessionContext, grant: &Grant, id: SessionId) {
 /// Send a meta event when `PGWS_META_CHANNEL` is set. Best effort with the
 /// normal write timeout; a failure is logged and counted by the relay.
 async fn meta_event(ctx: &SessionContext, event: Event, grant: &Grant, claims: &ClaimsJson) {
-    let Some(meta) = &ctx.meta_channel else {
+    let Some(meta) = &ctx.meta.name else {
         return;
     };
-    let payload = grant.channels.join(",");
-    let text = envelope::build(event, meta, &payload, claims, envelope::unix_now());
+    let text = envelope::build_meta(event, meta, &grant.channels, claims, envelope::unix_now());
     if text.len() > pgws_protocol::limits::NOTIFY_PAYLOAD_MAX {
         tracing::warn!(
             event = event.as_str(),

@@ -1,6 +1,7 @@
 //! A writer's messages onto the bus: one envelope per channel of the
 //! socket (with its claims and `message_delivered_at`), all or nothing
-//! against the NOTIFY size limit, traced when tracing is on.
+//! against the NOTIFY size limit, traced when tracing is on. A guarded
+//! meta channel is never written to (see `auth::MetaChannel`).
 
 use super::{SessionContext, SessionId};
 use crate::auth::Grant;
@@ -36,15 +37,23 @@ pub async fn on_message(rc: &Writer<'_>, message: &str) -> Result<(), CloseReaso
         return Ok(());
     }
     let now = envelope::unix_now();
-    let envelopes: Vec<(&str, String)> = rc
-        .grant
-        .channels
-        .iter()
+    let meta = &rc.ctx.meta;
+    let writable = rc.grant.channels.iter().filter(|c| !meta.guards(c));
+    let envelopes: Vec<(&str, String)> = writable
         .map(|channel| {
             let text = envelope::build(Event::WebsocketMessage, channel, message, rc.claims, now);
             (channel.as_str(), text)
         })
         .collect();
+    if envelopes.is_empty() {
+        // Only the meta channel: nothing may be written there.
+        metrics.rejected(Rejection::MetaChannel);
+        tracing::debug!(
+            session = rc.session.0,
+            "message to the meta channel ignored"
+        );
+        return Ok(());
+    }
     if envelopes
         .iter()
         .any(|(_, text)| text.len() > NOTIFY_PAYLOAD_MAX)
