@@ -32,9 +32,11 @@ impl Fanout {
         }
     }
 
-    /// Deliver `delivery` to every reader of `channel`.
+    /// Deliver `delivery` to every reader of `channel`. No lock is held
+    /// while sending: the registry hands out a snapshot of the readers.
     pub fn deliver_to(&self, channel: &str, delivery: &Arc<Delivery>) {
-        let readers = self.registry.for_each(channel, |subscriber| {
+        let readers = self.registry.readers(channel);
+        for subscriber in readers.iter() {
             match subscriber.queue.try_send(delivery.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
@@ -49,8 +51,8 @@ impl Fanout {
                 }
                 Err(TrySendError::Closed(_)) => {} // the session is ending
             }
-        });
-        if readers == 0 {
+        }
+        if readers.is_empty() {
             self.metrics.unrouted.inc();
         }
     }

@@ -2,8 +2,22 @@
 //!
 //! Sharded by channel hash so that sockets joining and leaving on different
 //! channels do not contend; each shard is a `std::sync::RwLock` (not a Tokio
-//! one) because nothing async happens while it is held — fan-out only calls
-//! the non-blocking `try_send`.
+//! one) because nothing async happens while it is held.
+//!
+//! * **Fan-out holds no lock while sending.** Each channel keeps an
+//!   immutable snapshot of its readers (`Arc<[Arc<Subscriber>]>`); fan-out
+//!   takes the shard's read lock only to clone that `Arc`, then sends. A
+//!   join or leave makes the snapshot stale (O(1)); the next fan-out
+//!   rebuilds it once — O(readers), the same order as the sending it is
+//!   about to do — so a channel with 100,000 readers never blocks the
+//!   shard while its messages go out.
+//! * **The bus sees subscribes and unsubscribes in registry order.** The
+//!   `on_first`/`on_last` callbacks of [`Registry::insert`] and
+//!   [`Registry::remove`] run while the shard's write lock is held, so when
+//!   a channel's last reader leaves while its next first reader joins, the
+//!   bus is told "unsubscribe" then "subscribe", never the reverse (which
+//!   would leave the node unsubscribed while a reader waits). Callbacks
+//!   must not block: the bus only queues the request.
 
 use crate::session::{Delivery, SessionControl, SessionId};
 use std::collections::HashMap;
@@ -14,7 +28,6 @@ use tokio::sync::mpsc;
 const SHARDS: usize = 64;
 
 /// One reading socket, as seen by fan-out.
-#[derive(Clone)]
 pub struct Subscriber {
     /// The socket's id, to remove it again.
     pub id: SessionId,
@@ -24,7 +37,20 @@ pub struct Subscriber {
     pub control: Arc<SessionControl>,
 }
 
-type Shard = RwLock<HashMap<Arc<str>, Vec<Subscriber>>>;
+/// The readers of one channel, as fan-out sees them at one moment.
+pub type Readers = Arc<[Arc<Subscriber>]>;
+
+/// One channel's readers.
+#[derive(Default)]
+struct Channel {
+    members: Vec<Arc<Subscriber>>,
+    /// Where each member is in `members` (for O(1) removal).
+    position: HashMap<SessionId, usize>,
+    /// `members` as fan-out last saw them; `None` once stale.
+    snapshot: Option<Readers>,
+}
+
+type Shard = RwLock<HashMap<Arc<str>, Channel>>;
 
 /// Sockets by channel.
 pub struct Registry {
@@ -46,92 +72,76 @@ impl Registry {
         &self.shards[(h.finish() as usize) % self.shards.len()]
     }
 
-    /// Add `subscriber` to `channel`; true when it is the channel's first.
-    pub fn insert(&self, channel: &str, subscriber: Subscriber) -> bool {
+    /// Add `subscriber` to `channel`; `on_first` runs, under the shard's
+    /// lock, when it is the channel's first reader.
+    pub fn insert(&self, channel: &str, subscriber: Subscriber, on_first: impl FnOnce()) {
         let mut shard = self
             .shard(channel)
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        match shard.get_mut(channel) {
-            Some(list) => {
-                list.push(subscriber);
-                false
-            }
+        let entry = match shard.get_mut(channel) {
+            Some(entry) => entry,
             None => {
-                shard.insert(Arc::from(channel), vec![subscriber]);
-                true
+                on_first();
+                shard.entry(Arc::from(channel)).or_default()
             }
-        }
+        };
+        entry.position.insert(subscriber.id, entry.members.len());
+        entry.members.push(Arc::new(subscriber));
+        entry.snapshot = None;
     }
 
-    /// Remove socket `id` from `channel`; true when the channel has no
-    /// reader left.
-    pub fn remove(&self, channel: &str, id: SessionId) -> bool {
+    /// Remove socket `id` from `channel`; `on_last` runs, under the shard's
+    /// lock, when the channel has no reader left.
+    pub fn remove(&self, channel: &str, id: SessionId, on_last: impl FnOnce()) {
         let mut shard = self
             .shard(channel)
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        let Some(list) = shard.get_mut(channel) else {
-            return false;
+        let Some(entry) = shard.get_mut(channel) else {
+            return;
         };
-        list.retain(|s| s.id != id);
-        if list.is_empty() {
+        let Some(at) = entry.position.remove(&id) else {
+            return;
+        };
+        entry.members.swap_remove(at);
+        if let Some(moved) = entry.members.get(at) {
+            entry.position.insert(moved.id, at);
+        }
+        entry.snapshot = None;
+        if entry.members.is_empty() {
             shard.remove(channel);
-            true
-        } else {
-            false
+            on_last();
         }
     }
 
-    /// Call `f` for every reader of `channel`; returns how many there were.
-    pub fn for_each(&self, channel: &str, mut f: impl FnMut(&Subscriber)) -> usize {
-        let shard = self
-            .shard(channel)
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        match shard.get(channel) {
-            Some(list) => {
-                list.iter().for_each(&mut f);
-                list.len()
+    /// The readers of `channel` right now (empty when none).
+    pub fn readers(&self, channel: &str) -> Readers {
+        let shard = self.shard(channel);
+        {
+            let read = shard.read().unwrap_or_else(|p| p.into_inner());
+            match read.get(channel) {
+                None => return Arc::new([]),
+                Some(Channel {
+                    snapshot: Some(snapshot),
+                    ..
+                }) => return snapshot.clone(),
+                Some(_) => {}
             }
-            None => 0,
+        }
+        let mut write = shard.write().unwrap_or_else(|p| p.into_inner());
+        match write.get_mut(channel) {
+            None => Arc::new([]),
+            Some(entry) => {
+                let members = &entry.members;
+                entry
+                    .snapshot
+                    .get_or_insert_with(|| members.iter().cloned().collect())
+                    .clone()
+            }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn subscriber(id: u64) -> Subscriber {
-        let (queue, _rx) = mpsc::channel(1);
-        Subscriber {
-            id: SessionId(id),
-            queue,
-            control: Arc::default(),
-        }
-    }
-
-    #[test]
-    fn first_and_last_reader_are_reported() {
-        let r = Registry::default();
-        assert!(r.insert("chat", subscriber(1)));
-        assert!(!r.insert("chat", subscriber(2)));
-        assert!(!r.remove("chat", SessionId(1)));
-        assert!(r.remove("chat", SessionId(2)));
-        assert_eq!(r.for_each("chat", |_| {}), 0);
-        assert!(!r.remove("chat", SessionId(3)), "unknown channel");
-    }
-
-    #[test]
-    fn for_each_visits_only_the_channel() {
-        let r = Registry::default();
-        r.insert("a", subscriber(1));
-        r.insert("a", subscriber(2));
-        r.insert("b", subscriber(3));
-        let mut seen = Vec::new();
-        assert_eq!(r.for_each("a", |s| seen.push(s.id.0)), 2);
-        seen.sort_unstable();
-        assert_eq!(seen, vec![1, 2]);
-    }
-}
+mod tests;

@@ -193,10 +193,11 @@ fn subscribe(
                 queue: queue_tx.clone(),
                 control: control.clone(),
             };
-            if ctx.registry.insert(channel, subscriber) {
+            // Under the registry's lock: the bus sees first/last in order.
+            ctx.registry.insert(channel, subscriber, || {
                 ctx.metrics.channels.inc();
                 ctx.bus.subscribe(channel);
-            }
+            });
         }
     }
     queue_rx
@@ -205,10 +206,10 @@ fn subscribe(
 fn unsubscribe(ctx: &SessionContext, grant: &Grant, id: SessionId) {
     if grant.mode.can_read() {
         for channel in &grant.channels {
-            if ctx.registry.remove(channel, id) {
+            ctx.registry.remove(channel, id, || {
                 ctx.metrics.channels.dec();
                 ctx.bus.unsubscribe(channel);
-            }
+            });
         }
     }
 }
