@@ -29,7 +29,18 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, PushInfo, RedisError, RedisFuture, RedisResult, Value};
 use sentinel::SentinelConnection;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedSender;
+
+/// Where push messages (pub/sub messages, disconnections) go: called on
+/// the connection's own task for each one, so it must not block.
+pub type PushHandler = std::sync::Arc<dyn Fn(PushInfo) + Send + Sync>;
+
+/// The redis crate's push sender for a handler.
+fn push_sender(handler: PushHandler) -> impl redis::aio::AsyncPushSender {
+    move |info: PushInfo| {
+        handler(info);
+        Ok::<(), std::convert::Infallible>(())
+    }
+}
 
 /// A connected handle; cheap to clone (clones share the connection).
 #[derive(Clone)]
@@ -56,11 +67,11 @@ fn resp3(url: &str) -> String {
 }
 
 impl RedisClient {
-    /// Connect; pub/sub messages go to `pushes` when given. `response_timeout`
+    /// Connect; pub/sub messages go to the `pushes` handler when given. `response_timeout`
     /// `None` allows blocking commands (`XREAD BLOCK`).
     pub async fn connect(
         config: &RedisConfig,
-        pushes: Option<UnboundedSender<PushInfo>>,
+        pushes: Option<PushHandler>,
         response_timeout: Option<Duration>,
     ) -> RedisResult<RedisClient> {
         let certificates = config.certificates().map_err(|e| {
@@ -77,8 +88,8 @@ impl RedisClient {
                 if let Some(certs) = certificates {
                     builder = builder.certs(certs);
                 }
-                if let Some(tx) = pushes {
-                    builder = builder.push_sender(tx);
+                if let Some(handler) = pushes {
+                    builder = builder.push_sender(push_sender(handler));
                 }
                 let client = builder.build()?;
                 Ok(RedisClient::Cluster(client.get_async_connection().await?))
@@ -174,7 +185,7 @@ pub fn describe_error(error: &RedisError) -> String {
 
 /// The connection manager's settings for a single node (or the master).
 fn manager_config(
-    pushes: Option<UnboundedSender<PushInfo>>,
+    pushes: Option<PushHandler>,
     response_timeout: Option<Duration>,
 ) -> ConnectionManagerConfig {
     let manager = ConnectionManagerConfig::new()
@@ -183,7 +194,9 @@ fn manager_config(
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_secs(2));
     match pushes {
-        Some(tx) => manager.set_push_sender(tx).set_automatic_resubscription(),
+        Some(handler) => manager
+            .set_push_sender(push_sender(handler))
+            .set_automatic_resubscription(),
         None => manager,
     }
 }

@@ -18,7 +18,6 @@ use redis::{
 };
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedSender;
 
 /// How often the sentinels are asked where the master is.
 pub const WATCH_EVERY: Duration = Duration::from_millis(500);
@@ -35,7 +34,7 @@ pub struct Recipe {
     /// The connection manager's settings (timeouts, push sender).
     pub manager: ConnectionManagerConfig,
     /// Where pushes go, to announce a switch.
-    pub pushes: Option<UnboundedSender<PushInfo>>,
+    pub pushes: Option<super::PushHandler>,
 }
 
 struct Current {
@@ -257,7 +256,7 @@ async fn watch(shared: Weak<Shared>, mut sentinels: Sentinels, recipe: Recipe) {
             "the Redis master moved (Sentinel failover): switched"
         );
         if let Some(pushes) = &recipe.pushes {
-            let _ = pushes.send(PushInfo {
+            pushes(PushInfo {
                 kind: PushKind::Disconnection,
                 data: Vec::new(),
             });

@@ -1,0 +1,264 @@
+//! Notifications from Redis to this node's sockets.
+//!
+//! The Redis connection hands every push to [`Inbound::handler`] on its
+//! own task. Messages go into a bounded queue ([`PUSH_QUEUE`]) served by
+//! one delivery task, which checks the fencing epoch and calls fan-out;
+//! so neither a slow fan-out nor the link's subscription round trips can
+//! hold the other up. A full queue drops the message, counts it
+//! (`pgws_bus_overflow_total`) and says so in the log, at most once a
+//! second. A disconnection is not queued: it wakes the link at once, which
+//! re-subscribes when Redis answers again.
+
+use super::RedisBusMetrics;
+use crate::fanout::Fanout;
+use crate::session::Delivery;
+use pgws_coordinator::redis_client::{message_of, PushHandler};
+use pgws_protocol::bus;
+use pgws_protocol::keys::KeySpace;
+use redis::{PushInfo, PushKind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, Notify};
+
+/// Redis messages waiting for fan-out before new ones are dropped. Each
+/// holds its payload (at most 8,000 bytes): 64 MiB at worst.
+pub const PUSH_QUEUE: usize = 8_192;
+
+/// What the Redis connection calls for each push.
+pub struct Inbound {
+    queue: mpsc::Sender<PushInfo>,
+    /// Woken on a disconnection: the link re-subscribes.
+    pub resync: Arc<Notify>,
+    up: Arc<AtomicBool>,
+    metrics: RedisBusMetrics,
+    last_overflow_log: AtomicU64,
+    started: Instant,
+}
+
+impl Inbound {
+    /// The handler and the task that delivers what it queues.
+    pub fn start(
+        keys: KeySpace,
+        fanout: Arc<Fanout>,
+        metrics: RedisBusMetrics,
+        up: Arc<AtomicBool>,
+    ) -> (Arc<Inbound>, tokio::task::JoinHandle<()>) {
+        let (inbound, rx) = Inbound::new(PUSH_QUEUE, metrics.clone(), up);
+        let delivery = Deliverer::new(keys, fanout, metrics);
+        (inbound, tokio::spawn(delivery.run(rx)))
+    }
+
+    /// The handler side alone, with a queue of `capacity`.
+    fn new(
+        capacity: usize,
+        metrics: RedisBusMetrics,
+        up: Arc<AtomicBool>,
+    ) -> (Arc<Inbound>, mpsc::Receiver<PushInfo>) {
+        let (queue, rx) = mpsc::channel(capacity);
+        let inbound = Arc::new(Inbound {
+            queue,
+            resync: Arc::new(Notify::new()),
+            up,
+            metrics,
+            last_overflow_log: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+        (inbound, rx)
+    }
+
+    /// The push handler to give the Redis client.
+    pub fn handler(self: &Arc<Self>) -> PushHandler {
+        let inbound = self.clone();
+        Arc::new(move |push| inbound.on_push(push))
+    }
+
+    fn on_push(&self, push: PushInfo) {
+        if push.kind == PushKind::Disconnection {
+            tracing::warn!("Redis connection lost");
+            self.up.store(false, Ordering::Release);
+            self.metrics.up.set(0);
+            self.resync.notify_one();
+            return;
+        }
+        if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
+            return; // subscribe/unsubscribe confirmations
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(push) {
+            self.metrics.overflow.inc();
+            let now = self.started.elapsed().as_millis() as u64;
+            let last = self.last_overflow_log.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= 1000
+                && self
+                    .last_overflow_log
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    queue = PUSH_QUEUE,
+                    dropped_total = self.metrics.overflow.get(),
+                    "delivery queue full: notifications from Redis dropped"
+                );
+            }
+        }
+    }
+}
+
+/// The delivery task's state.
+struct Deliverer {
+    keys: KeySpace,
+    fanout: Arc<Fanout>,
+    metrics: RedisBusMetrics,
+    newest_epoch: u64,
+}
+
+impl Deliverer {
+    fn new(keys: KeySpace, fanout: Arc<Fanout>, metrics: RedisBusMetrics) -> Deliverer {
+        Deliverer {
+            keys,
+            fanout,
+            metrics,
+            newest_epoch: 0,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<PushInfo>) {
+        while let Some(push) = rx.recv().await {
+            self.deliver(&push);
+        }
+    }
+
+    fn deliver(&mut self, push: &PushInfo) {
+        let Some((channel, message)) = message_of(push) else {
+            return;
+        };
+        let Some(channel) = std::str::from_utf8(channel)
+            .ok()
+            .and_then(|c| self.keys.channel_of(c))
+        else {
+            return;
+        };
+        self.metrics.received.inc();
+        let published = match bus::decode(bytes::Bytes::copy_from_slice(message)) {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics.malformed.inc();
+                tracing::warn!(error = %e, "malformed message on Redis");
+                return;
+            }
+        };
+        if published.epoch < self.newest_epoch {
+            self.metrics.stale.inc();
+            return;
+        }
+        self.newest_epoch = published.epoch;
+        let delivery = Arc::new(Delivery {
+            payload: published.payload,
+            received_at: instant_of_micros(published.sent_at_us),
+        });
+        match published
+            .traceparent
+            .filter(|_| pgws_coordinator::telemetry::enabled())
+        {
+            Some(traceparent) => {
+                let span =
+                    tracing::info_span!("pgws.fanout", channel = %channel, epoch = published.epoch);
+                pgws_coordinator::telemetry::set_remote_parent(&span, &traceparent);
+                span.in_scope(|| self.fanout.deliver_to(channel, &delivery));
+            }
+            None => self.fanout.deliver_to(channel, &delivery),
+        }
+    }
+}
+
+/// The local `Instant` corresponding to Unix microseconds `at` (in the past).
+fn instant_of_micros(at: u64) -> Instant {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64;
+    let ago = Duration::from_micros(now.saturating_sub(at));
+    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::registry::{Registry, Subscriber};
+    use crate::session::SessionId;
+    use redis::Value;
+
+    fn metrics() -> RedisBusMetrics {
+        RedisBusMetrics::register(&prometheus::Registry::new()).expect("metrics")
+    }
+
+    fn message(keys: &KeySpace, channel: &str, epoch: u64, payload: &str) -> PushInfo {
+        PushInfo {
+            kind: PushKind::Message,
+            data: vec![
+                Value::BulkString(keys.channel(channel).into_bytes()),
+                Value::BulkString(bus::encode(epoch, 1, 0, None, payload.as_bytes()).to_vec()),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_handler_never_waits_and_counts_what_does_not_fit() {
+        let m = metrics();
+        let (inbound, mut rx) = Inbound::new(2, m.clone(), Arc::default());
+        let handler = inbound.handler();
+        let keys = KeySpace::new("p");
+        for i in 0..5 {
+            handler(message(&keys, "chat", 1, &format!("m{i}")));
+        }
+        assert_eq!(m.overflow.get(), 3);
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_disconnection_wakes_the_link_and_is_not_queued() {
+        let m = metrics();
+        let up = Arc::new(AtomicBool::new(true));
+        let (inbound, mut rx) = Inbound::new(8, m.clone(), up.clone());
+        let resync = inbound.resync.clone();
+        inbound.handler()(PushInfo {
+            kind: PushKind::Disconnection,
+            data: Vec::new(),
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(5), resync.notified())
+            .await
+            .expect("the link is woken");
+        assert!(!up.load(Ordering::Acquire));
+        assert!(rx.try_recv().is_err(), "nothing queued");
+    }
+
+    #[tokio::test]
+    async fn deliveries_reach_readers_and_older_epochs_are_fenced_off() {
+        let registry = Arc::new(Registry::default());
+        let (tx, mut socket) = mpsc::channel(8);
+        registry.insert(
+            "chat",
+            Subscriber {
+                id: SessionId(1),
+                queue: tx,
+                control: Arc::default(),
+            },
+            || {},
+        );
+        let gateway_metrics = Metrics::new().expect("metrics");
+        let fanout = Arc::new(Fanout::new(registry, gateway_metrics, "listen".into()));
+        let keys = KeySpace::new("p");
+        let m = metrics();
+        let mut deliverer = Deliverer::new(keys.clone(), fanout, m.clone());
+        deliverer.deliver(&message(&keys, "chat", 5, "new leader"));
+        deliverer.deliver(&message(&keys, "chat", 4, "deposed leader"));
+        deliverer.deliver(&message(&keys, "chat", 5, "again"));
+        let got: Vec<String> = std::iter::from_fn(|| socket.try_recv().ok())
+            .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
+            .collect();
+        assert_eq!(got, vec!["new leader", "again"]);
+        assert_eq!(m.stale.get(), 1);
+    }
+}
