@@ -24,15 +24,18 @@ pub enum Rejection {
     InvalidPayload,
     /// Addressed only to the guarded meta channel.
     MetaChannel,
+    /// Sent to Redis; whether it went in is unknown (close 3010).
+    OutcomeUnknown,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 5] = [
+    const ALL: [Rejection; 6] = [
         Rejection::ReadOnly,
         Rejection::TooLarge,
         Rejection::QueueFull,
         Rejection::InvalidPayload,
         Rejection::MetaChannel,
+        Rejection::OutcomeUnknown,
     ];
 
     fn label(self) -> &'static str {
@@ -42,6 +45,7 @@ impl Rejection {
             Rejection::QueueFull => "queue_full",
             Rejection::InvalidPayload => "invalid_payload",
             Rejection::MetaChannel => "meta_channel",
+            Rejection::OutcomeUnknown => "outcome_unknown",
         }
     }
 }

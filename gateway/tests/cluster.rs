@@ -290,3 +290,51 @@ async fn beyond_the_stream_bound_a_writer_is_told_instead_of_losing_messages() {
         assert_eq!(v["payload"], format!("m{i}"));
     }
 }
+
+#[tokio::test]
+async fn a_writer_waiting_on_its_own_write_is_still_served_and_then_told_clearly() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut redis = RedisServer::start(&[]).await;
+    let c = Cluster::start(&redis.url(), 0, 0).await;
+    let gw = c
+        .gateway_builder()
+        .env("PGWS_PING_INTERVAL", "1")
+        .env("PGWS_WRITE_TIMEOUT", "4000")
+        .start()
+        .await;
+    let mut writer = connect(&gw.url(&format!("chat/{}", token(json!({"mode":"rw"}))))).await;
+    redis.stop();
+    let admin = gw.admin.expect("admin");
+    let deadline = Instant::now() + WAIT;
+    while http_get(admin, "/readyz").await.map(|r| r.0).unwrap_or(0) != 503 {
+        assert!(Instant::now() < deadline, "readyz stayed 200 without Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    send(&mut writer, "cannot be queued").await;
+    // While its message waits for Redis the socket keeps pinging (and
+    // reading the pongs tungstenite sends back): it is not cut off.
+    let mut pings = 0;
+    let close = loop {
+        match tokio::time::timeout(WAIT, writer.next()).await {
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("writer: {other:?}"),
+        }
+    };
+    assert!(pings >= 2, "{pings} pings while the write was waiting");
+    let frame = close.expect("a close frame");
+    // Never sent: the close says so (1013 means "not sent; retry").
+    assert_eq!(
+        (u16::from(frame.code), frame.reason.as_str()),
+        (1013, "Try again later")
+    );
+    redis.restart().await;
+    gw.wait_metric("pgws_redis_up", 1.0).await;
+    assert_eq!(
+        redis.cli(&["XLEN", &format!("{{{}}}:writes", c.prefix)]),
+        "0",
+        "the refused message was not appended"
+    );
+}

@@ -28,11 +28,14 @@ pub enum CloseReason {
     SlowConsumer,
     /// No pong (or any frame) arrived within two ping intervals.
     PingTimeout,
+    /// A message was handed to Redis and whether it was queued could not be
+    /// learnt in time: it may or may not be sent.
+    WriteOutcomeUnknown,
 }
 
 impl CloseReason {
     /// Every reason, for tables and metrics initialisation.
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::Normal,
         CloseReason::GoingAway,
         CloseReason::ProtocolError,
@@ -43,6 +46,7 @@ impl CloseReason {
         CloseReason::JwtExpired,
         CloseReason::SlowConsumer,
         CloseReason::PingTimeout,
+        CloseReason::WriteOutcomeUnknown,
     ];
 
     /// The close code sent in the close frame.
@@ -58,6 +62,7 @@ impl CloseReason {
             CloseReason::JwtExpired => 3001,
             CloseReason::SlowConsumer => 3008,
             CloseReason::PingTimeout => 3009,
+            CloseReason::WriteOutcomeUnknown => 3010,
         }
     }
 
@@ -74,6 +79,7 @@ impl CloseReason {
             CloseReason::JwtExpired => "JWT expired",
             CloseReason::SlowConsumer => "Slow consumer",
             CloseReason::PingTimeout => "Ping timeout",
+            CloseReason::WriteOutcomeUnknown => "Write outcome unknown",
         }
     }
 
@@ -90,6 +96,7 @@ impl CloseReason {
             CloseReason::JwtExpired => "jwt_expired",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::WriteOutcomeUnknown => "write_outcome_unknown",
         }
     }
 

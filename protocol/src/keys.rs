@@ -10,8 +10,9 @@
 //! | name | type | what |
 //! |---|---|---|
 //! | `{p}:leader` | string, PX ttl | the coordinator lock: the holder's node id |
-//! | `{p}:epoch` | integer | fencing epoch, `INCR`ed at every acquisition |
+//! | `{p}:epoch` | integer | fencing epoch: `max(previous + 1, Redis time in ms)` at every acquisition |
 //! | `{p}:writes` | stream | writers' envelopes waiting for NOTIFY (field `m`, channel `c`, optional traceparent `t`) |
+//! | `{p}:appended:<gateway>:<n>` | integer, PX 30 s | how many messages of a gateway's append batch `n` went in: written with the batch, read before a retry so that a retry never appends twice |
 //! | `p:msg:<channel>` | pub/sub channel | notifications for one websocket channel |
 
 /// Stream entry field holding the envelope.
@@ -55,6 +56,11 @@ impl KeySpace {
         format!("{{{}}}:writes", self.prefix)
     }
 
+    /// The marker of append batch `batch` of gateway instance `gateway`.
+    pub fn append_marker(&self, gateway: &str, batch: u64) -> String {
+        format!("{{{}}}:appended:{gateway}:{batch}", self.prefix)
+    }
+
     /// The pub/sub channel carrying notifications for websocket `channel`.
     pub fn channel(&self, channel: &str) -> String {
         format!("{}:msg:{}", self.prefix, channel)
@@ -75,7 +81,7 @@ mod tests {
     #[test]
     fn coordination_keys_share_one_hash_tag() {
         let k = KeySpace::new("pgws");
-        for key in [k.leader(), k.epoch(), k.writes()] {
+        for key in [k.leader(), k.epoch(), k.writes(), k.append_marker("g", 1)] {
             assert!(key.starts_with("{pgws}:"), "{key}");
         }
     }

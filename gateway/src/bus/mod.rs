@@ -24,9 +24,14 @@ pub enum BusError {
     /// The bus is shutting down.
     #[error("the bus is closed")]
     Closed,
-    /// Redis is unreachable (cluster mode).
+    /// Redis was unreachable until the writer's deadline; the message was
+    /// never sent (cluster mode).
     #[error("the bus is unavailable")]
     Unavailable,
+    /// The message was sent to Redis and whether it went in could not be
+    /// learnt in time (cluster mode).
+    #[error("the outcome of the write is unknown")]
+    Unknown,
 }
 
 /// The bus, by mode.

@@ -153,27 +153,30 @@ where
     tracing::debug!(session = id.0, mode = grant.mode.as_str(), channels = ?grant.channels, "websocket open");
     meta_event(&ctx, Event::ConnectionOpen, &grant, &claims).await;
 
+    let expires_at = grant.expires_at.map(instant_of_unix);
+    let writer = Arc::new(publish::Writer {
+        session: id,
+        grant,
+        claims,
+        ctx: ctx.clone(),
+    });
     let end = socket::run(
         io,
         socket::SocketContext {
             queue,
             control,
-            expires_at: grant.expires_at.map(instant_of_unix),
-            writer: publish::Writer {
-                session: id,
-                grant: &grant,
-                claims: &claims,
-                ctx: &ctx,
-            },
+            expires_at,
+            writer: writer.clone(),
         },
     )
     .await;
+    let (grant, claims) = (&writer.grant, &writer.claims);
 
-    unsubscribe(&ctx, &grant, id);
+    unsubscribe(&ctx, grant, id);
     open_gauge.dec();
     ctx.metrics.closed(end.label());
     tracing::debug!(session = id.0, end = end.label(), "websocket closed");
-    meta_event(&ctx, Event::ConnectionClose, &grant, &claims).await;
+    meta_event(&ctx, Event::ConnectionClose, grant, claims).await;
     drop(slot);
 }
 

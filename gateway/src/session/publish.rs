@@ -10,22 +10,23 @@ use crate::metrics::Rejection;
 use pgws_protocol::close::CloseReason;
 use pgws_protocol::envelope::{self, ClaimsJson, Event};
 use pgws_protocol::limits::NOTIFY_PAYLOAD_MAX;
+use std::sync::Arc;
 
-/// Who is writing.
-pub struct Writer<'a> {
+/// Who is writing; shared by the socket and the message being published.
+pub struct Writer {
     /// For logs.
     pub session: SessionId,
     /// Mode and channels.
-    pub grant: &'a Grant,
+    pub grant: Grant,
     /// Serialised claims for envelopes.
-    pub claims: &'a ClaimsJson,
+    pub claims: ClaimsJson,
     /// Bus, metrics, limits.
-    pub ctx: &'a SessionContext,
+    pub ctx: Arc<SessionContext>,
 }
 
 /// One whole client message: for each of the socket's channels, one
 /// envelope on the bus. Nothing is queued unless every envelope fits.
-pub async fn on_message(rc: &Writer<'_>, message: &str) -> Result<(), CloseReason> {
+pub async fn on_message(rc: Arc<Writer>, message: String) -> Result<(), CloseReason> {
     let metrics = &rc.ctx.metrics;
     if !rc.grant.mode.can_write() {
         // As in the original, a read-only socket's messages are ignored.
@@ -41,7 +42,7 @@ pub async fn on_message(rc: &Writer<'_>, message: &str) -> Result<(), CloseReaso
     let writable = rc.grant.channels.iter().filter(|c| !meta.guards(c));
     let envelopes: Vec<(&str, String)> = writable
         .map(|channel| {
-            let text = envelope::build(Event::WebsocketMessage, channel, message, rc.claims, now);
+            let text = envelope::build(Event::WebsocketMessage, channel, &message, &rc.claims, now);
             (channel.as_str(), text)
         })
         .collect();
@@ -94,6 +95,14 @@ pub async fn on_message(rc: &Writer<'_>, message: &str) -> Result<(), CloseReaso
                 return Err(CloseReason::TryAgainLater);
             }
             Err(BusError::Closed) => return Err(CloseReason::GoingAway),
+            Err(BusError::Unknown) => {
+                metrics.rejected(Rejection::OutcomeUnknown);
+                tracing::warn!(
+                    session = rc.session.0,
+                    "message sent to Redis, not confirmed in time: closing the writer with 3010"
+                );
+                return Err(CloseReason::WriteOutcomeUnknown);
+            }
         }
     }
     metrics.received.inc();

@@ -2,7 +2,15 @@
 //!
 //! A single `select!` waits on the gateway's drain, the socket's kill switch
 //! (raised by fan-out for a slow consumer), inbound frames, the token's
-//! expiry, the send queue and the keep-alive timer. Inbound frames are
+//! expiry, the send queue, the keep-alive timer and the client message
+//! being published. Publishing a message is one more branch, not an await
+//! in the loop: while it waits for the bus (a full NOTIFY queue, Redis
+//! failing over) the socket keeps delivering, pinging and reading pongs,
+//! so a writer cannot be cut off as a slow consumer — or for silence — by
+//! its own write. Messages are published one at a time, in order; while
+//! one is published and another waits behind it, the socket stops reading
+//! (TCP pushes back on the client), so a socket buffers at most two whole
+//! messages beside the one being assembled. Inbound frames are
 //! decoded by the cancel-safe [`FrameReader`], so the read can be dropped
 //! whenever another branch wins; everything written goes through the
 //! socket's [`FrameWriter`], one `write_all` per burst. One task and no
@@ -17,6 +25,9 @@ use super::{Delivery, SessionControl, SessionEnd};
 use crate::metrics::Rejection;
 use fastwebsockets::OpCode;
 use pgws_protocol::close::CloseReason;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -28,7 +39,7 @@ const WRITE_BURST: usize = 64;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// What the socket task needs besides the connection.
-pub struct SocketContext<'a> {
+pub struct SocketContext {
     /// The socket's send queue (readers only; empty and closed otherwise).
     pub queue: mpsc::Receiver<Arc<Delivery>>,
     /// Kill switch raised by fan-out.
@@ -37,17 +48,30 @@ pub struct SocketContext<'a> {
     pub expires_at: Option<Instant>,
     /// Who this socket is; its session context holds the limits, the
     /// metrics and the gateway's drain token.
-    pub writer: Writer<'a>,
+    pub writer: Arc<Writer>,
+}
+
+/// A client message on its way to the bus.
+type Publishing = Pin<Box<dyn Future<Output = Result<(), CloseReason>> + Send>>;
+
+/// The client's whole messages not yet handed to the bus, in order.
+#[derive(Default)]
+struct Writes {
+    /// The one being published.
+    publishing: Option<Publishing>,
+    /// The ones after it.
+    waiting: VecDeque<String>,
 }
 
 /// The state of one socket while it runs.
-struct Socket<'a, S> {
+struct Socket<S> {
     io: S,
     frames: FrameReader,
     out: FrameWriter,
     assembler: Assembler,
+    writes: Writes,
     last_seen: Instant,
-    sc: SocketContext<'a>,
+    sc: SocketContext,
 }
 
 /// What one turn of the loop decided.
@@ -65,7 +89,7 @@ enum WriteFailure {
 }
 
 /// Run the socket until it ends; returns how it ended.
-pub async fn run<S>(io: S, sc: SocketContext<'_>) -> SessionEnd
+pub async fn run<S>(io: S, sc: SocketContext) -> SessionEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -74,10 +98,15 @@ where
         frames: FrameReader::new(),
         out: FrameWriter::default(),
         assembler: Assembler::new(sc.writer.ctx.limits.max_message_size),
+        writes: Writes::default(),
         last_seen: Instant::now(),
         sc,
     };
-    match socket.serve().await {
+    let served = socket.serve().await;
+    // What the client sent before the end is still published (unless a
+    // publish failed, which ends the socket with its own code).
+    socket.finish_writes(&served).await;
+    match served {
         Ok(SessionEnd::Closed(reason)) => {
             socket.close(reason).await;
             SessionEnd::Closed(reason)
@@ -95,12 +124,12 @@ where
     }
 }
 
-impl<S> Socket<'_, S>
+impl<S> Socket<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     async fn serve(&mut self) -> Result<SessionEnd, WriteFailure> {
-        let ctx = self.sc.writer.ctx;
+        let ctx = self.sc.writer.ctx.clone();
         let expires_at = self.sc.expires_at;
         let expiry = async move {
             match expires_at {
@@ -137,7 +166,10 @@ where
                 _ = &mut killed => Step::End(SessionEnd::Closed(
                     self.sc.control.reason().unwrap_or(CloseReason::InternalError),
                 )),
-                frame = self.frames.read_frame(&mut self.io, self.assembler.remaining()) => self.on_frame(frame).await?,
+                frame = self.frames.read_frame(&mut self.io, self.assembler.remaining()),
+                    if self.writes.waiting.is_empty() => self.on_frame(frame).await?,
+                outcome = publishing(&mut self.writes.publishing),
+                    if self.writes.publishing.is_some() => self.on_published(outcome),
                 _ = &mut expiry => Step::End(SessionEnd::Closed(CloseReason::JwtExpired)),
                 delivery = self.sc.queue.recv(), if queue_open => match delivery {
                     Some(first) => self.write_burst(first).await?,
@@ -186,18 +218,85 @@ where
                 match self.assembler.push(frame.opcode, frame.fin, &frame.payload) {
                     Ok(None) => Ok(Step::Continue),
                     Ok(Some(message)) => {
-                        drop(frame);
-                        // Boxed: a rare, large future kept out of every
-                        // socket's resting state.
-                        match Box::pin(publish::on_message(&self.sc.writer, &message)).await {
-                            Ok(()) => Ok(Step::Continue),
-                            Err(reason) => Ok(Step::End(SessionEnd::Closed(reason))),
-                        }
+                        self.writes.waiting.push_back(message);
+                        self.publish_next();
+                        Ok(Step::Continue)
                     }
                     Err(e) => Ok(Step::End(SessionEnd::Closed(self.assemble_failure(e)))),
                 }
             }
         }
+    }
+
+    /// Start publishing the next waiting message, if none is under way.
+    fn publish_next(&mut self) {
+        if self.writes.publishing.is_some() {
+            return;
+        }
+        if let Some(message) = self.writes.waiting.pop_front() {
+            // Boxed: a rare, large future kept out of every socket's
+            // resting state.
+            self.writes.publishing = Some(Box::pin(publish::on_message(
+                self.sc.writer.clone(),
+                message,
+            )));
+        }
+    }
+
+    /// The message being published is on the bus, or could not be.
+    fn on_published(&mut self, outcome: Result<(), CloseReason>) -> Step {
+        self.writes.publishing = None;
+        match outcome {
+            Ok(()) => {
+                self.publish_next();
+                Step::Continue
+            }
+            Err(reason) => Step::End(SessionEnd::Closed(reason)),
+        }
+    }
+
+    /// Publish what is under way and waiting, within the write timeout,
+    /// before the socket goes. After a failed publish nothing more is sent:
+    /// the client's messages stay in order, and its close code says so.
+    async fn finish_writes(&mut self, served: &Result<SessionEnd, WriteFailure>) {
+        let failed = self.writes.publishing.is_none()
+            && matches!(served, Ok(SessionEnd::Closed(r)) if is_write_failure(*r));
+        if failed {
+            self.drop_waiting();
+            return;
+        }
+        let deadline = Instant::now() + self.sc.writer.ctx.limits.write_timeout;
+        self.publish_next();
+        while let Some(next) = self.writes.publishing.as_mut() {
+            match tokio::time::timeout_at(deadline.into(), next).await {
+                Ok(Ok(())) => {
+                    self.writes.publishing = None;
+                    self.publish_next();
+                }
+                Ok(Err(_)) | Err(_) => {
+                    self.writes.publishing = None;
+                    self.drop_waiting();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Count and forget messages that will not be published.
+    fn drop_waiting(&mut self) {
+        let dropped = self.writes.waiting.len() + usize::from(self.writes.publishing.is_some());
+        if dropped > 0 {
+            let metrics = &self.sc.writer.ctx.metrics;
+            for _ in 0..dropped {
+                metrics.rejected(Rejection::QueueFull);
+            }
+            tracing::info!(
+                session = self.sc.writer.session.0,
+                dropped,
+                "socket closing: messages not published"
+            );
+        }
+        self.writes = Writes::default();
     }
 
     fn read_failure(&self, e: FrameError) -> SessionEnd {
@@ -308,6 +407,22 @@ where
             }
         })
         .await;
+    }
+}
+
+/// Whether `reason` is how a failed publish ends a socket.
+fn is_write_failure(reason: CloseReason) -> bool {
+    matches!(
+        reason,
+        CloseReason::TryAgainLater | CloseReason::WriteOutcomeUnknown | CloseReason::MessageTooBig
+    )
+}
+
+/// The message being published; never resolves when there is none.
+async fn publishing(slot: &mut Option<Publishing>) -> Result<(), CloseReason> {
+    match slot {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -107,7 +107,7 @@ impl RedisBus {
             appends: appends_tx,
             up: Arc::new(AtomicBool::new(false)),
         };
-        let appender = Appender::new(slot.clone(), keys.writes(), max_len);
+        let appender = Appender::new(slot.clone(), keys.clone(), max_len);
         let (inbound, delivering) = Inbound::start(keys, fanout, metrics.clone(), bus.up.clone());
         let link = Link {
             config,
