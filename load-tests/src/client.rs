@@ -72,6 +72,8 @@ pub struct ReaderStats {
     pub latency_us: Histogram<u64>,
     /// Messages received out of order (sequence went backwards).
     pub reordered: u64,
+    /// The server closed the socket (or it broke) before the stop.
+    pub ended_by_server: bool,
 }
 
 /// The `"payload":"<seq> <ns>"` of a load-test message.
@@ -96,6 +98,7 @@ pub async fn read_until(
         received: 0,
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
         reordered: 0,
+        ended_by_server: false,
     };
     let mut last_seq = 0u64;
     loop {
@@ -103,7 +106,10 @@ pub async fn read_until(
             _ = stop.changed() => break,
             f = ws.read_frame() => f,
         };
-        let Ok(frame) = frame else { break };
+        let Ok(frame) = frame else {
+            stats.ended_by_server = true;
+            break;
+        };
         match frame.opcode {
             OpCode::Text => {
                 stats.received += 1;
@@ -117,7 +123,10 @@ pub async fn read_until(
                     last_seq = seq;
                 }
             }
-            OpCode::Close => break,
+            OpCode::Close => {
+                stats.ended_by_server = true;
+                break;
+            }
             _ => {}
         }
     }

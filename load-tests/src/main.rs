@@ -12,6 +12,7 @@
 mod client;
 mod proc;
 mod scenarios;
+mod soak;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -108,6 +109,29 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Many sockets for a long time under steady reads and writes: memory trend, loss, closes.
+    Soak {
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        #[arg(long, default_value_t = 1_000)]
+        channels: usize,
+        /// NOTIFYs per second.
+        #[arg(long, default_value_t = 1_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 100)]
+        writers: usize,
+        /// Client messages per second, all writers together.
+        #[arg(long, default_value_t = 100)]
+        write_rate: u64,
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// RSS sampling period, seconds.
+        #[arg(long, default_value_t = 10)]
+        sample: u64,
+        /// Seconds of warm-up left out of the memory trend.
+        #[arg(long, default_value_t = 60)]
+        warmup: u64,
+    },
     /// Cluster: kill (or SIGTERM) the leader under steady load.
     Failover {
         /// The leader coordinator's pid.
@@ -155,6 +179,31 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             seconds,
         } => scenarios::churn(&c, concurrency, seconds).await?,
+        Scenario::Soak {
+            sockets,
+            channels,
+            rate,
+            writers,
+            write_rate,
+            seconds,
+            sample,
+            warmup,
+        } => {
+            soak::soak(
+                &c,
+                soak::Soak {
+                    sockets,
+                    channels,
+                    rate,
+                    writers,
+                    write_rate,
+                    seconds,
+                    sample,
+                    warmup,
+                },
+            )
+            .await?
+        }
         Scenario::Failover {
             leader,
             signal,

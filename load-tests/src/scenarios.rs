@@ -24,13 +24,13 @@ pub struct Report {
 }
 
 impl Report {
-    fn new(scenario: &'static str, c: &Common) -> Report {
+    pub(crate) fn new(scenario: &'static str, c: &Common) -> Report {
         let mut fields = Map::new();
         fields.insert("label".into(), json!(c.label));
         Report { scenario, fields }
     }
 
-    fn set(&mut self, key: &str, value: impl Into<Value>) {
+    pub(crate) fn set(&mut self, key: &str, value: impl Into<Value>) {
         self.fields.insert(key.into(), value.into());
     }
 
@@ -49,7 +49,7 @@ impl Report {
     }
 }
 
-fn token(secret: &str, claims: Value) -> String {
+pub(crate) fn token(secret: &str, claims: Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
@@ -68,7 +68,7 @@ fn progress(what: &str, done: usize, total: usize) {
 }
 
 /// Open `n` sockets; socket i reads `channel_of(i)` through `urls[i % len]`.
-async fn open_sockets(
+pub(crate) async fn open_sockets(
     c: &Common,
     n: usize,
     mode: &str,
@@ -97,14 +97,14 @@ async fn open_sockets(
     Ok(sockets.into_iter().flatten().collect())
 }
 
-async fn db(c: &Common) -> anyhow::Result<tokio_postgres::Client> {
+pub(crate) async fn db(c: &Common) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(&c.db, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
 }
 
-struct CpuMark {
-    at: Instant,
+pub(crate) struct CpuMark {
+    pub(crate) at: Instant,
     server: Duration,
     postgres: Duration,
     client: Duration,
@@ -113,7 +113,7 @@ struct CpuMark {
 }
 
 impl CpuMark {
-    fn now(c: &Common) -> CpuMark {
+    pub(crate) fn now(c: &Common) -> CpuMark {
         let pg_pids = proc::postgres_pids();
         let server_pids: Vec<String> = c.pids.iter().map(u32::to_string).collect();
         CpuMark {
@@ -127,7 +127,7 @@ impl CpuMark {
     }
 
     /// CPU seconds used since the mark: (server, postgres, client).
-    fn since(&self) -> (f64, f64, f64) {
+    pub(crate) fn since(&self) -> (f64, f64, f64) {
         let pg_now = proc::total_cpu(&self.pg_pids);
         (
             (proc::total_cpu(&self.server_pids).saturating_sub(self.server)).as_secs_f64(),
@@ -140,7 +140,7 @@ impl CpuMark {
     }
 }
 
-fn latency_fields(report: &mut Report, h: &Histogram<u64>) {
+pub(crate) fn latency_fields(report: &mut Report, h: &Histogram<u64>) {
     for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
         report.set(
             &format!("latency_{name}_ms"),
@@ -152,7 +152,7 @@ fn latency_fields(report: &mut Report, h: &Histogram<u64>) {
 
 /// Notify `channel_of(seq)` `rate` times a second for `seconds`, with
 /// payloads of about `size` bytes carrying the sequence and send time.
-async fn publish(
+pub(crate) async fn publish(
     c: &Common,
     rate: u64,
     seconds: u64,
@@ -187,13 +187,13 @@ async fn publish(
     Ok(total)
 }
 
-struct Readers {
+pub(crate) struct Readers {
     stop: watch::Sender<bool>,
     tasks: JoinSet<ReaderStats>,
     total: Arc<AtomicU64>,
 }
 
-fn start_readers(sockets: Vec<Ws>) -> Readers {
+pub(crate) fn start_readers(sockets: Vec<Ws>) -> Readers {
     let (stop, stop_rx) = watch::channel(false);
     let total = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
@@ -206,7 +206,7 @@ fn start_readers(sockets: Vec<Ws>) -> Readers {
 impl Readers {
     /// Wait until `expected` messages arrived, or nothing arrived for 3 s
     /// (bounded by 60 s): late messages are not lost ones.
-    async fn drain(&self, expected: u64) {
+    pub(crate) async fn drain(&self, expected: u64) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut last = self.total.load(Ordering::Relaxed);
         let mut last_change = Instant::now();
@@ -223,22 +223,30 @@ impl Readers {
         }
     }
 
-    async fn finish(mut self) -> (u64, u64, Histogram<u64>) {
+    pub(crate) async fn finish(self) -> (u64, u64, Histogram<u64>) {
+        let (received, reordered, latency, _) = self.finish_counting_closes().await;
+        (received, reordered, latency)
+    }
+
+    /// As `finish`, also counting sockets the server ended before the stop.
+    pub(crate) async fn finish_counting_closes(mut self) -> (u64, u64, Histogram<u64>, u64) {
         let _ = self.stop.send(true);
         let mut received = 0;
         let mut reordered = 0;
+        let mut ended = 0;
         let mut latency = Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
         while let Some(Ok(stats)) = self.tasks.join_next().await {
             received += stats.received;
             reordered += stats.reordered;
+            ended += u64::from(stats.ended_by_server);
             let _ = latency.add(&stats.latency_us);
         }
-        (received, reordered, latency)
+        (received, reordered, latency, ended)
     }
 }
 
 /// Server RSS of the `--pid`s, summed.
-fn server_rss(c: &Common) -> u64 {
+pub(crate) fn server_rss(c: &Common) -> u64 {
     c.pids.iter().filter_map(|p| proc::rss_bytes(*p)).sum()
 }
 
@@ -348,7 +356,7 @@ pub async fn spread(
 /// Count notifications on the listen channel whose payload contains `tag`.
 /// Count the notifications carrying `tag` on the listen channel, and when
 /// the first and the last one came (microseconds after `since`).
-async fn count_notifies(
+pub(crate) async fn count_notifies(
     c: &Common,
     tag: String,
     since: Instant,

@@ -23,6 +23,14 @@ mod socket;
 
 pub use control::SessionControl;
 
+/// The frame decoder and message assembler, for the fuzz targets in
+/// `fuzz/` (built with `--cfg fuzzing` only).
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    pub use super::assemble::{AssembleError, Assembler};
+    pub use super::inbound::{close_frame_error, CloseProblem, FrameError, FrameReader, InFrame};
+}
+
 use crate::auth::{Grant, MetaChannel};
 use crate::bus::Bus;
 use crate::config::SessionLimits;

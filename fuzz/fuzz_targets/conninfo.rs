@@ -1,0 +1,34 @@
+//! Operator-supplied connection strings: libpq's two forms and settings,
+//! and Redis URLs (single, cluster seeds, Sentinel). Properties: nothing
+//! panics; a parsed PostgreSQL configuration has at least one host, and
+//! its log description never contains the password.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pgws_coordinator::pg::PgConfig;
+use pgws_coordinator::redis_client::{RedisConfig, TlsFiles};
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(config) = PgConfig::parse(&text, &|_| None) {
+        assert!(!config.targets.is_empty());
+        if let Some(password) = config.password.as_deref().filter(|p| p.len() > 3) {
+            let described = config.describe();
+            assert!(
+                !described.contains(password)
+                    || config.user.contains(password)
+                    || config.dbname.contains(password)
+                    || config
+                        .targets
+                        .iter()
+                        .any(|t| t.to_string().contains(password)),
+                "the description shows the password"
+            );
+        }
+    }
+    let _ = RedisConfig::parse(
+        &text,
+        data.first().is_some_and(|b| b & 1 == 1),
+        TlsFiles::default(),
+    );
+});
