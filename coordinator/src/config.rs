@@ -1,11 +1,12 @@
 //! The coordinator's `PGWS_*` variables, read here and nowhere else.
 
-use crate::redis_client::{RedisConfig, RedisConfigError, TlsFiles};
-use crate::settings::{err, listen_addr, ConfigError, ListenAddr, LogConfig, Sources};
 use pgws_protocol::keys::KeySpace;
+use pgws_service::config::{err, listen_addr, ConfigError, ListenAddr, Sources};
+use pgws_service::redis_client::{RedisConfig, RedisVars};
+use pgws_service::telemetry::LogConfig;
 use std::time::Duration;
 
-crate::vars! {
+pgws_service::vars! {
     DB_URI = "PGWS_DB_URI", None, "libpq URI of the database; `@path` reads it from a file. Required.";
     REDIS_URL = "PGWS_REDIS_URL", None, "Redis URL (`redis://` or `rediss://host:6379`); for a cluster, comma-separated seed URLs; behind Sentinel, `redis+sentinel://host:26379,…/<master>`. Required.";
     REDIS_CLUSTER = "PGWS_REDIS_CLUSTER", Some("false"), "Talk to a Redis Cluster (sharded pub/sub, hash-tagged keys).";
@@ -31,7 +32,7 @@ crate::vars! {
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     /// The database.
-    pub db: crate::pg::PgConfig,
+    pub db: pgws_postgres::pg::PgConfig,
     /// Redis.
     pub redis: RedisConfig,
     /// Key layout under the prefix.
@@ -54,73 +55,15 @@ pub struct CoordinatorConfig {
     pub log: LogConfig,
 }
 
-/// The names of the Redis variables (the same in both binaries).
-pub struct RedisVars {
-    /// `PGWS_REDIS_URL`.
-    pub url: &'static str,
-    /// `PGWS_REDIS_CLUSTER`.
-    pub cluster: &'static str,
-    /// `PGWS_REDIS_CA_FILE`.
-    pub ca_file: &'static str,
-    /// `PGWS_REDIS_CERT_FILE`.
-    pub cert_file: &'static str,
-    /// `PGWS_REDIS_KEY_FILE`.
-    pub key_file: &'static str,
-}
-
-/// The Redis variables of both binaries.
-pub const REDIS_VARS: RedisVars = RedisVars {
+/// The Redis variables (the gateway reads the same names).
+const REDIS: RedisVars = RedisVars {
     url: REDIS_URL,
     cluster: REDIS_CLUSTER,
     ca_file: REDIS_CA_FILE,
     cert_file: REDIS_CERT_FILE,
     key_file: REDIS_KEY_FILE,
+    prefix: REDIS_PREFIX,
 };
-
-/// Read the Redis settings (shared with the gateway); `None` when
-/// `PGWS_REDIS_URL` is unset. Errors name the variable at fault.
-pub fn redis_config(
-    sources: &Sources,
-    vars: &RedisVars,
-) -> Result<Option<RedisConfig>, ConfigError> {
-    let Some(urls) = sources.get(vars.url) else {
-        return Ok(None);
-    };
-    let client = match (sources.get(vars.cert_file), sources.get(vars.key_file)) {
-        (None, None) => None,
-        (Some(cert), Some(key)) => Some((cert.into(), key.into())),
-        _ => {
-            return Err(err(
-                &format!("{}/{}", vars.cert_file, vars.key_file),
-                "both must be set for a client certificate, or neither",
-            ))
-        }
-    };
-    let tls = TlsFiles {
-        ca: sources.get(vars.ca_file).map(Into::into),
-        client,
-    };
-    let blame = match (&tls.ca, &tls.client) {
-        (Some(_), _) => vars.ca_file,
-        (None, Some(_)) => vars.cert_file,
-        _ => vars.url,
-    };
-    RedisConfig::parse(&urls, sources.flag(vars.cluster)?, tls)
-        .map(Some)
-        .map_err(|e| match e {
-            RedisConfigError::Url(message) => err(vars.url, message),
-            RedisConfigError::Tls(message) => err(blame, message),
-        })
-}
-
-/// Validate a Redis prefix: non-empty, no braces (they are hash tags).
-pub fn redis_prefix(sources: &Sources, var: &str) -> Result<KeySpace, ConfigError> {
-    let prefix = sources.required(var)?;
-    if prefix.contains(['{', '}']) || prefix.trim().is_empty() {
-        return Err(err(var, "must be non-empty and contain no braces"));
-    }
-    Ok(KeySpace::new(&prefix))
-}
 
 fn default_node_id() -> String {
     let host = std::env::var("HOSTNAME")
@@ -138,10 +81,11 @@ impl CoordinatorConfig {
         let db_uri = sources
             .file_or_value(DB_URI)?
             .ok_or_else(|| err(DB_URI, "is required"))?;
-        let db = crate::pg::parse_with_process_env(&db_uri)
+        let db = pgws_postgres::pg::parse_with_process_env(&db_uri)
             .map_err(|e| err(DB_URI, format!("not a valid connection string: {e}")))?;
-        let redis =
-            redis_config(sources, &REDIS_VARS)?.ok_or_else(|| err(REDIS_URL, "is required"))?;
+        let redis = REDIS
+            .read(sources)?
+            .ok_or_else(|| err(REDIS_URL, "is required"))?;
         let ttl: u64 = sources.parsed(LEADER_TTL, "a number of milliseconds")?;
         if ttl < 300 {
             return Err(err(LEADER_TTL, "must be at least 300 ms"));
@@ -157,7 +101,7 @@ impl CoordinatorConfig {
         Ok(CoordinatorConfig {
             db,
             redis,
-            keys: redis_prefix(sources, REDIS_PREFIX)?,
+            keys: REDIS.keys(sources)?,
             node_id: sources.get(NODE_ID).unwrap_or_else(default_node_id),
             leader_ttl: Duration::from_millis(ttl),
             listen_channel,
@@ -192,7 +136,7 @@ mod tests {
         assert_eq!(c.leader_ttl, Duration::from_secs(5));
         assert_eq!(
             c.redis.topology,
-            crate::redis_client::Topology::Single("redis://127.0.0.1:6379".into())
+            pgws_service::redis_client::Topology::Single("redis://127.0.0.1:6379".into())
         );
         assert!(c.node_id.ends_with(&format!("-{}", std::process::id())));
     }
@@ -221,7 +165,7 @@ mod tests {
         .expect("valid");
         assert_eq!(
             c.redis.topology,
-            crate::redis_client::Topology::Cluster(vec![
+            pgws_service::redis_client::Topology::Cluster(vec![
                 "redis://a:1".into(),
                 "redis://b:2".into()
             ])

@@ -21,8 +21,8 @@
 //! even a leader whose clock misbehaves cannot interleave with its
 //! successor.
 
-use crate::redis_client::RedisClient;
 use pgws_protocol::keys::KeySpace;
+use pgws_service::redis_client::RedisClient;
 use prometheus::{IntCounter, IntGauge, Registry};
 use redis::{RedisResult, Script};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,44 +1,24 @@
-//! The database side of postgres-websockets: the one LISTEN connection and
-//! the NOTIFY relay.
+//! pgws-coordinator: the cluster's coordinators. One is elected leader
+//! through a Redis lock with a fencing epoch; it alone holds the `LISTEN`
+//! connection, republishes every notification on Redis pub/sub, and
+//! forwards the writers' messages from a Redis stream into `NOTIFY`. The
+//! others stand by.
 //!
-//! In standalone mode `pgws-gateway` embeds these pieces and connects them to
-//! its in-memory bus; in cluster mode the `pgws-coordinator` binary runs them
-//! on the elected leader only.
+//! The database side (connections, the listener, the NOTIFY relay) is
+//! `pgws-postgres`; the process plumbing (configuration, start-up,
+//! telemetry, admin endpoints, the Redis client) is `pgws-service`.
 //!
 //! # Layout
 //!
-//! * [`admin`] — `/healthz`, `/readyz`, `/metrics` on their own port.
-//! * [`pg`] — PostgreSQL connections with libpq's settings: both string
-//!   forms, `PG*` defaults, the password file, several hosts with
-//!   `target_session_attrs`, TLS for every `sslmode`.
-//! * [`backoff`] — the retry schedule shared by every reconnect loop.
-//! * [`listener`] — the supervised `LISTEN` connection: connects with retries,
-//!   detects a dead backend, reconnects (self-healing) or reports the loss.
-//! * [`redis_client`] — one Redis handle over a single Redis or a Redis
-//!   Cluster (RESP3 push messages, sharded pub/sub on a cluster).
-//! * [`config`] — the coordinator binary's `PGWS_*` variables.
+//! * [`config`] — the coordinator's `PGWS_*` variables.
 //! * [`node`] — a coordinator's life: standby, leader term, step-down.
 //! * [`election`] — the Redis lock, the fencing epoch, and the local lease.
 //! * [`publisher`] — the leader republishes notifications on Redis pub/sub.
-//! * [`drain`] — the leader turns the writers' Redis stream into NOTIFYs,
-//!   acknowledging after commit.
-//! * [`settings`] — how both binaries read `PGWS_*` variables; binding
-//!   listeners; logging.
-//! * [`telemetry`] — logs, and OpenTelemetry traces over OTLP when
-//!   configured.
-//! * [`relay`] — turns queued envelopes into `pg_notify` calls, batched per
-//!   transaction, sharded by channel so per-channel order is kept.
+//! * [`forwarder`] — the leader turns the writers' Redis stream into
+//!   NOTIFYs, trimming the stream after commit.
 
-pub mod admin;
-pub mod backoff;
 pub mod config;
-pub mod drain;
 pub mod election;
-pub mod listener;
+pub mod forwarder;
 pub mod node;
-pub mod pg;
 pub mod publisher;
-pub mod redis_client;
-pub mod relay;
-pub mod settings;
-pub mod telemetry;

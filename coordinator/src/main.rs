@@ -4,7 +4,7 @@
 
 use clap::Parser;
 use pgws_coordinator::config::{CoordinatorConfig, VARS};
-use pgws_coordinator::settings::{run_binary, ConfigFileArg};
+use pgws_service::process::{run_binary, ConfigFileArg};
 use std::process::ExitCode;
 
 /// mimalloc instead of glibc's allocator: the relay paths allocate a few

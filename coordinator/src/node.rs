@@ -12,20 +12,19 @@
 //!
 //! A term runs three tasks under one cancellation token: the listener (the
 //! only LISTEN connection cluster-wide), the publisher it feeds, and the
-//! drain of the writers' stream. Ending a term cancels all three before the
+//! forwarder of the writers' stream. Ending a term cancels all three before the
 //! lock is released, so there is never a moment where two terms publish.
 
-use crate::admin::{self, AdminState};
-use crate::backoff::Backoff;
 use crate::config::CoordinatorConfig;
-use crate::drain::{Drain, DrainMetrics};
 use crate::election::{Election, ElectionMetrics, Lease};
-use crate::listener::{self, ListenerConfig, ListenerMetrics, ListenerState};
+use crate::forwarder::{Forwarder, ForwarderMetrics};
 use crate::publisher::{Backlog, Publisher, PublisherMetrics};
-use crate::redis_client::RedisClient;
-use crate::relay::{Notifier, RelayMetrics};
-use crate::settings::{bind, log_bound};
 use anyhow::Context;
+use pgws_postgres::listener::{self, ListenerConfig, ListenerMetrics, ListenerState};
+use pgws_postgres::relay::{Notifier, RelayMetrics};
+use pgws_service::admin::{self, AdminState};
+use pgws_service::process::{bind, log_bound};
+use pgws_service::redis_client::{connect_with_backoff, RedisClient, RESPONSE_TIMEOUT};
 use prometheus::{IntGaugeVec, Opts, Registry};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -50,7 +49,7 @@ struct Metrics {
     listener: ListenerMetrics,
     relay: RelayMetrics,
     publisher: PublisherMetrics,
-    drain: DrainMetrics,
+    forwarder: ForwarderMetrics,
 }
 
 impl Metrics {
@@ -69,7 +68,7 @@ impl Metrics {
             listener: ListenerMetrics::register(&registry)?,
             relay: RelayMetrics::register(&registry)?,
             publisher: PublisherMetrics::register(&registry)?,
-            drain: DrainMetrics::register(&registry)?,
+            forwarder: ForwarderMetrics::register(&registry)?,
             registry,
         })
     }
@@ -135,10 +134,7 @@ struct Node {
 
 impl Node {
     async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Some(redis) = self
-            .connect(&shutdown, Some(crate::redis_client::RESPONSE_TIMEOUT))
-            .await
-        else {
+        let Some(redis) = self.connect(&shutdown, Some(RESPONSE_TIMEOUT)).await else {
             return Ok(());
         };
         let Some(blocking) = self.connect(&shutdown, None).await else {
@@ -178,28 +174,11 @@ impl Node {
         shutdown: &CancellationToken,
         timeout: Option<Duration>,
     ) -> Option<RedisClient> {
-        let mut backoff = Backoff::new();
-        loop {
-            let attempt = tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                r = RedisClient::connect(&self.config.redis, None, timeout) => r,
-            };
-            match attempt {
-                Ok(client) => {
-                    self.metrics.election.redis_up.set(1);
-                    return Some(client);
-                }
-                Err(e) => {
-                    self.metrics.election.redis_up.set(0);
-                    let delay = backoff.next_delay().min(Duration::from_secs(5));
-                    tracing::warn!(error = %crate::redis_client::describe_error(&e), retry_in_ms = delay.as_millis() as u64, "cannot connect to Redis");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return None,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
+        let up = &self.metrics.election.redis_up;
+        connect_with_backoff(&self.config.redis, None, timeout, shutdown, |ok| {
+            up.set(i64::from(ok))
+        })
+        .await
     }
 
     /// Poll for the lock until it is ours (Some(epoch)) or shutdown (None).
@@ -248,7 +227,7 @@ impl Node {
         self.leading.store(true, Ordering::Release);
         let term = CancellationToken::new();
 
-        let (sink, backlog, publisher) = Publisher {
+        let publishing = Publisher {
             redis: redis.clone(),
             keys: self.config.keys.clone(),
             listen_channel: self.config.listen_channel.clone(),
@@ -264,13 +243,13 @@ impl Node {
                 retries: self.config.retries,
                 check_interval: self.config.check_listener_interval,
             },
-            sink,
+            publishing.sink.clone(),
             self.state.clone(),
             self.metrics.listener.clone(),
             term.clone(),
         ));
-        let mut drain = tokio::spawn(
-            self.drain(redis, blocking, &lease, &backlog, &term)
+        let mut forwarder = tokio::spawn(
+            self.forwarder(redis, blocking, &lease, &publishing.backlog, &term)
                 .run(term.clone()),
         );
 
@@ -313,15 +292,15 @@ impl Node {
                     }
                     break TermEnd::ListenerFailed;
                 }
-                result = &mut drain => {
+                result = &mut forwarder => {
                     if let Ok(Err(e)) = result {
-                        tracing::warn!(epoch, error = %e, "write drain failed: restarting it");
+                        tracing::warn!(epoch, error = %e, "write forwarder failed: restarting it");
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => break TermEnd::Shutdown,
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
-                    drain = tokio::spawn(self.drain(redis, blocking, &lease, &backlog, &term).run(term.clone()));
+                    forwarder = tokio::spawn(self.forwarder(redis, blocking, &lease, &publishing.backlog, &term).run(term.clone()));
                 }
             }
         };
@@ -332,11 +311,11 @@ impl Node {
         self.leading.store(false, Ordering::Release);
         self.metrics.election.leader.set(0);
         let stop = async {
-            let _ = publisher.await;
+            let _ = publishing.task.await;
             if !listener.is_finished() {
                 let _ = (&mut listener).await;
             }
-            let _ = drain.await;
+            let _ = forwarder.await;
         };
         if tokio::time::timeout(self.config.shutdown_timeout, stop)
             .await
@@ -357,20 +336,20 @@ impl Node {
         end
     }
 
-    fn drain(
+    fn forwarder(
         &self,
         redis: &RedisClient,
         blocking: &RedisClient,
         lease: &Arc<Lease>,
         backlog: &Arc<Backlog>,
         term: &CancellationToken,
-    ) -> Drain {
-        Drain {
+    ) -> Forwarder {
+        Forwarder {
             redis: redis.clone(),
             blocking: blocking.clone(),
             keys: self.config.keys.clone(),
             notifier: Notifier::new(
-                "drain".into(),
+                "forwarder".into(),
                 self.config.db.clone(),
                 self.config.listen_channel.clone(),
                 self.metrics.relay.clone(),
@@ -378,7 +357,7 @@ impl Node {
             ),
             lease: lease.clone(),
             backlog: backlog.clone(),
-            metrics: self.metrics.drain.clone(),
+            metrics: self.metrics.forwarder.clone(),
         }
     }
 }

@@ -8,13 +8,13 @@
 //! batch: a leader whose lease lapsed publishes nothing.
 
 use crate::election::Lease;
-use crate::listener::{Notification, NotificationSink};
-use crate::redis_client::RedisClient;
+use pgws_postgres::listener::{Notification, NotificationSink};
 use pgws_protocol::keys::KeySpace;
-use pgws_protocol::{bus, routing};
+use pgws_protocol::{clock, republish, routing};
+use pgws_service::redis_client::RedisClient;
 use prometheus::{IntCounter, Registry};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -108,17 +108,19 @@ pub struct Publisher {
     pub metrics: PublisherMetrics,
 }
 
+/// A started publisher.
+pub struct Publishing {
+    /// Where the listener hands notifications over.
+    pub sink: Arc<PublisherSink>,
+    /// How far behind it is (the forwarder waits on it).
+    pub backlog: Arc<Backlog>,
+    /// The task publishing until the term ends.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
 impl Publisher {
-    /// The sink for the listener, the publisher's backlog, and the task
-    /// publishing what it receives until `term` ends.
-    pub fn start(
-        self,
-        term: CancellationToken,
-    ) -> (
-        Arc<PublisherSink>,
-        Arc<Backlog>,
-        tokio::task::JoinHandle<()>,
-    ) {
+    /// Start publishing what the sink receives until `term` ends.
+    pub fn start(self, term: CancellationToken) -> Publishing {
         let (tx, rx) = mpsc::channel(QUEUE);
         let backlog = Arc::new(Backlog {
             queue: tx.clone(),
@@ -128,11 +130,11 @@ impl Publisher {
             queue: tx,
             metrics: self.metrics.clone(),
         });
-        (
+        Publishing {
             sink,
-            backlog.clone(),
-            tokio::spawn(self.run(rx, backlog, term)),
-        )
+            backlog: backlog.clone(),
+            task: tokio::spawn(self.run(rx, backlog, term)),
+        }
     }
 
     async fn run(
@@ -167,12 +169,12 @@ impl Publisher {
                     seq += 1;
                     let text = std::str::from_utf8(&notification.payload).unwrap_or("");
                     let channel = routing::target_channel(text, &self.listen_channel);
-                    let sent_at_us = unix_micros_at(notification.received_at);
-                    let traceparent = crate::telemetry::enabled().then(|| {
+                    let sent_at_us = clock::unix_micros_at(notification.received_at);
+                    let traceparent = pgws_service::telemetry::enabled().then(|| {
                         let span = tracing::info_span!("pgws.publish", channel = %channel, epoch = self.epoch, seq);
-                        crate::telemetry::traceparent(&span)
+                        pgws_service::telemetry::traceparent(&span)
                     });
-                    let message = bus::encode(self.epoch, seq, sent_at_us, traceparent.flatten().as_deref(), &notification.payload);
+                    let message = republish::encode(self.epoch, seq, sent_at_us, traceparent.flatten().as_deref(), &notification.payload);
                     self.redis
                         .publish_cmd(&self.keys.channel(&channel), &message)
                 })
@@ -216,14 +218,6 @@ impl Publisher {
             .into_iter()
             .try_for_each(|r| r.map(|_| ()))
     }
-}
-
-/// Unix microseconds at `instant` (a moment in the recent past).
-fn unix_micros_at(instant: std::time::Instant) -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    now.saturating_sub(instant.elapsed()).as_micros() as u64
 }
 
 #[cfg(test)]

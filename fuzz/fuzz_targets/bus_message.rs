@@ -5,10 +5,10 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use pgws_protocol::bus;
+use pgws_protocol::republish;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = bus::decode(Bytes::copy_from_slice(data));
+    let _ = republish::decode(Bytes::copy_from_slice(data));
     if data.len() < 25 {
         return;
     }
@@ -21,8 +21,8 @@ fuzz_target!(|data: &[u8]| {
     let traceparent =
         (data[24] & 1 == 1).then_some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
     let payload = &data[25..];
-    let encoded = bus::encode(epoch, seq, at, traceparent, payload);
-    let decoded = bus::decode(Bytes::from(encoded)).expect("round trip");
+    let encoded = republish::encode(epoch, seq, at, traceparent, payload);
+    let decoded = republish::decode(Bytes::from(encoded)).expect("round trip");
     assert_eq!(
         (decoded.epoch, decoded.seq, decoded.sent_at_us),
         (epoch, seq, at)

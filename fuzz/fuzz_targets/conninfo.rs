@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pgws_coordinator::pg::PgConfig;
-use pgws_coordinator::redis_client::{RedisConfig, TlsFiles};
+use pgws_postgres::pg::PgConfig;
+use pgws_service::redis_client::{RedisConfig, TlsFiles};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -9,12 +9,14 @@
 //! Variables whose value starts with `@` are read from that file where the
 //! original allowed it (`PGWS_DB_URI`, `PGWS_JWT_SECRET`).
 
-use pgws_coordinator::settings::{err, listen_addr, positive};
-pub use pgws_coordinator::settings::{ConfigError, Host, ListenAddr, LogConfig, Sources};
+use pgws_service::config::{err, listen_addr, positive};
+pub use pgws_service::config::{ConfigError, Host, ListenAddr, Sources};
+use pgws_service::redis_client::RedisVars;
+pub use pgws_service::telemetry::LogConfig;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pgws_coordinator::vars! {
+pgws_service::vars! {
     DB_URI = "PGWS_DB_URI", None, "libpq URI or key/value string of the database; `@path` reads it from a file. Required in standalone mode.";
     JWT_SECRET = "PGWS_JWT_SECRET", None, "HMAC secret, a JWK or a JWKS (`{\"keys\":[…]}`); `@path` reads it from a file. Required.";
     JWT_SECRET_BASE64 = "PGWS_JWT_SECRET_BASE64", Some("false"), "The secret is base64-encoded (`true`/`True`/`false`/`False`).";
@@ -54,12 +56,13 @@ pgws_coordinator::vars! {
 }
 
 /// The Redis variables, under the same names as the coordinator's.
-const REDIS_VARS: pgws_coordinator::config::RedisVars = pgws_coordinator::config::RedisVars {
+const REDIS: RedisVars = RedisVars {
     url: REDIS_URL,
     cluster: REDIS_CLUSTER,
     ca_file: REDIS_CA_FILE,
     cert_file: REDIS_CERT_FILE,
     key_file: REDIS_KEY_FILE,
+    prefix: REDIS_PREFIX,
 };
 
 /// The JWT key material, before it is turned into keys by `auth`.
@@ -99,7 +102,7 @@ pub struct SessionLimits {
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
     /// The parsed connection settings.
-    pub db: pgws_coordinator::pg::PgConfig,
+    pub db: pgws_postgres::pg::PgConfig,
     /// NOTIFY connections.
     pub pool_size: usize,
     /// Listener connection retries.
@@ -114,7 +117,7 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// Where Redis is.
-    pub redis: pgws_coordinator::redis_client::RedisConfig,
+    pub redis: pgws_service::redis_client::RedisConfig,
     /// Key layout under `PGWS_REDIS_PREFIX`.
     pub keys: pgws_protocol::keys::KeySpace,
     /// Bound of the writes stream.
@@ -166,10 +169,10 @@ pub struct Config {
 impl Config {
     /// Validate and type every variable. `standalone` requires the database.
     pub fn from_sources(sources: &Sources) -> Result<Config, ConfigError> {
-        let backend = match pgws_coordinator::config::redis_config(sources, &REDIS_VARS)? {
+        let backend = match REDIS.read(sources)? {
             Some(redis) => Backend::Cluster(ClusterConfig {
                 redis,
-                keys: pgws_coordinator::config::redis_prefix(sources, REDIS_PREFIX)?,
+                keys: REDIS.keys(sources)?,
                 stream_max_len: positive(
                     sources.parsed(WRITE_STREAM_MAX_LEN, "a number of messages")?,
                     WRITE_STREAM_MAX_LEN,
@@ -243,7 +246,7 @@ fn database_config(sources: &Sources) -> Result<DatabaseConfig, ConfigError> {
     let db_uri = sources
         .file_or_value(DB_URI)?
         .ok_or_else(|| err(DB_URI, "is required"))?;
-    let db = pgws_coordinator::pg::parse_with_process_env(&db_uri)
+    let db = pgws_postgres::pg::parse_with_process_env(&db_uri)
         .map_err(|e| err(DB_URI, format!("not a valid connection string: {e}")))?;
     let database = DatabaseConfig {
         db,

@@ -8,7 +8,7 @@
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::session::Delivery;
-use pgws_coordinator::listener::{Notification, NotificationSink};
+use pgws_postgres::listener::{Notification, NotificationSink};
 use pgws_protocol::close::CloseReason;
 use pgws_protocol::routing;
 use std::sync::Arc;
@@ -68,7 +68,7 @@ impl NotificationSink for Fanout {
         // connection converts to UTF-8.
         let text = std::str::from_utf8(&delivery.payload).unwrap_or("");
         let channel = routing::target_channel(text, &self.listen_channel);
-        if pgws_coordinator::telemetry::enabled() {
+        if pgws_service::telemetry::enabled() {
             tracing::info_span!("pgws.fanout", channel = %channel)
                 .in_scope(|| self.deliver_to(&channel, &delivery));
         } else {

@@ -2,9 +2,9 @@
 //! [`pgws_gateway::server::run`].
 
 use clap::Parser;
-use pgws_coordinator::settings::{run_binary, ConfigFileArg};
 use pgws_gateway::config::{Config, VARS};
 use pgws_gateway::server::{self, Exit};
+use pgws_service::process::{run_binary, ConfigFileArg};
 use std::process::ExitCode;
 
 /// mimalloc instead of glibc's allocator: the relay paths allocate a few

@@ -20,12 +20,12 @@ use crate::registry::Registry;
 use crate::session::SessionContext;
 use crate::tls;
 use anyhow::Context;
-use pgws_coordinator::admin::{self, AdminState, Readiness};
-use pgws_coordinator::listener::{
+use pgws_postgres::listener::{
     self, ListenerConfig, ListenerError, ListenerMetrics, ListenerState,
 };
-use pgws_coordinator::relay::{Relay, RelayConfig, RelayMetrics};
-use pgws_coordinator::settings::{bind, log_bound};
+use pgws_postgres::relay::{Relay, RelayConfig, RelayMetrics};
+use pgws_service::admin::{self, AdminState, Readiness};
+use pgws_service::process::{bind, log_bound};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

@@ -11,7 +11,6 @@
 //! envelope is string concatenation plus escaping of the payload.
 
 use serde_json::{Map, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The claim the gateway adds to every envelope: when the message was
 /// processed, in Unix seconds with a fraction.
@@ -63,15 +62,6 @@ impl ClaimsJson {
         }
         ClaimsJson(inner)
     }
-}
-
-/// Current time as Unix seconds with a fraction, the format of
-/// `message_delivered_at`.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Build the envelope text for one message.

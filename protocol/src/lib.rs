@@ -1,7 +1,9 @@
 //! The wire contract shared by `pgws-gateway` and `pgws-coordinator`.
 //!
 //! Everything two processes (or a process and a client) must agree on is
-//! defined here once, so the two binaries cannot drift apart.
+//! defined here once, so the two binaries cannot drift apart. Versions
+//! live where the formats do: the republished message's header starts
+//! with `pgws1`, and every Redis name with the configurable prefix.
 //!
 //! # Layout
 //!
@@ -11,15 +13,14 @@
 //! * [`close`] — every websocket close code the gateway sends, in one table.
 //! * [`limits`] — hard limits imposed by PostgreSQL.
 //! * [`keys`] — the Redis key and channel layout of cluster mode.
-//! * [`bus`] — the wire format of notifications republished on Redis.
+//! * [`republish`] — the wire format of notifications republished on Redis.
+//! * [`clock`] — Unix time, and the conversions between it and `Instant`s
+//!   that timestamps crossing processes need.
 
-pub mod bus;
+pub mod clock;
 pub mod close;
 pub mod envelope;
 pub mod keys;
 pub mod limits;
+pub mod republish;
 pub mod routing;
-
-/// Version of the wire contract; bumped on any incompatible change to the
-/// envelope or (in cluster mode) the Redis key layout.
-pub const WIRE_VERSION: u32 = 1;

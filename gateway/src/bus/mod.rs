@@ -12,7 +12,7 @@
 
 pub mod redis;
 
-use pgws_coordinator::relay::{Relay, RelayError};
+use pgws_postgres::relay::{Relay, RelayError};
 use std::time::Duration;
 
 /// Why a message could not be queued for NOTIFY.

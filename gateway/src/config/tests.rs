@@ -109,7 +109,7 @@ fn tls_needs_both_files() {
 
 #[test]
 fn host_notations() {
-    use pgws_coordinator::settings::Host;
+    use pgws_service::config::Host;
     for (text, want) in [
         ("*", Host::AnyDualStack),
         ("*6", Host::AnyDualStack),

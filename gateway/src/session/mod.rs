@@ -37,10 +37,11 @@ use crate::config::SessionLimits;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Subscriber};
 use bytes::Bytes;
+use pgws_protocol::clock;
 use pgws_protocol::envelope::{self, ClaimsJson, Event};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -161,7 +162,7 @@ where
     tracing::debug!(session = id.0, mode = grant.mode.as_str(), channels = ?grant.channels, "websocket open");
     meta_event(&ctx, Event::ConnectionOpen, &grant, &claims).await;
 
-    let expires_at = grant.expires_at.map(instant_of_unix);
+    let expires_at = grant.expires_at.map(clock::instant_of_unix_seconds);
     let writer = Arc::new(publish::Writer {
         session: id,
         grant,
@@ -231,7 +232,7 @@ async fn meta_event(ctx: &SessionContext, event: Event, grant: &Grant, claims: &
     let Some(meta) = &ctx.meta.name else {
         return;
     };
-    let text = envelope::build_meta(event, meta, &grant.channels, claims, envelope::unix_now());
+    let text = envelope::build_meta(event, meta, &grant.channels, claims, clock::unix_seconds());
     if text.len() > pgws_protocol::limits::NOTIFY_PAYLOAD_MAX {
         tracing::warn!(
             event = event.as_str(),
@@ -246,14 +247,4 @@ async fn meta_event(ctx: &SessionContext, event: Event, grant: &Grant, claims: &
     {
         tracing::warn!(event = event.as_str(), error = %e, "meta event not sent");
     }
-}
-
-/// The `Instant` at which Unix time `unix` (seconds) is reached.
-fn instant_of_unix(unix: f64) -> Instant {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    let ahead = (unix - now).clamp(0.0, 10.0 * 365.0 * 86_400.0);
-    Instant::now() + Duration::from_secs_f64(ahead)
 }

@@ -37,7 +37,7 @@ pub async fn on_message(rc: Arc<Writer>, message: String) -> Result<(), CloseRea
         );
         return Ok(());
     }
-    let now = envelope::unix_now();
+    let now = pgws_protocol::clock::unix_seconds();
     let meta = &rc.ctx.meta;
     let writable = rc.grant.channels.iter().filter(|c| !meta.guards(c));
     let envelopes: Vec<(&str, String)> = writable
@@ -67,13 +67,13 @@ pub async fn on_message(rc: Arc<Writer>, message: String) -> Result<(), CloseRea
         );
         return Err(CloseReason::MessageTooBig);
     }
-    let traced = pgws_coordinator::telemetry::enabled().then(|| {
+    let traced = pgws_service::telemetry::enabled().then(|| {
         let span = tracing::info_span!(
             "pgws.write",
             session = rc.session.0,
             channels = envelopes.len()
         );
-        let traceparent = pgws_coordinator::telemetry::traceparent(&span);
+        let traceparent = pgws_service::telemetry::traceparent(&span);
         (span, traceparent)
     });
     let traceparent = traced.as_ref().and_then(|(_, tp)| tp.as_deref());

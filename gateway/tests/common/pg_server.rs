@@ -286,12 +286,12 @@ impl PgServer {
 
     /// A superuser client over TLS (connection driven in the background).
     pub async fn client(&self) -> tokio_postgres::Client {
-        let config = pgws_coordinator::pg::PgConfig::parse(
+        let config = pgws_postgres::pg::PgConfig::parse(
             &self.conninfo("user=postgres sslmode=require"),
             &|_| None,
         )
         .expect("conninfo");
-        let (client, connection) = pgws_coordinator::pg::connect(&config, "pgws test")
+        let (client, connection) = pgws_postgres::pg::connect(&config, "pgws test")
             .await
             .expect("connect to the private server");
         tokio::spawn(connection);

@@ -16,8 +16,8 @@
 //! So a retry never appends twice, and `1013` always means "not sent".
 
 use super::super::BusError;
-use pgws_coordinator::redis_client::RedisClient;
 use pgws_protocol::keys::{KeySpace, FIELD_CHANNEL, FIELD_MESSAGE, FIELD_TRACE};
+use pgws_service::redis_client::RedisClient;
 use redis::Script;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -306,7 +306,7 @@ fn instance_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgws_coordinator::redis_client::{RedisConfig, TlsFiles};
+    use pgws_service::redis_client::{RedisConfig, TlsFiles};
 
     fn redis_url() -> String {
         std::env::var("PGWS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())

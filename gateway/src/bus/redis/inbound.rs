@@ -12,13 +12,13 @@
 use super::RedisBusMetrics;
 use crate::fanout::Fanout;
 use crate::session::Delivery;
-use pgws_coordinator::redis_client::{message_of, PushHandler};
-use pgws_protocol::bus;
 use pgws_protocol::keys::KeySpace;
+use pgws_protocol::republish;
+use pgws_service::redis_client::{message_of, PushHandler};
 use redis::{PushInfo, PushKind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 
 /// Redis messages waiting for fan-out before new ones are dropped. Each
@@ -139,7 +139,7 @@ impl Deliverer {
             return;
         };
         self.metrics.received.inc();
-        let published = match bus::decode(bytes::Bytes::copy_from_slice(message)) {
+        let published = match republish::decode(bytes::Bytes::copy_from_slice(message)) {
             Ok(p) => p,
             Err(e) => {
                 self.metrics.malformed.inc();
@@ -154,31 +154,21 @@ impl Deliverer {
         self.newest_epoch = published.epoch;
         let delivery = Arc::new(Delivery {
             payload: published.payload,
-            received_at: instant_of_micros(published.sent_at_us),
+            received_at: pgws_protocol::clock::instant_of_unix_micros(published.sent_at_us),
         });
         match published
             .traceparent
-            .filter(|_| pgws_coordinator::telemetry::enabled())
+            .filter(|_| pgws_service::telemetry::enabled())
         {
             Some(traceparent) => {
                 let span =
                     tracing::info_span!("pgws.fanout", channel = %channel, epoch = published.epoch);
-                pgws_coordinator::telemetry::set_remote_parent(&span, &traceparent);
+                pgws_service::telemetry::set_remote_parent(&span, &traceparent);
                 span.in_scope(|| self.fanout.deliver_to(channel, &delivery));
             }
             None => self.fanout.deliver_to(channel, &delivery),
         }
     }
-}
-
-/// The local `Instant` corresponding to Unix microseconds `at` (in the past).
-fn instant_of_micros(at: u64) -> Instant {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros() as u64;
-    let ago = Duration::from_micros(now.saturating_sub(at));
-    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
 }
 
 #[cfg(test)]
@@ -198,7 +188,9 @@ mod tests {
             kind: PushKind::Message,
             data: vec![
                 Value::BulkString(keys.channel(channel).into_bytes()),
-                Value::BulkString(bus::encode(epoch, 1, 0, None, payload.as_bytes()).to_vec()),
+                Value::BulkString(
+                    republish::encode(epoch, 1, 0, None, payload.as_bytes()).to_vec(),
+                ),
             ],
         }
     }

@@ -8,8 +8,8 @@
 
 use super::inbound::Inbound;
 use super::{RedisBusMetrics, Subscription};
-use pgws_coordinator::backoff::Backoff;
-use pgws_coordinator::redis_client::{describe_error, RedisClient, RedisConfig, RESPONSE_TIMEOUT};
+use pgws_service::backoff::Backoff;
+use pgws_service::redis_client::{describe_error, RedisClient, RedisConfig, RESPONSE_TIMEOUT};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};

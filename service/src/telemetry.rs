@@ -16,7 +16,7 @@
 //! Per-message spans cost time on the hot path, so code creates them only
 //! when [`enabled`] says traces are on.
 
-use crate::settings::LogConfig;
+use crate::config::{err, ConfigError, Sources};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -28,6 +28,31 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+/// Log output settings (`PGWS_LOG_FORMAT`, `PGWS_LOG_LEVEL`).
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Emit JSON lines instead of text.
+    pub json: bool,
+    /// The tracing filter.
+    pub level: String,
+}
+
+impl LogConfig {
+    /// Read `PGWS_LOG_FORMAT` and `PGWS_LOG_LEVEL`.
+    pub fn from_sources(sources: &Sources) -> Result<LogConfig, ConfigError> {
+        const FORMAT: &str = "PGWS_LOG_FORMAT";
+        const LEVEL: &str = "PGWS_LOG_LEVEL";
+        Ok(LogConfig {
+            json: match sources.required(FORMAT)?.as_str() {
+                "text" => false,
+                "json" => true,
+                other => return Err(err(FORMAT, format!("expected text or json, got {other:?}"))),
+            },
+            level: sources.required(LEVEL)?,
+        })
+    }
+}
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 

@@ -18,8 +18,8 @@
 //! at a time so one bad message cannot take its neighbours down; what still
 //! fails is logged and counted in `pgws_notify_errors_total`.
 
-use crate::backoff::Backoff;
 use crate::pg::{self, PgConfig};
+use pgws_service::backoff::Backoff;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};

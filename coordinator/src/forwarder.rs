@@ -1,4 +1,4 @@
-//! The leader's drain: writers' envelopes from the Redis stream into
+//! The leader's forwarder: writers' envelopes from the Redis stream into
 //! `pg_notify`, removed from the stream only after the NOTIFY committed.
 //!
 //! Gateways `XADD` envelopes to `{p}:writes`; the stream holds exactly the
@@ -22,9 +22,9 @@
 
 use crate::election::Lease;
 use crate::publisher::Backlog;
-use crate::redis_client::RedisClient;
-use crate::relay::Notifier;
+use pgws_postgres::relay::Notifier;
 use pgws_protocol::keys::{KeySpace, FIELD_MESSAGE, FIELD_TRACE};
+use pgws_service::redis_client::RedisClient;
 use prometheus::{IntGauge, Registry};
 use redis::Value;
 use std::sync::Arc;
@@ -40,17 +40,17 @@ const BLOCK: Duration = Duration::from_millis(1000);
 /// listener, and must not overflow the publisher's queue.
 const PUBLISH_BACKLOG_LIMIT: usize = 16_384;
 
-/// Drain metrics.
+/// Forwarder metrics.
 #[derive(Clone)]
-pub struct DrainMetrics {
+pub struct ForwarderMetrics {
     /// Entries in the writes stream (not yet NOTIFYed).
     pub stream_length: IntGauge,
 }
 
-impl DrainMetrics {
+impl ForwarderMetrics {
     /// Create and register.
-    pub fn register(registry: &Registry) -> prometheus::Result<DrainMetrics> {
-        let m = DrainMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<ForwarderMetrics> {
+        let m = ForwarderMetrics {
             stream_length: IntGauge::new(
                 "pgws_stream_pending",
                 "Writers' messages in the Redis stream not yet sent with NOTIFY",
@@ -61,9 +61,9 @@ impl DrainMetrics {
     }
 }
 
-/// Why the drain stopped.
+/// Why the forwarder stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum DrainError {
+pub enum ForwarderError {
     /// Redis failed.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -83,8 +83,8 @@ pub struct Entry {
     pub trace: Option<String>,
 }
 
-/// One term's drain.
-pub struct Drain {
+/// One term's forwarder.
+pub struct Forwarder {
     /// For the trim.
     pub redis: RedisClient,
     /// A connection without response timeout, for blocking reads.
@@ -98,12 +98,12 @@ pub struct Drain {
     /// The publisher's queue, for back-pressure.
     pub backlog: Arc<Backlog>,
     /// Metrics.
-    pub metrics: DrainMetrics,
+    pub metrics: ForwarderMetrics,
 }
 
-impl Drain {
+impl Forwarder {
     /// Relay until `term` ends or Redis fails.
-    pub async fn run(mut self, term: CancellationToken) -> Result<(), DrainError> {
+    pub async fn run(mut self, term: CancellationToken) -> Result<(), ForwarderError> {
         let key = self.keys.writes();
         let mut blocking = self.blocking.clone();
         let mut current: Vec<Entry> = Vec::new();
@@ -128,7 +128,7 @@ impl Drain {
 
     /// NOTIFY `entries`, then trim them from the stream. False when the
     /// term ended (lease lapsed or aborted) before they were sent.
-    async fn relay(&mut self, entries: Vec<Entry>) -> Result<bool, DrainError> {
+    async fn relay(&mut self, entries: Vec<Entry>) -> Result<bool, ForwarderError> {
         let Some(trim_from) = entries.last().map(|last| id_after(&last.id)) else {
             return Ok(true);
         };
@@ -137,13 +137,13 @@ impl Drain {
             return Ok(false);
         }
         // One span per traced write, open while its batch is NOTIFYed.
-        let _spans: Vec<tracing::Span> = if crate::telemetry::enabled() {
+        let _spans: Vec<tracing::Span> = if pgws_service::telemetry::enabled() {
             entries
                 .iter()
                 .filter_map(|e| e.trace.as_deref())
                 .map(|tp| {
                     let span = tracing::info_span!("pgws.relay", batch = entries.len());
-                    crate::telemetry::set_remote_parent(&span, tp);
+                    pgws_service::telemetry::set_remote_parent(&span, tp);
                     span
                 })
                 .collect()
@@ -181,7 +181,7 @@ async fn read_after(
     client: &mut RedisClient,
     key: &str,
     cursor: &str,
-) -> Result<Vec<Entry>, DrainError> {
+) -> Result<Vec<Entry>, ForwarderError> {
     let reply: Value = redis::cmd("XREAD")
         .arg("COUNT")
         .arg(BATCH)
@@ -209,7 +209,7 @@ fn id_after(id: &str) -> String {
 /// The entries of an `XREAD` reply, in order, taken straight from the
 /// reply (no map per entry). An entry without an envelope (gateways never
 /// write one) comes out with an empty message, which is not NOTIFYed.
-pub fn entries_of(reply: Value) -> Result<Vec<Entry>, DrainError> {
+pub fn entries_of(reply: Value) -> Result<Vec<Entry>, ForwarderError> {
     let streams = match reply {
         Value::Nil => return Ok(Vec::new()),
         // RESP3: { key => entries }; RESP2: [[key, entries]].
@@ -221,12 +221,12 @@ pub fn entries_of(reply: Value) -> Result<Vec<Entry>, DrainError> {
                 _ => None,
             })
             .collect(),
-        other => return Err(DrainError::Reply(format!("{other:?}"))),
+        other => return Err(ForwarderError::Reply(format!("{other:?}"))),
     };
     let mut out = Vec::new();
     for stream in streams {
         let Value::Array(entries) = stream else {
-            return Err(DrainError::Reply("entries are not an array".into()));
+            return Err(ForwarderError::Reply("entries are not an array".into()));
         };
         out.reserve(entries.len());
         for entry in entries {
@@ -236,15 +236,15 @@ pub fn entries_of(reply: Value) -> Result<Vec<Entry>, DrainError> {
     Ok(out)
 }
 
-fn entry_of(entry: Value) -> Result<Entry, DrainError> {
+fn entry_of(entry: Value) -> Result<Entry, ForwarderError> {
     let Value::Array(parts) = entry else {
-        return Err(DrainError::Reply("an entry is not an array".into()));
+        return Err(ForwarderError::Reply("an entry is not an array".into()));
     };
     let mut parts = parts.into_iter();
     let id = parts
         .next()
         .and_then(text)
-        .ok_or_else(|| DrainError::Reply("entry without id".into()))?;
+        .ok_or_else(|| ForwarderError::Reply("entry without id".into()))?;
     let fields: Vec<Value> = match parts.next() {
         Some(Value::Array(fields)) => fields,
         Some(Value::Map(pairs)) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),

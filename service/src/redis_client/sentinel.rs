@@ -34,7 +34,7 @@ pub struct Recipe {
     /// The connection manager's settings (timeouts, push sender).
     pub manager: ConnectionManagerConfig,
     /// Where pushes go, to announce a switch.
-    pub pushes: Option<super::PushHandler>,
+    pub pushes: Option<super::push::PushHandler>,
 }
 
 struct Current {

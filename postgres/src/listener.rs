@@ -25,10 +25,10 @@
 //! The current [`ListenerState`] is published on a `watch` channel; `/readyz`
 //! reads it.
 
-use crate::backoff::Backoff;
 use crate::pg::{self, PgConfig};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use pgws_service::backoff::Backoff;
 use prometheus::{IntCounter, IntGauge, Registry};
 use std::future::Future;
 use std::sync::Arc;
@@ -278,11 +278,7 @@ impl Listener {
         tracing::info!(channel = %self.config.channel, "listening for notifications");
         self.metrics.up.set(1);
         self.set_state(ListenerState::Listening);
-        let mut probe = self.config.check_interval.map(|every| {
-            let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            interval
-        });
+        let mut probe = self.config.check_interval.map(pgws_service::time::every);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
@@ -291,7 +287,7 @@ impl Listener {
                         return end;
                     }
                 }
-                _ = tick(&mut probe) => {
+                _ = pgws_service::time::tick(&mut probe) => {
                     // Re-issuing LISTEN is idempotent and keeps
                     // pg_stat_activity showing exactly what this connection is for.
                     if let Err(end) = self.drive(client.batch_execute(&self.listen_sql), &mut messages, probe_timeout).await {
@@ -351,14 +347,5 @@ impl Listener {
 
     fn set_state(&self, state: ListenerState) {
         self.state.send_replace(state);
-    }
-}
-
-async fn tick(interval: &mut Option<tokio::time::Interval>) {
-    match interval {
-        Some(interval) => {
-            interval.tick().await;
-        }
-        None => std::future::pending().await,
     }
 }

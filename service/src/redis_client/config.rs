@@ -13,7 +13,9 @@
 //! sentinels' own credentials, when they have any, are the query
 //! parameters.
 
+use crate::config::{err, ConfigError, Sources};
 use percent_encoding::percent_decode_str;
+use pgws_protocol::keys::KeySpace;
 use redis::{ClientTlsConfig, TlsCertificates};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -275,6 +277,67 @@ impl RedisConfig {
                 )
             }
         }
+    }
+}
+
+/// The names of the Redis variables (the same in both binaries).
+pub struct RedisVars {
+    /// `PGWS_REDIS_URL`.
+    pub url: &'static str,
+    /// `PGWS_REDIS_CLUSTER`.
+    pub cluster: &'static str,
+    /// `PGWS_REDIS_CA_FILE`.
+    pub ca_file: &'static str,
+    /// `PGWS_REDIS_CERT_FILE`.
+    pub cert_file: &'static str,
+    /// `PGWS_REDIS_KEY_FILE`.
+    pub key_file: &'static str,
+    /// `PGWS_REDIS_PREFIX`.
+    pub prefix: &'static str,
+}
+
+impl RedisVars {
+    /// Read the Redis settings; `None` when the URL variable is unset.
+    /// Errors name the variable at fault.
+    pub fn read(&self, sources: &Sources) -> Result<Option<RedisConfig>, ConfigError> {
+        let Some(urls) = sources.get(self.url) else {
+            return Ok(None);
+        };
+        let client = match (sources.get(self.cert_file), sources.get(self.key_file)) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+            _ => {
+                return Err(err(
+                    &format!("{}/{}", self.cert_file, self.key_file),
+                    "both must be set for a client certificate, or neither",
+                ))
+            }
+        };
+        let tls = TlsFiles {
+            ca: sources.get(self.ca_file).map(Into::into),
+            client,
+        };
+        let blame = match (&tls.ca, &tls.client) {
+            (Some(_), _) => self.ca_file,
+            (None, Some(_)) => self.cert_file,
+            _ => self.url,
+        };
+        RedisConfig::parse(&urls, sources.flag(self.cluster)?, tls)
+            .map(Some)
+            .map_err(|e| match e {
+                RedisConfigError::Url(message) => err(self.url, message),
+                RedisConfigError::Tls(message) => err(blame, message),
+            })
+    }
+
+    /// The key layout under the prefix: non-empty, no braces (they are hash
+    /// tags on a Redis Cluster).
+    pub fn keys(&self, sources: &Sources) -> Result<KeySpace, ConfigError> {
+        let prefix = sources.required(self.prefix)?;
+        if prefix.contains(['{', '}']) || prefix.trim().is_empty() {
+            return Err(err(self.prefix, "must be non-empty and contain no braces"));
+        }
+        Ok(KeySpace::new(&prefix))
     }
 }
 

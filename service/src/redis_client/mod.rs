@@ -17,11 +17,18 @@
 //! * [`config`] — URLs (single, cluster seeds, `redis+sentinel://`) and
 //!   TLS files.
 //! * [`sentinel`] — the master connection that follows failovers.
+//! * [`push`] — where pub/sub messages go.
+//! * [`connect`] — connecting with backoff, for every reconnect loop.
 
 pub mod config;
+pub mod connect;
+pub mod push;
 pub mod sentinel;
 
-pub use config::{RedisConfig, RedisConfigError, SentinelSpec, TlsFiles, Topology};
+pub use config::{RedisConfig, RedisConfigError, RedisVars, SentinelSpec, TlsFiles, Topology};
+pub use connect::connect_with_backoff;
+use push::push_sender;
+pub use push::PushHandler;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
@@ -29,18 +36,6 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, PushInfo, RedisError, RedisFuture, RedisResult, Value};
 use sentinel::SentinelConnection;
 use std::time::Duration;
-
-/// Where push messages (pub/sub messages, disconnections) go: called on
-/// the connection's own task for each one, so it must not block.
-pub type PushHandler = std::sync::Arc<dyn Fn(PushInfo) + Send + Sync>;
-
-/// The redis crate's push sender for a handler.
-fn push_sender(handler: PushHandler) -> impl redis::aio::AsyncPushSender {
-    move |info: PushInfo| {
-        handler(info);
-        Ok::<(), std::convert::Infallible>(())
-    }
-}
 
 /// A connected handle; cheap to clone (clones share the connection).
 #[derive(Clone)]
