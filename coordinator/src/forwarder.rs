@@ -156,7 +156,7 @@ impl Forwarder {
             .map(|e| e.message)
             .filter(|m| !m.is_empty())
             .collect();
-        if !self.notifier.send(&payloads).await {
+        if self.notifier.send(&payloads).await.is_err() {
             return Ok(false);
         }
         // One round trip: drop everything up to and including the batch's

@@ -11,6 +11,7 @@ use crate::election::Lease;
 use pgws_postgres::listener::{Notification, NotificationSink};
 use pgws_protocol::keys::KeySpace;
 use pgws_protocol::{clock, republish, routing};
+use pgws_service::events::RateLimit;
 use pgws_service::redis_client::RedisClient;
 use prometheus::{IntCounter, Registry};
 use std::sync::Arc;
@@ -28,6 +29,32 @@ const QUEUE: usize = 65_536;
 pub struct PublisherMetrics {
     published: IntCounter,
     dropped: IntCounter,
+    /// The log side of `dropped` (per notification: rate-limited).
+    drop_log: Arc<RateLimit>,
+}
+
+/// Why notifications were not republished.
+#[derive(Debug, Clone, Copy)]
+pub enum Dropped {
+    /// The queue from the listener was full.
+    QueueFull,
+    /// The leader's lease ran out.
+    LeaseLapsed,
+    /// Redis refused or failed.
+    RedisFailed,
+    /// Redis did not answer in time.
+    RedisTimedOut,
+}
+
+impl Dropped {
+    fn reason(self) -> &'static str {
+        match self {
+            Dropped::QueueFull => "the publish queue is full",
+            Dropped::LeaseLapsed => "the lease lapsed",
+            Dropped::RedisFailed => "publishing to Redis failed",
+            Dropped::RedisTimedOut => "publishing to Redis timed out",
+        }
+    }
 }
 
 impl PublisherMetrics {
@@ -42,10 +69,31 @@ impl PublisherMetrics {
                 "pgws_notifications_dropped_total",
                 "Notifications not republished (queue full, Redis error, or lease lapsed)",
             )?,
+            drop_log: Arc::new(RateLimit::default()),
         };
         registry.register(Box::new(m.published.clone()))?;
         registry.register(Box::new(m.dropped.clone()))?;
         Ok(m)
+    }
+
+    /// `n` notifications were not republished: counted, and logged at
+    /// most once a second with the running total.
+    pub fn dropped(&self, n: usize, why: Dropped, detail: Option<&dyn std::fmt::Display>) {
+        self.dropped.inc_by(n as u64);
+        if self.drop_log.allow() {
+            let total = self.dropped.get();
+            match detail {
+                Some(detail) => {
+                    tracing::warn!(dropped = n, total, error = %detail, "{}: notifications dropped", why.reason())
+                }
+                None => tracing::warn!(
+                    dropped = n,
+                    total,
+                    "{}: notifications dropped",
+                    why.reason()
+                ),
+            }
+        }
     }
 }
 
@@ -55,7 +103,7 @@ pub struct PublisherSink {
     metrics: PublisherMetrics,
 }
 
-/// How far the publisher is behind the listener. The drain waits on it
+/// How far the publisher is behind the listener. The forwarder waits on it
 /// before each NOTIFY batch, so the leader's own writes never overflow the
 /// queue (only a burst of NOTIFYs from elsewhere in the database can).
 pub struct Backlog {
@@ -86,8 +134,7 @@ impl Backlog {
 impl NotificationSink for PublisherSink {
     fn deliver(&self, notification: Notification) {
         if self.queue.try_send(notification).is_err() {
-            self.metrics.dropped.inc();
-            tracing::warn!("publish queue full: notification dropped");
+            self.metrics.dropped(1, Dropped::QueueFull, None);
         }
     }
 }
@@ -154,12 +201,7 @@ impl Publisher {
                 return;
             }
             if !self.lease.valid() {
-                self.metrics.dropped.inc_by(n as u64);
-                tracing::warn!(
-                    epoch = self.epoch,
-                    dropped = n,
-                    "lease lapsed: not publishing"
-                );
+                self.metrics.dropped(n, Dropped::LeaseLapsed, None);
                 batch.clear();
                 continue;
             }
@@ -182,14 +224,8 @@ impl Publisher {
             let sent = tokio::time::timeout(Duration::from_secs(5), self.send(commands)).await;
             match sent {
                 Ok(Ok(())) => self.metrics.published.inc_by(n as u64),
-                Ok(Err(e)) => {
-                    self.metrics.dropped.inc_by(n as u64);
-                    tracing::warn!(error = %e, dropped = n, "publishing to Redis failed");
-                }
-                Err(_) => {
-                    self.metrics.dropped.inc_by(n as u64);
-                    tracing::warn!(dropped = n, "publishing to Redis timed out");
-                }
+                Ok(Err(e)) => self.metrics.dropped(n, Dropped::RedisFailed, Some(&e)),
+                Err(_) => self.metrics.dropped(n, Dropped::RedisTimedOut, None),
             }
             batch.clear();
             backlog.published.notify_waiters();
@@ -233,7 +269,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_drain_waits_until_the_publisher_has_caught_up() {
+    async fn the_forwarder_waits_until_the_publisher_has_caught_up() {
         let (tx, mut rx) = mpsc::channel(8);
         let backlog = Arc::new(Backlog {
             queue: tx.clone(),

@@ -1,7 +1,7 @@
 //! Operator-supplied connection strings: libpq's two forms and settings,
 //! and Redis URLs (single, cluster seeds, Sentinel). Properties: nothing
 //! panics; a parsed PostgreSQL configuration has at least one host, and
-//! its log description never contains the password.
+//! its log description does not depend on the password.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,19 +12,13 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     if let Ok(config) = PgConfig::parse(&text, &|_| None) {
         assert!(!config.targets.is_empty());
-        if let Some(password) = config.password.as_deref().filter(|p| p.len() > 3) {
-            let described = config.describe();
-            assert!(
-                !described.contains(password)
-                    || config.user.contains(password)
-                    || config.dbname.contains(password)
-                    || config
-                        .targets
-                        .iter()
-                        .any(|t| t.to_string().contains(password)),
-                "the description shows the password"
-            );
-        }
+        let mut other = config.clone();
+        other.password = Some("a different password".into());
+        assert_eq!(
+            config.describe(),
+            other.describe(),
+            "the description shows the password"
+        );
     }
     let _ = RedisConfig::parse(
         &text,

@@ -14,6 +14,7 @@
 //! a [`Refusal`] whose text is the HTTP body the client sees.
 
 use base64::Engine;
+use hyper::StatusCode;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
@@ -108,17 +109,39 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every kind of refusal (an empty message stands for a token error's).
+    pub fn all() -> [Refusal; 12] {
+        [
+            Refusal::MissingToken,
+            Refusal::TokenExpired,
+            Refusal::InvalidToken(String::new()),
+            Refusal::MissingMode,
+            Refusal::InvalidMode,
+            Refusal::InvalidChannelsClaim,
+            Refusal::NoAllowedChannels,
+            Refusal::OriginNotAllowed,
+            Refusal::TooManyConnections,
+            Refusal::ShuttingDown,
+            Refusal::UpgradeNotGet,
+            Refusal::TooManyPending,
+        ]
+    }
+
     /// The HTTP status of the refusal.
-    pub fn status(&self) -> u16 {
+    pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::MissingToken | Refusal::TokenExpired | Refusal::InvalidToken(_) => 401,
+            Refusal::MissingToken | Refusal::TokenExpired | Refusal::InvalidToken(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             Refusal::MissingMode
             | Refusal::InvalidMode
             | Refusal::InvalidChannelsClaim
             | Refusal::NoAllowedChannels
-            | Refusal::OriginNotAllowed => 403,
-            Refusal::UpgradeNotGet => 405,
-            Refusal::TooManyConnections | Refusal::ShuttingDown | Refusal::TooManyPending => 503,
+            | Refusal::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Refusal::UpgradeNotGet => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::TooManyConnections | Refusal::ShuttingDown | Refusal::TooManyPending => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -139,22 +162,6 @@ impl Refusal {
             Refusal::TooManyPending => "too_many_pending",
         }
     }
-
-    /// Every label, so the metric's series exist from the start.
-    pub const LABELS: [&'static str; 12] = [
-        "missing_token",
-        "token_expired",
-        "invalid_token",
-        "missing_mode",
-        "invalid_mode",
-        "invalid_channels_claim",
-        "no_allowed_channels",
-        "origin_not_allowed",
-        "too_many_connections",
-        "shutting_down",
-        "method_not_allowed",
-        "too_many_pending",
-    ];
 }
 
 /// Why `PGWS_JWT_SECRET` could not become keys.

@@ -9,6 +9,8 @@
 //! Variables whose value starts with `@` are read from that file where the
 //! original allowed it (`PGWS_DB_URI`, `PGWS_JWT_SECRET`).
 
+use crate::bus::local::LocalConfig;
+use crate::bus::redis::RedisBusConfig;
 use pgws_service::config::{err, listen_addr, positive};
 pub use pgws_service::config::{ConfigError, Host, ListenAddr, Sources};
 use pgws_service::redis_client::RedisVars;
@@ -98,39 +100,13 @@ pub struct SessionLimits {
     pub send_timeout: Duration,
 }
 
-/// The database side in standalone mode.
-#[derive(Debug, Clone)]
-pub struct DatabaseConfig {
-    /// The parsed connection settings.
-    pub db: pgws_postgres::pg::PgConfig,
-    /// NOTIFY connections.
-    pub pool_size: usize,
-    /// Listener connection retries.
-    pub retries: u32,
-    /// Listener probe and self-heal period.
-    pub check_listener_interval: Option<Duration>,
-    /// Queue length per NOTIFY connection.
-    pub write_queue_size: usize,
-}
-
-/// Cluster mode: the gateway talks to Redis only.
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    /// Where Redis is.
-    pub redis: pgws_service::redis_client::RedisConfig,
-    /// Key layout under `PGWS_REDIS_PREFIX`.
-    pub keys: pgws_protocol::keys::KeySpace,
-    /// Bound of the writes stream.
-    pub stream_max_len: usize,
-}
-
 /// Where notifications come from and writes go.
 #[derive(Debug, Clone)]
 pub enum Backend {
     /// One process: the embedded listener and NOTIFY relay.
-    Standalone(Box<DatabaseConfig>),
+    Standalone(Box<LocalConfig>),
     /// Redis, with coordinators elsewhere.
-    Cluster(ClusterConfig),
+    Cluster(RedisBusConfig),
 }
 
 /// The whole gateway configuration.
@@ -170,7 +146,7 @@ impl Config {
     /// Validate and type every variable. `standalone` requires the database.
     pub fn from_sources(sources: &Sources) -> Result<Config, ConfigError> {
         let backend = match REDIS.read(sources)? {
-            Some(redis) => Backend::Cluster(ClusterConfig {
+            Some(redis) => Backend::Cluster(RedisBusConfig {
                 redis,
                 keys: REDIS.keys(sources)?,
                 stream_max_len: positive(
@@ -187,13 +163,7 @@ impl Config {
             secret: secret.into_bytes(),
             base64: sources.flag(JWT_SECRET_BASE64)?,
         };
-        let listen_channel = sources.required(LISTEN_CHANNEL)?;
-        if listen_channel.len() > pgws_protocol::limits::PG_IDENTIFIER_MAX {
-            return Err(err(
-                LISTEN_CHANNEL,
-                "longer than PostgreSQL's 63-byte identifier limit",
-            ));
-        }
+        let listen_channel = listen_channel(sources)?;
         Ok(Config {
             backend,
             jwt,
@@ -242,14 +212,15 @@ impl Config {
     }
 }
 
-fn database_config(sources: &Sources) -> Result<DatabaseConfig, ConfigError> {
+fn database_config(sources: &Sources) -> Result<LocalConfig, ConfigError> {
     let db_uri = sources
         .file_or_value(DB_URI)?
         .ok_or_else(|| err(DB_URI, "is required"))?;
     let db = pgws_postgres::pg::parse_with_process_env(&db_uri)
         .map_err(|e| err(DB_URI, format!("not a valid connection string: {e}")))?;
-    let database = DatabaseConfig {
+    let database = LocalConfig {
         db,
+        listen_channel: listen_channel(sources)?,
         pool_size: positive(
             sources.parsed(POOL_SIZE, "a number of connections")?,
             POOL_SIZE,
@@ -265,6 +236,17 @@ fn database_config(sources: &Sources) -> Result<DatabaseConfig, ConfigError> {
         )?,
     };
     Ok(database)
+}
+
+fn listen_channel(sources: &Sources) -> Result<String, ConfigError> {
+    let channel = sources.required(LISTEN_CHANNEL)?;
+    if channel.len() > pgws_protocol::limits::PG_IDENTIFIER_MAX {
+        return Err(err(
+            LISTEN_CHANNEL,
+            "longer than PostgreSQL's 63-byte identifier limit",
+        ));
+    }
+    Ok(channel)
 }
 
 fn tls_files(sources: &Sources) -> Result<Option<TlsFiles>, ConfigError> {

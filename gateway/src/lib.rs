@@ -1,27 +1,34 @@
 //! pgws-gateway: postgres-websockets in Rust — JWT-authorised websockets
-//! over PostgreSQL LISTEN/NOTIFY.
+//! over PostgreSQL LISTEN/NOTIFY, standalone or as a stateless node of a
+//! cluster.
 //!
 //! # Layout
 //!
-//! * [`config`] — every `PGWS_*` variable, parsed and validated in one place.
-//! * [`auth`] — JWT keys and verification; claims → channels and mode.
-//! * [`http`] — the public listener: upgrades, token sources, static files.
-//! * [`session`] — one websocket: reader and writer tasks, close codes.
-//! * [`registry`] — this node's sockets by channel (sharded).
-//! * [`fanout`] — one notification to every local reader, never blocking.
-//! * [`bus`] — the path from writers to NOTIFY (in-process relay in
-//!   standalone mode).
-//! * [`metrics`] — the gateway's Prometheus metrics.
-//! * [`tls`] — rustls for `wss://`.
-//! * [`server`] — builds all of the above from a `Config`, runs it, drains it.
+//! The layers read top-down; each imports only those below it:
+//!
+//! * [`server`] — wiring: builds everything from a [`config::Config`], runs
+//!   it, drains it on shutdown.
+//! * [`http`] — the public listener: upgrades (refused before the upgrade,
+//!   with the reason), token sources, static files.
+//! * [`session`] — one websocket, one task: frames in, bursts out,
+//!   publishing its writer's messages, keep-alive, close codes.
+//! * [`hub`] — this node's sockets by channel and fan-out to them; the
+//!   bus's inbox.
+//! * [`bus`] — where notifications come from and writes go: [`bus::local`]
+//!   (standalone: the listener and NOTIFY relay in this process) or
+//!   [`bus::redis`] (cluster: Redis pub/sub in, a Redis stream out).
+//!
+//! Beside them, used by the layers above: [`config`] (every `PGWS_*`
+//! variable, read in one place), [`auth`] (JWT keys; claims → channels and
+//! mode), [`metrics`] (the gateway's metrics and the events that log and
+//! count them), [`tls`] (rustls for `wss://`).
 
 pub mod auth;
 pub mod bus;
 pub mod config;
-pub mod fanout;
 pub mod http;
+pub mod hub;
 pub mod metrics;
-pub mod registry;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         |config, shutdown| async move {
             Ok(match server::run(config, shutdown).await? {
                 Exit::Clean => ExitCode::SUCCESS,
-                Exit::ListenerLost => ExitCode::FAILURE,
+                Exit::BusFailed => ExitCode::FAILURE,
             })
         },
     )

@@ -71,9 +71,9 @@ pub struct Metrics {
     /// Notification received → frame written, in seconds.
     pub latency: Histogram,
     /// Sockets cut off because their send queue was full.
-    pub slow_consumers: IntCounter,
+    slow_consumers: IntCounter,
     /// Messages that did not fit a socket's send queue.
-    pub queue_drops: IntCounter,
+    queue_drops: IntCounter,
     /// Notifications for channels with no local reader.
     pub unrouted: IntCounter,
     /// Channels with at least one local reader.
@@ -191,8 +191,8 @@ impl Metrics {
         for mode in ["r", "w", "rw"] {
             connections.with_label_values(&[mode]);
         }
-        for reason in Refusal::LABELS {
-            refused.with_label_values(&[reason]);
+        for refusal in Refusal::all() {
+            refused.with_label_values(&[refusal.label()]);
         }
         for reason in CloseReason::ALL {
             closed.with_label_values(&[reason.label()]);
@@ -225,7 +225,7 @@ impl Metrics {
 
     /// An upgrade was refused; logged at debug (clients cause these).
     pub fn refused(&self, refusal: &Refusal) {
-        tracing::debug!(reason = %refusal, status = refusal.status(), "websocket refused");
+        tracing::debug!(reason = %refusal, status = refusal.status().as_u16(), "websocket refused");
         self.refused.with_label_values(&[refusal.label()]).inc();
     }
 
@@ -246,6 +246,16 @@ impl Metrics {
     }
 
     /// A client message did not become a NOTIFY.
+    /// A socket's send queue was full: the message is dropped for it and,
+    /// the `first` time, the socket is being closed as a slow consumer.
+    pub fn queue_full(&self, session: u64, first: bool) {
+        self.queue_drops.inc();
+        if first {
+            self.slow_consumers.inc();
+            tracing::info!(session, "send queue full: closing a slow consumer");
+        }
+    }
+
     pub fn rejected(&self, rejection: Rejection) {
         self.rejected.with_label_values(&[rejection.label()]).inc();
     }

@@ -1,86 +1,52 @@
 //! Wiring: builds every component from the [`Config`], runs them, and drains
-//! them in order on shutdown.
+//! them in order on shutdown. Nothing here does the work itself.
 //!
-//! Two backends share everything above the bus: standalone (the embedded
-//! listener feeds fan-out directly; writes go to the embedded NOTIFY relay)
-//! and cluster (Redis pub/sub feeds fan-out; writes go to a Redis stream).
+//! The bus is chosen once — [`bus::local`] without `PGWS_REDIS_URL`,
+//! [`bus::redis`] with it — and everything above it is the same in both
+//! modes: the hub is the bus's inbox, sessions publish on the bus.
 //!
 //! Shutdown order: stop accepting, flip `/readyz` to 503, close every socket
-//! with 1001, wait for sessions and queued writes within
-//! `PGWS_SHUTDOWN_TIMEOUT`, then stop the backend and the admin endpoints.
+//! with 1001, wait for sessions (which publish what their clients already
+//! sent), then stop the bus (queued writes go out) — all within
+//! `PGWS_SHUTDOWN_TIMEOUT` — and last the admin endpoints.
 
 use crate::auth::Keys;
-use crate::bus::redis::{RedisBus, RedisBusMetrics};
-use crate::bus::Bus;
-use crate::config::{Backend, ClusterConfig, Config, DatabaseConfig};
-use crate::fanout::Fanout;
+use crate::bus::{self, Bus, Started};
+use crate::config::{Backend, Config};
 use crate::http::{self, HttpState};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
 use crate::session::SessionContext;
 use crate::tls;
 use anyhow::Context;
-use pgws_postgres::listener::{
-    self, ListenerConfig, ListenerError, ListenerMetrics, ListenerState,
-};
-use pgws_postgres::relay::{Relay, RelayConfig, RelayMetrics};
-use pgws_service::admin::{self, AdminState, Readiness};
+use pgws_service::admin::{self, AdminState};
 use pgws_service::process::{bind, log_bound};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Most notifications sent per NOTIFY transaction.
-const MAX_NOTIFY_BATCH: usize = 256;
 
 /// Why `run` returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// Shutdown was requested and the drain completed (or timed out).
     Clean,
-    /// The LISTEN connection died without self-healing: exit non-zero so
-    /// an external supervisor restarts the process, as in the original.
-    ListenerLost,
+    /// The bus failed for good — the standalone `LISTEN` connection died
+    /// without self-healing: exit non-zero so an external supervisor
+    /// restarts the process, as in the original.
+    BusFailed,
 }
 
-/// The running backend: how writes leave, when the node is ready, and what
-/// to stop at the end.
-struct RunningBackend {
-    bus: Bus,
-    readiness: Readiness,
-    /// Resolves if the backend fails for good (standalone listener lost).
-    failed: Pin<Box<dyn Future<Output = Exit> + Send>>,
-    stop: CancellationToken,
-    /// Tasks that finish once the bus handles are dropped (relay workers).
-    draining: JoinSet<()>,
-    /// Tasks that run until `stop` (listener, Redis link).
-    background: Vec<JoinHandle<()>>,
-    /// Cancelled when queued work must be abandoned.
-    abort: CancellationToken,
-}
-
-/// Run the gateway until `shutdown` is cancelled or the listener is lost.
+/// Run the gateway until `shutdown` is cancelled or the bus fails.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Exit> {
-    let keys = Keys::from_secret(&config.jwt.secret, config.jwt.base64)
-        .map_err(|e| anyhow::anyhow!("PGWS_JWT_SECRET: {e}"))?;
-    if let Some(bytes) = keys.weakest_hmac_key() {
-        tracing::warn!(
-            bytes,
-            minimum = crate::auth::MIN_HMAC_KEY,
-            "PGWS_JWT_SECRET: an HMAC key shorter than 32 bytes can be brute-forced; use a longer one"
-        );
-    }
+    let keys = jwt_keys(&config)?;
     let tls = match &config.tls {
         Some(files) => Some(tls::acceptor(&files.certificate, &files.key)?),
         None => None,
     };
     let metrics = Metrics::new().context("registering metrics")?;
-
     let public = bind(&config.public)
         .await
         .context("PGWS_HOST/PGWS_PORT: cannot listen")?;
@@ -96,75 +62,62 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         None => None,
     };
 
-    let registry = Arc::new(Registry::default());
-    let fanout = Arc::new(Fanout::new(
-        registry.clone(),
-        metrics.clone(),
-        config.listen_channel.clone(),
-    ));
-    let mut backend = match &config.backend {
-        Backend::Standalone(db) => start_standalone(db, &config, fanout, &metrics)?,
-        Backend::Cluster(cluster) => start_cluster(cluster, fanout, &metrics)?,
-    };
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let Started { bus, mut lifecycle } = match config.backend {
+        Backend::Standalone(local) => bus::local::start(*local, hub.clone(), &metrics.registry),
+        Backend::Cluster(cluster) => bus::redis::start(cluster, hub.clone(), &metrics.registry),
+    }
+    .context("registering metrics")?;
 
-    let drain = CancellationToken::new(); // sessions close with 1001
+    let closing = CancellationToken::new(); // sessions close with 1001
     let sessions = Arc::new(SessionContext::new(
-        registry,
-        backend.bus.clone(),
+        hub,
+        bus.clone(),
         metrics.clone(),
-        config.session.clone(),
-        config.meta.clone(),
-        drain.clone(),
+        config.session,
+        config.meta,
+        closing.clone(),
     ));
     let tracker = TaskTracker::new();
     let http_state = Arc::new(HttpState {
         keys,
         sessions: sessions.clone(),
         tracker: tracker.clone(),
-        root_path: config.root_path.clone(),
-        allowed_origins: config.allowed_origins.clone(),
+        root_path: config.root_path,
+        allowed_origins: config.allowed_origins,
         max_connections: config.max_connections,
         max_pending: config.max_pending_connections,
         pending: Arc::default(),
     });
-
     let stop_accepting = CancellationToken::new();
-    let stop_admin = CancellationToken::new(); // admin answers until the very end
     let http_task = tokio::spawn(http::serve(
         public,
         tls,
         http_state.clone(),
         stop_accepting.clone(),
     ));
-    let ready = std::mem::replace(&mut backend.readiness, Box::new(|| Ok(())));
-    let admin_task = admin_listener.map(|l| {
-        let draining = drain.clone();
-        let state = Arc::new(AdminState {
-            registry: metrics.registry.clone(),
-            readiness: Box::new(move || {
-                if draining.is_cancelled() {
-                    return Err("draining".into());
-                }
-                ready()
-            }),
-        });
-        tokio::spawn(admin::serve(l, state, stop_admin.clone()))
-    });
+    let stop_admin = CancellationToken::new(); // admin answers until the very end
+    let admin_task =
+        admin_listener.map(|l| serve_admin(l, &metrics, bus.as_ref(), &closing, &stop_admin));
 
     let exit = tokio::select! {
         _ = shutdown.cancelled() => {
             tracing::info!("shutdown requested: draining");
             Exit::Clean
         }
-        exit = &mut backend.failed => exit,
+        reason = lifecycle.failed() => {
+            tracing::error!(%reason, "the bus failed: shutting down");
+            Exit::BusFailed
+        }
     };
 
     // 1. stop accepting, 2. not ready, close every socket with 1001.
     let deadline = Instant::now() + config.shutdown_timeout;
     stop_accepting.cancel();
     let _ = http_task.await;
-    drain.cancel();
-    // 3. wait for sessions (their ConnectionClose events are queued too).
+    closing.cancel();
+    // 3. wait for sessions: they publish what their clients sent, and their
+    //    ConnectionClose events.
     tracker.close();
     if tokio::time::timeout_at(deadline.into(), tracker.wait())
         .await
@@ -172,23 +125,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     {
         tracing::warn!("sessions did not finish within PGWS_SHUTDOWN_TIMEOUT: terminating now");
     }
-    // 4. send what is queued: relay workers stop once every handle is gone.
+    // 4. with every bus handle gone, the bus sends what is queued and stops.
     drop(http_state);
     drop(sessions);
-    backend.bus = Bus::Closed;
-    let draining = async { while backend.draining.join_next().await.is_some() {} };
-    if tokio::time::timeout_at(deadline.into(), draining)
-        .await
-        .is_err()
-    {
-        tracing::warn!("queued writes not sent within PGWS_SHUTDOWN_TIMEOUT: dropping them");
-        backend.abort.cancel();
-        while backend.draining.join_next().await.is_some() {}
-    }
-    backend.stop.cancel();
-    for task in backend.background {
-        let _ = task.await;
-    }
+    drop(bus);
+    lifecycle.stop(deadline).await;
     stop_admin.cancel();
     if let Some(task) = admin_task {
         let _ = task.await;
@@ -197,108 +138,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(exit)
 }
 
-/// Standalone: the listener in this process feeds fan-out; writes go to the
-/// embedded NOTIFY relay.
-fn start_standalone(
-    db: &DatabaseConfig,
-    config: &Config,
-    fanout: Arc<Fanout>,
-    metrics: &Metrics,
-) -> anyhow::Result<RunningBackend> {
-    let listener_metrics =
-        ListenerMetrics::register(&metrics.registry).context("registering metrics")?;
-    let relay_metrics = RelayMetrics::register(&metrics.registry).context("registering metrics")?;
-    let abort = CancellationToken::new();
-    let (relay, draining) = Relay::start(
-        RelayConfig {
-            db: db.db.clone(),
-            listen_channel: config.listen_channel.clone(),
-            pool_size: db.pool_size,
-            queue_capacity: db.write_queue_size,
-            max_batch: MAX_NOTIFY_BATCH,
-        },
-        relay_metrics,
-        abort.clone(),
-    );
-    let (state_tx, state_rx) = watch::channel(ListenerState::Connecting);
-    let stop = CancellationToken::new();
-    let listener_task = tokio::spawn(listener::run(
-        ListenerConfig {
-            db: db.db.clone(),
-            channel: config.listen_channel.clone(),
-            retries: db.retries,
-            check_interval: db.check_listener_interval,
-        },
-        fanout,
-        state_tx,
-        listener_metrics,
-        stop.clone(),
-    ));
-    // The listener's outcome decides the exit; the task handle moves into
-    // the `failed` future, which is awaited only until shutdown starts.
-    let (outcome_tx, outcome_rx) = tokio::sync::oneshot::channel::<Result<(), ListenerError>>();
-    let watcher = tokio::spawn(async move {
-        let outcome = match listener_task.await {
-            Ok(result) => result,
-            Err(e) => Err(ListenerError::Lost(format!("listener task failed: {e}"))),
-        };
-        let _ = outcome_tx.send(outcome);
-    });
-    let failed = Box::pin(async move {
-        match outcome_rx.await {
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "listener stopped: shutting down");
-                Exit::ListenerLost
-            }
-            // Stopped cleanly (only at shutdown): nothing failed.
-            _ => std::future::pending().await,
-        }
-    });
-    Ok(RunningBackend {
-        bus: Bus::Local(relay),
-        readiness: Box::new(move || match *state_rx.borrow() {
-            ListenerState::Listening => Ok(()),
-            other => Err(format!("listener {other:?}").to_lowercase()),
-        }),
-        failed,
-        stop,
-        draining,
-        background: vec![watcher],
-        abort,
-    })
+/// The verification keys; a weak HMAC key is worth a warning.
+fn jwt_keys(config: &Config) -> anyhow::Result<Keys> {
+    let keys = Keys::from_secret(&config.jwt.secret, config.jwt.base64)
+        .map_err(|e| anyhow::anyhow!("PGWS_JWT_SECRET: {e}"))?;
+    if let Some(bytes) = keys.weakest_hmac_key() {
+        tracing::warn!(
+            bytes,
+            minimum = crate::auth::MIN_HMAC_KEY,
+            "PGWS_JWT_SECRET: an HMAC key shorter than 32 bytes can be brute-forced; use a longer one"
+        );
+    }
+    Ok(keys)
 }
 
-/// Cluster: Redis pub/sub feeds fan-out; writes go to the Redis stream.
-fn start_cluster(
-    cluster: &ClusterConfig,
-    fanout: Arc<Fanout>,
+/// `/healthz`, `/readyz` (not ready while closing, or while the bus says
+/// so), `/metrics`.
+fn serve_admin(
+    listener: TcpListener,
     metrics: &Metrics,
-) -> anyhow::Result<RunningBackend> {
-    let bus_metrics =
-        RedisBusMetrics::register(&metrics.registry).context("registering metrics")?;
-    let stop = CancellationToken::new();
-    let (bus, link) = RedisBus::start(
-        cluster.redis.clone(),
-        cluster.keys.clone(),
-        cluster.stream_max_len,
-        fanout,
-        bus_metrics,
-        stop.clone(),
-    );
-    let probe = bus.clone();
-    Ok(RunningBackend {
-        bus: Bus::Redis(bus),
+    bus: &dyn Bus,
+    closing: &CancellationToken,
+    stop: &CancellationToken,
+) -> JoinHandle<()> {
+    let ready = bus.readiness();
+    let closing = closing.clone();
+    let state = Arc::new(AdminState {
+        registry: metrics.registry.clone(),
         readiness: Box::new(move || {
-            if probe.is_up() {
-                Ok(())
-            } else {
-                Err("redis unreachable".into())
+            if closing.is_cancelled() {
+                return Err("draining".into());
             }
+            ready()
         }),
-        failed: Box::pin(std::future::pending()),
-        stop,
-        draining: JoinSet::new(),
-        background: vec![link],
-        abort: CancellationToken::new(),
-    })
+    });
+    tokio::spawn(admin::serve(listener, state, stop.clone()))
 }

@@ -2,8 +2,8 @@
 //! table or one JSON line.
 
 use crate::client::{self, now_ns, ReaderStats, Ws};
+use crate::options::Common;
 use crate::proc;
-use crate::Common;
 use fastwebsockets::{Frame, OpCode, Payload};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};

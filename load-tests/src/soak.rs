@@ -7,11 +7,11 @@
 //! the server closed.
 
 use crate::client::Ws;
+use crate::options::Common;
 use crate::scenarios::{
     count_notifies, latency_fields, open_sockets, publish, server_rss, start_readers, CpuMark,
     Report,
 };
-use crate::Common;
 use fastwebsockets::{Frame, Payload};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -181,6 +181,12 @@ fn shard_for(channel: &str, shards: usize) -> usize {
     (hasher.finish() % shards as u64) as usize
 }
 
+/// The relay was told to abandon its work (the end of a shutdown grace
+/// period, or the end of a leader's term).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("aborted")]
+pub struct Aborted;
+
 /// What became of one transaction.
 enum Outcome {
     Sent,
@@ -236,7 +242,7 @@ impl Notifier {
                 break; // every sender dropped and the queue is empty, or aborted
             }
             self.metrics.queue_depth.sub(received as i64);
-            if !self.send(&batch).await {
+            if self.send(&batch).await.is_err() {
                 break;
             }
             batch.clear();
@@ -254,8 +260,8 @@ impl Notifier {
 
     /// Send `batch` in order, as few transactions as PostgreSQL's folding of
     /// identical payloads allows. Returns once every message was committed
-    /// (or refused by PostgreSQL, counted and logged); false when aborted.
-    pub async fn send(&mut self, batch: &[String]) -> bool {
+    /// (or refused by PostgreSQL, counted and logged), or when aborted.
+    pub async fn send(&mut self, batch: &[String]) -> Result<(), Aborted> {
         let mut start = 0;
         while start < batch.len() {
             let end = start + fold_safe_prefix(&batch[start..]);
@@ -263,21 +269,21 @@ impl Notifier {
             start = end;
             match self.transact(chunk).await {
                 Outcome::Sent => continue,
-                Outcome::Aborted => return false,
+                Outcome::Aborted => return Err(Aborted),
                 Outcome::Refused(e) if chunk.len() == 1 => self.count_refused(&chunk[0], &e),
                 Outcome::Refused(e) => {
                     tracing::warn!(worker = %self.name, error = %pg::error_chain(&e), size = chunk.len(), "PostgreSQL refused a NOTIFY batch: sending one by one");
                     for payload in chunk {
                         match self.transact(std::slice::from_ref(payload)).await {
                             Outcome::Sent => {}
-                            Outcome::Aborted => return false,
+                            Outcome::Aborted => return Err(Aborted),
                             Outcome::Refused(e) => self.count_refused(payload, &e),
                         }
                     }
                 }
             }
         }
-        true
+        Ok(())
     }
 
     /// Send `payloads` (no duplicates) in one statement, reconnecting and

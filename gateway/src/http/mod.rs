@@ -188,10 +188,7 @@ async fn handle(req: Request<Incoming>, state: Arc<HttpState>) -> Response<Body>
             Ok(response) => response,
             Err(refusal) => {
                 state.sessions.metrics.refused(&refusal);
-                text(
-                    StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::FORBIDDEN),
-                    refusal.to_string(),
-                )
+                text(refusal.status(), refusal.to_string())
             }
         };
     }

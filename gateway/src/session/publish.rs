@@ -3,9 +3,10 @@
 //! against the NOTIFY size limit, traced when tracing is on. A guarded
 //! meta channel is never written to (see `auth::MetaChannel`).
 
-use super::{SessionContext, SessionId};
+use super::context::SessionContext;
 use crate::auth::Grant;
 use crate::bus::BusError;
+use crate::hub::SessionId;
 use crate::metrics::Rejection;
 use pgws_protocol::close::CloseReason;
 use pgws_protocol::envelope::{self, ClaimsJson, Event};

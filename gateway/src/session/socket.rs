@@ -18,10 +18,12 @@
 //! `docs/benchmarks.md`).
 
 use super::assemble::{AssembleError, Assembler};
+use super::context::SessionEnd;
 use super::inbound::{close_frame_error, CloseProblem, FrameError, FrameReader, InFrame};
 use super::outbound::{FrameWriter, FLUSH_AT};
 use super::publish::{self, Writer};
-use super::{Delivery, SessionControl, SessionEnd};
+use crate::bus::Delivery;
+use crate::hub::SessionControl;
 use crate::metrics::Rejection;
 use fastwebsockets::OpCode;
 use pgws_protocol::close::CloseReason;

@@ -1,7 +1,9 @@
 //! Connecting to Redis until it works or the caller gives up: the one
 //! reconnect loop every Redis user shares.
 
-use super::{describe_error, PushHandler, RedisClient, RedisConfig};
+use super::client::{describe_error, RedisClient};
+use super::config::RedisConfig;
+use super::push::PushHandler;
 use crate::backoff::Backoff;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

@@ -9,16 +9,15 @@
 //! second. A disconnection is not queued: it wakes the link at once, which
 //! re-subscribes when Redis answers again.
 
-use super::RedisBusMetrics;
-use crate::fanout::Fanout;
-use crate::session::Delivery;
+use super::super::{Delivery, Inbox};
+use super::metrics::RedisBusMetrics;
 use pgws_protocol::keys::KeySpace;
 use pgws_protocol::republish;
+use pgws_service::events::RateLimit;
 use pgws_service::redis_client::{message_of, PushHandler};
 use redis::{PushInfo, PushKind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 
 /// Redis messages waiting for fan-out before new ones are dropped. Each
@@ -32,20 +31,19 @@ pub struct Inbound {
     pub resync: Arc<Notify>,
     up: Arc<AtomicBool>,
     metrics: RedisBusMetrics,
-    last_overflow_log: AtomicU64,
-    started: Instant,
+    overflow_log: RateLimit,
 }
 
 impl Inbound {
     /// The handler and the task that delivers what it queues.
     pub fn start(
         keys: KeySpace,
-        fanout: Arc<Fanout>,
+        inbox: Arc<dyn Inbox>,
         metrics: RedisBusMetrics,
         up: Arc<AtomicBool>,
     ) -> (Arc<Inbound>, tokio::task::JoinHandle<()>) {
         let (inbound, rx) = Inbound::new(PUSH_QUEUE, metrics.clone(), up);
-        let delivery = Deliverer::new(keys, fanout, metrics);
+        let delivery = Deliverer::new(keys, inbox, metrics);
         (inbound, tokio::spawn(delivery.run(rx)))
     }
 
@@ -61,8 +59,7 @@ impl Inbound {
             resync: Arc::new(Notify::new()),
             up,
             metrics,
-            last_overflow_log: AtomicU64::new(0),
-            started: Instant::now(),
+            overflow_log: RateLimit::default(),
         });
         (inbound, rx)
     }
@@ -86,14 +83,7 @@ impl Inbound {
         }
         if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(push) {
             self.metrics.overflow.inc();
-            let now = self.started.elapsed().as_millis() as u64;
-            let last = self.last_overflow_log.load(Ordering::Relaxed);
-            if now.saturating_sub(last) >= 1000
-                && self
-                    .last_overflow_log
-                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
+            if self.overflow_log.allow() {
                 tracing::warn!(
                     queue = PUSH_QUEUE,
                     dropped_total = self.metrics.overflow.get(),
@@ -107,17 +97,19 @@ impl Inbound {
 /// The delivery task's state.
 struct Deliverer {
     keys: KeySpace,
-    fanout: Arc<Fanout>,
+    inbox: Arc<dyn Inbox>,
     metrics: RedisBusMetrics,
+    malformed_log: RateLimit,
     newest_epoch: u64,
 }
 
 impl Deliverer {
-    fn new(keys: KeySpace, fanout: Arc<Fanout>, metrics: RedisBusMetrics) -> Deliverer {
+    fn new(keys: KeySpace, inbox: Arc<dyn Inbox>, metrics: RedisBusMetrics) -> Deliverer {
         Deliverer {
             keys,
-            fanout,
+            inbox,
             metrics,
+            malformed_log: RateLimit::default(),
             newest_epoch: 0,
         }
     }
@@ -143,7 +135,9 @@ impl Deliverer {
             Ok(p) => p,
             Err(e) => {
                 self.metrics.malformed.inc();
-                tracing::warn!(error = %e, "malformed message on Redis");
+                if self.malformed_log.allow() {
+                    tracing::warn!(error = %e, total = self.metrics.malformed.get(), "malformed message on Redis");
+                }
                 return;
             }
         };
@@ -164,9 +158,9 @@ impl Deliverer {
                 let span =
                     tracing::info_span!("pgws.fanout", channel = %channel, epoch = published.epoch);
                 pgws_service::telemetry::set_remote_parent(&span, &traceparent);
-                span.in_scope(|| self.fanout.deliver_to(channel, &delivery));
+                span.in_scope(|| self.inbox.deliver(channel, delivery));
             }
-            None => self.fanout.deliver_to(channel, &delivery),
+            None => self.inbox.deliver(channel, delivery),
         }
     }
 }
@@ -174,9 +168,6 @@ impl Deliverer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::registry::{Registry, Subscriber};
-    use crate::session::SessionId;
     use redis::Value;
 
     fn metrics() -> RedisBusMetrics {
@@ -226,29 +217,34 @@ mod tests {
         assert!(rx.try_recv().is_err(), "nothing queued");
     }
 
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<(String, String)>>);
+
+    impl Inbox for Recorder {
+        fn deliver(&self, channel: &str, delivery: Arc<Delivery>) {
+            let payload = String::from_utf8_lossy(&delivery.payload).into_owned();
+            self.0
+                .lock()
+                .expect("lock")
+                .push((channel.to_string(), payload));
+        }
+    }
+
     #[tokio::test]
-    async fn deliveries_reach_readers_and_older_epochs_are_fenced_off() {
-        let registry = Arc::new(Registry::default());
-        let (tx, mut socket) = mpsc::channel(8);
-        registry.insert(
-            "chat",
-            Subscriber {
-                id: SessionId(1),
-                queue: tx,
-                control: Arc::default(),
-            },
-            || {},
-        );
-        let gateway_metrics = Metrics::new().expect("metrics");
-        let fanout = Arc::new(Fanout::new(registry, gateway_metrics, "listen".into()));
+    async fn deliveries_reach_the_inbox_and_older_epochs_are_fenced_off() {
+        let recorder = Arc::new(Recorder::default());
         let keys = KeySpace::new("p");
         let m = metrics();
-        let mut deliverer = Deliverer::new(keys.clone(), fanout, m.clone());
+        let mut deliverer = Deliverer::new(keys.clone(), recorder.clone(), m.clone());
         deliverer.deliver(&message(&keys, "chat", 5, "new leader"));
         deliverer.deliver(&message(&keys, "chat", 4, "deposed leader"));
         deliverer.deliver(&message(&keys, "chat", 5, "again"));
-        let got: Vec<String> = std::iter::from_fn(|| socket.try_recv().ok())
-            .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
+        let got: Vec<String> = recorder
+            .0
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, p)| p.clone())
             .collect();
         assert_eq!(got, vec!["new leader", "again"]);
         assert_eq!(m.stale.get(), 1);

@@ -7,7 +7,7 @@
 //! holds deliveries up.
 
 use super::inbound::Inbound;
-use super::{RedisBusMetrics, Subscription};
+use super::metrics::RedisBusMetrics;
 use pgws_service::backoff::Backoff;
 use pgws_service::redis_client::{describe_error, RedisClient, RedisConfig, RESPONSE_TIMEOUT};
 use std::collections::HashSet;
@@ -16,6 +16,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// A change of what this node subscribes to, in registry order.
+pub enum Subscription {
+    /// Subscribe to this Redis channel.
+    Add(String),
+    /// Unsubscribe from it.
+    Remove(String),
+}
 
 /// How often the connection is pinged for readiness.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(1);

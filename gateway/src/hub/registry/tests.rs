@@ -2,6 +2,7 @@ use super::*;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Mutex;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 fn subscriber(id: u64) -> Subscriber {
     let (queue, _rx) = mpsc::channel(1);

@@ -19,23 +19,12 @@
 //!   would leave the node unsubscribed while a reader waits). Callbacks
 //!   must not block: the bus only queues the request.
 
-use crate::session::{Delivery, SessionControl, SessionId};
+use super::member::{SessionId, Subscriber};
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, RwLock};
-use tokio::sync::mpsc;
 
 const SHARDS: usize = 64;
-
-/// One reading socket, as seen by fan-out.
-pub struct Subscriber {
-    /// The socket's id, to remove it again.
-    pub id: SessionId,
-    /// Its bounded send queue.
-    pub queue: mpsc::Sender<Arc<Delivery>>,
-    /// Used to cut it off when the queue is full.
-    pub control: Arc<SessionControl>,
-}
 
 /// The readers of one channel, as fan-out sees them at one moment.
 pub type Readers = Arc<[Arc<Subscriber>]>;

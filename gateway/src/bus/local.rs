@@ -1,0 +1,209 @@
+//! Standalone mode's bus: the database side runs in this process.
+//!
+//! * **In:** the supervised `LISTEN` connection (`pgws_postgres::listener`)
+//!   hands every notification to a [`Router`], which finds its websocket
+//!   channel (the payload's `"channel"`, else the one named like the listen
+//!   channel) and delivers it to the inbox.
+//! * **Out:** writers' envelopes go to the NOTIFY relay
+//!   (`pgws_postgres::relay`): `PGWS_POOL_SIZE` connections, each with its
+//!   own bounded queue, a channel always on the same one.
+//!
+//! Every notification already reaches this process, so subscribing is a
+//! no-op. Without `PGWS_CHECK_LISTENER_INTERVAL`, a lost listener is this
+//! bus's failure: the gateway then exits non-zero, as the original does.
+
+use super::{Bus, BusError, BusFuture, Delivery, Inbox, Lifecycle, Readiness, Started};
+use pgws_postgres::listener::{
+    self, ListenerConfig, ListenerMetrics, ListenerState, Notification, NotificationSink,
+};
+use pgws_postgres::pg::PgConfig;
+use pgws_postgres::relay::{Relay, RelayConfig, RelayError, RelayMetrics};
+use pgws_protocol::routing;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Most notifications sent per NOTIFY transaction.
+const MAX_NOTIFY_BATCH: usize = 256;
+
+/// The standalone bus's settings.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// The database.
+    pub db: PgConfig,
+    /// `PGWS_LISTEN_CHANNEL`.
+    pub listen_channel: String,
+    /// NOTIFY connections.
+    pub pool_size: usize,
+    /// Messages queued per NOTIFY connection.
+    pub write_queue_size: usize,
+    /// Listener connection retries.
+    pub retries: u32,
+    /// Listener probe and self-heal period; `None`: a loss is fatal.
+    pub check_listener_interval: Option<Duration>,
+}
+
+/// The handle sessions use.
+pub struct LocalBus {
+    relay: Relay,
+    listening: watch::Receiver<ListenerState>,
+}
+
+/// Start the listener and the relay; metrics go to `registry`.
+pub fn start(
+    config: LocalConfig,
+    inbox: Arc<dyn Inbox>,
+    registry: &prometheus::Registry,
+) -> prometheus::Result<Started> {
+    let abort = CancellationToken::new();
+    let (relay, workers) = Relay::start(
+        RelayConfig {
+            db: config.db.clone(),
+            listen_channel: config.listen_channel.clone(),
+            pool_size: config.pool_size,
+            queue_capacity: config.write_queue_size,
+            max_batch: MAX_NOTIFY_BATCH,
+        },
+        RelayMetrics::register(registry)?,
+        abort.clone(),
+    );
+    let (state_tx, state_rx) = watch::channel(ListenerState::Connecting);
+    let stop = CancellationToken::new();
+    let router = Arc::new(Router {
+        inbox,
+        listen_channel: config.listen_channel.clone(),
+    });
+    let listening = tokio::spawn(listener::run(
+        ListenerConfig {
+            db: config.db,
+            channel: config.listen_channel,
+            retries: config.retries,
+            check_interval: config.check_listener_interval,
+        },
+        router,
+        state_tx,
+        ListenerMetrics::register(registry)?,
+        stop.clone(),
+    ));
+    // The listener's outcome is the bus's failure, if any.
+    let (failure_tx, failure_rx) = oneshot::channel();
+    let watcher = tokio::spawn(async move {
+        let outcome = match listening.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("listener task failed: {e}")),
+        };
+        if let Err(reason) = outcome {
+            let _ = failure_tx.send(reason);
+        }
+    });
+    Ok(Started {
+        bus: Arc::new(LocalBus {
+            relay,
+            listening: state_rx,
+        }),
+        lifecycle: Lifecycle {
+            failure: Some(failure_rx),
+            workers,
+            abort,
+            stop,
+            background: vec![watcher],
+        },
+    })
+}
+
+impl Bus for LocalBus {
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        envelope: String,
+        _traceparent: Option<&'a str>,
+        wait: Duration,
+    ) -> BusFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            self.relay
+                .enqueue(channel, envelope, wait)
+                .await
+                .map_err(|e| match e {
+                    RelayError::Full => BusError::Full,
+                    RelayError::Closed => BusError::Closed,
+                })
+        })
+    }
+
+    // Every notification already reaches this process.
+    fn subscribe(&self, _channel: &str) {}
+
+    fn unsubscribe(&self, _channel: &str) {}
+
+    fn readiness(&self) -> Readiness {
+        let listening = self.listening.clone();
+        Box::new(move || match *listening.borrow() {
+            ListenerState::Listening => Ok(()),
+            other => Err(format!("listener {other:?}").to_lowercase()),
+        })
+    }
+}
+
+/// The listener's sink: routes each notification to its channel.
+struct Router {
+    inbox: Arc<dyn Inbox>,
+    listen_channel: String,
+}
+
+impl NotificationSink for Router {
+    fn deliver(&self, notification: Notification) {
+        let delivery = Arc::new(Delivery {
+            payload: notification.payload,
+            received_at: notification.received_at,
+        });
+        // NOTIFY payloads are text in the database encoding, which the
+        // connection converts to UTF-8.
+        let text = std::str::from_utf8(&delivery.payload).unwrap_or("");
+        let channel = routing::target_channel(text, &self.listen_channel);
+        if pgws_service::telemetry::enabled() {
+            tracing::info_span!("pgws.fanout", channel = %channel)
+                .in_scope(|| self.inbox.deliver(&channel, delivery.clone()));
+        } else {
+            self.inbox.deliver(&channel, delivery.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, String)>>);
+
+    impl Inbox for Recorder {
+        fn deliver(&self, channel: &str, delivery: Arc<Delivery>) {
+            let payload = String::from_utf8_lossy(&delivery.payload).into_owned();
+            self.0
+                .lock()
+                .expect("lock")
+                .push((channel.to_string(), payload));
+        }
+    }
+
+    #[test]
+    fn notifications_are_routed_by_their_channel_field() {
+        let recorder = Arc::new(Recorder::default());
+        let router = Router {
+            inbox: recorder.clone(),
+            listen_channel: "listen".into(),
+        };
+        for payload in [r#"{"channel":"chat","payload":"hi"}"#, "plain text"] {
+            router.deliver(Notification {
+                payload: bytes::Bytes::from(payload),
+                received_at: Instant::now(),
+            });
+        }
+        let seen = recorder.0.lock().expect("lock").clone();
+        assert_eq!(seen[0].0, "chat");
+        assert_eq!(seen[1], ("listen".to_string(), "plain text".to_string()));
+    }
+}

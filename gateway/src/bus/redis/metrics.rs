@@ -1,0 +1,41 @@
+//! The cluster bus's metrics.
+
+use prometheus::{IntCounter, IntGauge, Registry};
+
+/// Redis bus metrics.
+#[derive(Clone)]
+pub struct RedisBusMetrics {
+    pub up: IntGauge,
+    pub subscriptions: IntGauge,
+    pub received: IntCounter,
+    pub stale: IntCounter,
+    pub malformed: IntCounter,
+    pub overflow: IntCounter,
+}
+
+impl RedisBusMetrics {
+    /// Create and register.
+    pub fn register(registry: &Registry) -> prometheus::Result<RedisBusMetrics> {
+        let m = RedisBusMetrics {
+            up: IntGauge::new("pgws_redis_up", "1 while Redis answers")?,
+            subscriptions: IntGauge::new("pgws_redis_subscriptions", "Redis channels this gateway subscribes to")?,
+            received: IntCounter::new("pgws_bus_messages_received_total", "Notifications received from Redis")?,
+            stale: IntCounter::new(
+                "pgws_bus_stale_dropped_total",
+                "Notifications dropped because a newer coordinator epoch was already seen (fencing)",
+            )?,
+            malformed: IntCounter::new("pgws_bus_malformed_total", "Redis messages that could not be decoded")?,
+            overflow: IntCounter::new(
+                "pgws_bus_overflow_total",
+                "Notifications from Redis dropped because the delivery queue was full",
+            )?,
+        };
+        registry.register(Box::new(m.up.clone()))?;
+        registry.register(Box::new(m.subscriptions.clone()))?;
+        registry.register(Box::new(m.received.clone()))?;
+        registry.register(Box::new(m.stale.clone()))?;
+        registry.register(Box::new(m.malformed.clone()))?;
+        registry.register(Box::new(m.overflow.clone()))?;
+        Ok(m)
+    }
+}

@@ -1,0 +1,37 @@
+//! The options every scenario takes.
+
+use std::net::SocketAddr;
+
+/// Options every scenario takes.
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    /// Gateway address (host:port); repeat to spread sockets round-robin.
+    #[arg(long = "url", global = true, default_value = "127.0.0.1:3000")]
+    pub urls: Vec<SocketAddr>,
+    /// HS256 secret of the gateways.
+    #[arg(
+        long,
+        global = true,
+        default_value = "reallyreallyreallyreallyverysafe"
+    )]
+    pub secret: String,
+    /// Database to pg_notify / LISTEN on.
+    #[arg(
+        long,
+        global = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub db: String,
+    /// The gateways' PGWS_LISTEN_CHANNEL.
+    #[arg(long, global = true, default_value = "postgres-websockets-listener")]
+    pub listen_channel: String,
+    /// Server process to measure (gateway, coordinator); repeatable.
+    #[arg(long = "pid", global = true)]
+    pub pids: Vec<u32>,
+    /// Label for the report (`standalone`, `cluster`).
+    #[arg(long, global = true, default_value = "")]
+    pub label: String,
+    /// Print one JSON line per run.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
