@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[tokio::test]
 async fn refusals_are_http_errors_with_the_reason() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let cases = [
         (
             format!("chat/{}", token(json!({"mode":"r","exp": now() - 10}))),
@@ -65,7 +65,7 @@ async fn refusals_are_http_errors_with_the_reason() {
 async fn alg_none_and_not_yet_valid_tokens_are_refused() {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let none = format!(
         "{}.{}.",
         b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
@@ -78,7 +78,7 @@ async fn alg_none_and_not_yet_valid_tokens_are_refused() {
 
 #[tokio::test]
 async fn channel_claims_limit_the_path_channel() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let t = token(json!({"mode":"r","channel":"a","channels":["b"]}));
     connect(&gw.url(&format!("a/{t}"))).await;
     connect(&gw.url(&format!("b/{t}"))).await;
@@ -87,7 +87,7 @@ async fn channel_claims_limit_the_path_channel() {
     connect(&gw.url(&format!("anything/{}", token(json!({"mode":"r"}))))).await;
 }
 
-async fn reads_chat(gw: &Gateway, mut ws: Ws, chat: &str) {
+async fn reads_chat(gw: &Server, mut ws: Ws, chat: &str) {
     let db = db().await;
     let payload = format!(r#"{{"channel":"{chat}","payload":"x"}}"#);
     notify(&db, &gw.listen_channel, &payload).await;
@@ -96,7 +96,7 @@ async fn reads_chat(gw: &Gateway, mut ws: Ws, chat: &str) {
 
 #[tokio::test]
 async fn token_from_query_authorization_or_subprotocol() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let chat = unique("chat");
     let t = token(json!({"mode":"r"}));
 
@@ -133,7 +133,7 @@ async fn token_from_query_authorization_or_subprotocol() {
 
 #[tokio::test]
 async fn an_open_socket_is_closed_with_3001_when_its_token_expires() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let t = token(json!({"mode":"r","exp": now() + 2}));
     let mut ws = connect(&gw.url(&format!("chat/{t}"))).await;
     assert_eq!(
@@ -148,7 +148,7 @@ async fn an_open_socket_is_closed_with_3001_when_its_token_expires() {
 async fn base64_and_file_secrets() {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(SECRET);
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_JWT_SECRET", b64)
         .env("PGWS_JWT_SECRET_BASE64", "True")
         .start()
@@ -164,7 +164,7 @@ async fn base64_and_file_secrets() {
         json!({"keys":[{"kty":"oct","kid":"k1","k":k}]}).to_string(),
     )
     .expect("write");
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_JWT_SECRET", format!("@{}", file.display()))
         .start()
         .await;
@@ -182,7 +182,7 @@ async fn base64_and_file_secrets() {
 
 #[tokio::test]
 async fn origin_allow_list() {
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env(
             "PGWS_ALLOWED_ORIGINS",
             "https://good.example, http://localhost:3000",

@@ -6,7 +6,7 @@ use common::*;
 use serde_json::json;
 use std::process::Command;
 
-fn run(builder: GatewayBuilder) -> (Option<i32>, String) {
+fn run(builder: ServerBuilder) -> (Option<i32>, String) {
     let out = builder.command().output().expect("run");
     (
         out.status.code(),
@@ -34,7 +34,7 @@ fn a_bad_value_stops_start_up_with_one_line_naming_the_variable() {
         ("PGWS_CHECK_LISTENER_INTERVAL", "5s"),
         ("PGWS_DB_URI", "postgres://x:notaport/db"),
     ] {
-        let (code, stderr) = run(Gateway::builder().env(var, value));
+        let (code, stderr) = run(Server::gateway().env(var, value));
         assert_eq!(code, Some(78), "{var}: {stderr}");
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{var}: {stderr}");
@@ -44,17 +44,17 @@ fn a_bad_value_stops_start_up_with_one_line_naming_the_variable() {
 
 #[test]
 fn missing_required_variables_are_named() {
-    let (code, stderr) = run(Gateway::builder().unset("PGWS_JWT_SECRET"));
+    let (code, stderr) = run(Server::gateway().unset("PGWS_JWT_SECRET"));
     assert_eq!(code, Some(78));
     assert!(stderr.contains("PGWS_JWT_SECRET: is required"), "{stderr}");
-    let (code, stderr) = run(Gateway::builder().unset("PGWS_DB_URI"));
+    let (code, stderr) = run(Server::gateway().unset("PGWS_DB_URI"));
     assert_eq!(code, Some(78));
     assert!(stderr.contains("PGWS_DB_URI"), "{stderr}");
 }
 
 #[test]
 fn half_a_tls_configuration_is_an_error_naming_both() {
-    let (code, stderr) = run(Gateway::builder().env("PGWS_CERTIFICATE_FILE", "/tmp/cert.pem"));
+    let (code, stderr) = run(Server::gateway().env("PGWS_CERTIFICATE_FILE", "/tmp/cert.pem"));
     assert_eq!(code, Some(78));
     assert!(
         stderr.contains("PGWS_CERTIFICATE_FILE") && stderr.contains("PGWS_KEY_FILE"),
@@ -64,7 +64,7 @@ fn half_a_tls_configuration_is_an_error_naming_both() {
 
 #[test]
 fn an_unusable_jwk_is_reported_by_name() {
-    let (code, stderr) = run(Gateway::builder().env("PGWS_JWT_SECRET", r#"{"kty":"nope"}"#));
+    let (code, stderr) = run(Server::gateway().env("PGWS_JWT_SECRET", r#"{"kty":"nope"}"#));
     assert_eq!(code, Some(1));
     assert!(stderr.contains("PGWS_JWT_SECRET"), "{stderr}");
 }
@@ -83,7 +83,7 @@ async fn a_toml_file_configures_and_the_environment_wins() {
     )
     .expect("write");
     // The environment's secret (the harness default) overrides the file's.
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .arg("--config")
         .arg(file.display().to_string())
         .start()

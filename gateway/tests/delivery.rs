@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 #[tokio::test]
 async fn notify_reaches_every_reader_of_the_channel_verbatim() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let chat = unique("chat");
     let other = unique("other");
     let mut r1 = connect(&gw.url(&format!("{chat}/{}", token(json!({"mode":"r"}))))).await;
@@ -33,7 +33,7 @@ async fn notify_reaches_every_reader_of_the_channel_verbatim() {
 
 #[tokio::test]
 async fn write_only_sockets_receive_nothing() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let chat = unique("chat");
     let mut writer = connect(&gw.url(&format!("{chat}/{}", token(json!({"mode":"w"}))))).await;
     let mut reader = connect(&gw.url(&format!("{chat}/{}", token(json!({"mode":"r"}))))).await;
@@ -62,7 +62,7 @@ async fn write_only_sockets_receive_nothing() {
 
 #[tokio::test]
 async fn payloads_without_a_channel_go_to_the_listen_channel_name() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let mut reader = connect(&gw.url(&format!(
         "{}/{}",
         gw.listen_channel,
@@ -83,7 +83,7 @@ async fn payloads_without_a_channel_go_to_the_listen_channel_name() {
 
 #[tokio::test]
 async fn per_channel_order_is_kept() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let chat = unique("chat");
     let mut reader = connect(&gw.url(&format!("{chat}/{}", token(json!({"mode":"r"}))))).await;
     let db = db().await;
@@ -101,7 +101,7 @@ async fn per_channel_order_is_kept() {
 
 #[tokio::test]
 async fn a_writer_message_becomes_one_notify_per_channel_with_claims() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let mut pg = listen_ready(&gw.listen_channel).await;
     let (a, b) = (unique("a"), unique("b"));
     let claims = json!({"mode":"rw","channels":[a, b],"role":"admin","message_delivered_at":1});
@@ -144,7 +144,7 @@ async fn a_writer_message_becomes_one_notify_per_channel_with_claims() {
 async fn repeated_identical_messages_are_all_sent() {
     // PostgreSQL folds identical notifications within one transaction; the
     // relay must not batch a message with its own repeat.
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let mut pg = listen_ready(&gw.listen_channel).await;
     let chat = unique("chat");
     let mut ws = connect(&gw.url(&format!("{chat}/{}", token(json!({"mode":"w"}))))).await;
@@ -159,7 +159,7 @@ async fn repeated_identical_messages_are_all_sent() {
 
 #[tokio::test]
 async fn read_only_sockets_do_not_notify() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let mut pg = listen_ready(&gw.listen_channel).await;
     let chat = unique("chat");
     let mut reader = connect(&gw.url(&format!("{chat}/{}", token(json!({"mode":"r"}))))).await;
@@ -178,7 +178,7 @@ async fn read_only_sockets_do_not_notify() {
 #[tokio::test]
 async fn meta_channel_announces_open_and_close() {
     let meta = unique("meta");
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_META_CHANNEL", meta.clone())
         .start()
         .await;
@@ -207,7 +207,7 @@ async fn meta_channel_announces_open_and_close() {
 #[tokio::test]
 async fn the_meta_channel_is_read_only_by_tokens_that_name_it_and_written_by_nobody() {
     let meta = unique("meta");
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_META_CHANNEL", meta.clone())
         .start()
         .await;
@@ -274,7 +274,7 @@ async fn the_meta_channel_is_read_only_by_tokens_that_name_it_and_written_by_nob
 #[tokio::test]
 async fn a_public_meta_channel_behaves_as_the_original() {
     let meta = unique("meta");
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_META_CHANNEL", meta.clone())
         .env("PGWS_META_CHANNEL_PUBLIC", "true")
         .start()

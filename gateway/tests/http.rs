@@ -20,7 +20,7 @@ fn site() -> std::path::PathBuf {
 
 #[tokio::test]
 async fn without_a_root_path_get_answers_a_short_text() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let (status, body) = http_get(gw.addr, "/").await.expect("get");
     assert_eq!(status, 200);
     assert!(body.contains("postgres-websockets"), "{body}");
@@ -36,7 +36,7 @@ async fn without_a_root_path_get_answers_a_short_text() {
 #[tokio::test]
 async fn static_files_are_served_without_listings_or_escape() {
     let base = site();
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_ROOT_PATH", base.join("root").display().to_string())
         .start()
         .await;
@@ -79,7 +79,7 @@ async fn dotfiles_and_symlinked_index_files_are_never_served() {
     std::os::unix::fs::symlink(base.join("secret.txt"), root.join("linkdir/index.html"))
         .expect("symlink");
     std::os::unix::fs::symlink(root.join(".env"), root.join("innocent.txt")).expect("symlink");
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_ROOT_PATH", root.display().to_string())
         .start()
         .await;
@@ -117,7 +117,7 @@ async fn large_files_are_streamed_to_clients_that_do_not_read() {
     let base = site();
     let big = vec![b'x'; 20 * 1024 * 1024];
     std::fs::write(base.join("root/big.bin"), &big).expect("write");
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_ROOT_PATH", base.join("root").display().to_string())
         .start()
         .await;
@@ -151,7 +151,7 @@ async fn large_files_are_streamed_to_clients_that_do_not_read() {
 
 #[tokio::test]
 async fn request_heads_over_32_kib_get_431() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let header = "a".repeat(40 * 1024);
     let (status, _) = http_raw(
         gw.addr,
@@ -174,7 +174,7 @@ async fn request_heads_over_32_kib_get_431() {
 
 #[tokio::test]
 async fn connections_not_yet_upgraded_are_capped() {
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_MAX_PENDING_CONNECTIONS", "3")
         .start()
         .await;
@@ -218,7 +218,7 @@ async fn connections_not_yet_upgraded_are_capped() {
 
 #[tokio::test]
 async fn only_get_may_upgrade() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     for method in ["POST", "PUT", "DELETE"] {
         let request =
             common::raw::upgrade_request(&format!("/chat/{}", token(json!({"mode":"r"}))))
@@ -235,7 +235,7 @@ async fn only_get_may_upgrade() {
 
 #[tokio::test]
 async fn the_admin_listener_drops_a_head_that_never_ends() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let mut raw = common::raw::Raw::connect(gw.admin.expect("admin")).await;
     raw.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-A: ").await;
     let started = std::time::Instant::now();
@@ -287,7 +287,7 @@ async fn tls_serves_https_and_wss() {
     let dir = std::env::temp_dir().join(unique("pgws-tls"));
     std::fs::create_dir_all(&dir).expect("dir");
     let (cert, key) = certificate(&dir);
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_CERTIFICATE_FILE", cert.display().to_string())
         .env("PGWS_KEY_FILE", key.display().to_string())
         .start()

@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn a_frame_over_the_size_limit_is_closed_with_1009() {
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_MAX_MESSAGE_SIZE", "1000")
         .start()
         .await;
@@ -20,7 +20,7 @@ async fn a_frame_over_the_size_limit_is_closed_with_1009() {
 
 #[tokio::test]
 async fn a_message_too_large_for_notify_is_closed_with_1009_and_counted() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let mut pg = listen_ready(&gw.listen_channel).await;
     let chat = unique("chat");
     let mut ws = connect(&gw.url(&format!("{chat}/{}", token(json!({"mode":"w"}))))).await;
@@ -40,7 +40,7 @@ async fn a_message_too_large_for_notify_is_closed_with_1009_and_counted() {
 
 #[tokio::test]
 async fn a_reader_that_stops_reading_is_cut_off_and_others_are_not_held_up() {
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_SEND_QUEUE_SIZE", "256")
         .env("PGWS_SEND_TIMEOUT", "60000")
         .start()
@@ -93,7 +93,7 @@ async fn a_reader_that_stops_reading_is_cut_off_and_others_are_not_held_up() {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_get_503() {
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_MAX_CONNECTIONS", "2")
         .start()
         .await;
@@ -127,7 +127,7 @@ async fn connections_beyond_the_limit_get_503() {
 
 #[tokio::test]
 async fn the_server_pings_and_drops_silent_peers() {
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_PING_INTERVAL", "1")
         .start()
         .await;
@@ -183,7 +183,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[tokio::test]
 async fn frames_sent_with_the_handshake_are_read_and_an_unmasked_frame_is_closed_with_1002() {
     use tokio::io::AsyncWriteExt;
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let mut stream = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");

@@ -38,7 +38,7 @@ async fn wait_backend(db: &tokio_postgres::Client, channel: &str, not: Option<i3
 
 #[tokio::test]
 async fn pg_stat_activity_shows_the_listen_and_application_names() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let db = db().await;
     let pid = wait_backend(&db, &gw.listen_channel, None).await;
     let found = listener_backends(&db, &gw.listen_channel).await;
@@ -59,7 +59,7 @@ async fn pg_stat_activity_shows_the_listen_and_application_names() {
 
 #[tokio::test]
 async fn a_killed_listener_is_replaced_and_sockets_keep_receiving() {
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_CHECK_LISTENER_INTERVAL", "500")
         .start()
         .await;
@@ -86,7 +86,7 @@ async fn a_killed_listener_is_replaced_and_sockets_keep_receiving() {
 
 #[tokio::test]
 async fn without_self_healing_a_lost_listener_exits_non_zero() {
-    let mut gw = Gateway::start().await;
+    let mut gw = Server::start().await;
     let mut ws = connect(&gw.url(&format!("chat/{}", token(json!({"mode":"r"}))))).await;
     let db = db().await;
     let pid = wait_backend(&db, &gw.listen_channel, None).await;
@@ -106,7 +106,7 @@ async fn without_self_healing_a_lost_listener_exits_non_zero() {
 async fn retries_are_exhausted_then_the_process_exits() {
     // Nothing listens on port 1: every attempt is refused at once.
     let started = Instant::now();
-    let mut gw = Gateway::builder()
+    let mut gw = Server::gateway()
         .env("PGWS_DB_URI", "postgres://postgres@127.0.0.1:1/postgres")
         .env("PGWS_RETRIES", "2")
         .no_wait()
@@ -129,7 +129,7 @@ async fn retries_are_exhausted_then_the_process_exits() {
 
 #[tokio::test]
 async fn readyz_is_false_until_listening() {
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_DB_URI", "postgres://postgres@127.0.0.1:1/postgres")
         .env("PGWS_RETRIES", "10")
         .no_wait()

@@ -25,15 +25,15 @@ async fn tls_server(names: &[&str]) -> (ServerTls, PgServer) {
 }
 
 /// A gateway on `uri` that retries for a while, self-heals quickly.
-fn gateway_on(uri: &str) -> GatewayBuilder {
-    Gateway::builder()
+fn gateway_on(uri: &str) -> ServerBuilder {
+    Server::gateway()
         .env("PGWS_DB_URI", uri)
         .env("PGWS_CHECK_LISTENER_INTERVAL", "500")
 }
 
 /// The full round trip through the database: an `rw` socket's message
 /// becomes a NOTIFY, comes back through the LISTEN and reaches it.
-async fn assert_round_trip(gw: &Gateway) {
+async fn assert_round_trip(gw: &Server) {
     let t = token(json!({"mode": "rw"}));
     let mut ws = connect(&gw.url(&format!("chat/{t}"))).await;
     let text = unique("round-trip");
@@ -44,7 +44,7 @@ async fn assert_round_trip(gw: &Gateway) {
 }
 
 /// A notification sent on `server` reaches a reader on `gw`.
-async fn assert_delivers(gw: &Gateway, server: &PgServer) {
+async fn assert_delivers(gw: &Server, server: &PgServer) {
     let t = token(json!({"mode": "r"}));
     let mut ws = connect(&gw.url(&format!("news/{t}"))).await;
     let db = server.client().await;
@@ -54,7 +54,7 @@ async fn assert_delivers(gw: &Gateway, server: &PgServer) {
 }
 
 /// A gateway expected to give up on the database: its exit code and log.
-async fn failing(builder: GatewayBuilder) -> (Option<i32>, String) {
+async fn failing(builder: ServerBuilder) -> (Option<i32>, String) {
     let mut gw = builder.env("PGWS_RETRIES", "0").no_wait().start().await;
     let status = gw.wait_exit(WAIT).await;
     (status.code(), gw.log_text())
@@ -234,7 +234,7 @@ async fn the_second_host_is_used_when_the_first_is_down() {
 }
 
 /// Times the log has said `needle`, and when each was first seen.
-async fn wait_occurrences(gw: &Gateway, needle: &str, n: usize, within: Duration) -> Vec<Instant> {
+async fn wait_occurrences(gw: &Server, needle: &str, n: usize, within: Duration) -> Vec<Instant> {
     let deadline = Instant::now() + within;
     let mut seen = Vec::new();
     loop {

@@ -38,7 +38,7 @@ async fn a_wrong_ca_keeps_the_gateway_unready_and_says_why() {
     let tls = RedisTls::new(&tls_dir());
     let redis = RedisServer::start_tls(&tls, "app", "app-password", &[]).await;
     let other = common::certs::Pki::new(&tls_dir(), "other");
-    let gw = Gateway::cluster_gateway(&redis.url(), &unique("pgws-test"), &unique("pgws-cl"))
+    let gw = Server::cluster_gateway(&redis.url(), &unique("pgws-test"), &unique("pgws-cl"))
         .env("PGWS_REDIS_CA_FILE", other.ca.display().to_string())
         .env(
             "PGWS_REDIS_CERT_FILE",

@@ -7,7 +7,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn metrics_count_connections_messages_and_bytes() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let chat = unique("chat");
     let mut ws = connect(&gw.url(&format!("{chat}/{}", token(json!({"mode":"rw"}))))).await;
     gw.wait_metric("pgws_connections{mode=\"rw\"}", 1.0).await;

@@ -37,7 +37,7 @@ fn promtool_check(text: &str) -> (bool, String) {
 #[tokio::test]
 async fn promtool_accepts_every_node_s_metrics() {
     // Standalone gateway, after some traffic.
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let mut ws = connect(&gw.url(&format!("chat/{}", token(json!({"mode":"rw"}))))).await;
     send(&mut ws, "hi").await;
     next_text(&mut ws).await;
@@ -122,7 +122,7 @@ fn percent_encode(s: &str) -> String {
 #[tokio::test]
 async fn a_real_prometheus_scrapes_two_coordinators_and_two_gateways() {
     let c = Cluster::start(&redis_url(), 2, 2).await;
-    let admin = |g: &Gateway| g.admin.expect("admin").to_string();
+    let admin = |g: &Server| g.admin.expect("admin").to_string();
     let prometheus = Prometheus::start(
         &c.gateways.iter().map(admin).collect::<Vec<_>>(),
         &c.coordinators.iter().map(admin).collect::<Vec<_>>(),

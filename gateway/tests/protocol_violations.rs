@@ -10,13 +10,13 @@ use common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-async fn upgraded(gw: &Gateway) -> Raw {
+async fn upgraded(gw: &Server) -> Raw {
     Raw::upgraded(gw.addr, &format!("/chat/{}", token(json!({"mode": "rw"})))).await
 }
 
 #[tokio::test]
 async fn malformed_close_frames_are_answered_with_1002_or_1007() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
         (vec![0x03], 1002, "a one-byte body"),
         (999u16.to_be_bytes().to_vec(), 1002, "code 999"),
@@ -42,7 +42,7 @@ async fn malformed_close_frames_are_answered_with_1002_or_1007() {
 
 #[tokio::test]
 async fn a_64_bit_length_with_its_top_bit_set_is_a_protocol_error() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let mut raw = upgraded(&gw).await;
     let mut frame = vec![0x81, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 5];
     frame.extend_from_slice(&[1, 2, 3, 4]);
@@ -52,7 +52,7 @@ async fn a_64_bit_length_with_its_top_bit_set_is_a_protocol_error() {
 
 #[tokio::test]
 async fn invalid_utf8_closes_the_socket_at_the_first_bad_fragment() {
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let mut raw = upgraded(&gw).await;
     raw.send(&client_frame(false, 0x1, b"fine so far ")).await;
     // The message never ends: the close must come from this fragment.
@@ -62,7 +62,7 @@ async fn invalid_utf8_closes_the_socket_at_the_first_bad_fragment() {
 
 #[tokio::test]
 async fn the_message_limit_spans_fragments_and_is_enforced_from_the_header() {
-    let gw = Gateway::builder()
+    let gw = Server::gateway()
         .env("PGWS_MAX_MESSAGE_SIZE", "65536")
         .start()
         .await;
@@ -108,7 +108,7 @@ fn unread_on_server(port: u16) -> u64 {
 #[tokio::test]
 async fn frame_headers_announcing_64_kib_cost_no_more_than_idle_sockets() {
     const SOCKETS: u64 = 300;
-    let gw = Gateway::start().await;
+    let gw = Server::start().await;
     let pid = gw.pid();
     let before = rss_kib(pid);
     let mut sockets = Vec::new();

@@ -7,7 +7,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn sigterm_closes_every_socket_with_1001_and_exits_zero() {
-    let mut gw = Gateway::start().await;
+    let mut gw = Server::start().await;
     let mut pg = listen_ready(&gw.listen_channel).await;
     let t = token(json!({"mode":"rw"}));
     let mut a = connect(&gw.url(&format!("a/{t}"))).await;
@@ -26,7 +26,7 @@ async fn sigterm_closes_every_socket_with_1001_and_exits_zero() {
 
 #[tokio::test]
 async fn a_draining_gateway_is_not_ready_and_refuses_new_sockets() {
-    let mut gw = Gateway::builder()
+    let mut gw = Server::gateway()
         .env("PGWS_SHUTDOWN_TIMEOUT", "3000")
         .start()
         .await;

@@ -204,7 +204,7 @@ async fn otel_sdk_disabled_turns_export_off() {
     let gw = receiver
         .env()
         .into_iter()
-        .fold(Gateway::builder(), |b, (k, v)| b.env(&k, v))
+        .fold(Server::gateway(), |b, (k, v)| b.env(&k, v))
         .env("OTEL_SDK_DISABLED", "true")
         .start()
         .await;

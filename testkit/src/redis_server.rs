@@ -3,11 +3,17 @@
 //! Each runs in its own temporary directory on free ports and is stopped
 //! by pid when dropped.
 
-use super::certs::{Identity, Pki};
-use super::{free_port, unique, WAIT};
+use crate::certs::{Identity, Pki};
+use crate::names::{unique, WAIT};
+use crate::ports::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The shared Redis the machine runs (isolation is by key prefix).
+pub fn redis_url() -> String {
+    std::env::var("PGWS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
 
 /// TLS material for a server and its clients.
 #[derive(Clone)]

@@ -1,7 +1,7 @@
 //! A websocket client over a raw TCP socket, for tests that must send what
 //! no library would: malformed frames, partial headers, floods.
 
-use super::WAIT;
+use crate::names::WAIT;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -7,8 +7,9 @@
 //! `certuser` by client certificate and `pwuser` by password, and can
 //! have a streaming standby.
 
-use super::certs::{Identity, Pki};
-use super::{free_port, unique, WAIT};
+use crate::certs::{Identity, Pki};
+use crate::names::{unique, WAIT};
+use crate::ports::free_port;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

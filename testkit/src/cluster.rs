@@ -1,7 +1,14 @@
 //! Several coordinators and gateways sharing one Redis prefix and one
 //! listen channel, for the cluster tests.
 
-use super::*;
+use crate::db::{db, listen_ready, notify, recv_within};
+use crate::http::{http_get, metric_value};
+use crate::names::{token, unique, WAIT};
+use crate::process::{Server, ServerBuilder};
+use crate::ws::{connect, next_text, send, Ws};
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
 
 pub const TTL: Duration = Duration::from_millis(2000);
 
@@ -9,8 +16,8 @@ pub struct Cluster {
     pub redis_url: String,
     pub prefix: String,
     pub listen_channel: String,
-    pub coordinators: Vec<Gateway>,
-    pub gateways: Vec<Gateway>,
+    pub coordinators: Vec<Server>,
+    pub gateways: Vec<Server>,
     pub cluster_mode: bool,
     /// Extra environment for every node (e.g. OTEL_*).
     pub env: Vec<(String, String)>,
@@ -59,15 +66,15 @@ impl Cluster {
         c
     }
 
-    pub fn coordinator_builder(&self) -> GatewayBuilder {
-        let b = Gateway::coordinator(&self.redis_url, &self.prefix, &self.listen_channel)
+    pub fn coordinator_builder(&self) -> ServerBuilder {
+        let b = Server::coordinator(&self.redis_url, &self.prefix, &self.listen_channel)
             .env("PGWS_LEADER_TTL", TTL.as_millis().to_string())
             .env("PGWS_REDIS_CLUSTER", self.cluster_mode.to_string());
         self.env.iter().fold(b, |b, (k, v)| b.env(k, v.clone()))
     }
 
-    pub fn gateway_builder(&self) -> GatewayBuilder {
-        let b = Gateway::cluster_gateway(&self.redis_url, &self.prefix, &self.listen_channel)
+    pub fn gateway_builder(&self) -> ServerBuilder {
+        let b = Server::cluster_gateway(&self.redis_url, &self.prefix, &self.listen_channel)
             .env("PGWS_REDIS_CLUSTER", self.cluster_mode.to_string());
         self.env.iter().fold(b, |b, (k, v)| b.env(k, v.clone()))
     }

@@ -1,0 +1,86 @@
+//! The election, observed from Redis and PostgreSQL: one leader, one LISTEN
+//! connection, its epoch on every republished message, and hand-over when
+//! it goes.
+
+use pgws_testkit::cluster::{listen_backends, wait_listen_backends, Cluster, TTL};
+use pgws_testkit::republished::{next, subscribe};
+use pgws_testkit::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Notify `channel` every 50 ms until a republished message arrives; how
+/// long it took and the epoch it carried.
+async fn republish_resumes(
+    c: &Cluster,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<pgws_testkit::republished::Republished>,
+    channel: &str,
+) -> (Duration, u64) {
+    let db = db().await;
+    let started = Instant::now();
+    loop {
+        c.notify(&db, channel, "tick").await;
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
+            return (started.elapsed(), m.epoch);
+        }
+        assert!(started.elapsed() < WAIT * 2, "republishing never resumed");
+    }
+}
+
+#[tokio::test]
+async fn one_of_three_leads_and_holds_the_only_listen_connection() {
+    let c = Cluster::start(&redis_url(), 3, 0).await;
+    let db = db().await;
+    wait_listen_backends(&db, &c.listen_channel, 1).await;
+    // The standbys keep trying; still one listener after several attempts.
+    let leader = c.leader().await;
+    let standby = (leader + 1) % 3;
+    let attempts = c.coordinators[standby]
+        .metric("pgws_election_attempts_total")
+        .await;
+    c.coordinators[standby]
+        .wait_metric("pgws_election_attempts_total", attempts + 5.0)
+        .await;
+    assert_eq!(listen_backends(&db, &c.listen_channel).await, 1);
+}
+
+#[tokio::test]
+async fn every_notification_is_republished_with_the_leaders_epoch() {
+    let c = Cluster::start(&redis_url(), 2, 0).await;
+    let leader = c.leader().await;
+    let epoch = c.coordinators[leader]
+        .metric("pgws_coordinator_epoch")
+        .await as u64;
+    let mut rx = subscribe(&c.redis_url, &c.prefix, "chat").await;
+    let db = db().await;
+    let payload = json!({"channel": "chat", "payload": "hello"}).to_string();
+    notify(&db, &c.listen_channel, &payload).await;
+    let m = next(&mut rx).await;
+    assert_eq!((m.epoch, m.payload.as_str()), (epoch, payload.as_str()));
+}
+
+#[tokio::test]
+async fn sigterm_releases_the_lock_and_the_standby_takes_over_within_a_second() {
+    let mut c = Cluster::start(&redis_url(), 2, 0).await;
+    let mut rx = subscribe(&c.redis_url, &c.prefix, "chat").await;
+    let leader = c.leader().await;
+    let old_epoch = c.coordinators[leader]
+        .metric("pgws_coordinator_epoch")
+        .await as u64;
+    c.coordinators[leader].signal("TERM");
+    let (took, epoch) = republish_resumes(&c, &mut rx, "chat").await;
+    assert!(took <= Duration::from_secs(1), "hand-over took {took:?}");
+    assert!(epoch > old_epoch, "a new term has a larger epoch");
+    assert_eq!(c.coordinators[leader].wait_exit(WAIT).await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn after_kill_9_the_standby_takes_over_within_the_ttl() {
+    let c = Cluster::start(&redis_url(), 2, 0).await;
+    let mut rx = subscribe(&c.redis_url, &c.prefix, "chat").await;
+    let leader = c.leader().await;
+    c.coordinators[leader].signal("KILL");
+    let (took, _) = republish_resumes(&c, &mut rx, "chat").await;
+    assert!(took <= TTL + Duration::from_secs(1), "took {took:?}");
+    assert_eq!(c.leader_except(&[leader]).await, 1 - leader);
+    wait_listen_backends(&db().await, &c.listen_channel, 1).await;
+}
