@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The leader's drain alone: put N writer envelopes in a fresh stream, start
+# The leader's forwarder alone: put N writer envelopes in a fresh stream, start
 # one coordinator (release build), time until the stream is empty, and print
 # the rate and the coordinator's CPU per entry. Uses its own key prefix and
 # listen channel; removes its keys afterwards.
-#   load-tests/drain.sh            N=600000
-#   N=200000 load-tests/drain.sh
+#   load-tests/forwarder.sh            N=600000
+#   N=200000 load-tests/forwarder.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
