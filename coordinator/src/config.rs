@@ -55,15 +55,8 @@ pub struct CoordinatorConfig {
     pub log: LogConfig,
 }
 
-/// The Redis variables (the gateway reads the same names).
-const REDIS: RedisVars = RedisVars {
-    url: REDIS_URL,
-    cluster: REDIS_CLUSTER,
-    ca_file: REDIS_CA_FILE,
-    cert_file: REDIS_CERT_FILE,
-    key_file: REDIS_KEY_FILE,
-    prefix: REDIS_PREFIX,
-};
+/// The Redis variables, by the names both binaries use.
+const REDIS: RedisVars = RedisVars::STANDARD;
 
 fn default_node_id() -> String {
     let host = std::env::var("HOSTNAME")
@@ -170,6 +163,21 @@ mod tests {
                 "redis://b:2".into()
             ])
         );
+    }
+
+    #[test]
+    fn the_redis_variables_are_the_standard_names() {
+        let s = RedisVars::STANDARD;
+        for (standard, declared) in [
+            (s.url, REDIS_URL),
+            (s.cluster, REDIS_CLUSTER),
+            (s.ca_file, REDIS_CA_FILE),
+            (s.cert_file, REDIS_CERT_FILE),
+            (s.key_file, REDIS_KEY_FILE),
+            (s.prefix, REDIS_PREFIX),
+        ] {
+            assert_eq!(standard, declared);
+        }
     }
 
     #[test]

@@ -10,25 +10,7 @@ use fastwebsockets::OpCode;
 use futures_util::FutureExt;
 use libfuzzer_sys::fuzz_target;
 use pgws_gateway::session::fuzzing::{close_frame_error, Assembler, FrameReader};
-
-fn encode_client(fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
-    let mask = [0xa1, 0x02, 0xf3, 0x44];
-    let mut out = vec![(u8::from(fin) << 7) | opcode as u8];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65_536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
+use pgws_testkit::raw::client_frame;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, mut io)) = data.split_first() else {
@@ -57,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         } else {
             assert!(frame.payload.len() <= remaining, "over the budget");
         }
-        let encoded = encode_client(frame.fin, frame.opcode, &frame.payload);
+        let encoded = client_frame(frame.fin, frame.opcode as u8, &frame.payload);
         let again = FrameReader::new()
             .read_frame(&mut encoded.as_slice(), usize::MAX)
             .now_or_never()

@@ -57,15 +57,8 @@ pgws_service::vars! {
     WRITE_STREAM_MAX_LEN = "PGWS_WRITE_STREAM_MAX_LEN", Some("100000"), "Cluster mode: most writes waiting in the Redis stream; beyond it writers get 1013.";
 }
 
-/// The Redis variables, under the same names as the coordinator's.
-const REDIS: RedisVars = RedisVars {
-    url: REDIS_URL,
-    cluster: REDIS_CLUSTER,
-    ca_file: REDIS_CA_FILE,
-    cert_file: REDIS_CERT_FILE,
-    key_file: REDIS_KEY_FILE,
-    prefix: REDIS_PREFIX,
-};
+/// The Redis variables, by the names both binaries use.
+const REDIS: RedisVars = RedisVars::STANDARD;
 
 /// The JWT key material, before it is turned into keys by `auth`.
 #[derive(Debug, Clone)]

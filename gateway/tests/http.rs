@@ -102,16 +102,6 @@ async fn dotfiles_and_symlinked_index_files_are_never_served() {
     let _ = std::fs::remove_dir_all(base);
 }
 
-/// The gateway's resident memory, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 #[tokio::test]
 async fn large_files_are_streamed_to_clients_that_do_not_read() {
     let base = site();
@@ -121,7 +111,7 @@ async fn large_files_are_streamed_to_clients_that_do_not_read() {
         .env("PGWS_ROOT_PATH", base.join("root").display().to_string())
         .start()
         .await;
-    let before = rss_kib(gw.pid());
+    let before = gw.rss_kib();
     let mut clients = Vec::new();
     for _ in 0..5 {
         let mut raw = common::raw::Raw::connect(gw.addr).await;
@@ -134,7 +124,7 @@ async fn large_files_are_streamed_to_clients_that_do_not_read() {
         assert!(head.contains("content-length: 20971520"), "{head}");
         clients.push(raw); // and never read again
     }
-    let grown = rss_kib(gw.pid()).saturating_sub(before);
+    let grown = gw.rss_kib().saturating_sub(before);
     assert!(
         grown < 10 * 1024,
         "five stalled downloads of a 20 MiB file grew the gateway by {grown} KiB"

@@ -78,16 +78,6 @@ async fn the_message_limit_spans_fragments_and_is_enforced_from_the_header() {
     assert_eq!(raw.expect_close().await.0, 1009);
 }
 
-/// The gateway's resident memory, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// Bytes waiting, unread, in the receive queues of the server's end of
 /// every established connection to `port` (`/proc/net/tcp`).
 fn unread_on_server(port: u16) -> u64 {
@@ -109,13 +99,12 @@ fn unread_on_server(port: u16) -> u64 {
 async fn frame_headers_announcing_64_kib_cost_no_more_than_idle_sockets() {
     const SOCKETS: u64 = 300;
     let gw = Server::start().await;
-    let pid = gw.pid();
-    let before = rss_kib(pid);
+    let before = gw.rss_kib();
     let mut sockets = Vec::new();
     for _ in 0..SOCKETS {
         sockets.push(upgraded(&gw).await);
     }
-    let idle = rss_kib(pid);
+    let idle = gw.rss_kib();
     // 14 bytes each: a text frame announcing 65,536 bytes, then nothing.
     let attack = [0x81, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 0x37, 0xfa, 0x21, 0x3d];
     for raw in sockets.iter_mut() {
@@ -130,7 +119,7 @@ async fn frame_headers_announcing_64_kib_cost_no_more_than_idle_sockets() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let attacked = rss_kib(pid);
+    let attacked = gw.rss_kib();
     let idle_per_socket = idle.saturating_sub(before) as f64 / SOCKETS as f64;
     let attacked_per_socket = attacked.saturating_sub(before) as f64 / SOCKETS as f64;
     println!(

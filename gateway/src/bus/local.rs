@@ -173,21 +173,8 @@ impl NotificationSink for Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use crate::bus::testing::Recorder;
     use std::time::Instant;
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<(String, String)>>);
-
-    impl Inbox for Recorder {
-        fn deliver(&self, channel: &str, delivery: Arc<Delivery>) {
-            let payload = String::from_utf8_lossy(&delivery.payload).into_owned();
-            self.0
-                .lock()
-                .expect("lock")
-                .push((channel.to_string(), payload));
-        }
-    }
 
     #[test]
     fn notifications_are_routed_by_their_channel_field() {

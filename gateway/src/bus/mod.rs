@@ -153,3 +153,24 @@ impl Lifecycle {
         }
     }
 }
+
+/// An inbox that records what it is given, for the buses' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Delivery, Inbox};
+    use std::sync::{Arc, Mutex};
+
+    /// Records `(channel, payload)` pairs.
+    #[derive(Default)]
+    pub struct Recorder(pub Mutex<Vec<(String, String)>>);
+
+    impl Inbox for Recorder {
+        fn deliver(&self, channel: &str, delivery: Arc<Delivery>) {
+            let payload = String::from_utf8_lossy(&delivery.payload).into_owned();
+            self.0
+                .lock()
+                .expect("lock")
+                .push((channel.to_string(), payload));
+        }
+    }
+}

@@ -1,4 +1,5 @@
 use super::*;
+use pgws_service::redis_client::RedisVars;
 
 const DB: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -204,4 +205,19 @@ fn a_redis_url_selects_cluster_mode_without_database() {
     assert_eq!(cluster.stream_max_len, 100_000);
     let e = load(&[(REDIS_URL, "localhost:6379")]).expect_err("not a URL");
     assert_eq!(e.variable, REDIS_URL);
+}
+
+#[test]
+fn the_redis_variables_are_the_standard_names() {
+    let s = RedisVars::STANDARD;
+    for (standard, declared) in [
+        (s.url, REDIS_URL),
+        (s.cluster, REDIS_CLUSTER),
+        (s.ca_file, REDIS_CA_FILE),
+        (s.cert_file, REDIS_CERT_FILE),
+        (s.key_file, REDIS_KEY_FILE),
+        (s.prefix, REDIS_PREFIX),
+    ] {
+        assert_eq!(standard, declared);
+    }
 }

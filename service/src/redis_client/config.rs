@@ -297,6 +297,16 @@ pub struct RedisVars {
 }
 
 impl RedisVars {
+    /// The names both binaries use.
+    pub const STANDARD: RedisVars = RedisVars {
+        url: "PGWS_REDIS_URL",
+        cluster: "PGWS_REDIS_CLUSTER",
+        ca_file: "PGWS_REDIS_CA_FILE",
+        cert_file: "PGWS_REDIS_CERT_FILE",
+        key_file: "PGWS_REDIS_KEY_FILE",
+        prefix: "PGWS_REDIS_PREFIX",
+    };
+
     /// Read the Redis settings; `None` when the URL variable is unset.
     /// Errors name the variable at fault.
     pub fn read(&self, sources: &Sources) -> Result<Option<RedisConfig>, ConfigError> {

@@ -168,6 +168,7 @@ impl Deliverer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::testing::Recorder;
     use redis::Value;
 
     fn metrics() -> RedisBusMetrics {
@@ -215,19 +216,6 @@ mod tests {
             .expect("the link is woken");
         assert!(!up.load(Ordering::Acquire));
         assert!(rx.try_recv().is_err(), "nothing queued");
-    }
-
-    #[derive(Default)]
-    struct Recorder(std::sync::Mutex<Vec<(String, String)>>);
-
-    impl Inbox for Recorder {
-        fn deliver(&self, channel: &str, delivery: Arc<Delivery>) {
-            let payload = String::from_utf8_lossy(&delivery.payload).into_owned();
-            self.0
-                .lock()
-                .expect("lock")
-                .push((channel.to_string(), payload));
-        }
     }
 
     #[tokio::test]
