@@ -1,13 +1,21 @@
 //! The retry schedule shared by every reconnect loop: 1, 2, 4, … seconds,
 //! capped at 32 s, exactly as the original's `PGWS_RETRIES` behaviour.
+//!
+//! The rule for starting over: a loop keeps one `Backoff` across
+//! connecting, setting up and losing a connection, and calls
+//! [`Backoff::reset`] only once the connection has proven healthy — the
+//! `LISTEN` connection after it stayed up for
+//! `pgws_postgres::listener::HEALTHY_AFTER` — so a server that accepts and
+//! then drops connections keeps getting longer waits. Redis reconnects
+//! (`pgws_service::redis_client::connect_with_backoff`) start a fresh
+//! schedule per outage and cap it at 5 s.
 
 use std::time::Duration;
 
 /// The longest wait between two attempts.
 pub const MAX_DELAY: Duration = Duration::from_secs(32);
 
-/// Exponential backoff state. `reset` is called only after a connection has
-/// proven healthy, so a flapping server does not get hammered.
+/// Exponential backoff state.
 #[derive(Debug, Clone, Default)]
 pub struct Backoff {
     failures: u32,
