@@ -7,29 +7,20 @@
 #   N=200000 load-tests/forwarder.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/services.sh
-pgws_ensure_cargo
-pgws_ensure_postgres
-pgws_ensure_redis
-cargo build --release --locked -p pgws-coordinator
+source load-tests/lib.sh
+OUT="${OUT:-.tmp/forwarder}"
+mkdir -p "$OUT"
+pgws_load_setup pgws-forwarder pgws-coordinator
 N="${N:-600000}"
-P="pgws-drain-$$"
-CH="pgws-drain-ch-$$"
+P="$RUN_TAG"
 ADMIN_PORT="${ADMIN_PORT:-3741}"
 ENVELOPE='{"channel":"chat","event":"WebsocketMessage","payload":"w123 45 678","claims":{"mode":"w","channel":"chat"},"message_delivered_at":1795838085.123}'
-cleanup() {
-  [ -n "${C:-}" ] && { kill -TERM "$C" 2>/dev/null || true; wait "$C" 2>/dev/null || true; }
-  redis-cli DEL "{$P}:writes" "{$P}:leader" "{$P}:epoch" >/dev/null
-}
-trap cleanup EXIT
 # Distinct payloads (a counter appended), as writers' envelopes are.
 redis-cli EVAL "for i=1,tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], '*', 'c', 'chat', 'm', ARGV[2] .. i) end return 1" \
   1 "{$P}:writes" "$N" "$ENVELOPE" >/dev/null
 start=$(date +%s.%N)
-PGWS_DB_URI=postgres://postgres@127.0.0.1:5432/postgres PGWS_REDIS_URL=redis://127.0.0.1:6379 \
-  PGWS_REDIS_PREFIX="$P" PGWS_LISTEN_CHANNEL="$CH" PGWS_NODE_ID=drain-1 PGWS_ADMIN_PORT="$ADMIN_PORT" \
-  PGWS_LOG_LEVEL=warn target/release/pgws-coordinator &
-C=$!
+start_coordinator "c1-$RUN_TAG" "$ADMIN_PORT" "ch-$RUN_TAG" "$P"
+C=$LAST_PID
 for _ in $(seq 1 1200); do
   [ "$(redis-cli XLEN "{$P}:writes")" = "0" ] && break
   sleep 0.1
