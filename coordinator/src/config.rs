@@ -2,6 +2,7 @@
 
 use pgws_protocol::keys::KeySpace;
 use pgws_service::config::{err, listen_addr, ConfigError, ListenAddr, Sources};
+use pgws_service::history::{HistoryConfig, HistoryVars};
 use pgws_service::redis_client::{RedisConfig, RedisVars};
 use pgws_service::telemetry::LogConfig;
 use std::time::Duration;
@@ -19,6 +20,9 @@ pgws_service::vars! {
     LISTEN_CHANNEL = "PGWS_LISTEN_CHANNEL", Some("postgres-websockets-listener"), "The database channel LISTENed and NOTIFYed on.";
     RETRIES = "PGWS_RETRIES", Some("5"), "Retries of the listener connection when a term starts (backoff 1, 2, 4 … 32 s).";
     CHECK_LISTENER_INTERVAL = "PGWS_CHECK_LISTENER_INTERVAL", Some("1000"), "Milliseconds between listener liveness probes; a lost listener is re-established within the term.";
+    HISTORY_SIZE = "PGWS_HISTORY_SIZE", Some("100"), "Messages of history kept per channel in Redis, for recovery (protocol v2); `0` keeps offsets but no history.";
+    HISTORY_TTL = "PGWS_HISTORY_TTL", Some("300"), "Seconds a message stays in history; a channel quiet this long has none.";
+    CHANNEL_STATE_TTL = "PGWS_CHANNEL_STATE_TTL", Some("86400"), "Seconds a channel's offsets and epoch are kept after its last message; its next message then starts a new epoch.";
     POOL_SIZE = "PGWS_POOL_SIZE", Some("10"), "Accepted for compatibility; the leader sends NOTIFYs on one connection, in stream order.";
     ADMIN_HOST = "PGWS_ADMIN_HOST", Some("127.0.0.1"), "Admin listen address (/healthz, /readyz, /metrics).";
     ADMIN_PORT = "PGWS_ADMIN_PORT", Some("3002"), "Admin listen port; `off` disables it.";
@@ -51,6 +55,8 @@ pub struct CoordinatorConfig {
     pub admin: Option<ListenAddr>,
     /// Step-down budget.
     pub shutdown_timeout: Duration,
+    /// History in Redis.
+    pub history: HistoryConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -104,6 +110,7 @@ impl CoordinatorConfig {
                 .filter(|d| !d.is_zero()),
             admin: listen_addr(sources, ADMIN_HOST, ADMIN_PORT)?,
             shutdown_timeout: sources.millis(SHUTDOWN_TIMEOUT)?.unwrap_or_default(),
+            history: HistoryVars::STANDARD.read(sources)?,
             log: LogConfig::from_sources(sources)?,
         })
     }
@@ -166,7 +173,7 @@ mod tests {
     }
 
     #[test]
-    fn the_redis_variables_are_the_standard_names() {
+    fn the_shared_variables_are_the_standard_names() {
         let s = RedisVars::STANDARD;
         for (standard, declared) in [
             (s.url, REDIS_URL),
@@ -175,6 +182,14 @@ mod tests {
             (s.cert_file, REDIS_CERT_FILE),
             (s.key_file, REDIS_KEY_FILE),
             (s.prefix, REDIS_PREFIX),
+        ] {
+            assert_eq!(standard, declared);
+        }
+        let h = HistoryVars::STANDARD;
+        for (standard, declared) in [
+            (h.size, HISTORY_SIZE),
+            (h.ttl, HISTORY_TTL),
+            (h.state_ttl, CHANNEL_STATE_TTL),
         ] {
             assert_eq!(standard, declared);
         }

@@ -233,6 +233,7 @@ impl Node {
             listen_channel: self.config.listen_channel.clone(),
             epoch,
             lease: lease.clone(),
+            history: self.config.history,
             metrics: self.metrics.publisher.clone(),
         }
         .start(term.clone());

@@ -1,25 +1,50 @@
-//! The leader's republisher: every notification from the listener goes to
-//! the Redis pub/sub channel of its websocket channel, stamped with the
-//! leader's epoch and a sequence number (`pgws_protocol::bus`).
+//! The leader's republisher: every notification from the listener gets
+//! its channel's next offset, goes into the channel's history and out on
+//! the Redis pub/sub channel of its websocket channel — one atomic script
+//! (`pgws_protocol::history`), stamped with the leader's fencing epoch
+//! and a sequence number (`pgws_protocol::republish`).
 //!
 //! The listener hands notifications over with a non-blocking `try_send`
-//! into a bounded queue; one task drains it in batches, pipelining the
-//! `PUBLISH`es (`SPUBLISH` on a cluster). The lease is checked before every
-//! batch: a leader whose lease lapsed publishes nothing.
+//! into a bounded queue; one task drains it in batches: one script call
+//! per batch on a single Redis, one per notification (issued together) on
+//! a cluster, where each channel's keys live in its own slot. The lease is
+//! checked before every batch: a leader whose lease lapsed publishes
+//! nothing.
+//!
+//! **Continuity.** Offsets are assigned in the continuity `(fencing epoch,
+//! session)`. The session starts at 1 and moves on whenever this leader
+//! may have missed a notification: the `LISTEN` connection was lost, the
+//! queue from the listener was full, the lease lapsed, or a batch failed
+//! in Redis (it may or may not have gone out). Every channel's next message
+//! then starts a new epoch, and `{p}:continuity` — which gateways read
+//! when a client recovers — is moved forward at once, so a recovery across
+//! the hole answers "not recovered" even before the channel's next message.
 
 use crate::election::Lease;
 use pgws_postgres::listener::{Notification, NotificationSink};
+use pgws_protocol::history::{ADVANCE_CONTINUITY_SCRIPT, PUBLISH_SCRIPT};
 use pgws_protocol::keys::KeySpace;
-use pgws_protocol::{clock, republish, routing};
+use pgws_protocol::position::Continuity;
+use pgws_protocol::republish::Header;
+use pgws_protocol::{clock, routing};
 use pgws_service::events::RateLimit;
+use pgws_service::history::HistoryConfig;
 use pgws_service::redis_client::RedisClient;
 use prometheus::{IntCounter, Registry};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-/// Most notifications published in one pipeline.
+/// The publish script (hashed once).
+static PUBLISH: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(PUBLISH_SCRIPT));
+/// The script that moves `{p}:continuity` forward.
+static ADVANCE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(ADVANCE_CONTINUITY_SCRIPT));
+
+/// Most notifications published in one script call.
 const BATCH: usize = 256;
 /// Notifications waiting to be published before new ones are dropped.
 const QUEUE: usize = 65_536;
@@ -44,6 +69,9 @@ pub enum Dropped {
     RedisFailed,
     /// Redis did not answer in time.
     RedisTimedOut,
+    /// A newer leader has moved the channel's sequence on (this leader is
+    /// deposed and does not know it yet).
+    Fenced,
 }
 
 impl Dropped {
@@ -53,6 +81,7 @@ impl Dropped {
             Dropped::LeaseLapsed => "the lease lapsed",
             Dropped::RedisFailed => "publishing to Redis failed",
             Dropped::RedisTimedOut => "publishing to Redis timed out",
+            Dropped::Fenced => "a newer leader owns the channel",
         }
     }
 }
@@ -67,7 +96,7 @@ impl PublisherMetrics {
             )?,
             dropped: IntCounter::new(
                 "pgws_notifications_dropped_total",
-                "Notifications not republished (queue full, Redis error, or lease lapsed)",
+                "Notifications not republished (queue full, Redis error, lease lapsed, or fenced by a newer leader)",
             )?,
             drop_log: Arc::new(RateLimit::default()),
         };
@@ -101,6 +130,32 @@ impl PublisherMetrics {
 pub struct PublisherSink {
     queue: mpsc::Sender<Notification>,
     metrics: PublisherMetrics,
+    holes: Arc<Holes>,
+}
+
+/// Times this term may have missed a notification; each starts a new
+/// continuity session.
+#[derive(Default)]
+pub struct Holes {
+    count: AtomicU64,
+    /// Wakes the publisher to move `{p}:continuity` on at once.
+    changed: Notify,
+}
+
+impl Holes {
+    /// A notification may have been missed.
+    pub fn open(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
+
+    /// The continuity of everything published from now on in `term`.
+    fn continuity(&self, term: u64) -> Continuity {
+        Continuity {
+            term,
+            session: 1 + self.count.load(Ordering::Acquire),
+        }
+    }
 }
 
 /// How far the publisher is behind the listener. The forwarder waits on it
@@ -135,7 +190,12 @@ impl NotificationSink for PublisherSink {
     fn deliver(&self, notification: Notification) {
         if self.queue.try_send(notification).is_err() {
             self.metrics.dropped(1, Dropped::QueueFull, None);
+            self.holes.open();
         }
+    }
+
+    fn session_lost(&self) {
+        self.holes.open();
     }
 }
 
@@ -151,6 +211,8 @@ pub struct Publisher {
     pub epoch: u64,
     /// This term's lease.
     pub lease: Arc<Lease>,
+    /// History size and ttls.
+    pub history: HistoryConfig,
     /// Metrics.
     pub metrics: PublisherMetrics,
 }
@@ -165,6 +227,16 @@ pub struct Publishing {
     pub task: tokio::task::JoinHandle<()>,
 }
 
+/// One notification, ready for the publish script.
+struct Prepared {
+    state_key: String,
+    history_key: String,
+    header_prefix: String,
+    header_suffix: String,
+    pubsub_channel: String,
+    payload: bytes::Bytes,
+}
+
 impl Publisher {
     /// Start publishing what the sink receives until `term` ends.
     pub fn start(self, term: CancellationToken) -> Publishing {
@@ -173,14 +245,16 @@ impl Publisher {
             queue: tx.clone(),
             published: Notify::new(),
         });
+        let holes = Arc::new(Holes::default());
         let sink = Arc::new(PublisherSink {
             queue: tx,
             metrics: self.metrics.clone(),
+            holes: holes.clone(),
         });
         Publishing {
             sink,
             backlog: backlog.clone(),
-            task: tokio::spawn(self.run(rx, backlog, term)),
+            task: tokio::spawn(self.run(rx, backlog, holes, term)),
         }
     }
 
@@ -188,71 +262,164 @@ impl Publisher {
         mut self,
         mut rx: mpsc::Receiver<Notification>,
         backlog: Arc<Backlog>,
+        holes: Arc<Holes>,
         term: CancellationToken,
     ) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut seq = 0u64;
+        let mut announced = None;
         loop {
+            let continuity = holes.continuity(self.epoch);
+            if announced != Some(continuity) && self.announce(continuity).await {
+                announced = Some(continuity);
+            }
             let n = tokio::select! {
                 _ = term.cancelled() => return,
+                _ = holes.changed.notified() => continue,
                 n = rx.recv_many(&mut batch, BATCH) => n,
             };
             if n == 0 {
                 return;
             }
+            // Read after the batch arrived: a notification from after a
+            // lost session is never given the continuity from before it.
+            let continuity = holes.continuity(self.epoch);
             if !self.lease.valid() {
                 self.metrics.dropped(n, Dropped::LeaseLapsed, None);
-                batch.clear();
-                continue;
-            }
-            let commands: Vec<redis::Cmd> = batch
-                .iter()
-                .map(|notification| {
-                    seq += 1;
-                    let text = std::str::from_utf8(&notification.payload).unwrap_or("");
-                    let channel = routing::target_channel(text, &self.listen_channel);
-                    let sent_at_us = clock::unix_micros_at(notification.received_at);
-                    let traceparent = pgws_service::telemetry::enabled().then(|| {
-                        let span = tracing::info_span!("pgws.publish", channel = %channel, epoch = self.epoch, seq);
-                        pgws_service::telemetry::traceparent(&span)
-                    });
-                    let message = republish::encode(self.epoch, seq, sent_at_us, traceparent.flatten().as_deref(), &notification.payload);
-                    self.redis
-                        .publish_cmd(&self.keys.channel(&channel), &message)
-                })
-                .collect();
-            let sent = tokio::time::timeout(Duration::from_secs(5), self.send(commands)).await;
-            match sent {
-                Ok(Ok(())) => self.metrics.published.inc_by(n as u64),
-                Ok(Err(e)) => self.metrics.dropped(n, Dropped::RedisFailed, Some(&e)),
-                Err(_) => self.metrics.dropped(n, Dropped::RedisTimedOut, None),
+                holes.open();
+            } else {
+                let prepared = batch.iter().map(|n| self.prepare(n, &mut seq)).collect();
+                let sent =
+                    tokio::time::timeout(Duration::from_secs(5), self.send(continuity, prepared))
+                        .await;
+                match sent {
+                    Ok(Ok(offsets)) => {
+                        let fenced = offsets.iter().filter(|o| **o < 0).count();
+                        self.metrics.published.inc_by((n - fenced) as u64);
+                        if fenced > 0 {
+                            self.metrics.dropped(fenced, Dropped::Fenced, None);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        self.metrics.dropped(n, Dropped::RedisFailed, Some(&e));
+                        holes.open();
+                    }
+                    Err(_) => {
+                        self.metrics.dropped(n, Dropped::RedisTimedOut, None);
+                        holes.open();
+                    }
+                }
             }
             batch.clear();
             backlog.published.notify_waiters();
         }
     }
-}
 
-impl Publisher {
-    /// Send one batch: one pipeline on a single Redis; on a cluster, where a
-    /// pipeline would go to one node, each `SPUBLISH` separately — issued
-    /// together, so they still share round trips per node.
-    async fn send(&mut self, commands: Vec<redis::Cmd>) -> redis::RedisResult<()> {
-        if !self.redis.is_cluster() {
-            let mut pipe = redis::pipe();
-            for cmd in commands {
-                pipe.add_command(cmd).ignore();
+    /// Move `{p}:continuity` forward to `continuity`; false if Redis
+    /// could not be told (tried again before the next batch).
+    async fn announce(&mut self, continuity: Continuity) -> bool {
+        let mut invocation = ADVANCE.key(self.keys.continuity());
+        invocation
+            .arg(continuity.term)
+            .arg(continuity.session)
+            .arg(self.history.state_ttl.as_millis() as u64);
+        let call = invocation.invoke_async::<i64>(&mut self.redis);
+        match tokio::time::timeout(Duration::from_secs(5), call).await {
+            Ok(Ok(_)) => {
+                tracing::info!(
+                    term = continuity.term,
+                    session = continuity.session,
+                    "new continuity: every channel's next message starts a new epoch"
+                );
+                true
             }
-            return pipe.query_async::<()>(&mut self.redis).await;
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot record the continuity in Redis");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("recording the continuity in Redis timed out");
+                false
+            }
         }
-        let sends = commands.iter().map(|cmd| {
+    }
+
+    fn prepare(&self, notification: &Notification, seq: &mut u64) -> Prepared {
+        *seq += 1;
+        let text = std::str::from_utf8(&notification.payload).unwrap_or("");
+        let channel = routing::target_channel(text, &self.listen_channel);
+        let traceparent = pgws_service::telemetry::enabled()
+            .then(|| {
+                let span = tracing::info_span!("pgws.publish", channel = %channel, epoch = self.epoch, seq = *seq);
+                pgws_service::telemetry::traceparent(&span)
+            })
+            .flatten();
+        let header = Header {
+            epoch: self.epoch,
+            seq: *seq,
+            sent_at_us: clock::unix_micros_at(notification.received_at),
+            traceparent: traceparent.as_deref(),
+        };
+        Prepared {
+            state_key: self.keys.channel_state(&channel),
+            history_key: self.keys.channel_history(&channel),
+            header_prefix: header.script_prefix(),
+            header_suffix: header.script_suffix(),
+            pubsub_channel: self.keys.channel(&channel),
+            payload: notification.payload.clone(),
+        }
+    }
+
+    /// The publish script for `batch`, in the continuity given.
+    fn invocation<'s>(
+        &self,
+        script: &'s redis::Script,
+        continuity: Continuity,
+        batch: &[Prepared],
+    ) -> redis::ScriptInvocation<'s> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .arg(continuity.term)
+            .arg(continuity.session)
+            .arg(self.history.size)
+            .arg(self.history.ttl.as_millis() as u64)
+            .arg(self.history.state_ttl.as_millis() as u64)
+            .arg(self.redis.publish_command());
+        for p in batch {
+            invocation.key(&p.state_key).key(&p.history_key);
+            invocation
+                .arg(&p.header_prefix)
+                .arg(&p.header_suffix)
+                .arg(&p.pubsub_channel)
+                .arg(&p.payload[..]);
+        }
+        invocation
+    }
+
+    /// Send one batch; the offsets assigned, -1 where fenced. One script
+    /// call on a single Redis; on a cluster, where a script's keys must
+    /// share a slot, one per notification — issued together, so they still
+    /// share round trips per node, and in order on each connection.
+    async fn send(
+        &mut self,
+        continuity: Continuity,
+        batch: Vec<Prepared>,
+    ) -> redis::RedisResult<Vec<i64>> {
+        let script = &*PUBLISH;
+        if !self.redis.is_cluster() {
+            let invocation = self.invocation(script, continuity, &batch);
+            return invocation.invoke_async(&mut self.redis).await;
+        }
+        let calls = batch.chunks(1).map(|one| {
+            let invocation = self.invocation(script, continuity, one);
             let mut redis = self.redis.clone();
-            async move { cmd.query_async::<i64>(&mut redis).await }
+            async move { invocation.invoke_async::<Vec<i64>>(&mut redis).await }
         });
-        futures_util::future::join_all(sends)
-            .await
-            .into_iter()
-            .try_for_each(|r| r.map(|_| ()))
+        let mut offsets = Vec::with_capacity(batch.len());
+        for result in futures_util::future::join_all(calls).await {
+            offsets.extend(result?);
+        }
+        Ok(offsets)
     }
 }
 

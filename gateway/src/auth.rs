@@ -398,6 +398,72 @@ impl MetaChannel {
     }
 }
 
+/// What a verified token allows a protocol v2 socket: its mode on a set of
+/// channels, or — a token without channel claims — on any channel but a
+/// guarded meta channel.
+#[derive(Debug, Clone)]
+pub struct Permissions {
+    /// Read, write or both.
+    pub mode: Mode,
+    /// The `channel`/`channels` claims; `None` when the token has none.
+    pub channels: Option<Vec<String>>,
+    /// All claims, for envelopes and meta events.
+    pub claims: Claims,
+    /// The token's `exp` (Unix seconds), when it has one.
+    pub expires_at: Option<f64>,
+}
+
+impl Permissions {
+    fn allows(&self, channel: &str, meta: &MetaChannel) -> bool {
+        match &self.channels {
+            Some(list) => list.iter().any(|c| c == channel),
+            None => !meta.guards(channel),
+        }
+    }
+
+    /// Whether the socket may subscribe to `channel`.
+    pub fn may_read(&self, channel: &str, meta: &MetaChannel) -> bool {
+        self.mode.can_read() && self.allows(channel, meta)
+    }
+
+    /// Whether the socket may publish on `channel` (never on a guarded meta
+    /// channel, whatever the claims say — as for v1 writers).
+    pub fn may_write(&self, channel: &str, meta: &MetaChannel) -> bool {
+        self.mode.can_write() && !meta.guards(channel) && self.allows(channel, meta)
+    }
+
+    /// The channel claims, for meta events (empty when there are none).
+    pub fn claimed_channels(&self) -> &[String] {
+        self.channels.as_deref().unwrap_or(&[])
+    }
+}
+
+/// What a verified token allows a v2 socket.
+pub fn permissions(claims: Claims) -> Result<Permissions, Refusal> {
+    let channels = claim_channels(&claims)?;
+    let mode = claim_mode(&claims)?;
+    let expires_at = claims.get("exp").and_then(Value::as_f64);
+    Ok(Permissions {
+        mode,
+        channels: (!channels.is_empty()).then_some(channels),
+        claims,
+        expires_at,
+    })
+}
+
+fn claim_mode(claims: &Claims) -> Result<Mode, Refusal> {
+    match claims.get("mode") {
+        None => Err(Refusal::MissingMode),
+        Some(Value::String(m)) => match m.as_str() {
+            "r" => Ok(Mode::Read),
+            "w" => Ok(Mode::Write),
+            "rw" | "wr" => Ok(Mode::ReadWrite),
+            _ => Err(Refusal::InvalidMode),
+        },
+        Some(_) => Err(Refusal::InvalidMode),
+    }
+}
+
 /// Decide what a verified token allows, given the channel named in the URL.
 pub fn authorize(
     claims: Claims,
@@ -405,16 +471,7 @@ pub fn authorize(
     meta: &MetaChannel,
 ) -> Result<Grant, Refusal> {
     let allowed = claim_channels(&claims)?;
-    let mode = match claims.get("mode") {
-        None => return Err(Refusal::MissingMode),
-        Some(Value::String(m)) => match m.as_str() {
-            "r" => Mode::Read,
-            "w" => Mode::Write,
-            "rw" | "wr" => Mode::ReadWrite,
-            _ => return Err(Refusal::InvalidMode),
-        },
-        Some(_) => return Err(Refusal::InvalidMode),
-    };
+    let mode = claim_mode(&claims)?;
     let channels = match requested {
         // No channel claims: any channel named in the URL — except a
         // guarded meta channel, which must be named in the claims.

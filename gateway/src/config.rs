@@ -13,6 +13,7 @@ use crate::bus::local::LocalConfig;
 use crate::bus::redis::RedisBusConfig;
 use pgws_service::config::{err, listen_addr, positive};
 pub use pgws_service::config::{ConfigError, Host, ListenAddr, Sources};
+use pgws_service::history::HistoryVars;
 use pgws_service::redis_client::RedisVars;
 pub use pgws_service::telemetry::LogConfig;
 use std::path::PathBuf;
@@ -48,6 +49,13 @@ pgws_service::vars! {
     WORKER_THREADS = "PGWS_WORKER_THREADS", Some("0"), "Runtime worker threads; `0` = one per available CPU (a container's CPU quota is honoured).";
     LOG_FORMAT = "PGWS_LOG_FORMAT", Some("text"), "`text` or `json`.";
     LOG_LEVEL = "PGWS_LOG_LEVEL", Some("info"), "A tracing filter: `info`, `debug`, `pgws_gateway=debug,info` …";
+    CONNECT_TIMEOUT = "PGWS_CONNECT_TIMEOUT", Some("5000"), "Protocol v2: milliseconds a socket opened without a token has to send its `connect` frame; then close 4408.";
+    MAX_SUBSCRIPTIONS = "PGWS_MAX_SUBSCRIPTIONS", Some("128"), "Protocol v2: most channels one socket may subscribe to; beyond it, error 429.";
+    COMMAND_RATE = "PGWS_COMMAND_RATE", Some("100"), "Protocol v2: commands per second one socket may send (bursts of as many); beyond it, error 429.";
+    HISTORY_SIZE = "PGWS_HISTORY_SIZE", Some("100"), "Standalone: messages of history kept per channel in memory, for recovery (protocol v2); `0` keeps offsets but no history. In cluster mode the coordinator's setting applies.";
+    HISTORY_TTL = "PGWS_HISTORY_TTL", Some("300"), "Standalone: seconds a message stays in history. In cluster mode the coordinator's setting applies.";
+    CHANNEL_STATE_TTL = "PGWS_CHANNEL_STATE_TTL", Some("86400"), "Standalone: seconds a channel's offsets and epoch are kept after its last message. In cluster mode the coordinator's setting applies.";
+    HISTORY_MAX_CHANNELS = "PGWS_HISTORY_MAX_CHANNELS", Some("100000"), "Standalone: most channels whose offsets and history are kept; beyond it the least recently active are forgotten (their next message starts a new epoch).";
     REDIS_URL = "PGWS_REDIS_URL", None, "Cluster mode: the Redis URL (`redis://`, `rediss://`; comma-separated seeds for a Redis Cluster; `redis+sentinel://host:26379,…/<master>` behind Sentinel). Unset: standalone mode.";
     REDIS_CLUSTER = "PGWS_REDIS_CLUSTER", Some("false"), "The Redis is a Redis Cluster (sharded pub/sub).";
     REDIS_CA_FILE = "PGWS_REDIS_CA_FILE", None, "PEM file of CA certificates trusted for `rediss://`, in addition to the system's.";
@@ -91,6 +99,12 @@ pub struct SessionLimits {
     pub write_timeout: Duration,
     /// How long one frame may take to write before the socket is dropped.
     pub send_timeout: Duration,
+    /// v2: how long a socket without a token has to send `connect`.
+    pub connect_timeout: Duration,
+    /// v2: most subscriptions per socket.
+    pub max_subscriptions: usize,
+    /// v2: commands per second per socket.
+    pub command_rate: u32,
 }
 
 /// Where notifications come from and writes go.
@@ -198,6 +212,15 @@ impl Config {
                 },
                 write_timeout: sources.millis(WRITE_TIMEOUT)?.unwrap_or_default(),
                 send_timeout: sources.millis(SEND_TIMEOUT)?.unwrap_or_default(),
+                connect_timeout: sources.millis(CONNECT_TIMEOUT)?.unwrap_or_default(),
+                max_subscriptions: positive(
+                    sources.parsed(MAX_SUBSCRIPTIONS, "a number of channels")?,
+                    MAX_SUBSCRIPTIONS,
+                )?,
+                command_rate: positive(
+                    sources.parsed(COMMAND_RATE, "a number of commands per second")?,
+                    COMMAND_RATE,
+                )? as u32,
             },
             shutdown_timeout: sources.millis(SHUTDOWN_TIMEOUT)?.unwrap_or_default(),
             log: LogConfig::from_sources(sources)?,
@@ -226,6 +249,11 @@ fn database_config(sources: &Sources) -> Result<LocalConfig, ConfigError> {
         write_queue_size: positive(
             sources.parsed(WRITE_QUEUE_SIZE, "a number of messages")?,
             WRITE_QUEUE_SIZE,
+        )?,
+        history: HistoryVars::STANDARD.read(sources)?,
+        history_max_channels: positive(
+            sources.parsed(HISTORY_MAX_CHANNELS, "a number of channels")?,
+            HISTORY_MAX_CHANNELS,
         )?,
     };
     Ok(database)

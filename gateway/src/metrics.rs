@@ -50,6 +50,128 @@ impl Rejection {
     }
 }
 
+/// How a v2 subscription's recovery ended.
+#[derive(Debug, Clone, Copy)]
+pub enum RecoveryOutcome {
+    /// Complete: the missed messages were replayed.
+    Recovered,
+    /// Not recoverable (another epoch, out of range, trimmed): the client
+    /// must resync.
+    NotRecovered,
+    /// The bus could not answer (Redis unavailable): error 503.
+    Failed,
+}
+
+impl RecoveryOutcome {
+    const ALL: [RecoveryOutcome; 3] = [
+        RecoveryOutcome::Recovered,
+        RecoveryOutcome::NotRecovered,
+        RecoveryOutcome::Failed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RecoveryOutcome::Recovered => "recovered",
+            RecoveryOutcome::NotRecovered => "not_recovered",
+            RecoveryOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Protocol v2's metrics.
+#[derive(Clone)]
+pub struct V2Metrics {
+    /// Open v2 sockets.
+    pub sockets: IntGauge,
+    commands: IntCounterVec,
+    errors: IntCounterVec,
+    /// Live v2 subscriptions.
+    pub subscriptions: IntGauge,
+    recoveries: IntCounterVec,
+    /// Messages replayed from history.
+    pub replayed: IntCounter,
+}
+
+impl V2Metrics {
+    fn register(registry: &Registry) -> prometheus::Result<V2Metrics> {
+        let m = V2Metrics {
+            sockets: IntGauge::new("pgws_v2_connections", "Open protocol v2 websockets")?,
+            commands: IntCounterVec::new(
+                Opts::new(
+                    "pgws_v2_commands_total",
+                    "Protocol v2 commands received, by type",
+                ),
+                &["command"],
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "pgws_v2_errors_total",
+                    "Protocol v2 commands answered with an error, by code",
+                ),
+                &["code"],
+            )?,
+            subscriptions: IntGauge::new(
+                "pgws_v2_subscriptions",
+                "Protocol v2 subscriptions on this node",
+            )?,
+            recoveries: IntCounterVec::new(
+                Opts::new(
+                    "pgws_v2_recoveries_total",
+                    "Protocol v2 subscriptions with `since`, by outcome",
+                ),
+                &["outcome"],
+            )?,
+            replayed: IntCounter::new(
+                "pgws_v2_replayed_messages_total",
+                "Messages replayed from history to recovering v2 subscriptions",
+            )?,
+        };
+        registry.register(Box::new(m.sockets.clone()))?;
+        registry.register(Box::new(m.commands.clone()))?;
+        registry.register(Box::new(m.errors.clone()))?;
+        registry.register(Box::new(m.subscriptions.clone()))?;
+        registry.register(Box::new(m.recoveries.clone()))?;
+        registry.register(Box::new(m.replayed.clone()))?;
+        for command in [
+            "connect",
+            "subscribe",
+            "unsubscribe",
+            "publish",
+            "refresh",
+            "ping",
+        ] {
+            m.commands.with_label_values(&[command]);
+        }
+        for code in pgws_protocol::v2::ErrorCode::ALL {
+            m.errors.with_label_values(&[&code.code().to_string()]);
+        }
+        for outcome in RecoveryOutcome::ALL {
+            m.recoveries.with_label_values(&[outcome.label()]);
+        }
+        Ok(m)
+    }
+
+    /// A command arrived.
+    pub fn command(&self, name: &str) {
+        self.commands.with_label_values(&[name]).inc();
+    }
+
+    /// A command was answered with an error; logged at debug (clients
+    /// cause these).
+    pub fn error(&self, session: u64, code: pgws_protocol::v2::ErrorCode, reason: &str) {
+        tracing::debug!(session, code = code.code(), reason, "v2 command refused");
+        self.errors
+            .with_label_values(&[&code.code().to_string()])
+            .inc();
+    }
+
+    /// A recovery ended.
+    pub fn recovery(&self, outcome: RecoveryOutcome, replayed: usize) {
+        self.recoveries.with_label_values(&[outcome.label()]).inc();
+        self.replayed.inc_by(replayed as u64);
+    }
+}
+
 /// Every gateway metric.
 #[derive(Clone)]
 pub struct Metrics {
@@ -80,6 +202,8 @@ pub struct Metrics {
     pub channels: IntGauge,
     /// Connections accepted and not yet upgraded or closed.
     pub pending: IntGauge,
+    /// Protocol v2.
+    pub v2: V2Metrics,
 }
 
 impl Metrics {
@@ -203,6 +327,7 @@ impl Metrics {
             rejected.with_label_values(&[r.label()]);
         }
 
+        let v2 = V2Metrics::register(&registry)?;
         Ok(Metrics {
             registry,
             connections,
@@ -220,6 +345,7 @@ impl Metrics {
             unrouted,
             channels,
             pending,
+            v2,
         })
     }
 
@@ -245,7 +371,6 @@ impl Metrics {
         self.closed.with_label_values(&[reason]).inc();
     }
 
-    /// A client message did not become a NOTIFY.
     /// A socket's send queue was full: the message is dropped for it and,
     /// the `first` time, the socket is being closed as a slow consumer.
     pub fn queue_full(&self, session: u64, first: bool) {
@@ -256,6 +381,7 @@ impl Metrics {
         }
     }
 
+    /// A client message did not become a NOTIFY.
     pub fn rejected(&self, rejection: Rejection) {
         self.rejected.with_label_values(&[rejection.label()]).inc();
     }

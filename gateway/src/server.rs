@@ -76,11 +76,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics.clone(),
         config.session,
         config.meta,
+        keys,
         closing.clone(),
     ));
     let tracker = TaskTracker::new();
     let http_state = Arc::new(HttpState {
-        keys,
         sessions: sessions.clone(),
         tracker: tracker.clone(),
         root_path: config.root_path,

@@ -52,6 +52,11 @@ pub struct Notification {
 pub trait NotificationSink: Send + Sync + 'static {
     /// Hand one notification over.
     fn deliver(&self, notification: Notification);
+
+    /// The `LISTEN` session ended without a shutdown: notifications sent
+    /// until the next one is established are lost. Called once per loss,
+    /// before reconnecting (history starts a new epoch here).
+    fn session_lost(&self) {}
 }
 
 /// What the listener is doing right now.
@@ -199,6 +204,7 @@ impl Listener {
                         SessionEnd::Shutdown => return Ok(()),
                         SessionEnd::Disconnected(reason) => {
                             self.metrics.up.set(0);
+                            self.sink.session_lost();
                             if self.config.check_interval.is_none() {
                                 tracing::error!(%reason, "LISTEN connection lost and PGWS_CHECK_LISTENER_INTERVAL is unset: giving up");
                                 return Err(ListenerError::Lost(reason));

@@ -1,8 +1,12 @@
 //! Every websocket close code the gateway sends, in one table.
 //!
 //! Codes in the 1000 range are the RFC 6455 ones; 3001 is inherited from the
-//! original postgres-websockets; the other 3xxx codes are ours and are
-//! documented in `docs/protocol.md`.
+//! original postgres-websockets; the other 3xxx codes are ours; the 4xxx
+//! codes close a protocol v2 socket whose `connect` frame failed (4000 +
+//! the HTTP status the same problem gets at the upgrade). All are
+//! documented in `docs/protocol.md`. Where a close sends a more specific
+//! reason than [`CloseReason::text`] (the 4xxx codes and 1008 name the
+//! problem), the session writes that text instead.
 
 /// A reason the gateway closes a websocket, with its code and the text sent
 /// in the close frame.
@@ -31,11 +35,24 @@ pub enum CloseReason {
     /// A message was handed to Redis and whether it was queued could not be
     /// learnt in time: it may or may not be sent.
     WriteOutcomeUnknown,
+    /// v2: a binary frame.
+    UnsupportedData,
+    /// v2: a frame that is not a JSON object, or a command without a usable
+    /// `id`.
+    PolicyViolation,
+    /// v2: the first frame was not a usable `connect`.
+    ConnectBadRequest,
+    /// v2: the `connect` token is missing, invalid or expired.
+    ConnectUnauthorized,
+    /// v2: the `connect` token's claims allow nothing (mode, channels).
+    ConnectForbidden,
+    /// v2: no `connect` frame within `PGWS_CONNECT_TIMEOUT`.
+    ConnectTimeout,
 }
 
 impl CloseReason {
     /// Every reason, for tables and metrics initialisation.
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 17] = [
         CloseReason::Normal,
         CloseReason::GoingAway,
         CloseReason::ProtocolError,
@@ -47,6 +64,12 @@ impl CloseReason {
         CloseReason::SlowConsumer,
         CloseReason::PingTimeout,
         CloseReason::WriteOutcomeUnknown,
+        CloseReason::UnsupportedData,
+        CloseReason::PolicyViolation,
+        CloseReason::ConnectBadRequest,
+        CloseReason::ConnectUnauthorized,
+        CloseReason::ConnectForbidden,
+        CloseReason::ConnectTimeout,
     ];
 
     /// The close code sent in the close frame.
@@ -63,6 +86,12 @@ impl CloseReason {
             CloseReason::SlowConsumer => 3008,
             CloseReason::PingTimeout => 3009,
             CloseReason::WriteOutcomeUnknown => 3010,
+            CloseReason::UnsupportedData => 1003,
+            CloseReason::PolicyViolation => 1008,
+            CloseReason::ConnectBadRequest => 4400,
+            CloseReason::ConnectUnauthorized => 4401,
+            CloseReason::ConnectForbidden => 4403,
+            CloseReason::ConnectTimeout => 4408,
         }
     }
 
@@ -80,6 +109,12 @@ impl CloseReason {
             CloseReason::SlowConsumer => "Slow consumer",
             CloseReason::PingTimeout => "Ping timeout",
             CloseReason::WriteOutcomeUnknown => "Write outcome unknown",
+            CloseReason::UnsupportedData => "Binary frames are not supported",
+            CloseReason::PolicyViolation => "Policy violation",
+            CloseReason::ConnectBadRequest => "Expected a connect frame",
+            CloseReason::ConnectUnauthorized => "Invalid token",
+            CloseReason::ConnectForbidden => "Not allowed",
+            CloseReason::ConnectTimeout => "No connect frame in time",
         }
     }
 
@@ -97,6 +132,12 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::PingTimeout => "ping_timeout",
             CloseReason::WriteOutcomeUnknown => "write_outcome_unknown",
+            CloseReason::UnsupportedData => "unsupported_data",
+            CloseReason::PolicyViolation => "policy_violation",
+            CloseReason::ConnectBadRequest => "connect_bad_request",
+            CloseReason::ConnectUnauthorized => "connect_unauthorized",
+            CloseReason::ConnectForbidden => "connect_forbidden",
+            CloseReason::ConnectTimeout => "connect_timeout",
         }
     }
 

@@ -13,7 +13,15 @@
 //! | `{p}:epoch` | integer | fencing epoch: `max(previous + 1, Redis time in ms)` at every acquisition |
 //! | `{p}:writes` | stream | writers' envelopes waiting for NOTIFY (field `m`, channel `c`, optional traceparent `t`) |
 //! | `{p}:appended:<gateway>:<n>` | integer, PX 30 s | how many messages of a gateway's append batch `n` went in: written with the batch, read before a retry so that a retry never appends twice |
+//! | `{p}:continuity` | hash `t`, `s`, `ttl` | the current [continuity](crate::position::Continuity) (term, session) and the channel-state ttl (ms); written by the leader, only ever moved forward |
 //! | `p:msg:<channel>` | pub/sub channel | notifications for one websocket channel |
+//! | `{p:msg:<channel>}:s` | string, PX ttl | the channel's offsets and epoch ([`crate::history`]) |
+//! | `{p:msg:<channel>}:h` | stream, PX ttl | the channel's history: the last messages, field `o` the offset, `d` the payload |
+//!
+//! A channel's state and history keys hash to the same slot as its pub/sub
+//! channel, so the leader's publish script can touch all three on a Redis
+//! Cluster: they are the pub/sub name in braces — or, when the name
+//! already holds a hash tag (a channel like `room{7}`), the name as it is.
 
 /// Stream entry field holding the envelope.
 pub const FIELD_MESSAGE: &str = "m";
@@ -61,6 +69,21 @@ impl KeySpace {
         format!("{{{}}}:appended:{gateway}:{batch}", self.prefix)
     }
 
+    /// Where the current continuity is kept.
+    pub fn continuity(&self) -> String {
+        format!("{{{}}}:continuity", self.prefix)
+    }
+
+    /// The key of websocket `channel`'s offsets and epoch.
+    pub fn channel_state(&self, channel: &str) -> String {
+        format!("{}:s", same_slot(&self.channel(channel)))
+    }
+
+    /// The key of websocket `channel`'s history stream.
+    pub fn channel_history(&self, channel: &str) -> String {
+        format!("{}:h", same_slot(&self.channel(channel)))
+    }
+
     /// The pub/sub channel carrying notifications for websocket `channel`.
     pub fn channel(&self, channel: &str) -> String {
         format!("{}:msg:{}", self.prefix, channel)
@@ -74,6 +97,69 @@ impl KeySpace {
     }
 }
 
+/// A key prefix that hashes to the same Redis Cluster slot as `name`:
+/// `name` itself when it holds a hash tag; `{name}` when that is one; and
+/// for the rare name that has neither (a `}` with no tag, like `x{}y`), a
+/// tag known to hash to `name`'s slot, then the name.
+fn same_slot(name: &str) -> String {
+    if hash_tag(name).is_some() {
+        name.to_string()
+    } else if !name.contains('}') {
+        format!("{{{name}}}")
+    } else {
+        format!("{{{}}}{name}", tag_for_slot(slot(name)))
+    }
+}
+
+/// The part of `key` Redis Cluster hashes, when it is not the whole key:
+/// what lies between the first `{` and the next `}`, if not empty.
+fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let close = key[open + 1..].find('}')?;
+    (close > 0).then(|| &key[open + 1..open + 1 + close])
+}
+
+/// The slot Redis Cluster assigns to `key`: CRC16 (XMODEM) of its hash tag
+/// or of the whole key, modulo 16384.
+pub fn slot(key: &str) -> u16 {
+    let hashed = hash_tag(key).unwrap_or(key).as_bytes();
+    let mut crc: u16 = 0;
+    for &b in hashed {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// A short string that hashes to `slot`: the first of `0`, `1`, `2` … (in
+/// hex) that does. Computed once, for all slots, on first use (a few
+/// hundred thousand CRCs).
+fn tag_for_slot(slot_wanted: u16) -> &'static str {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![String::new(); 16384];
+        let mut missing = tags.len();
+        let mut n = 0u64;
+        while missing > 0 {
+            let candidate = format!("{n:x}");
+            let at = usize::from(slot(&candidate));
+            if tags[at].is_empty() {
+                tags[at] = candidate;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    &tags[usize::from(slot_wanted)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,7 +167,13 @@ mod tests {
     #[test]
     fn coordination_keys_share_one_hash_tag() {
         let k = KeySpace::new("pgws");
-        for key in [k.leader(), k.epoch(), k.writes(), k.append_marker("g", 1)] {
+        for key in [
+            k.leader(),
+            k.epoch(),
+            k.writes(),
+            k.append_marker("g", 1),
+            k.continuity(),
+        ] {
             assert!(key.starts_with("{pgws}:"), "{key}");
         }
     }
@@ -93,5 +185,28 @@ mod tests {
         assert_eq!(k.channel_of(&name), Some("chat:room"));
         assert_eq!(KeySpace::new("b").channel_of(&name), None);
         assert_eq!(KeySpace::new("a:msg").channel_of("a:msg:msg:x"), Some("x"));
+    }
+
+    #[test]
+    fn a_channels_state_and_history_share_its_pub_sub_slot() {
+        // The CRC16 of "123456789" is 0x31C3, the reference value of the
+        // Redis Cluster specification (under 16384: it is also the slot).
+        assert_eq!(slot("123456789"), 0x31C3);
+        assert_eq!(slot("{user1000}.following"), slot("user1000"));
+        // From the specification: an empty tag hashes the whole key.
+        assert_eq!(hash_tag("foo{}{bar}"), None);
+        assert_eq!(hash_tag("foo{{bar}}zap"), Some("{bar"));
+        for prefix in ["pgws", "a{b}c"] {
+            let k = KeySpace::new(prefix);
+            for channel in ["chat", "room{7}", "x{}y", "{", "}{", "ünï"] {
+                let pubsub = k.channel(channel);
+                for key in [k.channel_state(channel), k.channel_history(channel)] {
+                    assert_eq!(slot(&key), slot(&pubsub), "{key} vs {pubsub}");
+                }
+            }
+        }
+        let k = KeySpace::new("p");
+        assert_eq!(k.channel_state("chat"), "{p:msg:chat}:s");
+        assert_eq!(k.channel_history("room{7}"), "p:msg:room{7}:h");
     }
 }

@@ -17,6 +17,7 @@
 //!   the plain-text responses both listeners write.
 //! * [`redis_client`] — one Redis handle over a single Redis, a Redis
 //!   Cluster or a Sentinel-managed master, with or without TLS.
+//! * [`history`] — the history variables both binaries read.
 //! * [`backoff`] — the retry schedule of every reconnect loop.
 //! * [`time`] — timers shared by the loops.
 //! * [`events`] — logging an event that can fire per message without
@@ -26,6 +27,7 @@ pub mod admin;
 pub mod backoff;
 pub mod config;
 pub mod events;
+pub mod history;
 pub mod process;
 pub mod redis_client;
 pub mod telemetry;

@@ -14,7 +14,7 @@
 //! * [`cluster`] — coordinators and gateways sharing a prefix and channel.
 //! * [`http`] — raw HTTP requests, metrics.
 //! * [`ws`] — websocket clients; [`raw`] — a raw-socket one for malformed
-//!   frames.
+//!   frames; [`v2`] — a protocol v2 client.
 //! * [`db`] — the shared PostgreSQL: clients, NOTIFY, LISTEN.
 //! * [`pg_server`] — private PostgreSQL servers (TLS-only, standbys).
 //! * [`redis_server`] — private Redis servers: plain, TLS, Cluster,
@@ -35,6 +35,7 @@ pub mod process;
 pub mod raw;
 pub mod redis_server;
 pub mod republished;
+pub mod v2;
 pub mod ws;
 
 pub use db::*;
@@ -43,4 +44,5 @@ pub use names::*;
 pub use ports::*;
 pub use process::*;
 pub use redis_server::{redis_url, RedisClusterServers, RedisServer};
+pub use v2::{v2_request, Pos, V2};
 pub use ws::*;

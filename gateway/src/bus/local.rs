@@ -8,17 +8,26 @@
 //!   (`pgws_postgres::relay`): `PGWS_POOL_SIZE` connections, each with its
 //!   own bounded queue, a channel always on the same one.
 //!
+//! * **Positions and history** ([`history`]): the router gives each
+//!   notification its channel's next offset and keeps it in memory, and
+//!   [`Bus::recover`] reads from there.
+//!
 //! Every notification already reaches this process, so subscribing is a
 //! no-op. Without `PGWS_CHECK_LISTENER_INTERVAL`, a lost listener is this
 //! bus's failure: the gateway then exits non-zero, as the original does.
 
-use super::{Bus, BusError, BusFuture, Delivery, Inbox, Lifecycle, Readiness, Started};
+pub mod history;
+
+use super::{Bus, BusError, BusFuture, Delivery, Inbox, Lifecycle, Readiness, Recovered, Started};
+use history::{History, HistoryMetrics, SWEEP_EVERY};
 use pgws_postgres::listener::{
     self, ListenerConfig, ListenerMetrics, ListenerState, Notification, NotificationSink,
 };
 use pgws_postgres::pg::PgConfig;
 use pgws_postgres::relay::{Relay, RelayConfig, RelayError, RelayMetrics};
+use pgws_protocol::position::Since;
 use pgws_protocol::routing;
+use pgws_service::history::HistoryConfig;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
@@ -42,12 +51,17 @@ pub struct LocalConfig {
     pub retries: u32,
     /// Listener probe and self-heal period; `None`: a loss is fatal.
     pub check_listener_interval: Option<Duration>,
+    /// History per channel.
+    pub history: HistoryConfig,
+    /// `PGWS_HISTORY_MAX_CHANNELS`.
+    pub history_max_channels: usize,
 }
 
 /// The handle sessions use.
 pub struct LocalBus {
     relay: Relay,
     listening: watch::Receiver<ListenerState>,
+    history: Arc<History>,
 }
 
 /// Start the listener and the relay; metrics go to `registry`.
@@ -70,9 +84,16 @@ pub fn start(
     );
     let (state_tx, state_rx) = watch::channel(ListenerState::Connecting);
     let stop = CancellationToken::new();
+    let history = Arc::new(History::new(
+        config.history,
+        config.history_max_channels,
+        HistoryMetrics::register(registry)?,
+    ));
+    let sweeping = tokio::spawn(sweep(history.clone(), stop.clone()));
     let router = Arc::new(Router {
         inbox,
         listen_channel: config.listen_channel.clone(),
+        history: history.clone(),
     });
     let listening = tokio::spawn(listener::run(
         ListenerConfig {
@@ -101,13 +122,14 @@ pub fn start(
         bus: Arc::new(LocalBus {
             relay,
             listening: state_rx,
+            history,
         }),
         lifecycle: Lifecycle {
             failure: Some(failure_rx),
             workers,
             abort,
             stop,
-            background: vec![watcher],
+            background: vec![watcher, sweeping],
         },
     })
 }
@@ -136,6 +158,16 @@ impl Bus for LocalBus {
 
     fn unsubscribe(&self, _channel: &str) {}
 
+    /// Read under the lock the router records under: nothing to wait for.
+    fn recover<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<&'a Since>,
+    ) -> BusFuture<'a, Result<Recovered, BusError>> {
+        let recovered = self.history.read(channel, since);
+        Box::pin(async move { Ok(recovered) })
+    }
+
     fn readiness(&self) -> Readiness {
         let listening = self.listening.clone();
         Box::new(move || match *listening.borrow() {
@@ -145,28 +177,48 @@ impl Bus for LocalBus {
     }
 }
 
-/// The listener's sink: routes each notification to its channel.
+/// Expire history until `stop`.
+async fn sweep(history: Arc<History>, stop: CancellationToken) {
+    let mut every = pgws_service::time::every(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => history.sweep(),
+        }
+    }
+}
+
+/// The listener's sink: gives each notification its position and routes
+/// it to its channel.
 struct Router {
     inbox: Arc<dyn Inbox>,
     listen_channel: String,
+    history: Arc<History>,
 }
 
 impl NotificationSink for Router {
     fn deliver(&self, notification: Notification) {
-        let delivery = Arc::new(Delivery {
-            payload: notification.payload,
-            received_at: notification.received_at,
-        });
         // NOTIFY payloads are text in the database encoding, which the
         // connection converts to UTF-8.
-        let text = std::str::from_utf8(&delivery.payload).unwrap_or("");
-        let channel = routing::target_channel(text, &self.listen_channel);
+        let text = std::str::from_utf8(&notification.payload).unwrap_or("");
+        let channel: Arc<str> = Arc::from(routing::target_channel(text, &self.listen_channel));
+        let position = self.history.record(&channel, &notification.payload);
+        let delivery = Arc::new(Delivery::new(
+            channel.clone(),
+            notification.payload,
+            position,
+            notification.received_at,
+        ));
         if pgws_service::telemetry::enabled() {
             tracing::info_span!("pgws.fanout", channel = %channel)
-                .in_scope(|| self.inbox.deliver(&channel, delivery.clone()));
+                .in_scope(|| self.inbox.deliver(&channel, delivery));
         } else {
-            self.inbox.deliver(&channel, delivery.clone());
+            self.inbox.deliver(&channel, delivery);
         }
+    }
+
+    fn session_lost(&self) {
+        self.history.session_lost();
     }
 }
 
@@ -182,6 +234,15 @@ mod tests {
         let router = Router {
             inbox: recorder.clone(),
             listen_channel: "listen".into(),
+            history: Arc::new(History::new(
+                HistoryConfig {
+                    size: 10,
+                    ttl: Duration::from_secs(60),
+                    state_ttl: Duration::from_secs(60),
+                },
+                100,
+                HistoryMetrics::register(&prometheus::Registry::new()).expect("metrics"),
+            )),
         };
         for payload in [r#"{"channel":"chat","payload":"hi"}"#, "plain text"] {
             router.deliver(Notification {

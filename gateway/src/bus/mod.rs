@@ -7,6 +7,12 @@
 //! * [`Bus::subscribe`] / [`Bus::unsubscribe`] are called on a channel's
 //!   first and after its last local reader, so a cross-node bus subscribes
 //!   only to what this node reads.
+//! * **Positions:** every notification arrives with its place in its
+//!   channel's sequence (`pgws_protocol::position`), assigned where
+//!   notifications enter the system — this process in standalone mode,
+//!   the leader in cluster mode — and [`Bus::recover`] answers where a
+//!   channel stands and what a client missed, from the same place's
+//!   history.
 //!
 //! Two implementations, one above-the-bus code path:
 //!
@@ -22,26 +28,111 @@ pub mod local;
 pub mod redis;
 
 use bytes::Bytes;
+use pgws_protocol::position::{ChannelState, Position, Recovery, Since};
 pub use pgws_service::admin::Readiness;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-/// One notification on its way to sockets: the NOTIFY payload and when it
-/// arrived (for the latency histogram). Every reader's queue holds the same
-/// `Arc` — a reference count per socket, no copy, and one pointer per queue
-/// slot.
+/// One notification on its way to sockets: its channel, the NOTIFY
+/// payload, its position and when it arrived (for the latency histogram).
+/// Every reader's queue holds the same `Arc` — a reference count per
+/// socket, no copy, and one pointer per queue slot — and the v2 frame is
+/// encoded once, by the first v2 reader, for all of them.
 #[derive(Debug)]
 pub struct Delivery {
+    /// The websocket channel.
+    pub channel: Arc<str>,
     /// The NOTIFY payload, verbatim.
     pub payload: Bytes,
+    /// Its place in the channel's sequence (`None` only from a coordinator
+    /// older than v2).
+    pub position: Option<Position>,
     /// When the notification reached this process (or, in cluster mode,
     /// the leader).
     pub received_at: Instant,
+    v2_frame: OnceLock<Bytes>,
+}
+
+impl Delivery {
+    /// A delivery for `channel`.
+    pub fn new(
+        channel: Arc<str>,
+        payload: Bytes,
+        position: Option<Position>,
+        received_at: Instant,
+    ) -> Delivery {
+        Delivery {
+            channel,
+            payload,
+            position,
+            received_at,
+            v2_frame: OnceLock::new(),
+        }
+    }
+
+    /// The protocol v2 `message` frame's text, encoded on first use.
+    pub fn v2_frame(&self) -> &Bytes {
+        self.v2_frame.get_or_init(|| {
+            let data = String::from_utf8_lossy(&self.payload);
+            Bytes::from(pgws_protocol::v2::message(
+                &self.channel,
+                self.position.as_ref(),
+                &data,
+            ))
+        })
+    }
+}
+
+/// A message replayed from history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// Its offset (in the channel's current epoch).
+    pub offset: u64,
+    /// The NOTIFY payload.
+    pub payload: Bytes,
+}
+
+/// Where a channel stands for a new subscription, and what it missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// The channel's newest position: the subscription receives every
+    /// message after it.
+    pub position: Position,
+    /// With `since`: the messages after it, complete and in order, when
+    /// history has all of them; `None` when it cannot (another epoch, an
+    /// offset out of range, history trimmed or off). Always `None` without
+    /// `since`.
+    pub replay: Option<Vec<Replayed>>,
+}
+
+impl Recovered {
+    /// Decide a recovery from a channel's state (already taken as of the
+    /// current continuity) and the history entries read after `since`
+    /// (oldest first): replayed only when exactly complete.
+    pub fn decide(
+        state: &ChannelState,
+        since: Option<&Since>,
+        entries: Vec<Replayed>,
+    ) -> Recovered {
+        let replay = since.and_then(|since| {
+            let recovery = state.recovery(since);
+            if let Recovery::Impossible = recovery {
+                return None;
+            }
+            recovery
+                .complete(entries.iter().map(|e| e.offset))
+                .then_some(entries)
+        });
+        Recovered {
+            position: state.position(),
+            replay,
+        }
+    }
 }
 
 /// Where a bus delivers: the one narrow interface between the bus and the
@@ -93,6 +184,16 @@ pub trait Bus: Send + Sync {
 
     /// `channel` lost its last local reader. Must not block.
     fn unsubscribe(&self, channel: &str);
+
+    /// Where `channel` stands, and — with `since` — what a reader missed.
+    /// Call after the reader is in the registry: once this resolves, every
+    /// message after the returned position reaches it (in cluster mode,
+    /// this waits until this node's Redis subscription is confirmed).
+    fn recover<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<&'a Since>,
+    ) -> BusFuture<'a, Result<Recovered, BusError>>;
 
     /// A probe of whether notifications flow (for `/readyz`). It holds no
     /// handle to the bus, so it does not keep the bus from shutting down.
@@ -157,7 +258,7 @@ impl Lifecycle {
 /// An inbox that records what it is given, for the buses' unit tests.
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::{Delivery, Inbox};
+    use crate::bus::{Delivery, Inbox};
     use std::sync::{Arc, Mutex};
 
     /// Records `(channel, payload)` pairs.
@@ -166,6 +267,7 @@ pub(crate) mod testing {
 
     impl Inbox for Recorder {
         fn deliver(&self, channel: &str, delivery: Arc<Delivery>) {
+            assert_eq!(&*delivery.channel, channel);
             let payload = String::from_utf8_lossy(&delivery.payload).into_owned();
             self.0
                 .lock()

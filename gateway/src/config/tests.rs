@@ -208,7 +208,7 @@ fn a_redis_url_selects_cluster_mode_without_database() {
 }
 
 #[test]
-fn the_redis_variables_are_the_standard_names() {
+fn the_shared_variables_are_the_standard_names() {
     let s = RedisVars::STANDARD;
     for (standard, declared) in [
         (s.url, REDIS_URL),
@@ -217,6 +217,14 @@ fn the_redis_variables_are_the_standard_names() {
         (s.cert_file, REDIS_CERT_FILE),
         (s.key_file, REDIS_KEY_FILE),
         (s.prefix, REDIS_PREFIX),
+    ] {
+        assert_eq!(standard, declared);
+    }
+    let h = pgws_service::history::HistoryVars::STANDARD;
+    for (standard, declared) in [
+        (h.size, HISTORY_SIZE),
+        (h.ttl, HISTORY_TTL),
+        (h.state_ttl, CHANNEL_STATE_TTL),
     ] {
         assert_eq!(standard, declared);
     }

@@ -15,7 +15,7 @@
 pub mod request;
 pub mod static_files;
 
-use crate::auth::{self, Keys, Refusal};
+use crate::auth::{self, Refusal};
 use crate::session::{self, SessionContext, Slot};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -50,9 +50,7 @@ const BANNER: &str = "postgres-websockets: open a websocket on /<channel>/<jwt> 
 
 /// What request handling needs.
 pub struct HttpState {
-    /// JWT verification keys.
-    pub keys: Keys,
-    /// Shared by all sessions.
+    /// Shared by all sessions (and their JWT keys).
     pub sessions: Arc<SessionContext>,
     /// Tracks session tasks so the drain can wait for them.
     pub tracker: TaskTracker,
@@ -222,9 +220,26 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
         channel = target.channel.as_deref().unwrap_or("")
     );
     let _entered = span.enter();
-    let token = target.token.as_deref().ok_or(Refusal::MissingToken)?;
-    let claims = tracing::info_span!("pgws.jwt_verify").in_scope(|| state.keys.verify(token))?;
-    let grant = auth::authorize(claims, target.channel.as_deref(), &state.sessions.meta)?;
+    let keys = &state.sessions.keys;
+    let verify =
+        |token: &str| tracing::info_span!("pgws.jwt_verify").in_scope(|| keys.verify(token));
+    // v1: a grant for the URL's channel (or the claims'); v2: permissions
+    // for what the socket may subscribe to, or none yet — the token may
+    // come in the first frame.
+    let session = if target.v2 {
+        let permissions = match target.token.as_deref() {
+            Some(token) => Some(auth::permissions(verify(token)?)?),
+            None => None,
+        };
+        Session::V2(permissions)
+    } else {
+        let token = target.token.as_deref().ok_or(Refusal::MissingToken)?;
+        Session::V1(auth::authorize(
+            verify(token)?,
+            target.channel.as_deref(),
+            &state.sessions.meta,
+        )?)
+    };
     let slot =
         Slot::acquire(&state.sessions, state.max_connections).ok_or(Refusal::TooManyConnections)?;
     // The upgraded connection is taken from hyper directly: fastwebsockets
@@ -252,15 +267,25 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
     state.sessions.metrics.accepted();
     let sessions = state.sessions.clone();
     state.tracker.spawn(async move {
-        match upgrading.await {
-            Ok(upgraded) => session::run(TokioIo::new(upgraded), grant, sessions, slot).await,
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
+        let io = match upgrading.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            Err(e) => return tracing::debug!(error = %e, "websocket upgrade did not complete"),
+        };
+        match session {
+            Session::V1(grant) => session::run(io, grant, sessions, slot).await,
+            Session::V2(permissions) => session::run_v2(io, permissions, sessions, slot).await,
         }
     });
     Ok(Response::from_parts(
         parts,
         Empty::new().map_err(|never| match never {}).boxed(),
     ))
+}
+
+/// What an accepted upgrade becomes.
+enum Session {
+    V1(auth::Grant),
+    V2(Option<auth::Permissions>),
 }
 
 fn check_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> Result<(), Refusal> {

@@ -7,6 +7,11 @@
 //!   not sit in proxy logs; then `/<channel>` or `/` name the channels.
 //!
 //! Precedence when several are given: path, query, Authorization, protocol.
+//!
+//! A client that offers the subprotocol `pgws.v2` speaks protocol v2: the
+//! server answers with `pgws.v2`, the token may be absent (it then comes in
+//! the first frame), and a channel in the path is ignored — a v2 socket
+//! starts with no subscriptions.
 
 use percent_encoding::percent_decode_str;
 
@@ -19,6 +24,8 @@ pub struct Target {
     pub token: Option<String>,
     /// The `Sec-WebSocket-Protocol` value to echo, when the client sent any.
     pub subprotocol: Option<String>,
+    /// The client offered `pgws.v2`.
+    pub v2: bool,
 }
 
 /// The request's parts that matter here.
@@ -58,6 +65,7 @@ pub fn parse(parts: RequestParts<'_>) -> Result<Target, NotFound> {
         .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
         .collect();
     let (subprotocol, protocol_token) = from_protocols(parts.protocols);
+    let v2 = subprotocol.as_deref() == Some(pgws_protocol::v2::SUBPROTOCOL);
     let elsewhere = query_token(parts.query)
         .or_else(|| bearer(parts.authorization))
         .or(protocol_token);
@@ -73,6 +81,7 @@ pub fn parse(parts: RequestParts<'_>) -> Result<Target, NotFound> {
         channel,
         token,
         subprotocol,
+        v2,
     })
 }
 
@@ -107,9 +116,11 @@ fn from_protocols(header: Option<&str>) -> (Option<String>, Option<String>) {
         .iter()
         .find(|p| looks_like_jwt(p))
         .map(|t| t.to_string());
-    let echo = offered
+    let v2 = offered
         .iter()
-        .find(|p| !looks_like_jwt(p))
+        .find(|p| **p == pgws_protocol::v2::SUBPROTOCOL);
+    let echo = v2
+        .or_else(|| offered.iter().find(|p| !looks_like_jwt(p)))
         .or(offered.first())
         .map(|p| p.to_string());
     (echo, token)

@@ -72,10 +72,12 @@ mod tests {
     use tokio::sync::mpsc;
 
     fn delivery(text: &'static str) -> Arc<Delivery> {
-        Arc::new(Delivery {
-            payload: bytes::Bytes::from_static(text.as_bytes()),
-            received_at: Instant::now(),
-        })
+        Arc::new(Delivery::new(
+            Arc::from("chat"),
+            bytes::Bytes::from_static(text.as_bytes()),
+            None,
+            Instant::now(),
+        ))
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What every session shares, a connection slot, and how a session ended.
 
-use crate::auth::MetaChannel;
+use crate::auth::{Keys, MetaChannel};
 use crate::bus::Bus;
 use crate::config::SessionLimits;
 use crate::hub::Hub;
@@ -21,6 +21,8 @@ pub struct SessionContext {
     pub limits: SessionLimits,
     /// `PGWS_META_CHANNEL` and who may use it.
     pub meta: MetaChannel,
+    /// JWT verification keys (v2 verifies `connect` and `refresh` tokens).
+    pub keys: Keys,
     /// Cancelled when the gateway drains: every socket closes with 1001.
     pub shutdown: CancellationToken,
     /// Open sockets, for `PGWS_MAX_CONNECTIONS`.
@@ -36,6 +38,7 @@ impl SessionContext {
         metrics: Metrics,
         limits: SessionLimits,
         meta: MetaChannel,
+        keys: Keys,
         shutdown: CancellationToken,
     ) -> SessionContext {
         SessionContext {
@@ -44,6 +47,7 @@ impl SessionContext {
             metrics,
             limits,
             meta,
+            keys,
             shutdown,
             open: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),

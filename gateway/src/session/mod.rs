@@ -8,19 +8,23 @@
 //!   `PGWS_MAX_MESSAGE_SIZE`, and [`publish`] turns a writer's messages into
 //!   envelopes on the bus;
 //! * [`outbound`] encodes frames into one buffer per burst of the socket's
-//!   bounded send queue.
+//!   bounded send queue;
+//! * [`v2`] is protocol v2: commands, subscriptions, recovery.
 //!
-//! This module registers the socket's channels with the hub (telling the
-//! bus on a channel's first and after its last reader), runs the socket,
-//! and emits the meta channel's `ConnectionOpen` / `ConnectionClose`
-//! events.
+//! This module starts a socket of either protocol: for v1 it registers the
+//! socket's channels with the hub (telling the bus on a channel's first
+//! and after its last reader) — a v2 socket registers each channel as it
+//! subscribes — runs the socket, and emits the meta channel's
+//! `ConnectionOpen` / `ConnectionClose` events.
 
 mod assemble;
 mod context;
 mod inbound;
+mod meta;
 mod outbound;
 mod publish;
 mod socket;
+mod v2;
 
 pub use context::{SessionContext, SessionEnd, Slot};
 
@@ -34,17 +38,19 @@ pub mod fuzzing {
     };
 }
 
-use crate::auth::Grant;
+use crate::auth::{Grant, Permissions};
 use crate::bus::Delivery;
 use crate::hub::{SessionControl, SessionId, Subscriber};
 use pgws_protocol::clock;
-use pgws_protocol::envelope::{self, ClaimsJson, Event};
+use pgws_protocol::envelope::{ClaimsJson, Event};
+use socket::{Finished, Proto, SocketContext};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-/// Run one upgraded websocket to its end.
+/// Run one upgraded v1 websocket to its end.
 pub async fn run<S>(io: S, mut grant: Grant, ctx: Arc<SessionContext>, slot: Slot)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -57,7 +63,7 @@ where
     let control = Arc::new(SessionControl::default());
     let queue = subscribe(&ctx, &grant, id, &control);
     tracing::debug!(session = id.0, mode = grant.mode.as_str(), channels = ?grant.channels, "websocket open");
-    meta_event(&ctx, Event::ConnectionOpen, &grant, &claims).await;
+    meta::event(&ctx, Event::ConnectionOpen, &grant.channels, &claims).await;
 
     let expires_at = grant.expires_at.map(clock::instant_of_unix_seconds);
     let writer = Arc::new(publish::Writer {
@@ -66,13 +72,15 @@ where
         claims,
         ctx: ctx.clone(),
     });
-    let end = socket::run(
+    let finished = socket::run(
         io,
-        socket::SocketContext {
+        SocketContext {
             queue,
             control,
             expires_at,
-            writer: writer.clone(),
+            ctx: ctx.clone(),
+            session: id,
+            proto: Proto::V1(writer.clone()),
         },
     )
     .await;
@@ -80,9 +88,80 @@ where
 
     unsubscribe(&ctx, grant, id);
     open_gauge.dec();
+    ctx.metrics.closed(finished.end.label());
+    tracing::debug!(
+        session = id.0,
+        end = finished.end.label(),
+        "websocket closed"
+    );
+    meta::event(&ctx, Event::ConnectionClose, &grant.channels, claims).await;
+    drop(slot);
+}
+
+/// Run one upgraded protocol v2 websocket to its end. Without
+/// `permissions` (no token in the upgrade), its first frame must be
+/// `connect`.
+pub async fn run_v2<S>(
+    io: S,
+    permissions: Option<Permissions>,
+    ctx: Arc<SessionContext>,
+    slot: Slot,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let id = SessionId(ctx.next_id.fetch_add(1, Ordering::Relaxed));
+    let control = Arc::new(SessionControl::default());
+    let (queue_tx, queue) = mpsc::channel(ctx.limits.send_queue);
+    ctx.metrics.v2.sockets.inc();
+    let (proto, expires_at, open_gauge) = match permissions {
+        Some(permissions) => {
+            let v2 = v2::V2::new(permissions, queue_tx, control.clone(), id, ctx.clone());
+            let gauge = ctx.metrics.open(v2.mode());
+            gauge.inc();
+            v2.meta_event(Event::ConnectionOpen).await;
+            (Proto::V2(Box::new(v2)), None, Some(gauge))
+        }
+        None => (
+            Proto::Connecting(queue_tx),
+            Some(Instant::now() + ctx.limits.connect_timeout),
+            None,
+        ),
+    };
+    let expires_at = match &proto {
+        Proto::V2(v2) => v2.expires_at(),
+        _ => expires_at,
+    };
+    tracing::debug!(session = id.0, "v2 websocket open");
+    let Finished {
+        end,
+        proto,
+        opened,
+        open_gauge: connected_gauge,
+    } = socket::run(
+        io,
+        SocketContext {
+            queue,
+            control,
+            expires_at,
+            ctx: ctx.clone(),
+            session: id,
+            proto,
+        },
+    )
+    .await;
+    for gauge in open_gauge.iter().chain(connected_gauge.iter()) {
+        gauge.dec();
+    }
+    ctx.metrics.v2.sockets.dec();
     ctx.metrics.closed(end.label());
-    tracing::debug!(session = id.0, end = end.label(), "websocket closed");
-    meta_event(&ctx, Event::ConnectionClose, grant, claims).await;
+    tracing::debug!(session = id.0, end = end.label(), "v2 websocket closed");
+    if let Proto::V2(mut v2) = proto {
+        v2.end();
+        if let Some(opened) = opened {
+            let _ = opened.await;
+        }
+        v2.meta_event(Event::ConnectionClose).await;
+    }
     drop(slot);
 }
 
@@ -120,28 +199,5 @@ fn unsubscribe(ctx: &SessionContext, grant: &Grant, id: SessionId) {
                 ctx.bus.unsubscribe(channel);
             });
         }
-    }
-}
-
-/// Send a meta event when `PGWS_META_CHANNEL` is set. Best effort with the
-/// normal write timeout; a failure is logged and counted by the relay.
-async fn meta_event(ctx: &SessionContext, event: Event, grant: &Grant, claims: &ClaimsJson) {
-    let Some(meta) = &ctx.meta.name else {
-        return;
-    };
-    let text = envelope::build_meta(event, meta, &grant.channels, claims, clock::unix_seconds());
-    if text.len() > pgws_protocol::limits::NOTIFY_PAYLOAD_MAX {
-        tracing::warn!(
-            event = event.as_str(),
-            "meta event larger than the NOTIFY limit: not sent"
-        );
-        return;
-    }
-    if let Err(e) = ctx
-        .bus
-        .publish(meta, text, None, ctx.limits.write_timeout)
-        .await
-    {
-        tracing::warn!(event = event.as_str(), error = %e, "meta event not sent");
     }
 }

@@ -16,14 +16,23 @@
 //! socket's [`FrameWriter`], one `write_all` per burst. One task and no
 //! channels between halves keeps an idle socket small (see
 //! `docs/benchmarks.md`).
+//!
+//! The loop speaks both protocols ([`Proto`]): a v1 socket's messages are
+//! published to its channels and its deliveries written verbatim; a v2
+//! socket's messages are commands ([`super::v2`]), its deliveries pass its
+//! subscriptions' filter, and one more branch takes the bus's answers to
+//! its subscriptions' recoveries. A v2 socket opened without a token
+//! starts [`Proto::Connecting`]: its first message must be `connect`,
+//! before `PGWS_CONNECT_TIMEOUT`.
 
 use super::assemble::{AssembleError, Assembler};
-use super::context::SessionEnd;
+use super::context::{SessionContext, SessionEnd};
 use super::inbound::{close_frame_error, CloseProblem, FrameError, FrameReader, InFrame};
 use super::outbound::{FrameWriter, FLUSH_AT};
 use super::publish::{self, Writer};
-use crate::bus::Delivery;
-use crate::hub::SessionControl;
+use super::v2::{self, Effect, V2};
+use crate::bus::{BusError, Delivery};
+use crate::hub::{SessionControl, SessionId};
 use crate::metrics::Rejection;
 use fastwebsockets::OpCode;
 use pgws_protocol::close::CloseReason;
@@ -40,21 +49,76 @@ const WRITE_BURST: usize = 64;
 /// How long we wait for the client's answer to our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// Which protocol the socket speaks, with its state.
+pub enum Proto {
+    /// v1: every message is published to the socket's channels.
+    V1(Arc<Writer>),
+    /// v2, opened without a token: waiting for the `connect` frame. Holds
+    /// the send queue's sender for the subscriptions to come.
+    Connecting(mpsc::Sender<Arc<Delivery>>),
+    /// v2.
+    V2(Box<V2>),
+}
+
+impl Proto {
+    fn is_v2(&self) -> bool {
+        !matches!(self, Proto::V1(_))
+    }
+
+    fn recovering(&self) -> bool {
+        matches!(self, Proto::V2(v2) if v2.recovering())
+    }
+}
+
 /// What the socket task needs besides the connection.
 pub struct SocketContext {
-    /// The socket's send queue (readers only; empty and closed otherwise).
+    /// The socket's send queue (empty and closed for a v1 socket that
+    /// does not read).
     pub queue: mpsc::Receiver<Arc<Delivery>>,
     /// Kill switch raised by fan-out.
     pub control: Arc<SessionControl>,
-    /// The token's `exp`.
+    /// The token's `exp` (the `connect` deadline while connecting).
     pub expires_at: Option<Instant>,
-    /// Who this socket is; its session context holds the limits, the
-    /// metrics and the gateway's drain token.
-    pub writer: Arc<Writer>,
+    /// Limits, metrics, the bus and the gateway's drain token.
+    pub ctx: Arc<SessionContext>,
+    /// The socket's id, for logs.
+    pub session: SessionId,
+    /// The protocol.
+    pub proto: Proto,
+}
+
+/// How the socket task ended, and what the session must still undo.
+pub struct Finished {
+    /// How it ended.
+    pub end: SessionEnd,
+    /// The protocol state at the end (a v2 socket's subscriptions).
+    pub proto: Proto,
+    /// The `connect` frame's `ConnectionOpen` event, when one was sent
+    /// from the loop (awaited before `ConnectionClose`).
+    pub opened: Option<tokio::task::JoinHandle<()>>,
+    /// The connections gauge a v2 socket joined once connected.
+    pub open_gauge: Option<prometheus::IntGauge>,
 }
 
 /// A client message on its way to the bus.
-type Publishing = Pin<Box<dyn Future<Output = Result<(), CloseReason>> + Send>>;
+enum Publishing {
+    /// v1: a failure closes the socket.
+    V1(Pin<Box<dyn Future<Output = Result<(), CloseReason>> + Send>>),
+    /// v2: a failure is the command's error reply.
+    V2(v2::PublishFuture),
+}
+
+/// How a publish ended.
+enum Published {
+    V1(Result<(), CloseReason>),
+    V2(u64, Result<(), BusError>),
+}
+
+/// A message waiting for its turn.
+enum Waiting {
+    V1(String),
+    V2(v2::PublishFuture),
+}
 
 /// The client's whole messages not yet handed to the bus, in order.
 #[derive(Default)]
@@ -62,7 +126,7 @@ struct Writes {
     /// The one being published.
     publishing: Option<Publishing>,
     /// The ones after it.
-    waiting: VecDeque<String>,
+    waiting: VecDeque<Waiting>,
 }
 
 /// The state of one socket while it runs.
@@ -73,6 +137,13 @@ struct Socket<S> {
     assembler: Assembler,
     writes: Writes,
     last_seen: Instant,
+    /// The token's expiry (or the `connect` deadline); `None`: never.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The text of our close frame when it says more than the code's
+    /// usual one (v2: which frame was unusable, why a token was refused).
+    close_detail: Option<String>,
+    opened: Option<tokio::task::JoinHandle<()>>,
+    open_gauge: Option<prometheus::IntGauge>,
     sc: SocketContext,
 }
 
@@ -90,8 +161,8 @@ enum WriteFailure {
     Stalled,
 }
 
-/// Run the socket until it ends; returns how it ended.
-pub async fn run<S>(io: S, sc: SocketContext) -> SessionEnd
+/// Run the socket until it ends.
+pub async fn run<S>(io: S, sc: SocketContext) -> Finished
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -99,16 +170,20 @@ where
         io,
         frames: FrameReader::new(),
         out: FrameWriter::default(),
-        assembler: Assembler::new(sc.writer.ctx.limits.max_message_size),
+        assembler: Assembler::new(sc.ctx.limits.max_message_size),
         writes: Writes::default(),
         last_seen: Instant::now(),
+        expiry: sc.expires_at.map(sleep_until),
+        close_detail: None,
+        opened: None,
+        open_gauge: None,
         sc,
     };
     let served = socket.serve().await;
     // What the client sent before the end is still published (unless a
     // publish failed, which ends the socket with its own code).
     socket.finish_writes(&served).await;
-    match served {
+    let end = match served {
         Ok(SessionEnd::Closed(reason)) => {
             socket.close(reason).await;
             SessionEnd::Closed(reason)
@@ -123,7 +198,17 @@ where
                 .reason()
                 .unwrap_or(CloseReason::SlowConsumer),
         ),
+    };
+    Finished {
+        end,
+        proto: socket.sc.proto,
+        opened: socket.opened,
+        open_gauge: socket.open_gauge,
     }
+}
+
+fn sleep_until(at: Instant) -> Pin<Box<tokio::time::Sleep>> {
+    Box::pin(tokio::time::sleep_until(at.into()))
 }
 
 impl<S> Socket<S>
@@ -131,14 +216,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     async fn serve(&mut self) -> Result<SessionEnd, WriteFailure> {
-        let ctx = self.sc.writer.ctx.clone();
-        let expires_at = self.sc.expires_at;
-        let expiry = async move {
-            match expires_at {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        let ctx = self.sc.ctx.clone();
         let mut ping = ctx.limits.ping_interval.map(|every| {
             let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -150,7 +228,7 @@ where
         let control = self.sc.control.clone();
         let cancelled = ctx.shutdown.cancelled();
         let killed = control.closed();
-        tokio::pin!(expiry, cancelled, killed);
+        tokio::pin!(cancelled, killed);
         let mut queue_open = true;
         loop {
             // Checked first on every turn, so that a drain or a kill is seen
@@ -171,8 +249,21 @@ where
                 frame = self.frames.read_frame(&mut self.io, self.assembler.remaining()),
                     if self.writes.waiting.is_empty() => self.on_frame(frame).await?,
                 outcome = publishing(&mut self.writes.publishing),
-                    if self.writes.publishing.is_some() => self.on_published(outcome),
-                _ = &mut expiry => Step::End(SessionEnd::Closed(CloseReason::JwtExpired)),
+                    if self.writes.publishing.is_some() => self.on_published(outcome).await?,
+                answer = next_answer(&mut self.sc.proto), if self.sc.proto.recovering() => {
+                    if let Proto::V2(v2) = &mut self.sc.proto {
+                        v2.on_answer(answer, &mut self.out);
+                    }
+                    self.flush().await?;
+                    Step::Continue
+                }
+                _ = expired(&mut self.expiry) => Step::End(SessionEnd::Closed(
+                    if matches!(self.sc.proto, Proto::Connecting(_)) {
+                        CloseReason::ConnectTimeout
+                    } else {
+                        CloseReason::JwtExpired
+                    },
+                )),
                 delivery = self.sc.queue.recv(), if queue_open => match delivery {
                     Some(first) => self.write_burst(first).await?,
                     None => {
@@ -216,18 +307,87 @@ where
                 Ok(Step::Continue)
             }
             OpCode::Pong => Ok(Step::Continue),
+            OpCode::Binary if self.sc.proto.is_v2() => {
+                Ok(Step::End(SessionEnd::Closed(CloseReason::UnsupportedData)))
+            }
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 match self.assembler.push(frame.opcode, frame.fin, &frame.payload) {
                     Ok(None) => Ok(Step::Continue),
-                    Ok(Some(message)) => {
-                        self.writes.waiting.push_back(message);
-                        self.publish_next();
-                        Ok(Step::Continue)
-                    }
+                    Ok(Some(message)) => self.on_message(message).await,
                     Err(e) => Ok(Step::End(SessionEnd::Closed(self.assemble_failure(e)))),
                 }
             }
         }
+    }
+
+    /// One whole client message.
+    async fn on_message(&mut self, message: String) -> Result<Step, WriteFailure> {
+        let effect = match &mut self.sc.proto {
+            Proto::V1(_) => {
+                self.writes.waiting.push_back(Waiting::V1(message));
+                self.publish_next();
+                return Ok(Step::Continue);
+            }
+            Proto::Connecting(_) => return self.on_connect(&message).await,
+            Proto::V2(v2) => {
+                let effect = v2.on_text(&message, &mut self.out);
+                // A refresh may have moved the expiry.
+                self.expiry = v2.expires_at().map(sleep_until);
+                effect
+            }
+        };
+        let step = match effect {
+            Effect::Done => Step::Continue,
+            Effect::Publish(future) => {
+                self.writes.waiting.push_back(Waiting::V2(future));
+                self.publish_next();
+                Step::Continue
+            }
+            Effect::Close(reason, detail) => {
+                self.close_detail = Some(detail);
+                Step::End(SessionEnd::Closed(reason))
+            }
+        };
+        self.flush().await?;
+        Ok(step)
+    }
+
+    /// The first message of a v2 socket opened without a token.
+    async fn on_connect(&mut self, message: &str) -> Result<Step, WriteFailure> {
+        let ctx = self.sc.ctx.clone();
+        let (permissions, id) = match v2::connect::accept(message, &ctx) {
+            Ok(accepted) => accepted,
+            Err((reason, detail)) => {
+                tracing::debug!(session = self.sc.session.0, %detail, "v2 connect refused");
+                self.close_detail = Some(detail);
+                return Ok(Step::End(SessionEnd::Closed(reason)));
+            }
+        };
+        let placeholder = Proto::Connecting(mpsc::channel(1).0);
+        let Proto::Connecting(queue) = std::mem::replace(&mut self.sc.proto, placeholder) else {
+            return Ok(Step::Continue);
+        };
+        let v2 = V2::new(
+            permissions,
+            queue,
+            self.sc.control.clone(),
+            self.sc.session,
+            ctx.clone(),
+        );
+        let gauge = ctx.metrics.open(v2.mode());
+        gauge.inc();
+        self.open_gauge = Some(gauge);
+        self.expiry = v2.expires_at().map(sleep_until);
+        let v2 = Box::new(v2);
+        self.opened = Some(tokio::spawn(
+            v2.meta_event(pgws_protocol::envelope::Event::ConnectionOpen),
+        ));
+        self.sc.proto = Proto::V2(v2);
+        if let Some(id) = id {
+            self.out.text(pgws_protocol::v2::reply(id, None).as_bytes());
+            self.flush().await?;
+        }
+        Ok(Step::Continue)
     }
 
     /// Start publishing the next waiting message, if none is under way.
@@ -235,26 +395,36 @@ where
         if self.writes.publishing.is_some() {
             return;
         }
-        if let Some(message) = self.writes.waiting.pop_front() {
+        self.writes.publishing = match self.writes.waiting.pop_front() {
             // Boxed: a rare, large future kept out of every socket's
             // resting state.
-            self.writes.publishing = Some(Box::pin(publish::on_message(
-                self.sc.writer.clone(),
-                message,
-            )));
-        }
+            Some(Waiting::V1(message)) => match &self.sc.proto {
+                Proto::V1(writer) => Some(Publishing::V1(Box::pin(publish::on_message(
+                    writer.clone(),
+                    message,
+                )))),
+                _ => None,
+            },
+            Some(Waiting::V2(future)) => Some(Publishing::V2(future)),
+            None => None,
+        };
     }
 
     /// The message being published is on the bus, or could not be.
-    fn on_published(&mut self, outcome: Result<(), CloseReason>) -> Step {
+    async fn on_published(&mut self, outcome: Published) -> Result<Step, WriteFailure> {
         self.writes.publishing = None;
         match outcome {
-            Ok(()) => {
-                self.publish_next();
-                Step::Continue
+            Published::V1(Ok(())) => {}
+            Published::V1(Err(reason)) => return Ok(Step::End(SessionEnd::Closed(reason))),
+            Published::V2(id, result) => {
+                if let Proto::V2(v2) = &self.sc.proto {
+                    v2.on_published(id, result, &mut self.out);
+                }
+                self.flush().await?;
             }
-            Err(reason) => Step::End(SessionEnd::Closed(reason)),
         }
+        self.publish_next();
+        Ok(Step::Continue)
     }
 
     /// Publish what is under way and waiting, within the write timeout,
@@ -267,15 +437,16 @@ where
             self.drop_waiting();
             return;
         }
-        let deadline = Instant::now() + self.sc.writer.ctx.limits.write_timeout;
+        let deadline = Instant::now() + self.sc.ctx.limits.write_timeout;
         self.publish_next();
-        while let Some(next) = self.writes.publishing.as_mut() {
+        while self.writes.publishing.is_some() {
+            let next = publishing(&mut self.writes.publishing);
             match tokio::time::timeout_at(deadline.into(), next).await {
-                Ok(Ok(())) => {
+                Ok(Published::V1(Ok(())) | Published::V2(_, Ok(()))) => {
                     self.writes.publishing = None;
                     self.publish_next();
                 }
-                Ok(Err(_)) | Err(_) => {
+                Ok(_) | Err(_) => {
                     self.writes.publishing = None;
                     self.drop_waiting();
                     return;
@@ -288,12 +459,12 @@ where
     fn drop_waiting(&mut self) {
         let dropped = self.writes.waiting.len() + usize::from(self.writes.publishing.is_some());
         if dropped > 0 {
-            let metrics = &self.sc.writer.ctx.metrics;
+            let metrics = &self.sc.ctx.metrics;
             for _ in 0..dropped {
                 metrics.rejected(Rejection::QueueFull);
             }
             tracing::info!(
-                session = self.sc.writer.session.0,
+                session = self.sc.session.0,
                 dropped,
                 "socket closing: messages not published"
             );
@@ -304,11 +475,11 @@ where
     fn read_failure(&self, e: FrameError) -> SessionEnd {
         match e {
             FrameError::TooLarge => {
-                self.sc.writer.ctx.metrics.rejected(Rejection::TooLarge);
+                self.sc.ctx.metrics.rejected(Rejection::TooLarge);
                 SessionEnd::Closed(CloseReason::MessageTooBig)
             }
             FrameError::Protocol(what) => {
-                tracing::debug!(session = self.sc.writer.session.0, what, "protocol error");
+                tracing::debug!(session = self.sc.session.0, what, "protocol error");
                 SessionEnd::Closed(CloseReason::ProtocolError)
             }
             FrameError::Eof | FrameError::Io(_) => SessionEnd::ConnectionLost,
@@ -318,15 +489,11 @@ where
     fn assemble_failure(&self, e: AssembleError) -> CloseReason {
         match e {
             AssembleError::TooLarge => {
-                self.sc.writer.ctx.metrics.rejected(Rejection::TooLarge);
+                self.sc.ctx.metrics.rejected(Rejection::TooLarge);
                 CloseReason::MessageTooBig
             }
             AssembleError::NotUtf8 => {
-                self.sc
-                    .writer
-                    .ctx
-                    .metrics
-                    .rejected(Rejection::InvalidPayload);
+                self.sc.ctx.metrics.rejected(Rejection::InvalidPayload);
                 CloseReason::InvalidPayload
             }
             AssembleError::BadFragment => CloseReason::ProtocolError,
@@ -337,19 +504,36 @@ where
     /// then write them all at once. Stops early once the socket has been
     /// told to close.
     async fn write_burst(&mut self, first: Arc<Delivery>) -> Result<Step, WriteFailure> {
-        let metrics = &self.sc.writer.ctx.metrics;
+        let metrics = &self.sc.ctx.metrics;
         let mut next = Some(first);
-        let (mut frames, mut bytes) = (0u64, 0u64);
+        let (mut taken, mut frames, mut bytes) = (0usize, 0u64, 0u64);
         while let Some(delivery) = next.take() {
-            self.out.text(&delivery.payload);
-            // Observed as the frame is encoded, just before the burst's
-            // single write.
-            metrics
-                .latency
-                .observe(delivery.received_at.elapsed().as_secs_f64());
-            frames += 1;
-            bytes += delivery.payload.len() as u64;
-            if frames < WRITE_BURST as u64
+            taken += 1;
+            let written = match &mut self.sc.proto {
+                Proto::V1(_) => {
+                    self.out.text(&delivery.payload);
+                    true
+                }
+                Proto::V2(v2) => match v2.on_delivery(&delivery, &mut self.out) {
+                    Ok(written) => written,
+                    Err(reason) => {
+                        let first = self.sc.control.close(reason);
+                        metrics.queue_full(self.sc.session.0, first);
+                        break;
+                    }
+                },
+                Proto::Connecting(_) => false,
+            };
+            if written {
+                // Observed as the frame is encoded, just before the
+                // burst's single write.
+                metrics
+                    .latency
+                    .observe(delivery.received_at.elapsed().as_secs_f64());
+                frames += 1;
+                bytes += delivery.payload.len() as u64;
+            }
+            if taken < WRITE_BURST
                 && self.out.pending() < FLUSH_AT
                 && self.sc.control.reason().is_none()
             {
@@ -364,7 +548,7 @@ where
 
     /// Ping the client, or give up on it after two silent periods.
     async fn keep_alive(&mut self) -> Result<Step, WriteFailure> {
-        if let Some(every) = self.sc.writer.ctx.limits.ping_interval {
+        if let Some(every) = self.sc.ctx.limits.ping_interval {
             if self.last_seen.elapsed() > 2 * every {
                 return Ok(Step::End(SessionEnd::Closed(CloseReason::PingTimeout)));
             }
@@ -376,7 +560,7 @@ where
 
     /// Write what is queued within the send timeout.
     async fn flush(&mut self) -> Result<(), WriteFailure> {
-        let limit = self.sc.writer.ctx.limits.send_timeout;
+        let limit = self.sc.ctx.limits.send_timeout;
         match tokio::time::timeout(limit, self.out.write_to(&mut self.io)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
@@ -389,10 +573,11 @@ where
 
     /// Send our close frame, then give the client a moment to answer it.
     async fn close(&mut self, reason: CloseReason) {
-        let text: &[u8] = if reason == CloseReason::Normal {
-            b""
-        } else {
-            reason.text().as_bytes()
+        let detail = self.close_detail.take();
+        let text: &[u8] = match &detail {
+            Some(detail) => close_reason_text(detail),
+            None if reason == CloseReason::Normal => b"",
+            None => reason.text().as_bytes(),
         };
         self.out.close(reason.code(), text);
         if self.flush().await.is_err() {
@@ -400,7 +585,7 @@ where
         }
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
             loop {
-                let budget = self.sc.writer.ctx.limits.max_message_size;
+                let budget = self.sc.ctx.limits.max_message_size;
                 match self.frames.read_frame(&mut self.io, budget).await {
                     Ok(frame) if frame.opcode == OpCode::Close => return,
                     Ok(_) => continue,
@@ -421,11 +606,41 @@ fn is_write_failure(reason: CloseReason) -> bool {
 }
 
 /// The message being published; never resolves when there is none.
-async fn publishing(slot: &mut Option<Publishing>) -> Result<(), CloseReason> {
+async fn publishing(slot: &mut Option<Publishing>) -> Published {
     match slot {
-        Some(future) => future.await,
+        Some(Publishing::V1(future)) => Published::V1(future.await),
+        Some(Publishing::V2(future)) => {
+            let (id, result) = future.await;
+            Published::V2(id, result)
+        }
         None => std::future::pending().await,
     }
+}
+
+/// The next answer to a v2 recovery; never resolves when there is none.
+async fn next_answer(proto: &mut Proto) -> v2::Answer {
+    match proto {
+        Proto::V2(v2) => v2.next_answer().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Resolves at the expiry; never when there is none.
+async fn expired(expiry: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A close frame's reason may take 123 bytes (RFC 6455 §5.5): cut at a
+/// character boundary.
+fn close_reason_text(detail: &str) -> &[u8] {
+    let mut end = detail.len().min(123);
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    &detail.as_bytes()[..end]
 }
 
 async fn tick(interval: &mut Option<tokio::time::Interval>) {

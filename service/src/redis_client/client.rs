@@ -121,15 +121,14 @@ impl RedisClient {
         }
     }
 
-    /// The command publishing `message` on `channel` (sharded on a cluster).
-    pub fn publish_cmd(&self, channel: &str, message: &[u8]) -> Cmd {
-        let mut cmd = redis::cmd(if self.is_cluster() {
+    /// The command that publishes to a channel: `SPUBLISH` (sharded) on a
+    /// cluster, `PUBLISH` otherwise.
+    pub fn publish_command(&self) -> &'static str {
+        if self.is_cluster() {
             "SPUBLISH"
         } else {
             "PUBLISH"
-        });
-        cmd.arg(channel).arg(message);
-        cmd
+        }
     }
 }
 

@@ -146,10 +146,12 @@ impl Deliverer {
             return;
         }
         self.newest_epoch = published.epoch;
-        let delivery = Arc::new(Delivery {
-            payload: published.payload,
-            received_at: pgws_protocol::clock::instant_of_unix_micros(published.sent_at_us),
-        });
+        let delivery = Arc::new(Delivery::new(
+            Arc::from(channel),
+            published.payload,
+            published.position,
+            pgws_protocol::clock::instant_of_unix_micros(published.sent_at_us),
+        ));
         match published
             .traceparent
             .filter(|_| pgws_service::telemetry::enabled())
@@ -180,9 +182,16 @@ mod tests {
             kind: PushKind::Message,
             data: vec![
                 Value::BulkString(keys.channel(channel).into_bytes()),
-                Value::BulkString(
-                    republish::encode(epoch, 1, 0, None, payload.as_bytes()).to_vec(),
-                ),
+                Value::BulkString(republish::encode(
+                    &republish::Header {
+                        epoch,
+                        seq: 1,
+                        sent_at_us: 0,
+                        traceparent: None,
+                    },
+                    None,
+                    payload.as_bytes(),
+                )),
             ],
         }
     }

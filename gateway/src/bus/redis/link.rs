@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// A change of what this node subscribes to, in registry order.
@@ -23,6 +23,9 @@ pub enum Subscription {
     Add(String),
     /// Unsubscribe from it.
     Remove(String),
+    /// Answer once every request before this one is in effect in Redis
+    /// (a subscription's reader waits for it before reading history).
+    Confirm(oneshot::Sender<()>),
 }
 
 /// How often the connection is pinged for readiness.
@@ -42,6 +45,8 @@ pub struct Link {
     pub inbound: Arc<Inbound>,
     /// Redis channels some local socket reads.
     pub wanted: HashSet<String>,
+    /// Confirmations waiting until the subscriptions are back in effect.
+    pub confirming: Vec<oneshot::Sender<()>>,
 }
 
 impl Link {
@@ -56,6 +61,9 @@ impl Link {
         };
         *self.slot.write().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
         let mut synced = self.resubscribe(&mut client).await;
+        if synced {
+            self.confirm_waiting();
+        }
         let mut health = tokio::time::interval(HEALTH_EVERY);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let resync = self.inbound.resync.clone();
@@ -63,6 +71,13 @@ impl Link {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 op = ops.recv() => match op {
+                    Some(Subscription::Confirm(reply)) => {
+                        if synced {
+                            let _ = reply.send(());
+                        } else {
+                            self.confirming.push(reply);
+                        }
+                    }
                     Some(op) => {
                         if !self.apply(&mut client, op).await {
                             synced = false;
@@ -80,6 +95,9 @@ impl Link {
                         synced = self.resubscribe(&mut client).await;
                     } else if !alive {
                         synced = false;
+                    }
+                    if synced {
+                        self.confirm_waiting();
                     }
                 }
             }
@@ -115,6 +133,7 @@ impl Link {
                             op = ops.recv() => match op {
                                 Some(Subscription::Add(c)) => { self.wanted.insert(c); }
                                 Some(Subscription::Remove(c)) => { self.wanted.remove(&c); }
+                                Some(Subscription::Confirm(reply)) => self.confirming.push(reply),
                                 None => return None,
                             },
                         }
@@ -137,6 +156,10 @@ impl Link {
                 self.wanted.remove(&channel);
                 r
             }
+            Subscription::Confirm(reply) => {
+                let _ = reply.send(());
+                Ok(())
+            }
         };
         self.metrics.subscriptions.set(self.wanted.len() as i64);
         if let Err(e) = &result {
@@ -158,6 +181,13 @@ impl Link {
                 tracing::warn!(error = %e, "re-subscribing failed");
                 false
             }
+        }
+    }
+
+    /// The subscriptions are in effect: answer whoever waits for that.
+    fn confirm_waiting(&mut self) {
+        for reply in self.confirming.drain(..) {
+            let _ = reply.send(());
         }
     }
 

@@ -10,6 +10,9 @@
 //! * **Subscriptions** ([`link`]): the connection's life — connect with
 //!   backoff, subscribe and unsubscribe in the registry's order, ping for
 //!   readiness, re-subscribe after a disconnection.
+//! * **History** ([`history`]): a new subscription waits until this node's
+//!   Redis subscription to its channel is confirmed, then reads the
+//!   channel's position and what the client missed.
 //! * **Out** ([`appender`]): writers' envelopes are appended to
 //!   `{p}:writes`, batched across sockets, and refused once the stream
 //!   holds `PGWS_WRITE_STREAM_MAX_LEN` entries, so a writer is told
@@ -17,17 +20,19 @@
 //!   coordinator drains the stream.
 
 mod appender;
+mod history;
 mod inbound;
 mod link;
 mod metrics;
 
-use super::{Bus, BusError, BusFuture, Inbox, Lifecycle, Readiness, Started};
+use super::{Bus, BusError, BusFuture, Inbox, Lifecycle, Readiness, Recovered, Started};
 use appender::{Append, Appender, APPEND_QUEUE};
 use inbound::Inbound;
 use link::{Link, Subscription};
 use metrics::RedisBusMetrics;
 use pgws_protocol::keys::KeySpace;
-use pgws_service::redis_client::RedisConfig;
+use pgws_protocol::position::Since;
+use pgws_service::redis_client::{RedisClient, RedisConfig};
 use prometheus::Registry;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,7 +59,13 @@ pub struct RedisBus {
     keys: KeySpace,
     appends: mpsc::Sender<Append>,
     up: Arc<AtomicBool>,
+    /// The link's client, once connected.
+    slot: Arc<RwLock<Option<RedisClient>>>,
 }
+
+/// How long a subscription may wait for Redis (its confirmation, then the
+/// history read) before the client is told 503.
+pub const RECOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Start the Redis link, the delivery task and the appender; metrics go
 /// to `registry`. A Redis bus never fails for good: it reconnects.
@@ -74,10 +85,11 @@ pub fn start(
     let link = Link {
         config: config.redis,
         metrics,
-        slot,
+        slot: slot.clone(),
         up: up.clone(),
         inbound,
         wanted: HashSet::new(),
+        confirming: Vec::new(),
     };
     let stop = CancellationToken::new();
     let running = {
@@ -95,6 +107,7 @@ pub fn start(
             keys: config.keys,
             appends: appends_tx,
             up,
+            slot,
         }),
         lifecycle: Lifecycle {
             failure: None,
@@ -145,6 +158,28 @@ impl Bus for RedisBus {
         let _ = self
             .ops
             .send(Subscription::Remove(self.keys.channel(channel)));
+    }
+
+    fn recover<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<&'a Since>,
+    ) -> BusFuture<'a, Result<Recovered, BusError>> {
+        Box::pin(async move {
+            let work = async {
+                let (reply, confirmed) = tokio::sync::oneshot::channel();
+                self.ops
+                    .send(Subscription::Confirm(reply))
+                    .map_err(|_| BusError::Closed)?;
+                confirmed.await.map_err(|_| BusError::Closed)?;
+                let client = self.slot.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let mut client = client.ok_or(BusError::Unavailable)?;
+                history::read(&mut client, &self.keys, channel, since).await
+            };
+            tokio::time::timeout(RECOVER_TIMEOUT, work)
+                .await
+                .unwrap_or(Err(BusError::Unavailable))
+        })
     }
 
     fn readiness(&self) -> Readiness {

@@ -1,0 +1,109 @@
+//! Reading a channel's position and history from Redis, for a new
+//! subscription (the leader writes them: `pgws_protocol::history`).
+//!
+//! Two reads: the current continuity (`{p}:continuity`), then the
+//! channel's state and the history after `since` in one script. The
+//! continuity is read first, so the channel is judged as of a continuity
+//! at least as old as the true one at the moment of the second read: a
+//! hole that began before it is always seen (the argument is in
+//! `docs/architecture.md`, "Recovery").
+
+use crate::bus::{BusError, Recovered, Replayed};
+use bytes::Bytes;
+use pgws_protocol::history::{self, Current, DEFAULT_STATE_TTL_MS, READ_SCRIPT};
+use pgws_protocol::keys::KeySpace;
+use pgws_protocol::position::{Continuity, Epoch, Since};
+use pgws_service::redis_client::RedisClient;
+use redis::Value;
+use std::sync::LazyLock;
+
+static READ: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(READ_SCRIPT));
+
+/// Read `channel`'s position and, with `since`, what followed it.
+pub async fn read(
+    client: &mut RedisClient,
+    keys: &KeySpace,
+    channel: &str,
+    since: Option<&Since>,
+) -> Result<Recovered, BusError> {
+    let current = continuity(client, keys).await?;
+    let since_base = since
+        .and_then(|s| Epoch::parse(&s.epoch))
+        .map_or(0, |e| e.base);
+    let since_offset = since.map_or(-1, |s| i64::try_from(s.offset).unwrap_or(i64::MAX));
+    let mut invocation = READ.key(keys.channel_state(channel));
+    invocation
+        .key(keys.channel_history(channel))
+        .arg(current.continuity.term)
+        .arg(current.continuity.session)
+        .arg(current.state_ttl_ms)
+        .arg(since_offset)
+        .arg(since_base);
+    let reply: Vec<Value> = invocation.invoke_async(client).await.map_err(|e| {
+        tracing::warn!(error = %e, channel, "reading channel history from Redis failed");
+        BusError::Unavailable
+    })?;
+    let mut fields = reply.into_iter();
+    let state = fields
+        .next()
+        .and_then(|v| text(&v))
+        .and_then(|t| history::parse_state(&t))
+        .map(|(state, _ttl)| state)
+        .ok_or_else(|| {
+            tracing::warn!(channel, "malformed channel state in Redis");
+            BusError::Unavailable
+        })?;
+    let mut entries = Vec::new();
+    while let (Some(offset), Some(data)) = (fields.next(), fields.next()) {
+        let offset = text(&offset).and_then(|t| t.parse().ok()).unwrap_or(0);
+        entries.push(Replayed {
+            offset,
+            payload: bytes_of(data),
+        });
+    }
+    Ok(Recovered::decide(
+        &state.as_of(current.continuity),
+        since,
+        entries,
+    ))
+}
+
+/// The continuity the leader last recorded (zero, with the default
+/// channel-state ttl, before any leader ran).
+async fn continuity(client: &mut RedisClient, keys: &KeySpace) -> Result<Current, BusError> {
+    let values: Vec<Option<u64>> = redis::cmd("HMGET")
+        .arg(keys.continuity())
+        .arg("t")
+        .arg("s")
+        .arg("ttl")
+        .query_async(client)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "reading the continuity from Redis failed");
+            BusError::Unavailable
+        })?;
+    let get = |i: usize| values.get(i).copied().flatten();
+    Ok(Current {
+        continuity: Continuity {
+            term: get(0).unwrap_or(0),
+            session: get(1).unwrap_or(0),
+        },
+        state_ttl_ms: get(2).unwrap_or(DEFAULT_STATE_TTL_MS),
+    })
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn bytes_of(value: Value) -> Bytes {
+    match value {
+        Value::BulkString(b) => Bytes::from(b),
+        Value::SimpleString(s) => Bytes::from(s),
+        _ => Bytes::new(),
+    }
+}

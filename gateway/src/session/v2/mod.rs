@@ -1,0 +1,436 @@
+//! Protocol v2 on one socket (`docs/protocol.md`, "Protocol v2"): the
+//! commands, the socket's subscriptions, and recovery.
+//!
+//! The socket task ([`super::socket`]) owns a [`V2`] and hands it every
+//! whole client message, every delivery from its send queue and every
+//! answer the bus gives to a subscription's recovery. Nothing here blocks
+//! or awaits: a command either answers at once (written into the socket's
+//! frame buffer) or starts work the socket polls — a recovery (many may
+//! run at once, one per channel) or a publish (one at a time, in order,
+//! through the socket's write queue, as v1 messages are).
+//!
+//! * [`connect`] — the `connect` frame, for a socket opened without a token.
+//! * [`subscriptions`] — which channels the socket reads and where each
+//!   stands: held-back deliveries during recovery, duplicates skipped.
+//! * [`rate`] — the per-socket command rate limit.
+
+pub mod connect;
+mod rate;
+mod subscriptions;
+
+use super::context::SessionContext;
+use super::outbound::FrameWriter;
+use crate::auth::{self, Permissions};
+use crate::bus::{BusError, Delivery, Recovered};
+use crate::hub::{SessionControl, SessionId, Subscriber};
+use crate::metrics::RecoveryOutcome;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use pgws_protocol::clock;
+use pgws_protocol::close::CloseReason;
+use pgws_protocol::envelope::{self, ClaimsJson, Event};
+use pgws_protocol::limits::NOTIFY_PAYLOAD_MAX;
+use pgws_protocol::position::{Position, Since};
+use pgws_protocol::v2::{self, Command, ErrorCode, ParseError, Subscribed};
+use rate::TokenBucket;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+use subscriptions::{Subscriptions, Verdict};
+use tokio::sync::mpsc;
+
+/// A publish on its way to the bus: the command id and the outcome.
+pub type PublishFuture = Pin<Box<dyn Future<Output = (u64, Result<(), BusError>)> + Send>>;
+
+/// A recovery on its way back from the bus.
+type RecoveryFuture = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// The bus's answer to one subscription's recovery.
+pub struct Answer {
+    command: u64,
+    channel: Arc<str>,
+    with_since: bool,
+    result: Result<Recovered, BusError>,
+}
+
+/// What a command asks of the socket, beyond the frames already written.
+pub enum Effect {
+    /// Nothing more.
+    Done,
+    /// Publish this, in order with the socket's other publishes.
+    Publish(PublishFuture),
+    /// Close the socket: the reason, and the text for the close frame.
+    Close(CloseReason, String),
+}
+
+/// One v2 socket's state.
+pub struct V2 {
+    permissions: Permissions,
+    claims: ClaimsJson,
+    subs: Subscriptions,
+    recoveries: FuturesUnordered<RecoveryFuture>,
+    rate: TokenBucket,
+    /// The socket's send queue, for the registry entries of new
+    /// subscriptions.
+    queue: mpsc::Sender<Arc<Delivery>>,
+    control: Arc<SessionControl>,
+    session: SessionId,
+    ctx: Arc<SessionContext>,
+}
+
+impl V2 {
+    /// A socket allowed `permissions`, with no subscription yet.
+    pub fn new(
+        permissions: Permissions,
+        queue: mpsc::Sender<Arc<Delivery>>,
+        control: Arc<SessionControl>,
+        session: SessionId,
+        ctx: Arc<SessionContext>,
+    ) -> V2 {
+        let mut permissions = permissions;
+        let claims = ClaimsJson::new(&std::mem::take(&mut permissions.claims));
+        V2 {
+            permissions,
+            claims,
+            subs: Subscriptions::new(ctx.limits.send_queue),
+            recoveries: FuturesUnordered::new(),
+            rate: TokenBucket::new(ctx.limits.command_rate),
+            queue,
+            control,
+            session,
+            ctx,
+        }
+    }
+
+    /// When the current token expires.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.permissions
+            .expires_at
+            .map(clock::instant_of_unix_seconds)
+    }
+
+    /// The token's mode, for the connections gauge.
+    pub fn mode(&self) -> &'static str {
+        self.permissions.mode.as_str()
+    }
+
+    /// Whether recoveries are under way.
+    pub fn recovering(&self) -> bool {
+        !self.recoveries.is_empty()
+    }
+
+    /// The next recovery answer (pending while there is none).
+    pub async fn next_answer(&mut self) -> Answer {
+        match self.recoveries.next().await {
+            Some(answer) => answer,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A whole text message from the client.
+    pub fn on_text(&mut self, text: &str, out: &mut FrameWriter) -> Effect {
+        let command = match v2::parse(text) {
+            Ok(command) => command,
+            Err(ParseError::Fatal(reason)) => {
+                tracing::debug!(session = self.session.0, %reason, "unusable v2 frame: closing 1008");
+                return Effect::Close(CloseReason::PolicyViolation, reason);
+            }
+            Err(ParseError::Reply { id, reason }) => {
+                self.error(out, id, ErrorCode::BadRequest, &reason);
+                return Effect::Done;
+            }
+        };
+        let metrics = &self.ctx.metrics.v2;
+        metrics.command(command.name());
+        if !self.rate.take(Instant::now()) {
+            if let Some(id) = command_id(&command) {
+                self.error(out, id, ErrorCode::TooMany, "Command rate limit exceeded");
+            }
+            return Effect::Done;
+        }
+        match command {
+            Command::Connect { id, .. } => {
+                if let Some(id) = id {
+                    self.error(out, id, ErrorCode::BadRequest, "Already connected");
+                }
+                Effect::Done
+            }
+            Command::Subscribe { id, channel, since } => {
+                self.subscribe(out, id, channel, since);
+                Effect::Done
+            }
+            Command::Unsubscribe { id, channel } => {
+                self.unsubscribe(&channel);
+                out.text(v2::reply(id, None).as_bytes());
+                Effect::Done
+            }
+            Command::Publish { id, channel, data } => self.publish(out, id, &channel, &data),
+            Command::Refresh { id, token } => {
+                self.refresh(out, id, &token);
+                Effect::Done
+            }
+            Command::Ping { id } => {
+                out.text(v2::reply(id, None).as_bytes());
+                Effect::Done
+            }
+        }
+    }
+
+    fn error(&self, out: &mut FrameWriter, id: u64, code: ErrorCode, reason: &str) {
+        self.ctx.metrics.v2.error(self.session.0, code, reason);
+        out.text(v2::error(id, code, reason).as_bytes());
+    }
+
+    fn subscribe(&mut self, out: &mut FrameWriter, id: u64, channel: String, since: Option<Since>) {
+        if !self.permissions.may_read(&channel, &self.ctx.meta) {
+            let reason = format!("Channel {:?} not allowed", channel);
+            return self.error(out, id, ErrorCode::Forbidden, &reason);
+        }
+        if self.subs.contains(&channel) {
+            return self.error(out, id, ErrorCode::Conflict, "Already subscribed");
+        }
+        if self.subs.len() >= self.ctx.limits.max_subscriptions {
+            let reason = format!(
+                "At most {} subscriptions (PGWS_MAX_SUBSCRIPTIONS)",
+                self.ctx.limits.max_subscriptions
+            );
+            return self.error(out, id, ErrorCode::TooMany, &reason);
+        }
+        let channel: Arc<str> = Arc::from(channel);
+        // In the registry first, then ask where the channel stands: every
+        // message after the answer reaches this socket.
+        self.register(&channel);
+        self.subs.begin(channel.clone(), id);
+        let bus = self.ctx.bus.clone();
+        self.recoveries.push(Box::pin(async move {
+            let result = bus.recover(&channel, since.as_ref()).await;
+            Answer {
+                command: id,
+                channel,
+                with_since: since.is_some(),
+                result,
+            }
+        }));
+    }
+
+    fn register(&self, channel: &str) {
+        let subscriber = Subscriber {
+            id: self.session,
+            queue: self.queue.clone(),
+            control: self.control.clone(),
+        };
+        let ctx = &self.ctx;
+        ctx.hub.registry.insert(channel, subscriber, || {
+            ctx.metrics.channels.inc();
+            ctx.bus.subscribe(channel);
+        });
+        ctx.metrics.v2.subscriptions.inc();
+    }
+
+    fn unregister(&self, channel: &str) {
+        let ctx = &self.ctx;
+        ctx.hub.registry.remove(channel, self.session, || {
+            ctx.metrics.channels.dec();
+            ctx.bus.unsubscribe(channel);
+        });
+        ctx.metrics.v2.subscriptions.dec();
+    }
+
+    /// End `channel`'s subscription, if any (succeeds either way).
+    fn unsubscribe(&mut self, channel: &str) {
+        if self.subs.remove(channel) {
+            self.unregister(channel);
+        }
+    }
+
+    /// The bus answered a recovery: reply, replay, then what was held back.
+    pub fn on_answer(&mut self, answer: Answer, out: &mut FrameWriter) {
+        let Answer {
+            command,
+            channel,
+            with_since,
+            result,
+        } = answer;
+        if !self.subs.is_recovering(&channel, command) {
+            // Unsubscribed (or unsubscribed and subscribed again) meanwhile.
+            return self.error(
+                out,
+                command,
+                ErrorCode::Conflict,
+                "Unsubscribed before the subscription was live",
+            );
+        }
+        let recovered = match result {
+            Ok(recovered) => recovered,
+            Err(e) => {
+                self.unsubscribe(&channel);
+                if with_since {
+                    self.ctx.metrics.v2.recovery(RecoveryOutcome::Failed, 0);
+                }
+                tracing::warn!(session = self.session.0, error = %e, "subscription failed: the bus could not answer");
+                return self.error(
+                    out,
+                    command,
+                    ErrorCode::Unavailable,
+                    "Temporarily unavailable, try again",
+                );
+            }
+        };
+        let replayed = recovered.replay.as_ref().map(|r| r.len() as u64);
+        if with_since {
+            let outcome = match replayed {
+                Some(_) => RecoveryOutcome::Recovered,
+                None => RecoveryOutcome::NotRecovered,
+            };
+            self.ctx
+                .metrics
+                .v2
+                .recovery(outcome, replayed.unwrap_or(0) as usize);
+        }
+        let reply = v2::reply(
+            command,
+            Some(&Subscribed {
+                position: recovered.position,
+                recovered: with_since.then_some(replayed),
+            }),
+        );
+        out.text(reply.as_bytes());
+        for entry in recovered.replay.iter().flatten() {
+            let position = Position {
+                epoch: recovered.position.epoch,
+                offset: entry.offset,
+            };
+            let data = String::from_utf8_lossy(&entry.payload);
+            out.text(&v2::message(&channel, Some(&position), &data));
+        }
+        let follow = self
+            .subs
+            .go_live(&channel, command, recovered.position)
+            .unwrap_or_default();
+        for delivery in follow {
+            out.text(delivery.v2_frame());
+        }
+    }
+
+    /// A delivery from the send queue: written, skipped, or held back.
+    /// `Err` when a recovering subscription holds back too many.
+    pub fn on_delivery(
+        &mut self,
+        delivery: &Arc<Delivery>,
+        out: &mut FrameWriter,
+    ) -> Result<bool, CloseReason> {
+        match self.subs.on_delivery(delivery) {
+            Verdict::Send => {
+                out.text(delivery.v2_frame());
+                Ok(true)
+            }
+            Verdict::Skip | Verdict::Held => Ok(false),
+            Verdict::Overflow => Err(CloseReason::SlowConsumer),
+        }
+    }
+
+    fn publish(&mut self, out: &mut FrameWriter, id: u64, channel: &str, data: &str) -> Effect {
+        if !self.permissions.may_write(channel, &self.ctx.meta) {
+            let reason = format!("Publishing on {:?} not allowed", channel);
+            self.error(out, id, ErrorCode::Forbidden, &reason);
+            return Effect::Done;
+        }
+        let now = clock::unix_seconds();
+        let text = envelope::build(Event::WebsocketMessage, channel, data, &self.claims, now);
+        if text.len() > NOTIFY_PAYLOAD_MAX {
+            let reason = format!("The message's envelope exceeds {NOTIFY_PAYLOAD_MAX} bytes");
+            self.error(out, id, ErrorCode::TooLarge, &reason);
+            return Effect::Done;
+        }
+        let bus = self.ctx.bus.clone();
+        let wait = self.ctx.limits.write_timeout;
+        let channel = channel.to_string();
+        let traced = pgws_service::telemetry::enabled().then(|| {
+            let span = tracing::info_span!("pgws.write", session = self.session.0, channels = 1);
+            pgws_service::telemetry::traceparent(&span)
+        });
+        Effect::Publish(Box::pin(async move {
+            let traceparent = traced.flatten();
+            let result = bus
+                .publish(&channel, text, traceparent.as_deref(), wait)
+                .await;
+            (id, result)
+        }))
+    }
+
+    /// A publish finished: its reply.
+    pub fn on_published(&self, id: u64, result: Result<(), BusError>, out: &mut FrameWriter) {
+        match result {
+            Ok(()) => {
+                self.ctx.metrics.received.inc();
+                out.text(v2::reply(id, None).as_bytes());
+            }
+            Err(e) => {
+                let reason = match e {
+                    BusError::Full | BusError::Unavailable | BusError::Closed => {
+                        "Not sent: try again later"
+                    }
+                    BusError::Unknown => {
+                        "Sent, but not confirmed in time: it may or may not be delivered"
+                    }
+                };
+                self.error(out, id, ErrorCode::Unavailable, reason);
+            }
+        }
+    }
+
+    fn refresh(&mut self, out: &mut FrameWriter, id: u64, token: &str) {
+        let granted = self.ctx.keys.verify(token).and_then(auth::permissions);
+        let mut permissions = match granted {
+            Ok(p) => p,
+            Err(refusal) => {
+                let code = if refusal.status() == hyper::StatusCode::UNAUTHORIZED {
+                    ErrorCode::Unauthorized
+                } else {
+                    ErrorCode::Forbidden
+                };
+                return self.error(out, id, code, &refusal.to_string());
+            }
+        };
+        self.claims = ClaimsJson::new(&std::mem::take(&mut permissions.claims));
+        self.permissions = permissions;
+        for channel in self.subs.channels() {
+            if !self.permissions.may_read(&channel, &self.ctx.meta) {
+                self.unsubscribe(&channel);
+                out.text(
+                    v2::unsubscribed(&channel, "The new token does not allow this channel")
+                        .as_bytes(),
+                );
+            }
+        }
+        out.text(v2::reply(id, None).as_bytes());
+    }
+
+    /// The socket is ending: leave every channel.
+    pub fn end(&mut self) {
+        for channel in self.subs.channels() {
+            self.unsubscribe(&channel);
+        }
+    }
+
+    /// The meta event for this socket (a future that owns what it needs,
+    /// so it can be spawned).
+    pub fn meta_event(&self, event: Event) -> impl Future<Output = ()> + Send + 'static {
+        let ctx = self.ctx.clone();
+        let channels = self.permissions.claimed_channels().to_vec();
+        let claims = self.claims.clone();
+        async move { super::meta::event(&ctx, event, &channels, &claims).await }
+    }
+}
+
+fn command_id(command: &Command) -> Option<u64> {
+    match command {
+        Command::Connect { id, .. } => *id,
+        Command::Subscribe { id, .. }
+        | Command::Unsubscribe { id, .. }
+        | Command::Publish { id, .. }
+        | Command::Refresh { id, .. }
+        | Command::Ping { id } => Some(*id),
+    }
+}

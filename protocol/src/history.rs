@@ -1,0 +1,195 @@
+//! Channel state and history in Redis (cluster mode): the encoding, and
+//! the two scripts that touch them — the leader's publish script and the
+//! gateways' read script — side by side, so they cannot drift apart.
+//!
+//! * State `{p:msg:<ch>}:s`: the string `b:t:s:r:o:l` — the epoch's base,
+//!   the continuity's term and session, the run's start, the newest offset
+//!   ([`ChannelState`]), and the history ttl in milliseconds that was in
+//!   force when it was written (readers ignore older entries). `PX` is the
+//!   channel-state ttl.
+//! * History `{p:msg:<ch>}:h`: a stream capped at `PGWS_HISTORY_SIZE`
+//!   entries (`MAXLEN`), field `o` the offset, `d` the payload; its ids are
+//!   Redis time, so an entry older than the ttl is recognised by its id.
+//!   `PX` is the history ttl: a quiet channel's history goes away whole.
+//!
+//! The publish script assigns the offset, appends to history and publishes
+//! in one atomic step: a message is in history if and only if it was
+//! published, and a reader that reads the state after a message's offset
+//! was assigned also finds it in history (or the history was trimmed, and
+//! it says so). It refuses (offset `-1`, nothing written or published) a
+//! message from an older continuity than the state's: a deposed leader
+//! cannot write into a sequence a newer one has moved on.
+
+use crate::position::{ChannelState, Continuity};
+
+/// The leader's publish script, for a batch of notifications.
+///
+/// * `KEYS`: per notification, its channel's state key then history key.
+/// * `ARGV[1..6]`: continuity term, continuity session, history size,
+///   history ttl (ms), channel-state ttl (ms), publish command (`PUBLISH`,
+///   or `SPUBLISH` on a cluster).
+/// * then per notification: the header before the position numbers, the
+///   header after them, the pub/sub channel, the payload
+///   (`crate::republish::Header`).
+///
+/// Returns each notification's offset, or -1 where it was fenced.
+pub const PUBLISH_SCRIPT: &str = r#"
+local term, session = tonumber(ARGV[1]), tonumber(ARGV[2])
+local size, ttl, state_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local publish = ARGV[6]
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local offsets = {}
+for i = 1, #KEYS / 2 do
+  local skey, hkey = KEYS[2 * i - 1], KEYS[2 * i]
+  local a = 6 + 4 * (i - 1)
+  local raw = redis.call('GET', skey)
+  local b, t, s, r, o
+  if raw then
+    b, t, s, r, o = string.match(raw, '^(%d+):(%d+):(%d+):(%d+):(%d+)')
+  end
+  if b then
+    b, t, s, r, o = tonumber(b), tonumber(t), tonumber(s), tonumber(r), tonumber(o)
+  else
+    b, t, s, r, o = now_ms, term, session, 0, 0
+    redis.call('DEL', hkey)
+  end
+  if term < t or (term == t and session < s) then
+    offsets[i] = -1
+  else
+    if term > t or session > s then
+      t, s, r = term, session, o
+    end
+    o = o + 1
+    redis.call('SET', skey, string.format('%d:%d:%d:%d:%d:%d', b, t, s, r, o, ttl), 'PX', state_ttl)
+    if size > 0 then
+      redis.call('XADD', hkey, 'MAXLEN', size, '*', 'o', string.format('%d', o), 'd', ARGV[a + 4])
+      redis.call('PEXPIRE', hkey, ttl)
+    end
+    redis.call(publish, ARGV[a + 3],
+      ARGV[a + 1] .. string.format('%d %d %d %d', b, t, s, o) .. ARGV[a + 2] .. '\n' .. ARGV[a + 4])
+    offsets[i] = o
+  end
+end
+return offsets
+"#;
+
+/// A gateway's read of one channel, for a subscription.
+///
+/// * `KEYS`: the channel's state key, history key.
+/// * `ARGV`: the current continuity's term and session and the
+///   channel-state ttl (ms) — used only to create a missing state, so that
+///   the first message continues the epoch the first subscriber was given
+///   — then the `since` offset (-1 for none) and the `since` epoch's base.
+///
+/// Returns the state string, then — when `since` is in the state's
+/// sequence and history may hold what follows it — the offset and payload
+/// of each entry after it, oldest first, none older than the history ttl.
+/// Whether those are complete is decided by the caller
+/// ([`crate::position::Recovery::complete`]).
+pub const READ_SCRIPT: &str = r#"
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local raw = redis.call('GET', KEYS[1])
+if not raw then
+  raw = string.format('%d:%d:%d:0:0:0', now_ms, tonumber(ARGV[1]), tonumber(ARGV[2]))
+  redis.call('SET', KEYS[1], raw, 'PX', tonumber(ARGV[3]))
+  return {raw}
+end
+local out = {raw}
+local since, since_base = tonumber(ARGV[4]), tonumber(ARGV[5])
+local b, o, l = string.match(raw, '^(%d+):%d+:%d+:%d+:(%d+):(%d+)')
+if b and since >= 0 and tonumber(b) == since_base then
+  local want = tonumber(o) - since
+  if want > 0 and want <= redis.call('XLEN', KEYS[2]) then
+    local oldest = '-'
+    if tonumber(l) > 0 then
+      oldest = string.format('%d', now_ms - tonumber(l))
+    end
+    local entries = redis.call('XREVRANGE', KEYS[2], '+', oldest, 'COUNT', want)
+    for i = #entries, 1, -1 do
+      local fields = entries[i][2]
+      local offset, data
+      for f = 1, #fields, 2 do
+        if fields[f] == 'o' then offset = fields[f + 1] elseif fields[f] == 'd' then data = fields[f + 1] end
+      end
+      table.insert(out, offset or '0')
+      table.insert(out, data or '')
+    end
+  end
+end
+return out
+"#;
+
+/// A channel's state as stored in Redis, with the history ttl it was
+/// written under (ms).
+pub fn parse_state(text: &str) -> Option<(ChannelState, u64)> {
+    let mut fields = text.split(':').map(|f| f.parse::<u64>().ok());
+    let mut next = || fields.next().flatten();
+    let state = ChannelState {
+        base: next()?,
+        continuity: Continuity {
+            term: next()?,
+            session: next()?,
+        },
+        run_start: next()?,
+        offset: next()?,
+    };
+    let ttl = next()?;
+    Some((state, ttl))
+}
+
+/// The current continuity and channel-state ttl as kept in
+/// `{p}:continuity` (fields `t`, `s`, `ttl`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Current {
+    /// The current continuity (zero before any leader ran).
+    pub continuity: Continuity,
+    /// The channel-state ttl the leader uses, ms.
+    pub state_ttl_ms: u64,
+}
+
+/// The channel-state ttl a gateway uses to create a state before any
+/// leader has said which one is configured: one day.
+pub const DEFAULT_STATE_TTL_MS: u64 = 86_400_000;
+
+/// Moves `{p}:continuity` forward (never back) and records the
+/// channel-state ttl. `KEYS[1]` the key; `ARGV`: term, session, ttl (ms).
+/// Returns 1 when written, 0 when a newer continuity is already there.
+pub const ADVANCE_CONTINUITY_SCRIPT: &str = r#"
+local t = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+local s = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
+local term, session = tonumber(ARGV[1]), tonumber(ARGV[2])
+if term < t or (term == t and session <= s) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 't', ARGV[1], 's', ARGV[2], 'ttl', ARGV[3])
+return 1
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_parse_as_the_scripts_write_them() {
+        let (state, ttl) =
+            parse_state("1795838085123:1795838000000:2:40:42:300000").expect("parse");
+        assert_eq!(
+            state,
+            ChannelState {
+                base: 1_795_838_085_123,
+                continuity: Continuity {
+                    term: 1_795_838_000_000,
+                    session: 2
+                },
+                run_start: 40,
+                offset: 42,
+            }
+        );
+        assert_eq!(ttl, 300_000);
+        for bad in ["", "1:2:3:4:5", "1:2:3:4:x:6", "a:b:c:d:e:f"] {
+            assert_eq!(parse_state(bad), None, "{bad:?}");
+        }
+    }
+}
