@@ -2,7 +2,9 @@
 # A whole pgws cluster on one machine, without Docker: 2 coordinators,
 # 3 gateways and HAProxy on loopback, against the local PostgreSQL and Redis.
 # Open http://localhost:${LOCAL_CLUSTER_LB_PORT:-3000} for the chat page; Ctrl-C (or
-# SIGTERM) stops everything.
+# SIGTERM) stops everything. SIGUSR1 to this script rolls the gateways: each
+# in turn is sent SIGTERM (it drains), started again and waited for — a
+# rolling upgrade; "$RUN_DIR/rolled" counts completed rolls.
 #
 # Settings (environment):
 #   LOCAL_CLUSTER_BIN_DIR        where pgws-gateway/pgws-coordinator are (default: target/release, built if missing)
@@ -46,10 +48,17 @@ trap stop_all INT TERM EXIT
 
 start() { # name, then the command
   local name=$1; shift
-  "$@" >"$RUN_DIR/$name.log" 2>&1 &
+  "$@" >>"$RUN_DIR/$name.log" 2>&1 &
   local pid=$!
   pids+=("$pid")
   echo "$pid" >"$RUN_DIR/$name.pid"
+}
+
+start_gateway() { # 1..3
+  local i=$1
+  start "gateway-$i" env -u PGWS_DB_URI PGWS_HOST=127.0.0.1 PGWS_PORT=$((BASE + i)) \
+    PGWS_ADMIN_PORT=$((BASE + 10 + i)) PGWS_ROOT_PATH=clients/js PGWS_META_CHANNEL=server-info \
+    PGWS_LOG_LEVEL="${PGWS_LOG_LEVEL:-info}" "$BIN_DIR/pgws-gateway"
 }
 
 wait_ready() { # name, admin port
@@ -66,11 +75,7 @@ for i in 1 2; do
   start "coordinator-$i" env PGWS_NODE_ID="local-coordinator-$i" PGWS_ADMIN_PORT=$((BASE + 20 + i)) \
     PGWS_LOG_LEVEL="${PGWS_LOG_LEVEL:-info}" "$BIN_DIR/pgws-coordinator"
 done
-for i in 1 2 3; do
-  start "gateway-$i" env -u PGWS_DB_URI PGWS_HOST=127.0.0.1 PGWS_PORT=$((BASE + i)) \
-    PGWS_ADMIN_PORT=$((BASE + 10 + i)) PGWS_ROOT_PATH=docs/client-example PGWS_META_CHANNEL=server-info \
-    PGWS_LOG_LEVEL="${PGWS_LOG_LEVEL:-info}" "$BIN_DIR/pgws-gateway"
-done
+for i in 1 2 3; do start_gateway "$i"; done
 for i in 1 2; do wait_ready "coordinator-$i" $((BASE + 20 + i)); done
 for i in 1 2 3; do wait_ready "gateway-$i" $((BASE + 10 + i)); done
 
@@ -86,12 +91,39 @@ done
 
 cat <<MSG
 pgws local cluster is up (prefix ${PGWS_REDIS_PREFIX}):
-  chat page / websockets   http://localhost:${LB_PORT}   (HAProxy, round robin over 3 gateways)
+  chat page / websockets   http://localhost:${LB_PORT}   (HAProxy, least connections over 3 gateways)
   gateways                 127.0.0.1:$((BASE + 1))-$((BASE + 3)), metrics on :$((BASE + 11))-$((BASE + 13))/metrics
   coordinators             metrics on :$((BASE + 21)) and :$((BASE + 22))/metrics (pgws_coordinator_leader)
   logs and pids            ${RUN_DIR}/
 Ctrl-C stops everything.
 MSG
+# A rolling restart of the gateways, one after another.
+roll_gateways() {
+  for i in 1 2 3; do
+    local old
+    old=$(cat "$RUN_DIR/gateway-$i.pid")
+    echo "rolling gateway-$i (pid $old)" >&2
+    kill -TERM "$old" 2>/dev/null || true
+    wait "$old" 2>/dev/null || true
+    local kept=()
+    for p in "${pids[@]}"; do [ "$p" != "$old" ] && kept+=("$p"); done
+    pids=("${kept[@]}")
+    start_gateway "$i"
+    wait_ready "gateway-$i" $((BASE + 10 + i))
+  done
+  echo $(( $(cat "$RUN_DIR/rolled" 2>/dev/null || echo 0) + 1 )) >"$RUN_DIR/rolled"
+}
+roll=0
+trap 'roll=1' USR1
+
 echo "ready" >"$RUN_DIR/ready"
-wait -n "${pids[@]}" || true
+while true; do
+  wait -n "${pids[@]}" || true
+  if [ "$roll" = 1 ]; then
+    roll=0
+    roll_gateways
+    continue
+  fi
+  break
+done
 echo "a process of the local cluster exited; stopping the rest" >&2

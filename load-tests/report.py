@@ -48,6 +48,17 @@ Target: no loss; server CPU (gateway + PostgreSQL) ≤ 5 µs per delivery.
 Targets: p50 ≤ 0.5 ms and p99 ≤ 2 ms standalone; cluster adds ≤ 1 ms at p50
 and costs ≤ 1.3× the standalone CPU per delivery.
 
+## Protocol v2: recovery
+
+{table("recover", [("clients", "clients"), ("missed (history)", "history"), ("recovered", "recovered"), ("not recovered", "not_recovered"), ("replayed", "replayed"), ("out of order", "out_of_order"), ("all recovered in s", "recover_seconds"), ("per client p50 ms", "per_client_p50_ms"), ("p99 ms", "per_client_p99_ms"), ("server µs/replayed", "server_cpu_us_per_replayed")])}
+`recover`: that many v2 clients of one channel lose their sockets at once,
+100 messages are published meanwhile, and all of them reconnect together
+with `since` (as after a gateway is rolled): the time until every client
+has its 100 missed messages, in order, and the server CPU per replayed
+message. The `-v2` rows of the fan-out and spread tables are the same
+scenarios with v2 readers (subscribe command, `message` frames with
+offsets). Target: v2 costs ≤ 10 % more server CPU per delivery than v1.
+
 ## Writers: client messages → NOTIFY
 
 {table("writers", [("writer sockets", "writers"), ("offered/s (0 = flat out)", "offered_per_s"), ("sent", "sent"), ("NOTIFYs received", "notifies_received"), ("not received", "lost"), ("sockets closed by the gateway", "refused_sockets"), ("NOTIFY/s", "notifies_per_s"), ("server CPU s", "server_cpu_s"), ("PostgreSQL CPU s", "postgres_cpu_s")])}

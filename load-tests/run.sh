@@ -31,6 +31,10 @@ run_scenarios() { # label, listen channel, server pids (csv), urls...
   load idle --sockets "$(n 10000)" --channels 100 "${common[@]}"
   load fanout --readers "$(n 2000)" --rate 200 --seconds 10 "${common[@]}"
   load spread --readers "$(n 5000)" --channels "$(n 1000)" --rate 2000 --seconds 10 "${common[@]}"
+  # Protocol v2 readers: the same fan-out and spread, and recovery.
+  load fanout --readers "$(n 2000)" --rate 200 --seconds 10 --protocol v2 "${common[@]}" --label "$label-v2"
+  load spread --readers "$(n 5000)" --channels "$(n 1000)" --rate 2000 --seconds 10 --protocol v2 "${common[@]}" --label "$label-v2"
+  load recover --clients "$(n 1000)" --history 100 "${common[@]}"
   load writers --writers "$(n 200)" --seconds 10 "${common[@]}"
   load writers --writers "$(n 200)" --rate "$(n 50000)" --seconds 10 "${common[@]}"
   load churn --concurrency 32 --seconds 5 "${common[@]}"

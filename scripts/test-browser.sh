@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The example chat page in headless Chromium, through HAProxy in front of
 # the local cluster (deploy/local-cluster.sh with the debug binaries).
-# Saves .tmp/screenshots/chat.png.
+# Saves .tmp/screenshots/chat.png and rolling-restart.png (the page after
+# every gateway was restarted under it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -51,6 +52,7 @@ fi
 
 bash deploy/local-cluster.sh >/dev/null 2>&1 &
 cluster=$!
+export LOCAL_CLUSTER_PID=$cluster
 cleanup() { kill -TERM "$cluster" 2>/dev/null || true; wait "$cluster" 2>/dev/null || true; rm -rf "$LOCAL_CLUSTER_RUN_DIR"; }
 trap cleanup EXIT
 for _ in $(seq 1 300); do
@@ -59,4 +61,5 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 [ -f "$LOCAL_CLUSTER_RUN_DIR/ready" ] || { echo "the local cluster did not become ready" >&2; exit 1; }
-node --test tests/browser/
+# One file at a time: the rolling restart would disturb the chat test.
+node --test --test-concurrency=1 tests/browser/

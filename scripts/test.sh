@@ -6,8 +6,10 @@
 #   1. cargo fmt --check and clippy -D warnings,
 #   2. unit and integration tests (real binaries, PostgreSQL, Redis, a local
 #      Redis Cluster, HAProxy, Prometheus),
-#   3. static checks of the Helm chart, compose file and deploy configs,
-#   4. the chat page in headless Chromium through HAProxy.
+#   3. the JavaScript client's tests (node's runner, against real gateways),
+#   4. static checks of the Helm chart, compose file and deploy configs,
+#   5. the chat page in headless Chromium through HAProxy, including a
+#      rolling restart of every gateway under it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -26,6 +28,11 @@ echo "== cargo test" >&2
 # binary first (the same dev profile the tests use, so nothing builds twice).
 cargo build --locked --workspace --bins
 cargo test --locked --workspace -- --test-threads "${PGWS_TEST_THREADS:-4}"
+echo "== JavaScript client" >&2
+# Node 20 has the WebSocket global behind a flag; 22 and later have it.
+node_ws=()
+node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || node_ws=(--experimental-websocket)
+node "${node_ws[@]}" --test clients/js/test/
 echo "== deploy checks" >&2
 bash scripts/test-deploy.sh
 echo "== browser" >&2

@@ -45,6 +45,7 @@ pgws_ensure_debs() {
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "installing ${missing[*]} (apt)" >&2
   apt-get update -qq >/dev/null

@@ -34,6 +34,11 @@ where
 
 /// Open a websocket to `addr` at `path`.
 pub async fn connect(addr: SocketAddr, path: &str) -> anyhow::Result<Ws> {
+    connect_with(addr, path, false).await
+}
+
+/// Open a websocket, offering protocol v2 when `v2`.
+pub async fn connect_with(addr: SocketAddr, path: &str, v2: bool) -> anyhow::Result<Ws> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connect {addr}"))?;
@@ -48,8 +53,13 @@ pub async fn connect(addr: SocketAddr, path: &str) -> anyhow::Result<Ws> {
             "Sec-WebSocket-Key",
             fastwebsockets::handshake::generate_key(),
         )
-        .header("Sec-WebSocket-Version", "13")
-        .body(Empty::<Bytes>::new())?;
+        .header("Sec-WebSocket-Version", "13");
+    let request = if v2 {
+        request.header("Sec-WebSocket-Protocol", "pgws.v2")
+    } else {
+        request
+    };
+    let request = request.body(Empty::<Bytes>::new())?;
     let (ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, request, stream)
         .await
         .map_err(|e| anyhow::anyhow!("upgrade {addr}{path}: {e}"))?;
@@ -74,6 +84,48 @@ pub struct ReaderStats {
     pub reordered: u64,
     /// The server closed the socket (or it broke) before the stop.
     pub ended_by_server: bool,
+}
+
+/// Send one v2 command and read until its reply (`id`); the reply, parsed.
+/// Message frames before it are returned too, in order.
+pub async fn command(
+    ws: &mut Ws,
+    command: serde_json::Value,
+) -> anyhow::Result<(serde_json::Value, Vec<serde_json::Value>)> {
+    let id = command["id"].as_u64().unwrap_or(0);
+    let text = command.to_string();
+    ws.write_frame(fastwebsockets::Frame::text(
+        fastwebsockets::Payload::Borrowed(text.as_bytes()),
+    ))
+    .await?;
+    let mut before = Vec::new();
+    loop {
+        let frame = ws.read_frame().await?;
+        if frame.opcode != OpCode::Text {
+            anyhow::ensure!(
+                frame.opcode != OpCode::Close,
+                "closed while waiting for reply {id}"
+            );
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_slice(&frame.payload)?;
+        if value["type"] == "reply" && value["id"] == id {
+            anyhow::ensure!(value.get("error").is_none(), "command {id}: {value}");
+            return Ok((value, before));
+        }
+        before.push(value);
+    }
+}
+
+/// The payload of a message frame: the frame itself (v1) or its `data`
+/// (a v2 `message` frame).
+fn payload_of(text: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    if text.starts_with(br#"{"type":"message""#) {
+        let frame: serde_json::Value = serde_json::from_slice(text).ok()?;
+        let data = frame.get("data")?.as_str()?;
+        return Some(std::borrow::Cow::Owned(data.as_bytes().to_vec()));
+    }
+    Some(std::borrow::Cow::Borrowed(text))
 }
 
 /// The `"payload":"<seq> <ns>"` of a load-test message.
@@ -114,7 +166,8 @@ pub async fn read_until(
             OpCode::Text => {
                 stats.received += 1;
                 total.fetch_add(1, Ordering::Relaxed);
-                if let Some((seq, sent)) = seq_and_sent(&frame.payload) {
+                let payload = payload_of(&frame.payload);
+                if let Some((seq, sent)) = payload.as_deref().and_then(seq_and_sent) {
                     let us = now_ns().saturating_sub(sent) / 1000;
                     let _ = stats.latency_us.record(us.max(1));
                     if seq < last_seq {
@@ -142,5 +195,8 @@ mod tests {
         let text = br#"{"channel":"c","payload":"42 1700000000000000000"}"#;
         assert_eq!(seq_and_sent(text), Some((42, 1_700_000_000_000_000_000)));
         assert_eq!(seq_and_sent(b"{\"payload\":\"x\"}"), None);
+        let v2 = br#"{"type":"message","channel":"c","epoch":"1.2.3","offset":7,"data":"{\"channel\":\"c\",\"payload\":\"42 17\"}"}"#;
+        let payload = payload_of(v2).expect("data");
+        assert_eq!(seq_and_sent(&payload), Some((42, 17)));
     }
 }

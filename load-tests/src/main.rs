@@ -7,11 +7,13 @@
 //! embeds a sequence number and a send timestamp in every payload to
 //! measure latency, loss and order. Server memory and CPU come from
 //! `/proc/<pid>` of the `--pid`s it is given (PostgreSQL's CPU is added
-//! from its processes).
+//! from its processes). `--protocol v2` makes reader sockets speak protocol
+//! v2; `recover` is v2's own scenario.
 
 mod client;
 mod options;
 mod proc;
+mod recover;
 mod scenarios;
 mod soak;
 
@@ -99,6 +101,16 @@ enum Scenario {
         #[arg(long, default_value_t = 60)]
         warmup: u64,
     },
+    /// Protocol v2: N clients of one channel reconnect at once with `since`
+    /// after H messages went by: time to recover, server CPU per replayed
+    /// message.
+    Recover {
+        #[arg(long, default_value_t = 1_000)]
+        clients: usize,
+        /// Messages missed (at most the gateways' PGWS_HISTORY_SIZE).
+        #[arg(long, default_value_t = 100)]
+        history: u64,
+    },
     /// Cluster: kill (or SIGTERM) the leader under steady load.
     Failover {
         /// The leader coordinator's pid.
@@ -171,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?
         }
+        Scenario::Recover { clients, history } => recover::recover(&c, clients, history).await?,
         Scenario::Failover {
             leader,
             signal,

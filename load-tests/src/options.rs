@@ -34,4 +34,15 @@ pub struct Common {
     /// Print one JSON line per run.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Reader sockets speak protocol `v1` (channel in the URL) or `v2`
+    /// (subscribe command, message frames with offsets).
+    #[arg(long, global = true, default_value = "v1", value_parser = ["v1", "v2"])]
+    pub protocol: String,
+}
+
+impl Common {
+    /// Whether sockets speak protocol v2.
+    pub fn v2(&self) -> bool {
+        self.protocol == "v2"
+    }
 }

@@ -67,7 +67,8 @@ fn progress(what: &str, done: usize, total: usize) {
     }
 }
 
-/// Open `n` sockets; socket i reads `channel_of(i)` through `urls[i % len]`.
+/// Open `n` sockets; socket i reads `channel_of(i)` through `urls[i % len]`
+/// — named in the URL (v1), or subscribed to before it counts as open (v2).
 pub(crate) async fn open_sockets(
     c: &Common,
     n: usize,
@@ -77,13 +78,28 @@ pub(crate) async fn open_sockets(
     let t = token(&c.secret, json!({"mode": mode}));
     let limit = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let mut tasks = JoinSet::new();
+    let v2 = c.v2();
     for i in 0..n {
         let addr = c.urls[i % c.urls.len()];
-        let path = format!("/{}/{t}", channel_of(i));
+        let channel = channel_of(i);
+        let path = if v2 {
+            format!("/{t}")
+        } else {
+            format!("/{channel}/{t}")
+        };
         let limit = limit.clone();
+        let subscribe = v2 && mode.contains('r');
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            (i, client::connect(addr, &path).await)
+            let opened = async {
+                let mut ws = client::connect_with(addr, &path, v2).await?;
+                if subscribe {
+                    let command = json!({"type": "subscribe", "id": 1, "channel": channel});
+                    client::command(&mut ws, command).await?;
+                }
+                anyhow::Ok(ws)
+            };
+            (i, opened.await)
         });
     }
     let mut sockets: Vec<Option<Ws>> = (0..n).map(|_| None).collect();

@@ -77,10 +77,11 @@ return offsets
 /// A gateway's read of one channel, for a subscription.
 ///
 /// * `KEYS`: the channel's state key, history key.
-/// * `ARGV`: the current continuity's term and session and the
-///   channel-state ttl (ms) — used only to create a missing state, so that
-///   the first message continues the epoch the first subscriber was given
-///   — then the `since` offset (-1 for none) and the `since` epoch's base.
+/// * `ARGV`: the current continuity's term and session and a ttl (ms) —
+///   used only to create a missing state, so that the first message
+///   continues the epoch the first subscriber was given (the leader's first
+///   write sets the real ttl) — then the `since` offset (-1 for none) and
+///   the `since` epoch's base.
 ///
 /// Returns the state string, then — when `since` is in the state's
 /// sequence and history may hold what follows it — the offset and payload
@@ -152,6 +153,11 @@ pub struct Current {
 /// The channel-state ttl a gateway uses to create a state before any
 /// leader has said which one is configured: one day.
 pub const DEFAULT_STATE_TTL_MS: u64 = 86_400_000;
+
+/// The longest a state created by a gateway for a subscriber (of a channel
+/// that has no message yet) lives before the channel's first message:
+/// subscribing to names nobody publishes on costs Redis at most this long.
+pub const CREATED_STATE_TTL_MS: u64 = 300_000;
 
 /// Moves `{p}:continuity` forward (never back) and records the
 /// channel-state ttl. `KEYS[1]` the key; `ARGV`: term, session, ttl (ms).

@@ -139,6 +139,8 @@ struct Socket<S> {
     last_seen: Instant,
     /// The token's expiry (or the `connect` deadline); `None`: never.
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When `expiry` fires.
+    expires_at: Option<Instant>,
     /// The text of our close frame when it says more than the code's
     /// usual one (v2: which frame was unusable, why a token was refused).
     close_detail: Option<String>,
@@ -174,6 +176,7 @@ where
         writes: Writes::default(),
         last_seen: Instant::now(),
         expiry: sc.expires_at.map(sleep_until),
+        expires_at: sc.expires_at,
         close_detail: None,
         opened: None,
         open_gauge: None,
@@ -332,7 +335,8 @@ where
             Proto::V2(v2) => {
                 let effect = v2.on_text(&message, &mut self.out);
                 // A refresh may have moved the expiry.
-                self.expiry = v2.expires_at().map(sleep_until);
+                let expires_at = v2.expires_at();
+                self.set_expiry(expires_at);
                 effect
             }
         };
@@ -350,6 +354,14 @@ where
         };
         self.flush().await?;
         Ok(step)
+    }
+
+    /// Move the expiry (a new token), re-arming the timer only on a change.
+    fn set_expiry(&mut self, at: Option<Instant>) {
+        if at != self.expires_at {
+            self.expires_at = at;
+            self.expiry = at.map(sleep_until);
+        }
     }
 
     /// The first message of a v2 socket opened without a token.
@@ -377,7 +389,7 @@ where
         let gauge = ctx.metrics.open(v2.mode());
         gauge.inc();
         self.open_gauge = Some(gauge);
-        self.expiry = v2.expires_at().map(sleep_until);
+        self.set_expiry(v2.expires_at());
         let v2 = Box::new(v2);
         self.opened = Some(tokio::spawn(
             v2.meta_event(pgws_protocol::envelope::Event::ConnectionOpen),

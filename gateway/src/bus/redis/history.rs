@@ -10,7 +10,9 @@
 
 use crate::bus::{BusError, Recovered, Replayed};
 use bytes::Bytes;
-use pgws_protocol::history::{self, Current, DEFAULT_STATE_TTL_MS, READ_SCRIPT};
+use pgws_protocol::history::{
+    self, Current, CREATED_STATE_TTL_MS, DEFAULT_STATE_TTL_MS, READ_SCRIPT,
+};
 use pgws_protocol::keys::KeySpace;
 use pgws_protocol::position::{Continuity, Epoch, Since};
 use pgws_service::redis_client::RedisClient;
@@ -36,7 +38,7 @@ pub async fn read(
         .key(keys.channel_history(channel))
         .arg(current.continuity.term)
         .arg(current.continuity.session)
-        .arg(current.state_ttl_ms)
+        .arg(current.state_ttl_ms.min(CREATED_STATE_TTL_MS))
         .arg(since_offset)
         .arg(since_base);
     let reply: Vec<Value> = invocation.invoke_async(client).await.map_err(|e| {

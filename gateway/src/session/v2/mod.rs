@@ -67,6 +67,8 @@ pub enum Effect {
 /// One v2 socket's state.
 pub struct V2 {
     permissions: Permissions,
+    /// The token's `exp`, as an instant (computed once per token).
+    expires_at: Option<Instant>,
     claims: ClaimsJson,
     subs: Subscriptions,
     recoveries: FuturesUnordered<RecoveryFuture>,
@@ -91,6 +93,7 @@ impl V2 {
         let mut permissions = permissions;
         let claims = ClaimsJson::new(&std::mem::take(&mut permissions.claims));
         V2 {
+            expires_at: permissions.expires_at.map(clock::instant_of_unix_seconds),
             permissions,
             claims,
             subs: Subscriptions::new(ctx.limits.send_queue),
@@ -105,9 +108,7 @@ impl V2 {
 
     /// When the current token expires.
     pub fn expires_at(&self) -> Option<Instant> {
-        self.permissions
-            .expires_at
-            .map(clock::instant_of_unix_seconds)
+        self.expires_at
     }
 
     /// The token's mode, for the connections gauge.
@@ -394,6 +395,7 @@ impl V2 {
             }
         };
         self.claims = ClaimsJson::new(&std::mem::take(&mut permissions.claims));
+        self.expires_at = permissions.expires_at.map(clock::instant_of_unix_seconds);
         self.permissions = permissions;
         for channel in self.subs.channels() {
             if !self.permissions.may_read(&channel, &self.ctx.meta) {

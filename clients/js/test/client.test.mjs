@@ -1,0 +1,141 @@
+// The client against real gateways (the debug build; see helpers.mjs):
+// publish replies, errors, recovery after a dropped connection, resync
+// after a gateway restart, token refresh before exp, and the ping-based
+// dead-connection check.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Client, PgwsError } from '../src/index.js';
+import { startGateway, token, unique, until, freePort } from './helpers.mjs';
+
+const now = () => Math.floor(Date.now() / 1000);
+const fast = { backoff: { initial: 20, max: 200 }, connectTimeout: 1000 };
+
+function collect(sub) {
+  const got = { messages: [], subscribed: [], resyncs: [] };
+  sub.on('message', (data, position) => got.messages.push({ data, position }));
+  sub.on('subscribed', (info) => got.subscribed.push(info));
+  sub.on('resync', (info) => got.resyncs.push(info));
+  return got;
+}
+
+test('publish resolves once queued, and the message comes back to a subscriber', async (t) => {
+  const gw = await startGateway();
+  t.after(() => gw.stop());
+  const channel = unique('chat');
+  const client = new Client(gw.url, { token: token({ mode: 'rw' }), ...fast });
+  t.after(() => client.close());
+  const got = collect(client.subscribe(channel));
+  await until(() => got.subscribed.length === 1, 15000, 'subscribed');
+  await client.publish(channel, 'hello');
+  await until(() => got.messages.length === 1, 15000, 'the message');
+  const envelope = JSON.parse(got.messages[0].data);
+  assert.equal(envelope.payload, 'hello');
+  assert.equal(envelope.channel, channel);
+  assert.equal(got.messages[0].position.offset, 1);
+});
+
+test('errors are PgwsErrors with the server\'s code; nothing is sent while disconnected', async (t) => {
+  const gw = await startGateway();
+  t.after(() => gw.stop());
+  const client = new Client(gw.url, { token: token({ mode: 'rw', channels: ['mine'] }), ...fast });
+  t.after(() => client.close());
+  const offline = new Client(gw.url, { token: token({ mode: 'rw' }), ...fast });
+  await assert.rejects(offline.publish('mine', 'x'), (e) => e instanceof PgwsError && e.code === 503);
+  offline.close();
+  client.connect();
+  await until(() => client.state === 'connected', 15000, 'connected');
+  await assert.rejects(client.publish('theirs', 'x'), (e) => e instanceof PgwsError && e.code === 403);
+  await assert.rejects(client.publish('mine', 'x'.repeat(9000)), (e) => e.code === 413);
+  await client.publish('mine', 'ok');
+});
+
+test('after a dropped connection the subscription recovers exactly what it missed', async (t) => {
+  const gw = await startGateway();
+  t.after(() => gw.stop());
+  const channel = unique('chat');
+  const client = new Client(gw.url, { token: token({ mode: 'r' }), ...fast });
+  t.after(() => client.close());
+  const got = collect(client.subscribe(channel));
+  await until(() => got.subscribed.length === 1, 15000, 'subscribed');
+  gw.notify(JSON.stringify({ channel, n: 1 }));
+  await until(() => got.messages.length === 1, 15000, 'the first message');
+
+  // Drop the socket; psql blocks this process while it sends, so all of
+  // these are sent before the client can reconnect.
+  client.teardown(4000, 'network drop (test)');
+  for (let n = 2; n <= 6; n++) gw.notify(JSON.stringify({ channel, n }));
+  await until(() => got.subscribed.length === 2, 15000, 'resubscribed');
+  assert.deepEqual(got.subscribed[1].recovered, true);
+  await until(() => got.messages.length >= 6, 15000, 'the missed messages');
+  gw.notify(JSON.stringify({ channel, n: 7 }));
+  await until(() => got.messages.length === 7, 15000, 'the live message');
+  assert.deepEqual(got.messages.map((m) => JSON.parse(m.data).n), [1, 2, 3, 4, 5, 6, 7]);
+  assert.deepEqual(got.messages.map((m) => m.position.offset), [1, 2, 3, 4, 5, 6, 7]);
+  assert.equal(got.resyncs.length, 0);
+});
+
+test('a restarted standalone gateway is a new epoch: the subscription says resync', async (t) => {
+  const port = await freePort();
+  const listenChannel = unique('pgws-js');
+  let gw = await startGateway({ port, listenChannel });
+  const channel = unique('chat');
+  const client = new Client(gw.url, { token: token({ mode: 'r' }), ...fast });
+  t.after(() => client.close());
+  const got = collect(client.subscribe(channel));
+  await until(() => got.subscribed.length === 1, 15000, 'subscribed');
+  gw.notify(JSON.stringify({ channel, n: 1 }));
+  await until(() => got.messages.length === 1, 15000, 'a message');
+  await gw.stop();
+  gw = await startGateway({ port, listenChannel });
+  t.after(() => gw.stop());
+  await until(() => got.subscribed.length === 2, 15000, 'resubscribed');
+  assert.equal(got.subscribed[1].recovered, false);
+  assert.equal(got.resyncs.length, 1);
+  gw.notify(JSON.stringify({ channel, n: 2 }));
+  await until(() => got.messages.length === 2, 15000, 'live again');
+});
+
+test('the token is refreshed before it expires and the socket stays open past the first exp', async (t) => {
+  const gw = await startGateway();
+  t.after(() => gw.stop());
+  let issued = 0;
+  let firstExp = 0;
+  const getToken = () => {
+    issued += 1;
+    const exp = now() + 3;
+    if (!firstExp) firstExp = exp;
+    return token({ mode: 'r', exp });
+  };
+  const client = new Client(gw.url, { token: getToken, refreshBefore: 2500, ...fast });
+  t.after(() => client.close());
+  const disconnects = [];
+  client.on('disconnected', (info) => disconnects.push(info));
+  client.connect();
+  await until(() => client.state === 'connected', 15000, 'connected');
+  // Past the first token's exp (the gateway would close with 3001).
+  await until(() => now() > firstExp + 1, 10000, 'the first exp to pass');
+  assert.deepEqual(disconnects, []);
+  assert.ok(issued >= 2, `token fetched ${issued} times`);
+  await client.publish('x', 'still open').catch((e) => assert.equal(e.code, 403));
+});
+
+test('a silent connection is detected by ping and replaced', async (t) => {
+  const port = await freePort();
+  const gw = await startGateway({ port });
+  t.after(() => { gw.child.kill('SIGCONT'); return gw.stop(); });
+  const client = new Client(gw.url, {
+    token: token({ mode: 'r' }), pingInterval: 200, pingTimeout: 300, ...fast,
+  });
+  t.after(() => client.close());
+  const disconnects = [];
+  client.on('disconnected', (info) => disconnects.push(info));
+  client.connect();
+  await until(() => client.state === 'connected', 15000, 'connected');
+  gw.child.kill('SIGSTOP');
+  const stopped = Date.now();
+  await until(() => disconnects.length >= 1, 5000, 'the dead connection to be noticed');
+  assert.ok(Date.now() - stopped < 2000, 'noticed within a ping interval and timeout');
+  assert.equal(disconnects[0].reason, 'ping timeout');
+  gw.child.kill('SIGCONT');
+  await until(() => client.state === 'connected', 15000, 'reconnected');
+});
