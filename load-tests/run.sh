@@ -27,13 +27,15 @@ run_scenarios() { # label, listen channel, server pids (csv), urls...
   local urls=() pidargs=()
   for u in "$@"; do urls+=(--url "$u"); done
   for p in ${server_pids//,/ }; do pidargs+=(--pid "$p"); done
-  local common=(--label "$label" --listen-channel "$channel" "${urls[@]}" "${pidargs[@]}")
+  local target=(--listen-channel "$channel" "${urls[@]}" "${pidargs[@]}")
+  local common=(--label "$label" "${target[@]}")
+  local v2=(--label "$label-v2" --protocol v2 "${target[@]}")
   load idle --sockets "$(n 10000)" --channels 100 "${common[@]}"
   load fanout --readers "$(n 2000)" --rate 200 --seconds 10 "${common[@]}"
   load spread --readers "$(n 5000)" --channels "$(n 1000)" --rate 2000 --seconds 10 "${common[@]}"
   # Protocol v2 readers: the same fan-out and spread, and recovery.
-  load fanout --readers "$(n 2000)" --rate 200 --seconds 10 --protocol v2 "${common[@]}" --label "$label-v2"
-  load spread --readers "$(n 5000)" --channels "$(n 1000)" --rate 2000 --seconds 10 --protocol v2 "${common[@]}" --label "$label-v2"
+  load fanout --readers "$(n 2000)" --rate 200 --seconds 10 "${v2[@]}"
+  load spread --readers "$(n 5000)" --channels "$(n 1000)" --rate 2000 --seconds 10 "${v2[@]}"
   load recover --clients "$(n 1000)" --history 100 "${common[@]}"
   load writers --writers "$(n 200)" --seconds 10 "${common[@]}"
   load writers --writers "$(n 200)" --rate "$(n 50000)" --seconds 10 "${common[@]}"

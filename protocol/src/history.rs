@@ -39,36 +39,50 @@ local size, ttl, state_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV
 local publish = ARGV[6]
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local offsets = {}
+-- Each channel's state is read once per batch and written once at the end.
+local states, touched, offsets = {}, {}, {}
 for i = 1, #KEYS / 2 do
   local skey, hkey = KEYS[2 * i - 1], KEYS[2 * i]
   local a = 6 + 4 * (i - 1)
-  local raw = redis.call('GET', skey)
-  local b, t, s, r, o
-  if raw then
-    b, t, s, r, o = string.match(raw, '^(%d+):(%d+):(%d+):(%d+):(%d+)')
+  local st = states[skey]
+  if not st then
+    local raw = redis.call('GET', skey)
+    local b, t, s, r, o
+    if raw then
+      b, t, s, r, o = string.match(raw, '^(%d+):(%d+):(%d+):(%d+):(%d+)')
+    end
+    if b then
+      st = {b = tonumber(b), t = tonumber(t), s = tonumber(s), r = tonumber(r), o = tonumber(o), h = hkey}
+    else
+      st = {b = now_ms, t = term, s = session, r = 0, o = 0, h = hkey}
+      redis.call('DEL', hkey)
+    end
+    states[skey] = st
   end
-  if b then
-    b, t, s, r, o = tonumber(b), tonumber(t), tonumber(s), tonumber(r), tonumber(o)
-  else
-    b, t, s, r, o = now_ms, term, session, 0, 0
-    redis.call('DEL', hkey)
-  end
-  if term < t or (term == t and session < s) then
+  if term < st.t or (term == st.t and session < st.s) then
     offsets[i] = -1
   else
-    if term > t or session > s then
-      t, s, r = term, session, o
+    if term > st.t or session > st.s then
+      st.t, st.s, st.r = term, session, st.o
     end
-    o = o + 1
-    redis.call('SET', skey, string.format('%d:%d:%d:%d:%d:%d', b, t, s, r, o, ttl), 'PX', state_ttl)
+    st.o = st.o + 1
+    if not st.dirty then
+      st.dirty = true
+      table.insert(touched, skey)
+    end
     if size > 0 then
-      redis.call('XADD', hkey, 'MAXLEN', size, '*', 'o', string.format('%d', o), 'd', ARGV[a + 4])
-      redis.call('PEXPIRE', hkey, ttl)
+      redis.call('XADD', hkey, 'MAXLEN', size, '*', 'o', string.format('%d', st.o), 'd', ARGV[a + 4])
     end
     redis.call(publish, ARGV[a + 3],
-      ARGV[a + 1] .. string.format('%d %d %d %d', b, t, s, o) .. ARGV[a + 2] .. '\n' .. ARGV[a + 4])
-    offsets[i] = o
+      ARGV[a + 1] .. string.format('%d %d %d %d', st.b, st.t, st.s, st.o) .. ARGV[a + 2] .. '\n' .. ARGV[a + 4])
+    offsets[i] = st.o
+  end
+end
+for _, skey in ipairs(touched) do
+  local st = states[skey]
+  redis.call('SET', skey, string.format('%d:%d:%d:%d:%d:%d', st.b, st.t, st.s, st.r, st.o, ttl), 'PX', state_ttl)
+  if size > 0 then
+    redis.call('PEXPIRE', st.h, ttl)
   end
 end
 return offsets

@@ -150,6 +150,7 @@ struct Socket<S> {
 }
 
 /// What one turn of the loop decided.
+#[derive(Debug, PartialEq, Eq)]
 enum Step {
     Continue,
     End(SessionEnd),
@@ -250,14 +251,13 @@ where
                     self.sc.control.reason().unwrap_or(CloseReason::InternalError),
                 )),
                 frame = self.frames.read_frame(&mut self.io, self.assembler.remaining()),
-                    if self.writes.waiting.is_empty() => self.on_frame(frame).await?,
+                    if self.writes.waiting.is_empty() => self.on_frame(frame),
                 outcome = publishing(&mut self.writes.publishing),
-                    if self.writes.publishing.is_some() => self.on_published(outcome).await?,
+                    if self.writes.publishing.is_some() => self.on_published(outcome),
                 answer = next_answer(&mut self.sc.proto), if self.sc.proto.recovering() => {
                     if let Proto::V2(v2) = &mut self.sc.proto {
                         v2.on_answer(answer, &mut self.out);
                     }
-                    self.flush().await?;
                     Step::Continue
                 }
                 _ = expired(&mut self.expiry) => Step::End(SessionEnd::Closed(
@@ -268,14 +268,26 @@ where
                     },
                 )),
                 delivery = self.sc.queue.recv(), if queue_open => match delivery {
-                    Some(first) => self.write_burst(first).await?,
+                    Some(first) => self.write_burst(first),
                     None => {
                         queue_open = false;
                         Step::Continue
                     }
                 },
-                _ = tick(&mut ping) => self.keep_alive().await?,
+                _ = tick(&mut ping) => self.keep_alive(),
             };
+            // Everything a turn wrote (deliveries, replies, pongs, pings)
+            // goes out in one write, here: the handlers only fill the
+            // buffer, which keeps every socket's resting state small.
+            if self.out.pending() > 0 {
+                match self.flush().await {
+                    Ok(()) => {}
+                    // The client closed: its close frame was answered if it
+                    // could be.
+                    Err(_) if step == Step::End(SessionEnd::ClientClosed) => {}
+                    Err(failure) => return Err(failure),
+                }
+            }
             if let Step::End(end) = step {
                 return Ok(end);
             }
@@ -283,10 +295,10 @@ where
     }
 
     /// One inbound frame (or why there is none).
-    async fn on_frame(&mut self, frame: Result<InFrame, FrameError>) -> Result<Step, WriteFailure> {
+    fn on_frame(&mut self, frame: Result<InFrame, FrameError>) -> Step {
         let frame = match frame {
             Ok(frame) => frame,
-            Err(e) => return Ok(Step::End(self.read_failure(e))),
+            Err(e) => return Step::End(self.read_failure(e)),
         };
         self.last_seen = Instant::now();
         match frame.opcode {
@@ -294,44 +306,42 @@ where
                 None => {
                     // Echo the close handshake with a normal closure.
                     self.out.close(CloseReason::Normal.code(), b"");
-                    let _ = self.flush().await;
-                    Ok(Step::End(SessionEnd::ClientClosed))
+                    Step::End(SessionEnd::ClientClosed)
                 }
                 Some(CloseProblem::Malformed) => {
-                    Ok(Step::End(SessionEnd::Closed(CloseReason::ProtocolError)))
+                    Step::End(SessionEnd::Closed(CloseReason::ProtocolError))
                 }
                 Some(CloseProblem::NotUtf8) => {
-                    Ok(Step::End(SessionEnd::Closed(CloseReason::InvalidPayload)))
+                    Step::End(SessionEnd::Closed(CloseReason::InvalidPayload))
                 }
             },
             OpCode::Ping => {
                 self.out.push(true, OpCode::Pong, &frame.payload);
-                self.flush().await?;
-                Ok(Step::Continue)
+                Step::Continue
             }
-            OpCode::Pong => Ok(Step::Continue),
+            OpCode::Pong => Step::Continue,
             OpCode::Binary if self.sc.proto.is_v2() => {
-                Ok(Step::End(SessionEnd::Closed(CloseReason::UnsupportedData)))
+                Step::End(SessionEnd::Closed(CloseReason::UnsupportedData))
             }
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 match self.assembler.push(frame.opcode, frame.fin, &frame.payload) {
-                    Ok(None) => Ok(Step::Continue),
-                    Ok(Some(message)) => self.on_message(message).await,
-                    Err(e) => Ok(Step::End(SessionEnd::Closed(self.assemble_failure(e)))),
+                    Ok(None) => Step::Continue,
+                    Ok(Some(message)) => self.on_message(message),
+                    Err(e) => Step::End(SessionEnd::Closed(self.assemble_failure(e))),
                 }
             }
         }
     }
 
     /// One whole client message.
-    async fn on_message(&mut self, message: String) -> Result<Step, WriteFailure> {
+    fn on_message(&mut self, message: String) -> Step {
         let effect = match &mut self.sc.proto {
             Proto::V1(_) => {
                 self.writes.waiting.push_back(Waiting::V1(message));
                 self.publish_next();
-                return Ok(Step::Continue);
+                return Step::Continue;
             }
-            Proto::Connecting(_) => return self.on_connect(&message).await,
+            Proto::Connecting(_) => return self.on_connect(&message),
             Proto::V2(v2) => {
                 let effect = v2.on_text(&message, &mut self.out);
                 // A refresh may have moved the expiry.
@@ -340,7 +350,7 @@ where
                 effect
             }
         };
-        let step = match effect {
+        match effect {
             Effect::Done => Step::Continue,
             Effect::Publish(future) => {
                 self.writes.waiting.push_back(Waiting::V2(future));
@@ -351,9 +361,7 @@ where
                 self.close_detail = Some(detail);
                 Step::End(SessionEnd::Closed(reason))
             }
-        };
-        self.flush().await?;
-        Ok(step)
+        }
     }
 
     /// Move the expiry (a new token), re-arming the timer only on a change.
@@ -365,19 +373,19 @@ where
     }
 
     /// The first message of a v2 socket opened without a token.
-    async fn on_connect(&mut self, message: &str) -> Result<Step, WriteFailure> {
+    fn on_connect(&mut self, message: &str) -> Step {
         let ctx = self.sc.ctx.clone();
         let (permissions, id) = match v2::connect::accept(message, &ctx) {
             Ok(accepted) => accepted,
             Err((reason, detail)) => {
                 tracing::debug!(session = self.sc.session.0, %detail, "v2 connect refused");
                 self.close_detail = Some(detail);
-                return Ok(Step::End(SessionEnd::Closed(reason)));
+                return Step::End(SessionEnd::Closed(reason));
             }
         };
         let placeholder = Proto::Connecting(mpsc::channel(1).0);
         let Proto::Connecting(queue) = std::mem::replace(&mut self.sc.proto, placeholder) else {
-            return Ok(Step::Continue);
+            return Step::Continue;
         };
         let v2 = V2::new(
             permissions,
@@ -397,9 +405,8 @@ where
         self.sc.proto = Proto::V2(v2);
         if let Some(id) = id {
             self.out.text(pgws_protocol::v2::reply(id, None).as_bytes());
-            self.flush().await?;
         }
-        Ok(Step::Continue)
+        Step::Continue
     }
 
     /// Start publishing the next waiting message, if none is under way.
@@ -423,20 +430,19 @@ where
     }
 
     /// The message being published is on the bus, or could not be.
-    async fn on_published(&mut self, outcome: Published) -> Result<Step, WriteFailure> {
+    fn on_published(&mut self, outcome: Published) -> Step {
         self.writes.publishing = None;
         match outcome {
             Published::V1(Ok(())) => {}
-            Published::V1(Err(reason)) => return Ok(Step::End(SessionEnd::Closed(reason))),
+            Published::V1(Err(reason)) => return Step::End(SessionEnd::Closed(reason)),
             Published::V2(id, result) => {
                 if let Proto::V2(v2) = &self.sc.proto {
                     v2.on_published(id, result, &mut self.out);
                 }
-                self.flush().await?;
             }
         }
         self.publish_next();
-        Ok(Step::Continue)
+        Step::Continue
     }
 
     /// Publish what is under way and waiting, within the write timeout,
@@ -515,7 +521,7 @@ where
     /// Encode `first` and whatever else is already queued (up to a burst),
     /// then write them all at once. Stops early once the socket has been
     /// told to close.
-    async fn write_burst(&mut self, first: Arc<Delivery>) -> Result<Step, WriteFailure> {
+    fn write_burst(&mut self, first: Arc<Delivery>) -> Step {
         let metrics = &self.sc.ctx.metrics;
         let mut next = Some(first);
         let (mut taken, mut frames, mut bytes) = (0usize, 0u64, 0u64);
@@ -554,20 +560,18 @@ where
         }
         metrics.delivered.inc_by(frames);
         metrics.delivered_bytes.inc_by(bytes);
-        self.flush().await?;
-        Ok(Step::Continue)
+        Step::Continue
     }
 
     /// Ping the client, or give up on it after two silent periods.
-    async fn keep_alive(&mut self) -> Result<Step, WriteFailure> {
+    fn keep_alive(&mut self) -> Step {
         if let Some(every) = self.sc.ctx.limits.ping_interval {
             if self.last_seen.elapsed() > 2 * every {
-                return Ok(Step::End(SessionEnd::Closed(CloseReason::PingTimeout)));
+                return Step::End(SessionEnd::Closed(CloseReason::PingTimeout));
             }
         }
         self.out.push(true, OpCode::Ping, &[]);
-        self.flush().await?;
-        Ok(Step::Continue)
+        Step::Continue
     }
 
     /// Write what is queued within the send timeout.
