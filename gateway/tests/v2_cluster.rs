@@ -35,7 +35,9 @@ async fn read(c: &mut V2, n: usize) -> Vec<(u64, String)> {
 
 #[tokio::test]
 async fn a_client_recovers_through_another_gateway_exactly_what_it_missed() {
-    let c = Cluster::start(&redis_url(), 1, 2).await;
+    // History of 10 messages per channel (the coordinator's setting).
+    let env = vec![("PGWS_HISTORY_SIZE".to_string(), "10".to_string())];
+    let c = Cluster::start_full(&redis_url(), false, env, 1, 2).await;
     let chat = unique("chat");
     let db = db().await;
     let mut first = v2(&c, 0).await;
@@ -74,6 +76,21 @@ async fn a_client_recovers_through_another_gateway_exactly_what_it_missed() {
     let got = read(&mut second, 5).await;
     let expected: Vec<(u64, String)> = (4..=8).map(|n| (n, n.to_string())).collect();
     assert_eq!(got, expected);
+
+    // Older than the 10 kept: not recovered, nothing replayed, live only.
+    for n in 9..=20 {
+        c.notify(&db, &chat, &n.to_string()).await;
+    }
+    c.coordinators[leader]
+        .wait_metric("pgws_notifications_published_total", 20.0)
+        .await;
+    let mut late = v2(&c, 0).await;
+    let reply = late.subscribe(&chat, Some(&since)).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert!(reply.get("replayed").is_none());
+    assert_eq!(reply["offset"], 20);
+    c.notify(&db, &chat, "21").await;
+    assert_eq!(read(&mut late, 1).await, vec![(21, "21".to_string())]);
 }
 
 #[tokio::test]
