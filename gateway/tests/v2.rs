@@ -475,7 +475,7 @@ async fn recovering_while_notifications_pour_in_sees_every_offset_exactly_once_i
     let chat = unique("chat");
     const TOTAL: u64 = 3_000;
     let mut c = v2(&gw).await;
-    let mut pos = Pos::of(&c.subscribe(&chat, None).await);
+    let pos = Pos::of(&c.subscribe(&chat, None).await);
     let listen_channel = gw.listen_channel.clone();
     let pump_channel = chat.clone();
     let pump = tokio::spawn(async move {
@@ -484,29 +484,10 @@ async fn recovering_while_notifications_pour_in_sees_every_offset_exactly_once_i
             notify(&db, &listen_channel, &chat_payload(&pump_channel, n)).await;
         }
     });
-    let mut seen: Vec<u64> = Vec::new();
-    let mut reconnects = 0;
-    while seen.len() < TOTAL as usize {
-        // Read a little, then drop the socket and recover from the last
-        // offset read, many times while the pump runs.
-        let batch = 1 + (reconnects * 37) % 150;
-        for _ in 0..batch {
-            if seen.len() == TOTAL as usize {
-                break;
-            }
-            let m = c.next_message().await;
-            let p = Pos::of(&m);
-            assert_eq!(p.epoch, pos.epoch, "one epoch throughout");
-            seen.push(p.offset);
-            pos = p;
-        }
-        if seen.len() < TOTAL as usize {
-            c = v2(&gw).await;
-            let reply = c.subscribe(&chat, Some(&pos)).await;
-            assert_eq!(reply["recovered"], true, "{reply}");
-            reconnects += 1;
-        }
-    }
+    // Read a little, then drop the socket and recover from the last offset
+    // read, many times while the pump runs.
+    let (seen, reconnects) =
+        read_while_reconnecting(c, &chat, pos, TOTAL as usize, |_| v2(&gw)).await;
     pump.await.expect("pump");
     let expected: Vec<u64> = (1..=TOTAL).collect();
     assert_eq!(seen, expected, "every offset once, in order");

@@ -209,7 +209,7 @@ async fn recovering_through_alternate_gateways_under_load_sees_every_offset_once
     let chat = unique("chat");
     const TOTAL: u64 = 2_000;
     let mut client = v2(&c, 0).await;
-    let mut pos = Pos::of(&client.subscribe(&chat, None).await);
+    let pos = Pos::of(&client.subscribe(&chat, None).await);
     let listen_channel = c.listen_channel.clone();
     let pump_channel = chat.clone();
     let pump = tokio::spawn(async move {
@@ -219,27 +219,8 @@ async fn recovering_through_alternate_gateways_under_load_sees_every_offset_once
             notify(&db, &listen_channel, &text).await;
         }
     });
-    let mut seen = Vec::new();
-    let mut reconnects = 0usize;
-    while seen.len() < TOTAL as usize {
-        let batch = 1 + (reconnects * 37) % 120;
-        for _ in 0..batch {
-            if seen.len() == TOTAL as usize {
-                break;
-            }
-            let m = client.next_message().await;
-            let p = Pos::of(&m);
-            assert_eq!(p.epoch, pos.epoch, "one epoch throughout");
-            seen.push(p.offset);
-            pos = p;
-        }
-        if seen.len() < TOTAL as usize {
-            reconnects += 1;
-            client = v2(&c, reconnects % 2).await;
-            let reply = client.subscribe(&chat, Some(&pos)).await;
-            assert_eq!(reply["recovered"], true, "{reply}");
-        }
-    }
+    let (seen, reconnects) =
+        read_while_reconnecting(client, &chat, pos, TOTAL as usize, |n| v2(&c, n % 2)).await;
     pump.await.expect("pump");
     assert_eq!(
         seen,

@@ -44,5 +44,5 @@ pub use names::*;
 pub use ports::*;
 pub use process::*;
 pub use redis_server::{redis_url, RedisClusterServers, RedisServer};
-pub use v2::{v2_request, Pos, V2};
+pub use v2::{read_while_reconnecting, v2_request, Pos, V2};
 pub use ws::*;

@@ -140,3 +140,42 @@ impl V2 {
         crate::ws::expect_close(&mut self.ws).await
     }
 }
+
+/// Read `total` messages of `channel`, dropping the socket after batches of
+/// varying size (1 to 150 messages) and recovering from the last position
+/// read through a new socket from `connect(n)` (n = recoveries so far) each
+/// time. Returns the offsets read, in order, and the number of recoveries.
+/// Panics if a recovery is refused or the epoch changes.
+pub async fn read_while_reconnecting<F, Fut>(
+    mut client: V2,
+    channel: &str,
+    mut pos: Pos,
+    total: usize,
+    mut connect: F,
+) -> (Vec<u64>, usize)
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = V2>,
+{
+    let mut seen = Vec::with_capacity(total);
+    let mut recoveries = 0;
+    while seen.len() < total {
+        let batch = 1 + (recoveries * 37) % 150;
+        for _ in 0..batch {
+            if seen.len() == total {
+                break;
+            }
+            let p = Pos::of(&client.next_message().await);
+            assert_eq!(p.epoch, pos.epoch, "one epoch throughout");
+            seen.push(p.offset);
+            pos = p;
+        }
+        if seen.len() < total {
+            recoveries += 1;
+            client = connect(recoveries).await;
+            let reply = client.subscribe(channel, Some(&pos)).await;
+            assert_eq!(reply["recovered"], true, "{reply}");
+        }
+    }
+    (seen, recoveries)
+}
