@@ -321,19 +321,6 @@ async fn expiry_still_closes_with_3001_without_a_refresh() {
     assert_eq!(c.expect_close().await.0, 3001);
 }
 
-/// Read `n` messages of `channel`; their offsets and payloads.
-async fn read(c: &mut V2, n: usize) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let m = c.next_message().await;
-        out.push((
-            m["offset"].as_u64().expect("offset"),
-            m["data"].as_str().expect("data").to_string(),
-        ));
-    }
-    out
-}
-
 #[tokio::test]
 async fn a_client_recovers_exactly_what_it_missed_then_live_messages() {
     let gw = Server::gateway()
@@ -347,7 +334,7 @@ async fn a_client_recovers_exactly_what_it_missed_then_live_messages() {
     for n in 1..=3 {
         notify(&db, &gw.listen_channel, &chat_payload(&chat, n)).await;
     }
-    let seen = read(&mut c, 3).await;
+    let seen = c.read_messages(3).await;
     assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2, 3]);
     let last = Pos {
         epoch: start.epoch.clone(),
@@ -368,7 +355,7 @@ async fn a_client_recovers_exactly_what_it_missed_then_live_messages() {
     assert_eq!(reply["replayed"], 5);
     assert_eq!(reply["offset"], 8);
     notify(&db, &gw.listen_channel, &chat_payload(&chat, 9)).await;
-    let got = read(&mut back, 6).await;
+    let got = back.read_messages(6).await;
     let expected: Vec<(u64, String)> = (4..=9).map(|n| (n, chat_payload(&chat, n))).collect();
     assert_eq!(got, expected, "the missed ones in order, then live, once");
 
@@ -395,7 +382,7 @@ async fn a_client_recovers_exactly_what_it_missed_then_live_messages() {
     assert_eq!(reply["recovered"], false, "{reply}");
     assert!(reply.get("replayed").is_none());
     notify(&db, &gw.listen_channel, &chat_payload(&chat, 41)).await;
-    assert_eq!(read(&mut late, 1).await[0].0, 41, "live only");
+    assert_eq!(late.read_messages(1).await[0].0, 41, "live only");
 
     // Beyond the newest, or another epoch: not recovered.
     for since in [
@@ -451,7 +438,7 @@ async fn a_restarted_gateway_is_a_new_epoch_and_history_off_recovers_nothing() {
     // one needing nothing succeeds.
     notify(&db, &channel, &chat_payload(&chat, 1)).await;
     notify(&db, &channel, &chat_payload(&chat, 2)).await;
-    let got = read(&mut c, 2).await;
+    let got = c.read_messages(2).await;
     assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![1, 2]);
     let fresh = Pos::of(&reply);
     let mut d = v2(&gw).await;

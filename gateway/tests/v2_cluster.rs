@@ -22,15 +22,11 @@ async fn v2(c: &Cluster, gateway: usize) -> V2 {
 
 /// Read `n` messages; their offsets and the `payload` field of each.
 async fn read(c: &mut V2, n: usize) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let m = c.next_message().await;
-        out.push((
-            m["offset"].as_u64().expect("offset"),
-            payload_of(m["data"].as_str().expect("data")),
-        ));
-    }
-    out
+    let messages = c.read_messages(n).await;
+    messages
+        .into_iter()
+        .map(|(o, data)| (o, payload_of(&data)))
+        .collect()
 }
 
 #[tokio::test]

@@ -135,6 +135,19 @@ impl V2 {
         }
     }
 
+    /// The next `n` message frames: each one's offset and data.
+    pub async fn read_messages(&mut self, n: usize) -> Vec<(u64, String)> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let m = self.next_message().await;
+            out.push((
+                m["offset"].as_u64().expect("offset"),
+                m["data"].as_str().expect("data").to_string(),
+            ));
+        }
+        out
+    }
+
     /// Read until the close frame; its code and reason.
     pub async fn expect_close(&mut self) -> (u16, String) {
         crate::ws::expect_close(&mut self.ws).await
