@@ -23,6 +23,9 @@ pgws_service::vars! {
     HISTORY_SIZE = "PGWS_HISTORY_SIZE", Some("100"), "Messages of history kept per channel in Redis, for recovery (protocol v2); `0` keeps offsets but no history.";
     HISTORY_TTL = "PGWS_HISTORY_TTL", Some("300"), "Seconds a message stays in history; a channel quiet this long has none.";
     CHANNEL_STATE_TTL = "PGWS_CHANNEL_STATE_TTL", Some("86400"), "Seconds a channel's offsets and epoch are kept after its last message; its next message then starts a new epoch.";
+    STANDBY_LISTEN = "PGWS_STANDBY_LISTEN", Some("false"), "`true`: standby coordinators LISTEN too and keep what they hear, so a new leader publishes what its predecessor did not — a failover that loses no notification (one more LISTEN backend per standby). All coordinators of a cluster must agree.";
+    STANDBY_BUFFER = "PGWS_STANDBY_BUFFER", Some("100000"), "With PGWS_STANDBY_LISTEN: notifications a standby keeps; the takeover is gapless only if the buffer reaches back to the leader's last publish.";
+    MARKER_INTERVAL = "PGWS_MARKER_INTERVAL", Some("100"), "With PGWS_STANDBY_LISTEN: milliseconds between the leader's stream markers (on `<PGWS_LISTEN_CHANNEL>.markers`).";
     POOL_SIZE = "PGWS_POOL_SIZE", Some("10"), "Accepted for compatibility; the leader sends NOTIFYs on one connection, in stream order.";
     ADMIN_HOST = "PGWS_ADMIN_HOST", Some("127.0.0.1"), "Admin listen address (/healthz, /readyz, /metrics).";
     ADMIN_PORT = "PGWS_ADMIN_PORT", Some("3002"), "Admin listen port; `off` disables it.";
@@ -57,8 +60,21 @@ pub struct CoordinatorConfig {
     pub shutdown_timeout: Duration,
     /// History in Redis.
     pub history: HistoryConfig,
+    /// Standby listening, when on.
+    pub standby: Option<StandbyConfig>,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// Standby listening (`PGWS_STANDBY_LISTEN=true`).
+#[derive(Debug, Clone)]
+pub struct StandbyConfig {
+    /// Notifications a standby keeps.
+    pub buffer: usize,
+    /// Time between the leader's stream markers.
+    pub marker_interval: Duration,
+    /// The channel markers are notified on.
+    pub marker_channel: String,
 }
 
 /// The Redis variables, by the names both binaries use.
@@ -97,6 +113,32 @@ impl CoordinatorConfig {
             ));
         }
         let _: usize = sources.parsed(POOL_SIZE, "a number of connections")?;
+        let standby = if sources.flag(STANDBY_LISTEN)? {
+            let marker_channel = crate::standby::marker_channel(&listen_channel);
+            if marker_channel.len() > pgws_protocol::limits::PG_IDENTIFIER_MAX {
+                return Err(err(
+                    LISTEN_CHANNEL,
+                    format!(
+                        "with PGWS_STANDBY_LISTEN, at most {} bytes (the marker channel {marker_channel:?} must fit PostgreSQL's 63)",
+                        pgws_protocol::limits::PG_IDENTIFIER_MAX - (marker_channel.len() - listen_channel.len())
+                    ),
+                ));
+            }
+            let interval: u64 = sources.parsed(MARKER_INTERVAL, "a number of milliseconds")?;
+            if interval == 0 {
+                return Err(err(MARKER_INTERVAL, "must be at least 1 ms"));
+            }
+            Some(StandbyConfig {
+                buffer: pgws_service::config::positive(
+                    sources.parsed(STANDBY_BUFFER, "a number of notifications")?,
+                    STANDBY_BUFFER,
+                )?,
+                marker_interval: Duration::from_millis(interval),
+                marker_channel,
+            })
+        } else {
+            None
+        };
         Ok(CoordinatorConfig {
             db,
             redis,
@@ -111,6 +153,7 @@ impl CoordinatorConfig {
             admin: listen_addr(sources, ADMIN_HOST, ADMIN_PORT)?,
             shutdown_timeout: sources.millis(SHUTDOWN_TIMEOUT)?.unwrap_or_default(),
             history: HistoryVars::STANDARD.read(sources)?,
+            standby,
             log: LogConfig::from_sources(sources)?,
         })
     }
@@ -151,8 +194,29 @@ mod tests {
             (REDIS_CA_FILE, "/nonexistent/ca.pem"),
             (REDIS_URL, "redis+sentinel://s1"),
             (DB_URI, "postgres://h:port/db"),
+            (STANDBY_LISTEN, "yes"),
         ] {
             assert_eq!(load(&[(name, value)]).expect_err(name).variable, name);
+        }
+    }
+
+    #[test]
+    fn standby_listening_checks_its_settings() {
+        assert!(load(&[]).expect("valid").standby.is_none());
+        let c = load(&[(STANDBY_LISTEN, "true")]).expect("valid");
+        let standby = c.standby.expect("on");
+        assert_eq!(
+            standby.marker_channel,
+            "postgres-websockets-listener.markers"
+        );
+        assert_eq!(standby.marker_interval, Duration::from_millis(100));
+        for (name, value) in [
+            (MARKER_INTERVAL, "0"),
+            (STANDBY_BUFFER, "0"),
+            (LISTEN_CHANNEL, &"x".repeat(60)),
+        ] {
+            let e = load(&[(STANDBY_LISTEN, "true"), (name, value)]).expect_err(name);
+            assert_eq!(e.variable, name);
         }
     }
 

@@ -16,9 +16,15 @@
 //! * [`publisher`] — the leader republishes notifications on Redis pub/sub.
 //! * [`forwarder`] — the leader turns the writers' Redis stream into
 //!   NOTIFYs, trimming the stream after commit.
+//! * [`stream`] — positions in the NOTIFY stream (markers), the standby
+//!   buffer, and where a new leader resumes.
+//! * [`standby`] — standby listening: the lifelong listener's sink, the
+//!   marker task, the takeover.
 
 pub mod config;
 pub mod election;
 pub mod forwarder;
 pub mod node;
 pub mod publisher;
+pub mod standby;
+pub mod stream;

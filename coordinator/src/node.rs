@@ -14,11 +14,18 @@
 //! only LISTEN connection cluster-wide), the publisher it feeds, and the
 //! forwarder of the writers' stream. Ending a term cancels all three before the
 //! lock is released, so there is never a moment where two terms publish.
+//!
+//! With standby listening (`PGWS_STANDBY_LISTEN`, `crate::standby`) the
+//! listener instead runs for the node's whole life, standbys keep what they
+//! hear, and a term adds a fourth task — the stream markers — and begins
+//! with the takeover: the new leader resumes where its predecessor stopped.
 
 use crate::config::CoordinatorConfig;
 use crate::election::{Election, ElectionMetrics, Lease};
 use crate::forwarder::{Forwarder, ForwarderMetrics};
-use crate::publisher::{Backlog, Publisher, PublisherMetrics};
+use crate::publisher::{Backlog, Publisher, PublisherMetrics, Publishing};
+use crate::standby::{self, StandbyMetrics, StreamSink};
+use crate::stream::MarkerId;
 use anyhow::Context;
 use pgws_postgres::listener::{self, ListenerConfig, ListenerMetrics, ListenerState};
 use pgws_postgres::relay::{Notifier, RelayMetrics};
@@ -31,6 +38,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// How long a new leader waits for its first marker to come back through
+/// its listener (and for Redis) before taking over without proof.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 
 /// How a term ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +61,7 @@ struct Metrics {
     relay: RelayMetrics,
     publisher: PublisherMetrics,
     forwarder: ForwarderMetrics,
+    standby: StandbyMetrics,
 }
 
 impl Metrics {
@@ -69,6 +81,7 @@ impl Metrics {
             relay: RelayMetrics::register(&registry)?,
             publisher: PublisherMetrics::register(&registry)?,
             forwarder: ForwarderMetrics::register(&registry)?,
+            standby: StandbyMetrics::register(&registry)?,
             registry,
         })
     }
@@ -112,6 +125,10 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
     };
 
     let node = Node {
+        stream: config
+            .standby
+            .as_ref()
+            .map(|s| Arc::new(StreamSink::new(s.buffer, metrics.standby.clone()))),
         config,
         metrics,
         state: state_tx,
@@ -130,10 +147,62 @@ struct Node {
     metrics: Metrics,
     state: watch::Sender<ListenerState>,
     leading: Arc<AtomicBool>,
+    /// With standby listening: the lifelong listener's sink.
+    stream: Option<Arc<StreamSink>>,
 }
 
 impl Node {
     async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // With standby listening the listener runs for the node's life; if
+        // it gives up, so does the node (exit non-zero for a supervisor).
+        let stop = shutdown.child_token();
+        let lifelong = self.stream.clone().map(|sink| {
+            let listening = tokio::spawn(listener::run(
+                self.listener_config(),
+                sink,
+                self.state.clone(),
+                self.metrics.listener.clone(),
+                stop.clone(),
+            ));
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let outcome = listening.await;
+                stop.cancel();
+                match outcome {
+                    Ok(result) => result.map_err(anyhow::Error::from),
+                    Err(e) => Err(anyhow::anyhow!("listener task failed: {e}")),
+                }
+            })
+        });
+        let result = self.elect_and_lead(&stop).await;
+        stop.cancel();
+        if let Some(task) = lifelong {
+            if let Ok(Err(e)) = task.await {
+                if !shutdown.is_cancelled() {
+                    return Err(e.context("the standby listener gave up"));
+                }
+            }
+        }
+        result
+    }
+
+    fn listener_config(&self) -> ListenerConfig {
+        ListenerConfig {
+            db: self.config.db.clone(),
+            channel: self.config.listen_channel.clone(),
+            also: self
+                .config
+                .standby
+                .iter()
+                .map(|s| s.marker_channel.clone())
+                .collect(),
+            retries: self.config.retries,
+            check_interval: self.config.check_listener_interval,
+        }
+    }
+
+    async fn elect_and_lead(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let shutdown = shutdown.clone();
         let Some(redis) = self.connect(&shutdown, Some(RESPONSE_TIMEOUT)).await else {
             return Ok(());
         };
@@ -227,28 +296,47 @@ impl Node {
         self.leading.store(true, Ordering::Release);
         let term = CancellationToken::new();
 
-        let publishing = Publisher {
+        let publisher = |continuity, replay| Publisher {
             redis: redis.clone(),
             keys: self.config.keys.clone(),
             listen_channel: self.config.listen_channel.clone(),
             epoch,
+            continuity,
+            replay,
             lease: lease.clone(),
             history: self.config.history,
             metrics: self.metrics.publisher.clone(),
-        }
-        .start(term.clone());
-        let mut listener = tokio::spawn(listener::run(
-            ListenerConfig {
-                db: self.config.db.clone(),
-                channel: self.config.listen_channel.clone(),
-                retries: self.config.retries,
-                check_interval: self.config.check_listener_interval,
-            },
-            publishing.sink.clone(),
-            self.state.clone(),
-            self.metrics.listener.clone(),
-            term.clone(),
-        ));
+        };
+        let (publishing, mut listener, markers) = match &self.stream {
+            // The lifelong listener feeds the standby buffer: take over
+            // from it.
+            Some(sink) => {
+                let markers = self.start_markers(epoch, &lease, &term);
+                let publishing = self.take_over(sink, epoch, redis, &term, publisher).await;
+                let pending =
+                    tokio::spawn(std::future::pending::<Result<(), listener::ListenerError>>());
+                (publishing, pending, Some(markers))
+            }
+            // The term's own listener: the only LISTEN connection.
+            None => {
+                let publishing = publisher(
+                    pgws_protocol::position::Continuity {
+                        term: epoch,
+                        session: 1,
+                    },
+                    Vec::new(),
+                )
+                .start(term.clone());
+                let listening = tokio::spawn(listener::run(
+                    self.listener_config(),
+                    publishing.sink.clone(),
+                    self.state.clone(),
+                    self.metrics.listener.clone(),
+                    term.clone(),
+                ));
+                (publishing, listening, None)
+            }
+        };
         let mut forwarder = tokio::spawn(
             self.forwarder(redis, blocking, &lease, &publishing.backlog, &term)
                 .run(term.clone()),
@@ -309,14 +397,21 @@ impl Node {
         // Stop the term's work before the lock can pass to anyone else.
         lease.revoke();
         term.cancel();
+        if let Some(sink) = &self.stream {
+            sink.stand_by();
+        }
         self.leading.store(false, Ordering::Release);
         self.metrics.election.leader.set(0);
         let stop = async {
             let _ = publishing.task.await;
-            if !listener.is_finished() {
+            if self.stream.is_none() && !listener.is_finished() {
                 let _ = (&mut listener).await;
             }
+            listener.abort();
             let _ = forwarder.await;
+            if let Some(markers) = markers {
+                let _ = markers.await;
+            }
         };
         if tokio::time::timeout(self.config.shutdown_timeout, stop)
             .await
@@ -335,6 +430,69 @@ impl Node {
         }
         tracing::info!(epoch, ?end, "term ended");
         end
+    }
+
+    /// The marker task of a term with standby listening.
+    fn start_markers(
+        &self,
+        epoch: u64,
+        lease: &Arc<Lease>,
+        term: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let standby = self.config.standby.as_ref();
+        tokio::spawn(standby::emit_markers(
+            self.config.db.clone(),
+            standby
+                .map(|s| s.marker_channel.clone())
+                .unwrap_or_default(),
+            epoch,
+            standby.map_or(Duration::from_millis(100), |s| s.marker_interval),
+            lease.clone(),
+            self.metrics.standby.clone(),
+            term.clone(),
+        ))
+    }
+
+    /// Begin a term with standby listening: wait (bounded) until this
+    /// node's listener has heard the term's first marker — its buffer then
+    /// holds everything committed before — read where the predecessor
+    /// stopped, and start the publisher there, in the predecessor's
+    /// continuity when nothing was missed.
+    async fn take_over<F>(
+        &self,
+        sink: &Arc<StreamSink>,
+        epoch: u64,
+        redis: &RedisClient,
+        term: &CancellationToken,
+        publisher: F,
+    ) -> Publishing
+    where
+        F: FnOnce(
+            pgws_protocol::position::Continuity,
+            Vec<crate::publisher::Positioned>,
+        ) -> Publisher,
+    {
+        let heard = sink.heard(MarkerId { epoch, n: 0 }, TAKEOVER_WAIT).await;
+        let mut redis = redis.clone();
+        let read = tokio::time::timeout(
+            TAKEOVER_WAIT,
+            standby::predecessor(&mut redis, &self.config.keys),
+        )
+        .await;
+        let (predecessor, current) = match read {
+            Ok(Ok(p)) => (p, heard),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the predecessor's progress");
+                (standby::Predecessor::default(), false)
+            }
+            Err(_) => (standby::Predecessor::default(), false),
+        };
+        let (_, publishing) =
+            standby::take_over(sink, &predecessor, current, epoch, |continuity, replay| {
+                let publishing = publisher(continuity, replay).start(term.clone());
+                (publishing.sink.clone(), publishing)
+            });
+        publishing
     }
 
     fn forwarder(

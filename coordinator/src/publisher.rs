@@ -21,6 +21,7 @@
 //! the hole answers "not recovered" even before the channel's next message.
 
 use crate::election::Lease;
+use crate::stream::StreamPos;
 use pgws_postgres::listener::{Notification, NotificationSink};
 use pgws_protocol::history::{ADVANCE_CONTINUITY_SCRIPT, PUBLISH_SCRIPT};
 use pgws_protocol::keys::KeySpace;
@@ -54,6 +55,9 @@ const QUEUE: usize = 65_536;
 pub struct PublisherMetrics {
     published: IntCounter,
     dropped: IntCounter,
+    /// Notifications a new leader replayed that its predecessor had
+    /// already published (skipped by the script).
+    repeated: IntCounter,
     /// The log side of `dropped` (per notification: rate-limited).
     drop_log: Arc<RateLimit>,
 }
@@ -98,8 +102,13 @@ impl PublisherMetrics {
                 "pgws_notifications_dropped_total",
                 "Notifications not republished (queue full, Redis error, lease lapsed, or fenced by a newer leader)",
             )?,
+            repeated: IntCounter::new(
+                "pgws_notifications_already_published_total",
+                "Notifications a new leader replayed from its standby buffer that its predecessor had already published (skipped)",
+            )?,
             drop_log: Arc::new(RateLimit::default()),
         };
+        registry.register(Box::new(m.repeated.clone()))?;
         registry.register(Box::new(m.published.clone()))?;
         registry.register(Box::new(m.dropped.clone()))?;
         Ok(m)
@@ -126,9 +135,13 @@ impl PublisherMetrics {
     }
 }
 
+/// A notification and, when stream markers are on, its place in the
+/// NOTIFY stream.
+pub type Positioned = (Notification, Option<StreamPos>);
+
 /// The listener's sink in cluster mode.
 pub struct PublisherSink {
-    queue: mpsc::Sender<Notification>,
+    queue: mpsc::Sender<Positioned>,
     metrics: PublisherMetrics,
     holes: Arc<Holes>,
 }
@@ -149,11 +162,12 @@ impl Holes {
         self.changed.notify_one();
     }
 
-    /// The continuity of everything published from now on in `term`.
-    fn continuity(&self, term: u64) -> Continuity {
+    /// The continuity of everything published from now on: `base`, one
+    /// session on for every hole so far.
+    fn continuity(&self, base: Continuity) -> Continuity {
         Continuity {
-            term,
-            session: 1 + self.count.load(Ordering::Acquire),
+            term: base.term,
+            session: base.session + self.count.load(Ordering::Acquire),
         }
     }
 }
@@ -162,7 +176,7 @@ impl Holes {
 /// before each NOTIFY batch, so the leader's own writes never overflow the
 /// queue (only a burst of NOTIFYs from elsewhere in the database can).
 pub struct Backlog {
-    queue: mpsc::Sender<Notification>,
+    queue: mpsc::Sender<Positioned>,
     published: Notify,
 }
 
@@ -186,12 +200,19 @@ impl Backlog {
     }
 }
 
-impl NotificationSink for PublisherSink {
-    fn deliver(&self, notification: Notification) {
-        if self.queue.try_send(notification).is_err() {
+impl PublisherSink {
+    /// Queue a notification at its place in the NOTIFY stream.
+    pub fn deliver_at(&self, notification: Notification, pos: Option<StreamPos>) {
+        if self.queue.try_send((notification, pos)).is_err() {
             self.metrics.dropped(1, Dropped::QueueFull, None);
             self.holes.open();
         }
+    }
+}
+
+impl NotificationSink for PublisherSink {
+    fn deliver(&self, notification: Notification) {
+        self.deliver_at(notification, None);
     }
 
     fn session_lost(&self) {
@@ -207,8 +228,14 @@ pub struct Publisher {
     pub keys: KeySpace,
     /// The listen channel (routing fallback).
     pub listen_channel: String,
-    /// This term's epoch.
+    /// This term's fencing epoch.
     pub epoch: u64,
+    /// The continuity messages are published in: the predecessor's, when
+    /// this term resumed exactly where it stopped; else `(epoch, 1)`.
+    pub continuity: Continuity,
+    /// Notifications the predecessor may not have published, from the
+    /// standby buffer: published first, in order.
+    pub replay: Vec<Positioned>,
     /// This term's lease.
     pub lease: Arc<Lease>,
     /// History size and ttls.
@@ -235,6 +262,8 @@ struct Prepared {
     header_suffix: String,
     pubsub_channel: String,
     payload: bytes::Bytes,
+    /// `"<marker epoch> <counter> <index>"`, or empty.
+    position: String,
 }
 
 impl Publisher {
@@ -260,7 +289,7 @@ impl Publisher {
 
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Notification>,
+        mut rx: mpsc::Receiver<Positioned>,
         backlog: Arc<Backlog>,
         holes: Arc<Holes>,
         term: CancellationToken,
@@ -268,36 +297,54 @@ impl Publisher {
         let mut batch = Vec::with_capacity(BATCH);
         let mut seq = 0u64;
         let mut announced = None;
+        let mut replay = std::mem::take(&mut self.replay).into_iter();
         loop {
-            let continuity = holes.continuity(self.epoch);
+            let continuity = holes.continuity(self.continuity);
             if announced != Some(continuity) && self.announce(continuity).await {
                 announced = Some(continuity);
             }
-            let n = tokio::select! {
-                _ = term.cancelled() => return,
-                _ = holes.changed.notified() => continue,
-                n = rx.recv_many(&mut batch, BATCH) => n,
+            // The replay first, then live notifications.
+            batch.extend(replay.by_ref().take(BATCH));
+            let n = if !batch.is_empty() {
+                batch.len()
+            } else {
+                tokio::select! {
+                    _ = term.cancelled() => return,
+                    _ = holes.changed.notified() => continue,
+                    n = rx.recv_many(&mut batch, BATCH) => n,
+                }
             };
             if n == 0 {
                 return;
             }
             // Read after the batch arrived: a notification from after a
             // lost session is never given the continuity from before it.
-            let continuity = holes.continuity(self.epoch);
+            let continuity = holes.continuity(self.continuity);
             if !self.lease.valid() {
                 self.metrics.dropped(n, Dropped::LeaseLapsed, None);
                 holes.open();
             } else {
-                let prepared = batch.iter().map(|n| self.prepare(n, &mut seq)).collect();
+                let prepared = batch
+                    .iter()
+                    .map(|(n, pos)| self.prepare(n, *pos, &mut seq))
+                    .collect();
+                let last_pos = batch.iter().rev().find_map(|(_, pos)| *pos);
                 let sent =
                     tokio::time::timeout(Duration::from_secs(5), self.send(continuity, prepared))
                         .await;
                 match sent {
                     Ok(Ok(offsets)) => {
-                        let fenced = offsets.iter().filter(|o| **o < 0).count();
-                        self.metrics.published.inc_by((n - fenced) as u64);
+                        let fenced = offsets.iter().filter(|o| **o == -1).count();
+                        let repeated = offsets.iter().filter(|o| **o == -2).count();
+                        self.metrics
+                            .published
+                            .inc_by((n - fenced - repeated) as u64);
+                        self.metrics.repeated.inc_by(repeated as u64);
                         if fenced > 0 {
                             self.metrics.dropped(fenced, Dropped::Fenced, None);
+                        }
+                        if let Some(pos) = last_pos {
+                            self.record_progress(pos).await;
                         }
                     }
                     Ok(Err(e)) => {
@@ -344,7 +391,26 @@ impl Publisher {
         }
     }
 
-    fn prepare(&self, notification: &Notification, seq: &mut u64) -> Prepared {
+    /// Record how far this leader has published, for a successor
+    /// resuming from a standby buffer (best effort: a lagging record only
+    /// makes the successor replay more, and the script skips what was
+    /// published).
+    async fn record_progress(&mut self, pos: StreamPos) {
+        let mut cmd = redis::cmd("SET");
+        let now_ms = clock::unix_now().as_millis() as u64;
+        cmd.arg(self.keys.progress()).arg(format!("{pos} {now_ms}"));
+        let set = cmd.query_async::<()>(&mut self.redis);
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), set).await {
+            tracing::debug!(error = %e, "cannot record the publish progress");
+        }
+    }
+
+    fn prepare(
+        &self,
+        notification: &Notification,
+        pos: Option<StreamPos>,
+        seq: &mut u64,
+    ) -> Prepared {
         *seq += 1;
         let text = std::str::from_utf8(&notification.payload).unwrap_or("");
         let channel = routing::target_channel(text, &self.listen_channel);
@@ -367,6 +433,7 @@ impl Publisher {
             header_suffix: header.script_suffix(),
             pubsub_channel: self.keys.channel(&channel),
             payload: notification.payload.clone(),
+            position: pos.map(|p| p.to_string()).unwrap_or_default(),
         }
     }
 
@@ -381,6 +448,7 @@ impl Publisher {
         invocation
             .arg(continuity.term)
             .arg(continuity.session)
+            .arg(self.epoch)
             .arg(self.history.size)
             .arg(self.history.ttl.as_millis() as u64)
             .arg(self.history.state_ttl.as_millis() as u64)
@@ -391,7 +459,8 @@ impl Publisher {
                 .arg(&p.header_prefix)
                 .arg(&p.header_suffix)
                 .arg(&p.pubsub_channel)
-                .arg(&p.payload[..]);
+                .arg(&p.payload[..])
+                .arg(&p.position);
         }
         invocation
     }
@@ -432,6 +501,7 @@ mod tests {
         Notification {
             payload: bytes::Bytes::from_static(b"{}"),
             received_at: Instant::now(),
+            source: 0,
         }
     }
 
@@ -443,7 +513,7 @@ mod tests {
             published: Notify::new(),
         });
         for _ in 0..6 {
-            tx.try_send(notification()).expect("room");
+            tx.try_send((notification(), None)).expect("room");
         }
         assert_eq!(backlog.pending(), 6);
         let waiting = tokio::spawn({

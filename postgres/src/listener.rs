@@ -37,13 +37,17 @@ use tokio::sync::watch;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-/// A notification received on the listen channel.
+/// A notification received on the listen channel (or one of the others
+/// the connection LISTENs on).
 #[derive(Debug, Clone)]
 pub struct Notification {
     /// The NOTIFY payload, verbatim.
     pub payload: Bytes,
     /// When the listener received it: the start of the delivery latency.
     pub received_at: Instant,
+    /// Which channel: 0 for [`ListenerConfig::channel`], `i` for
+    /// `ListenerConfig::also[i - 1]`.
+    pub source: usize,
 }
 
 /// Where notifications go: the in-process fan-out in standalone mode, the
@@ -79,6 +83,10 @@ pub struct ListenerConfig {
     pub db: PgConfig,
     /// The database channel to `LISTEN` on.
     pub channel: String,
+    /// More channels LISTENed on the same connection (the coordinator's
+    /// stream markers): their notifications arrive in the same commit
+    /// order as the main channel's.
+    pub also: Vec<String>,
     /// Retries after the first failed connection attempt (`PGWS_RETRIES`).
     pub retries: u32,
     /// `PGWS_CHECK_LISTENER_INTERVAL`: `Some` enables self-healing and the
@@ -153,7 +161,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ListenerError> {
     let listener = Listener {
-        listen_sql: format!("LISTEN {}", pg::quote_ident(&config.channel)),
+        listen_sql: std::iter::once(&config.channel)
+            .chain(&config.also)
+            .map(|c| format!("LISTEN {}", pg::quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join("; "),
         config,
         sink,
         state,
@@ -334,10 +346,22 @@ impl Listener {
     ) -> Result<(), SessionEnd> {
         match message {
             Some(Ok(AsyncMessage::Notification(n))) => {
-                self.metrics.notifications.inc();
+                let source = if n.channel() == self.config.channel {
+                    0
+                } else {
+                    self.config
+                        .also
+                        .iter()
+                        .position(|c| c == n.channel())
+                        .map_or(0, |i| i + 1)
+                };
+                if source == 0 {
+                    self.metrics.notifications.inc();
+                }
                 self.sink.deliver(Notification {
                     payload: Bytes::copy_from_slice(n.payload().as_bytes()),
                     received_at: Instant::now(),
+                    source,
                 });
                 Ok(())
             }

@@ -2,10 +2,12 @@
 //! the two scripts that touch them — the leader's publish script and the
 //! gateways' read script — side by side, so they cannot drift apart.
 //!
-//! * State `{p:msg:<ch>}:s`: the string `b:t:s:r:o:l` — the epoch's base,
-//!   the continuity's term and session, the run's start, the newest offset
-//!   ([`ChannelState`]), and the history ttl in milliseconds that was in
-//!   force when it was written (readers ignore older entries). `PX` is the
+//! * State `{p:msg:<ch>}:s`: the string `b:t:s:r:o:l:f:pe:pn:pi` — the
+//!   epoch's base, the continuity's term and session, the run's start, the
+//!   newest offset ([`ChannelState`]), the history ttl in milliseconds that
+//!   was in force when it was written (readers ignore older entries), the
+//!   fencing epoch of the leader that wrote it last, and the NOTIFY-stream
+//!   position of the last notification published on it. `PX` is the
 //!   channel-state ttl.
 //! * History `{p:msg:<ch>}:h`: a stream capped at `PGWS_HISTORY_SIZE`
 //!   entries (`MAXLEN`), field `o` the offset, `d` the payload; its ids are
@@ -17,55 +19,81 @@
 //! published, and a reader that reads the state after a message's offset
 //! was assigned also finds it in history (or the history was trimmed, and
 //! it says so). It refuses (offset `-1`, nothing written or published) a
-//! message from an older continuity than the state's: a deposed leader
-//! cannot write into a sequence a newer one has moved on.
+//! message from a leader with a smaller fencing epoch than the state's
+//! last writer: a deposed leader cannot write into a sequence its successor
+//! has moved on. And it skips (offset `-2`) a message whose stream
+//! position is not after the channel's last published one, so a new leader
+//! replaying the notifications its predecessor may not have published
+//! never publishes one twice.
 
 use crate::position::{ChannelState, Continuity};
 
 /// The leader's publish script, for a batch of notifications.
 ///
 /// * `KEYS`: per notification, its channel's state key then history key.
-/// * `ARGV[1..6]`: continuity term, continuity session, history size,
-///   history ttl (ms), channel-state ttl (ms), publish command (`PUBLISH`,
-///   or `SPUBLISH` on a cluster).
+/// * `ARGV[1..7]`: the continuity's term and session (the epoch the
+///   messages get), the leader's fencing epoch, history size, history ttl
+///   (ms), channel-state ttl (ms), publish command (`PUBLISH`, or
+///   `SPUBLISH` on a cluster).
 /// * then per notification: the header before the position numbers, the
 ///   header after them, the pub/sub channel, the payload
-///   (`crate::republish::Header`).
+///   (`crate::republish::Header`), and its position in the NOTIFY stream
+///   (`"<marker epoch> <marker counter> <index>"`, or empty when unknown).
 ///
-/// Returns each notification's offset, or -1 where it was fenced.
+/// Returns each notification's offset; -1 where it was fenced (the
+/// channel was last written by a leader with a larger fencing epoch), -2
+/// where it was already published (its stream position is at or before
+/// the channel's last published one: a new leader resuming where its
+/// predecessor stopped).
+///
+/// The state string is `b:t:s:r:o:l:f:pe:pn:pi`: base, continuity term and
+/// session, run start, newest offset, history ttl, the fencing epoch of
+/// its last writer, and the stream position of its last published
+/// notification (zeros when unknown). A state written before the last four
+/// fields existed reads them as zero.
 pub const PUBLISH_SCRIPT: &str = r#"
-local term, session = tonumber(ARGV[1]), tonumber(ARGV[2])
-local size, ttl, state_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local publish = ARGV[6]
+local term, session, fence = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local size, ttl, state_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local publish = ARGV[7]
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 -- Each channel's state is read once per batch and written once at the end.
 local states, touched, offsets = {}, {}, {}
 for i = 1, #KEYS / 2 do
   local skey, hkey = KEYS[2 * i - 1], KEYS[2 * i]
-  local a = 6 + 4 * (i - 1)
+  local a = 7 + 5 * (i - 1)
   local st = states[skey]
   if not st then
     local raw = redis.call('GET', skey)
-    local b, t, s, r, o
+    local f = {}
     if raw then
-      b, t, s, r, o = string.match(raw, '^(%d+):(%d+):(%d+):(%d+):(%d+)')
+      for field in string.gmatch(raw, '[^:]+') do table.insert(f, tonumber(field)) end
     end
-    if b then
-      st = {b = tonumber(b), t = tonumber(t), s = tonumber(s), r = tonumber(r), o = tonumber(o), h = hkey}
+    if #f >= 5 then
+      st = {b = f[1], t = f[2], s = f[3], r = f[4], o = f[5], f = f[7] or 0,
+            pe = f[8] or 0, pn = f[9] or 0, pi = f[10] or 0, h = hkey}
     else
-      st = {b = now_ms, t = term, s = session, r = 0, o = 0, h = hkey}
+      st = {b = now_ms, t = term, s = session, r = 0, o = 0, f = 0, pe = 0, pn = 0, pi = 0, h = hkey}
       redis.call('DEL', hkey)
     end
     states[skey] = st
   end
-  if term < st.t or (term == st.t and session < st.s) then
+  local pe, pn, pi = string.match(ARGV[a + 5], '^(%d+) (%d+) (%d+)$')
+  pe, pn, pi = tonumber(pe), tonumber(pn), tonumber(pi)
+  local seen = pe and st.pe > 0 and (pe < st.pe or (pe == st.pe and (pn < st.pn or (pn == st.pn and pi <= st.pi))))
+  if fence < st.f then
     offsets[i] = -1
+  elseif seen then
+    offsets[i] = -2
   else
-    if term > st.t or session > st.s then
+    if term > st.t or (term == st.t and session > st.s) then
       st.t, st.s, st.r = term, session, st.o
     end
     st.o = st.o + 1
+    st.f = fence
+    if pe then
+      st.pe, st.pn, st.pi = pe, pn, pi
+    end
     if not st.dirty then
       st.dirty = true
       table.insert(touched, skey)
@@ -80,7 +108,8 @@ for i = 1, #KEYS / 2 do
 end
 for _, skey in ipairs(touched) do
   local st = states[skey]
-  redis.call('SET', skey, string.format('%d:%d:%d:%d:%d:%d', st.b, st.t, st.s, st.r, st.o, ttl), 'PX', state_ttl)
+  redis.call('SET', skey, string.format('%d:%d:%d:%d:%d:%d:%d:%d:%d:%d', st.b, st.t, st.s, st.r, st.o, ttl,
+    st.f, st.pe, st.pn, st.pi), 'PX', state_ttl)
   if size > 0 then
     redis.call('PEXPIRE', st.h, ttl)
   end
@@ -208,6 +237,11 @@ mod tests {
             }
         );
         assert_eq!(ttl, 300_000);
+        let (longer, _) = parse_state(
+            "1795838085123:1795838000000:2:40:42:300000:1795838000000:1795838000000:5:7",
+        )
+        .expect("the current form, with fence and stream position");
+        assert_eq!(longer, state);
         for bad in ["", "1:2:3:4:5", "1:2:3:4:x:6", "a:b:c:d:e:f"] {
             assert_eq!(parse_state(bad), None, "{bad:?}");
         }

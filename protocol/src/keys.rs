@@ -13,6 +13,7 @@
 //! | `{p}:epoch` | integer | fencing epoch: `max(previous + 1, Redis time in ms)` at every acquisition |
 //! | `{p}:writes` | stream | writers' envelopes waiting for NOTIFY (field `m`, channel `c`, optional traceparent `t`) |
 //! | `{p}:appended:<gateway>:<n>` | integer, PX 30 s | how many messages of a gateway's append batch `n` went in: written with the batch, read before a retry so that a retry never appends twice |
+//! | `{p}:progress` | string `"<marker epoch> <counter> <index>"` | the NOTIFY-stream position of the leader's last published notification (`PGWS_STANDBY_LISTEN`): where a successor resumes |
 //! | `{p}:continuity` | hash `t`, `s`, `ttl` | the current [continuity](crate::position::Continuity) (term, session) and the channel-state ttl (ms); written by the leader, only ever moved forward |
 //! | `p:msg:<channel>` | pub/sub channel | notifications for one websocket channel |
 //! | `{p:msg:<channel>}:s` | string, PX ttl | the channel's offsets and epoch ([`crate::history`]) |
@@ -72,6 +73,12 @@ impl KeySpace {
     /// Where the current continuity is kept.
     pub fn continuity(&self) -> String {
         format!("{{{}}}:continuity", self.prefix)
+    }
+
+    /// The NOTIFY-stream position of the leader's last published
+    /// notification (with standby listening).
+    pub fn progress(&self) -> String {
+        format!("{{{}}}:progress", self.prefix)
     }
 
     /// The key of websocket `channel`'s offsets and epoch.
@@ -173,6 +180,7 @@ mod tests {
             k.writes(),
             k.append_marker("g", 1),
             k.continuity(),
+            k.progress(),
         ] {
             assert!(key.starts_with("{pgws}:"), "{key}");
         }

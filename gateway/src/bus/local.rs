@@ -99,6 +99,7 @@ pub fn start(
         ListenerConfig {
             db: config.db,
             channel: config.listen_channel,
+            also: Vec::new(),
             retries: config.retries,
             check_interval: config.check_listener_interval,
         },
@@ -248,6 +249,7 @@ mod tests {
             router.deliver(Notification {
                 payload: bytes::Bytes::from(payload),
                 received_at: Instant::now(),
+                source: 0,
             });
         }
         let seen = recorder.0.lock().expect("lock").clone();
