@@ -45,6 +45,10 @@ Target: no loss; server CPU (gateway + PostgreSQL) ≤ 5 µs per delivery.
 ## Spread: many channels, few readers each
 
 {table("spread", [("readers", "readers"), ("channels", "channels"), ("NOTIFY/s", "notify_per_s"), ("delivered", "delivered"), ("lost", "lost"), ("p50 ms", "latency_p50_ms"), ("p99 ms", "latency_p99_ms"), ("p99.9 ms", "latency_p999_ms"), ("server µs/delivery", "server_cpu_us_per_delivery"), ("client µs/delivery", "client_cpu_us_per_delivery")])}
+The `standby-listening` row is a cluster with `PGWS_STANDBY_LISTEN=true`
+serving the same load, its "server" column the CPU of one **standby**
+coordinator alone (LISTENing and buffering, per delivery of the whole
+cluster: × 10,000 deliveries/s gives its CPU share).
 Targets: p50 ≤ 0.5 ms and p99 ≤ 2 ms standalone; cluster adds ≤ 1 ms at p50
 and costs ≤ 1.3× the standalone CPU per delivery.
 
@@ -75,10 +79,15 @@ including those written after the gateway had closed the socket with 1013
 {table("churn", [("concurrency", "concurrency"), ("accepted/s", "accepted_per_s"), ("refused/s (bad token)", "refused_per_s"), ("unexpected", "unexpected"), ("server µs per attempt", "server_cpu_us_per_attempt")])}
 ## Failover (cluster)
 
-{table("failover", [("signal", "signal"), ("readers", "readers"), ("NOTIFY/s", "notify_per_s"), ("sent", "sent"), ("lost at a reader", "lost_at_reader"), ("longest gap ms", "longest_gap_ms"), ("first delivery after signal ms", "first_delivery_after_kill_ms")])}
+{table("failover", [("signal", "signal"), ("readers", "readers"), ("NOTIFY/s", "notify_per_s"), ("sent", "sent"), ("lost at a reader", "lost_at_reader"), ("duplicates", "duplicates"), ("reordered", "reordered"), ("longest gap ms", "longest_gap_ms"), ("first delivery after signal ms", "first_delivery_after_kill_ms")])}
 Targets: deliveries resume ≤ lease TTL (2 s here) + 1 s after `kill -9`,
-≤ 1 s after SIGTERM. Notifications sent while no coordinator LISTENs are
-lost (NOTIFY has no replay): the "lost" column is that gap times the rate.
+≤ 1 s after SIGTERM. With one LISTEN connection (`cluster`), notifications
+sent while no coordinator LISTENs are lost (NOTIFY has no replay): the
+"lost" column is that gap times the rate. With standby listening
+(`cluster-standby`, `PGWS_STANDBY_LISTEN=true`) the new leader publishes
+what its predecessor did not: nothing is lost, duplicated or reordered;
+the longest gap is the time to take over, after which the missed
+notifications arrive at once, in order.
 """)
 notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
 if os.path.exists(notes):

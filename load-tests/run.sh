@@ -61,5 +61,34 @@ wait_ready 3623
 load failover --leader "$(leader_pid 3621 3622 3623)" --signal KILL --readers "$(n 200)" --rate 200 --seconds 10 \
   --label cluster --listen-channel "$CH" "${GATEWAYS[@]}"
 
+# --- cluster with standby listening (PGWS_STANDBY_LISTEN): the failovers again
+export PGWS_STANDBY_LISTEN=true
+CH="s-$RUN_TAG"
+start_cluster 3900 "$CH" "s-$RUN_TAG"
+standbys_ready() { # admin ports: every coordinator listens and heard two markers
+  for port in "$@"; do
+    for _ in $(seq 1 200); do
+      heard=$(curl -fsS "http://127.0.0.1:$port/metrics" | awk '/^pgws_stream_markers_heard_total /{print $2}')
+      [ "${heard%.*}" -ge 2 ] 2>/dev/null && break
+      sleep 0.05
+    done
+  done
+}
+standbys_ready 3921 3922
+S_GATEWAYS=(--url 127.0.0.1:3911 --url 127.0.0.1:3912)
+LEADER=$(leader_pid 3921 3922)
+STANDBY=$C1; [ "$LEADER" = "$C1" ] && STANDBY=$C2
+# What listening costs a standby: its CPU while 2,000 NOTIFY/s go by.
+load spread --readers "$(n 5000)" --channels "$(n 1000)" --rate 2000 --seconds 10 \
+  --label standby-listening --listen-channel "$CH" "${S_GATEWAYS[@]}" --pid "$STANDBY"
+load failover --leader "$LEADER" --signal KILL --readers "$(n 200)" --rate 200 --seconds 10 \
+  --label cluster-standby --listen-channel "$CH" "${S_GATEWAYS[@]}"
+start_coordinator "c3-s-$RUN_TAG" 3923 "$CH" "s-$RUN_TAG"
+wait_ready 3923
+standbys_ready 3923
+load failover --leader "$(leader_pid 3921 3922 3923)" --signal KILL --readers "$(n 200)" --rate 200 --seconds 10 \
+  --label cluster-standby --listen-channel "$CH" "${S_GATEWAYS[@]}"
+unset PGWS_STANDBY_LISTEN
+
 python3 load-tests/report.py "$RESULTS" "$SCALE" > docs/benchmarks.md
 echo "wrote docs/benchmarks.md" >&2

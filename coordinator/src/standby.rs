@@ -248,7 +248,7 @@ pub async fn emit_markers(
 }
 
 async fn connect(db: &PgConfig, term: &CancellationToken) -> Option<tokio_postgres::Client> {
-    let connecting = pg::connect(db, "pgws markers");
+    let connecting = pg::connect(db, pg::MARKER_APP_NAME);
     let (client, connection) = tokio::select! {
         _ = term.cancelled() => return None,
         c = connecting => match c {

@@ -643,6 +643,8 @@ pub async fn failover(
     let (_, _, _) = group.finish().await;
     let received: std::collections::BTreeSet<u64> = seen.iter().map(|(s, _)| *s).collect();
     let lost = sent - received.len() as u64;
+    let duplicates = seen.len() as u64 - received.len() as u64;
+    let reordered = seen.windows(2).filter(|w| w[1].0 < w[0].0).count() as u64;
     let gap = seen
         .windows(2)
         .map(|w| w[1].1.duration_since(w[0].1))
@@ -657,6 +659,8 @@ pub async fn failover(
     report.set("notify_per_s", rate);
     report.set("sent", sent);
     report.set("lost_at_reader", lost);
+    report.set("duplicates", duplicates);
+    report.set("reordered", reordered);
     report.set("longest_gap_ms", gap.as_millis() as u64);
     report.set(
         "first_delivery_after_kill_ms",

@@ -28,6 +28,8 @@ pub use options::{Env, OptionsError, PgConfig};
 pub const LISTENER_APP_NAME: &str = "pgws listener";
 /// The `application_name` of the NOTIFY connections.
 pub const NOTIFY_APP_NAME: &str = "pgws notify";
+/// `application_name` of the leader's stream-marker connection.
+pub const MARKER_APP_NAME: &str = "pgws markers";
 
 /// Quote an identifier for SQL (`LISTEN "postgres-websockets-listener"`).
 pub fn quote_ident(name: &str) -> String {
