@@ -3,10 +3,13 @@
 # temporary directory, its own port), a standalone gateway (release build,
 # self-healing listener, PGWS_CHECK_LISTENER_INTERVAL=1000) and a v1 reader;
 # a NOTIFY every 20 ms with a sequence number, `pg_ctl restart -m fast`
-# after 2 s. Prints how long the server refused connections, and which
-# committed notifications never reached the reader — the window in which
-# no backend LISTENed. Not in CI.
+# after RESTART_AFTER seconds (default 35: the listener's session is then
+# older than its 30 s "healthy" mark and reconnects at once, as a
+# long-running one would). Prints how long the server refused
+# connections, and which committed notifications never reached the reader
+# — the window in which no backend LISTENed. Not in CI.
 #   load-tests/pg-restart.sh
+#   RESTART_AFTER=2 load-tests/pg-restart.sh   # a young session: backoff first
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source load-tests/lib.sh
@@ -43,15 +46,16 @@ READER=$!
 pids+=($READER)
 for _ in $(seq 1 100); do [ -f "$OUT/reader-ready" ] && break; sleep 0.05; done
 rm -f "$OUT/reader-ready" "$OUT/sent.txt"
-python3 - "$URI" "$CH" "$OUT/sent.txt" "$PGBIN" "$DIR" <<'PY' &
+python3 - "$URI" "$CH" "$OUT/sent.txt" "$PGBIN" "$DIR" "${RESTART_AFTER:-35}" <<'PY' &
 import subprocess, sys, time
-uri, ch, out, pgbin, d = sys.argv[1:]
+uri, ch, out, pgbin, d, after = sys.argv[1:]
+after = float(after)
 start = time.time()
 n = 0
 restarted = False
 with open(out, "w") as f:
-    while time.time() - start < 10:
-        if not restarted and time.time() - start > 2:
+    while time.time() - start < after + 8:
+        if not restarted and time.time() - start > after:
             restarted = True
             subprocess.Popen(["runuser", "-u", "postgres", "--", f"{pgbin}/pg_ctl", "-D", f"{d}/data", "-m", "fast",
                               "-o", f"-p {uri.rsplit(':', 1)[1].split('/')[0]} -k {d} -c listen_addresses=127.0.0.1",
