@@ -30,6 +30,16 @@ async fn standby_ready(c: &Cluster, i: usize) {
         .await;
 }
 
+/// Two coordinators with standby listening, both ready, and `gateways`
+/// gateways; a fresh channel name.
+async fn standby_cluster(buffer: usize, gateways: usize) -> (Cluster, String) {
+    let c = Cluster::start_full(&redis_url(), false, standby_env(buffer), 2, gateways).await;
+    for i in 0..2 {
+        standby_ready(&c, i).await;
+    }
+    (c, unique("chat"))
+}
+
 /// Readers of `channel`: one v1 and one v2 socket on every gateway.
 struct Readers {
     v1: Vec<Ws>,
@@ -121,11 +131,7 @@ async fn until_sent(sent: &mut tokio::sync::watch::Receiver<u64>, n: u64) {
 
 #[tokio::test]
 async fn kill_9_of_the_leader_loses_nothing_five_times_in_a_row() {
-    let mut c = Cluster::start_full(&redis_url(), false, standby_env(100_000), 2, 2).await;
-    for i in 0..2 {
-        standby_ready(&c, i).await;
-    }
-    let chat = unique("chat");
+    let (mut c, chat) = standby_cluster(100_000, 2).await;
     let readers = Readers::open(&c, &chat).await;
     const TOTAL: u64 = 4_000;
     let (pumping, mut sent) = pump(&c, &chat, TOTAL);
@@ -173,11 +179,7 @@ async fn kill_9_of_the_leader_loses_nothing_five_times_in_a_row() {
 
 #[tokio::test]
 async fn a_leader_paused_past_its_lease_stays_fenced_and_nothing_is_lost_or_doubled() {
-    let c = Cluster::start_full(&redis_url(), false, standby_env(100_000), 2, 2).await;
-    for i in 0..2 {
-        standby_ready(&c, i).await;
-    }
-    let chat = unique("chat");
+    let (c, chat) = standby_cluster(100_000, 2).await;
     let readers = Readers::open(&c, &chat).await;
     const TOTAL: u64 = 1_500;
     let (pumping, mut sent) = pump(&c, &chat, TOTAL);
@@ -210,11 +212,7 @@ async fn a_leader_paused_past_its_lease_stays_fenced_and_nothing_is_lost_or_doub
 
 #[tokio::test]
 async fn a_standby_buffer_that_cannot_reach_back_is_a_reported_gap_and_a_new_epoch() {
-    let mut c = Cluster::start_full(&redis_url(), false, standby_env(1), 2, 1).await;
-    for i in 0..2 {
-        standby_ready(&c, i).await;
-    }
-    let chat = unique("chat");
+    let (mut c, chat) = standby_cluster(1, 1).await;
     let mut reader = V2::connect(&c.url(0, &token(json!({"mode": "r"})))).await;
     reader.subscribe(&chat, None).await;
     let (pumping, mut sent) = pump(&c, &chat, 1_000);
