@@ -42,6 +42,9 @@ run_scenarios() { # label, listen channel, server pids (csv), urls...
   load churn --concurrency 32 --seconds 5 "${common[@]}"
 }
 
+# --- the floor: spread's publisher and rate, a bare LISTEN, no gateway -------
+load floor --channels "$(n 1000)" --rate 2000 --seconds 10 --label floor --listen-channel "floor-$RUN_TAG"
+
 # --- standalone -------------------------------------------------------------
 CH="$RUN_TAG"
 start_standalone 3600 3601 "$CH"

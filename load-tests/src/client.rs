@@ -37,12 +37,53 @@ pub async fn connect(addr: SocketAddr, path: &str) -> anyhow::Result<Ws> {
     connect_with(addr, path, false).await
 }
 
+/// The TLS client every connection uses, once `--tls-ca` set it.
+static TLS: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+
+/// Connect with TLS from now on, trusting the CA certificates in `ca`.
+pub fn use_tls(ca: &std::path::Path) -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let _ = TLS.set(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )));
+    Ok(())
+}
+
 /// Open a websocket, offering protocol v2 when `v2`.
 pub async fn connect_with(addr: SocketAddr, path: &str, v2: bool) -> anyhow::Result<Ws> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connect {addr}"))?;
     stream.set_nodelay(true)?;
+    match TLS.get() {
+        None => handshake(addr, path, v2, stream).await,
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost")?;
+            let stream = tls
+                .connect(name, stream)
+                .await
+                .with_context(|| format!("TLS handshake with {addr}"))?;
+            handshake(addr, path, v2, stream).await
+        }
+    }
+}
+
+async fn handshake<S>(addr: SocketAddr, path: &str, v2: bool, stream: S) -> anyhow::Result<Ws>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let request = Request::builder()
         .method("GET")
         .uri(format!("http://{addr}{path}"))
@@ -129,7 +170,7 @@ fn payload_of(text: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
 }
 
 /// The `"payload":"<seq> <ns>"` of a load-test message.
-fn seq_and_sent(text: &[u8]) -> Option<(u64, u64)> {
+pub(crate) fn seq_and_sent(text: &[u8]) -> Option<(u64, u64)> {
     let text = std::str::from_utf8(text).ok()?;
     let start = text.rfind("\"payload\":\"")? + 11;
     let end = start + text[start..].find('"')?;

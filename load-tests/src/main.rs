@@ -10,7 +10,10 @@
 //! from its processes). `--protocol v2` makes reader sockets speak protocol
 //! v2; `recover` is v2's own scenario.
 
+mod broadcast;
+mod ceiling;
 mod client;
+mod floor;
 mod options;
 mod proc;
 mod recover;
@@ -60,6 +63,43 @@ enum Scenario {
         rate: u64,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    /// The latency floor: `spread`'s publisher and rate, received by a bare
+    /// LISTEN connection (no gateway).
+    Floor {
+        #[arg(long, default_value_t = 1_000)]
+        channels: usize,
+        #[arg(long, default_value_t = 2_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// PostgreSQL's NOTIFY throughput alone: P connections notifying as
+    /// fast as they can (one notification, or `batch`, per transaction).
+    NotifyCeiling {
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// One channel read by many sockets across several generator
+    /// processes (see `load-tests/sockets-100k.sh`): `--sockets N` reads,
+    /// `--sockets 0` publishes once every `--wait-for` file exists.
+    Broadcast {
+        #[arg(long, default_value_t = 0)]
+        sockets: usize,
+        #[arg(long)]
+        channel: String,
+        #[arg(long, default_value_t = 10)]
+        messages: u64,
+        #[arg(long, default_value_t = 1_000)]
+        interval_ms: u64,
+        #[arg(long)]
+        ready_file: Option<std::path::PathBuf>,
+        #[arg(long)]
+        wait_for: Vec<std::path::PathBuf>,
     },
     /// Many writer sockets sending as fast as they can: NOTIFYs/s reaching a LISTEN.
     Writers {
@@ -133,6 +173,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let nofile = proc::raise_nofile();
     let c = cli.common;
+    if let Some(ca) = &c.tls_ca {
+        client::use_tls(ca)?;
+    }
     let report = match cli.scenario {
         Scenario::Idle { sockets, channels } => {
             scenarios::idle(&c, sockets, channels, nofile).await?
@@ -149,6 +192,34 @@ async fn main() -> anyhow::Result<()> {
             rate,
             seconds,
         } => scenarios::spread(&c, readers, channels, rate, seconds).await?,
+        Scenario::Floor {
+            channels,
+            rate,
+            seconds,
+        } => floor::floor(&c, channels, rate, seconds).await?,
+        Scenario::Broadcast {
+            sockets,
+            channel,
+            messages,
+            interval_ms,
+            ready_file,
+            wait_for,
+        } => {
+            let plan = broadcast::Plan {
+                sockets,
+                channel,
+                messages,
+                interval_ms,
+                ready_file,
+                wait_for,
+            };
+            broadcast::broadcast(&c, plan).await?
+        }
+        Scenario::NotifyCeiling {
+            publishers,
+            batch,
+            seconds,
+        } => ceiling::ceiling(&c, publishers, batch, seconds).await?,
         Scenario::Writers {
             writers,
             rate,

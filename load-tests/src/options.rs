@@ -34,6 +34,10 @@ pub struct Common {
     /// Print one JSON line per run.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Connect with TLS (`wss://`), trusting the CA certificates in this
+    /// PEM file; the server name is `localhost`.
+    #[arg(long, global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Reader sockets speak protocol `v1` (channel in the URL) or `v2`
     /// (subscribe command, message frames with offsets).
     #[arg(long, global = true, default_value = "v1", value_parser = ["v1", "v2"])]
