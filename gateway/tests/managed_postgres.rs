@@ -43,12 +43,16 @@ async fn assert_round_trip(gw: &Server) {
     assert_eq!(v["event"], "WebsocketMessage");
 }
 
-/// A notification sent on `server` reaches a reader on `gw`.
+/// A notification sent on `server` reaches a reader on `gw`. Each call has
+/// its own channel: gateways sharing a listen channel all receive every
+/// notification, and one that arrives late at another gateway must not
+/// reach the next call's reader.
 async fn assert_delivers(gw: &Server, server: &PgServer) {
     let t = token(json!({"mode": "r"}));
-    let mut ws = connect(&gw.url(&format!("news/{t}"))).await;
+    let channel = unique("news");
+    let mut ws = connect(&gw.url(&format!("{channel}/{t}"))).await;
     let db = server.client().await;
-    let payload = json!({"channel": "news", "payload": unique("n")}).to_string();
+    let payload = json!({"channel": channel, "payload": unique("n")}).to_string();
     notify(&db, &gw.listen_channel, &payload).await;
     assert_eq!(next_text(&mut ws).await, payload);
 }

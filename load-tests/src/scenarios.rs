@@ -126,6 +126,7 @@ pub(crate) struct CpuMark {
     client: Duration,
     pg_pids: Vec<String>,
     server_pids: Vec<String>,
+    per_server: Vec<Duration>,
 }
 
 impl CpuMark {
@@ -137,9 +138,25 @@ impl CpuMark {
             server: proc::total_cpu(&server_pids),
             postgres: proc::total_cpu(&pg_pids),
             client: proc::cpu_time("self").unwrap_or_default(),
+            per_server: server_pids
+                .iter()
+                .map(|p| proc::cpu_time(p).unwrap_or_default())
+                .collect(),
             pg_pids,
             server_pids,
         }
+    }
+
+    /// CPU seconds each `--pid` used since the mark, by pid.
+    pub(crate) fn per_server_since(&self) -> Map<String, Value> {
+        self.server_pids
+            .iter()
+            .zip(&self.per_server)
+            .map(|(pid, then)| {
+                let now = proc::cpu_time(pid).unwrap_or_default();
+                (pid.clone(), json!(now.saturating_sub(*then).as_secs_f64()))
+            })
+            .collect()
     }
 
     /// CPU seconds used since the mark: (server, postgres, client).
@@ -320,6 +337,7 @@ async fn notify_scenario(
     let published_in = mark.at.elapsed().as_secs_f64();
     group.drain(expected).await;
     let (server_cpu, pg_cpu, client_cpu) = mark.since();
+    let by_pid = mark.per_server_since();
     let elapsed = mark.at.elapsed().as_secs_f64();
     let (received, reordered, latency) = group.finish().await;
     report.set("readers", readers as u64);
@@ -346,6 +364,11 @@ async fn notify_scenario(
         per(server_cpu + pg_cpu),
     );
     report.set("client_cpu_us_per_delivery", per(client_cpu));
+    let by_pid: Map<String, Value> = by_pid
+        .into_iter()
+        .map(|(pid, cpu)| (pid, json!(per(cpu.as_f64().unwrap_or(0.0)))))
+        .collect();
+    report.set("server_cpu_us_per_delivery_by_pid", Value::Object(by_pid));
     Ok(report)
 }
 
