@@ -27,7 +27,7 @@ echo "== cargo test" >&2
 # The cluster tests start pgws-coordinator and pgws-gateway: build every
 # binary first (the same dev profile the tests use, so nothing builds twice).
 cargo build --locked --workspace --bins
-cargo test --locked --workspace -- --test-threads "${PGWS_TEST_THREADS:-4}"
+cargo test --locked --workspace --no-fail-fast -- --test-threads "${PGWS_TEST_THREADS:-4}"
 echo "== JavaScript client" >&2
 # Node 20 has the WebSocket global behind a flag; 22 and later have it.
 node_ws=()
