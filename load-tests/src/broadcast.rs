@@ -4,7 +4,8 @@
 //!
 //! A reader process (`--sockets N`) opens its sockets, creates
 //! `--ready-file` (its connect time in it), reads until every socket has
-//! `--messages` messages or nothing arrives for 5 s, and reports what
+//! `--messages` messages or nothing arrives for 5 s, creates the ready
+//! file's name with `.done`, closes its sockets and reports what
 //! arrived, what was lost, and its latency histogram as buckets the script
 //! merges across processes. The publisher (`--sockets 0`) waits until every
 //! `--wait-for` file exists, then notifies `--messages` times, one every
@@ -84,6 +85,11 @@ async fn readers(c: &Common, plan: &Plan) -> anyhow::Result<Report> {
     }
     let expected = opened * plan.messages;
     wait_for_messages(&total, expected).await;
+    if let Some(ready) = &plan.ready_file {
+        // "Done" (sockets still open): the script takes the servers' CPU
+        // here, before the sockets close.
+        std::fs::write(ready.with_extension("done"), "")?;
+    }
     let _ = stop.send(true);
     let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     let (mut received, mut reordered, mut closed) = (0u64, 0u64, 0u64);
@@ -115,11 +121,11 @@ async fn wait_for_messages(total: &AtomicU64, expected: u64) {
     let (mut last, mut last_change) = (0, Instant::now());
     while Instant::now() < deadline {
         let now = total.load(Ordering::Relaxed);
-        if now >= expected || (now > 0 && last_change.elapsed() > Duration::from_secs(5)) {
-            return;
-        }
         if now != last {
             (last, last_change) = (now, Instant::now());
+        }
+        if now >= expected || (now > 0 && last_change.elapsed() > Duration::from_secs(5)) {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -173,6 +173,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let nofile = proc::raise_nofile();
     let c = cli.common;
+    if let Some(source) = c.bind {
+        client::bind_to(source);
+    }
     if let Some(ca) = &c.tls_ca {
         client::use_tls(ca)?;
     }

@@ -38,6 +38,11 @@ pub struct Common {
     /// PEM file; the server name is `localhost`.
     #[arg(long, global = true)]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// Source address of every socket (e.g. `127.0.0.2`): generator
+    /// processes with different source addresses do not share one address's
+    /// ephemeral ports.
+    #[arg(long, global = true)]
+    pub bind: Option<std::net::IpAddr>,
     /// Reader sockets speak protocol `v1` (channel in the URL) or `v2`
     /// (subscribe command, message frames with offsets).
     #[arg(long, global = true, default_value = "v1", value_parser = ["v1", "v2"])]
