@@ -33,6 +33,18 @@ pub struct Cli {
     common: Common,
 }
 
+/// `spread`'s notifications (also `floor`'s, which receives the same
+/// without a gateway): `rate` a second over `channels`, for `seconds`.
+#[derive(clap::Args)]
+struct SpreadLoad {
+    #[arg(long, default_value_t = 1_000)]
+    channels: usize,
+    #[arg(long, default_value_t = 2_000)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
 #[derive(Subcommand)]
 enum Scenario {
     /// N sockets over K channels, no traffic: server memory per socket, connect rate.
@@ -57,22 +69,14 @@ enum Scenario {
     Spread {
         #[arg(long, default_value_t = 5_000)]
         readers: usize,
-        #[arg(long, default_value_t = 1_000)]
-        channels: usize,
-        #[arg(long, default_value_t = 2_000)]
-        rate: u64,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
+        #[command(flatten)]
+        load: SpreadLoad,
     },
     /// The latency floor: `spread`'s publisher and rate, received by a bare
     /// LISTEN connection (no gateway).
     Floor {
-        #[arg(long, default_value_t = 1_000)]
-        channels: usize,
-        #[arg(long, default_value_t = 2_000)]
-        rate: u64,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
+        #[command(flatten)]
+        load: SpreadLoad,
     },
     /// PostgreSQL's NOTIFY throughput alone: P connections notifying as
     /// fast as they can (one notification, or `batch`, per transaction).
@@ -189,17 +193,12 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             size,
         } => scenarios::fanout(&c, readers, rate, seconds, size).await?,
-        Scenario::Spread {
-            readers,
-            channels,
-            rate,
-            seconds,
-        } => scenarios::spread(&c, readers, channels, rate, seconds).await?,
-        Scenario::Floor {
-            channels,
-            rate,
-            seconds,
-        } => floor::floor(&c, channels, rate, seconds).await?,
+        Scenario::Spread { readers, load } => {
+            scenarios::spread(&c, readers, load.channels, load.rate, load.seconds).await?
+        }
+        Scenario::Floor { load } => {
+            floor::floor(&c, load.channels, load.rate, load.seconds).await?
+        }
         Scenario::Broadcast {
             sockets,
             channel,
