@@ -272,19 +272,10 @@ fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf
     (cert, key)
 }
 
-#[tokio::test]
-async fn tls_serves_https_and_wss() {
-    let dir = std::env::temp_dir().join(unique("pgws-tls"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let (cert, key) = certificate(&dir);
-    let gw = Server::gateway()
-        .env("PGWS_CERTIFICATE_FILE", cert.display().to_string())
-        .env("PGWS_KEY_FILE", key.display().to_string())
-        .start()
-        .await;
-
+/// A TLS client trusting `cert` only.
+fn tls_connector(cert: &std::path::Path) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(&cert).expect("pem") {
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(cert).expect("pem") {
         roots.add(c.expect("cert")).expect("root");
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -294,7 +285,27 @@ async fn tls_serves_https_and_wss() {
     .expect("versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A gateway serving TLS with a fresh self-signed certificate; the
+/// certificate's path (and the directory to remove).
+async fn tls_gateway() -> (Server, std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(unique("pgws-tls"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert, key) = certificate(&dir);
+    let gw = Server::gateway()
+        .env("PGWS_CERTIFICATE_FILE", cert.display().to_string())
+        .env("PGWS_KEY_FILE", key.display().to_string())
+        .start()
+        .await;
+    (gw, cert, dir)
+}
+
+#[tokio::test]
+async fn tls_serves_https_and_wss() {
+    let (gw, cert, dir) = tls_gateway().await;
+    let connector = tls_connector(&cert);
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
 
     // https
@@ -336,5 +347,87 @@ async fn tls_serves_https_and_wss() {
             .as_str(),
         payload
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The TLS stream holds no buffer at rest, so every record crosses an
+/// allocation boundary: bursts far larger than a record (the gateway
+/// writes up to 64 queued messages at once) and many client records in
+/// one read must arrive whole and in order, and a close must be clean.
+#[tokio::test]
+async fn wss_carries_bursts_both_ways_in_order_and_closes_cleanly() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (gw, cert, dir) = tls_gateway().await;
+    let connector = tls_connector(&cert);
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let chat = unique("chat");
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("tcp");
+    let tls = connector.connect(name, tcp).await.expect("tls handshake");
+    let url = format!(
+        "wss://127.0.0.1:{}/{chat}/{}",
+        gw.addr.port(),
+        token(json!({"mode":"rw"}))
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("wss");
+    // Client → server: 40 messages of 6,000 bytes sent back to back (many
+    // TLS records per read), each looped back through NOTIFY.
+    const N: usize = 40;
+    for i in 0..N {
+        let text = format!("{i:04}{}", "x".repeat(6_000));
+        ws.send(Message::text(text)).await.expect("send");
+    }
+    // Server → client: 200 notifications of ~6,000 bytes at once (bursts
+    // of queued messages far above one 16 KiB record).
+    let db = db().await;
+    const M: usize = 200;
+    for i in 0..M {
+        let payload = json!({"channel": chat, "payload": format!("n{i:04}{}", "y".repeat(6_000))});
+        notify(&db, &gw.listen_channel, &payload.to_string()).await;
+    }
+    let (mut mine, mut notified) = (Vec::new(), Vec::new());
+    while mine.len() < N || notified.len() < M {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("frame");
+        let Message::Text(text) = frame else { continue };
+        let v: serde_json::Value = serde_json::from_str(text.as_str()).expect("json");
+        let payload = v["payload"].as_str().expect("payload").to_string();
+        if let Some(rest) = payload.strip_prefix('n') {
+            assert_eq!(rest.len(), 4 + 6_000, "a notification arrived whole");
+            notified.push(rest[..4].parse::<usize>().expect("seq"));
+        } else {
+            assert_eq!(payload.len(), 4 + 6_000, "a message arrived whole");
+            mine.push(payload[..4].parse::<usize>().expect("seq"));
+        }
+    }
+    assert_eq!(mine, (0..N).collect::<Vec<_>>(), "client messages in order");
+    assert_eq!(
+        notified,
+        (0..M).collect::<Vec<_>>(),
+        "notifications in order"
+    );
+    // A clean close: the gateway answers the close frame, then ends TLS.
+    ws.close(None).await.expect("close");
+    let end = tokio::time::timeout(WAIT, async {
+        while let Some(frame) = ws.next().await {
+            if let Err(e) = frame {
+                return Err(e.to_string());
+            }
+        }
+        Ok(())
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(end, Ok(()), "the connection ended without an error");
+    gw.wait_metric(
+        "pgws_connections_closed_total{reason=\"client_closed\"}",
+        1.0,
+    )
+    .await;
     let _ = std::fs::remove_dir_all(dir);
 }

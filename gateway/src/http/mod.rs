@@ -17,6 +17,7 @@ pub mod static_files;
 
 use crate::auth::{self, Refusal};
 use crate::session::{self, SessionContext, Slot};
+use crate::tls::TlsAcceptor;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http_body_util::combinators::BoxBody;
@@ -32,7 +33,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

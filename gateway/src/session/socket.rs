@@ -41,7 +41,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// Most queued messages encoded into one write.
@@ -190,7 +190,12 @@ where
     let end = match served {
         Ok(SessionEnd::Closed(reason)) => {
             socket.close(reason).await;
+            socket.end_stream().await;
             SessionEnd::Closed(reason)
+        }
+        Ok(SessionEnd::ClientClosed) => {
+            socket.end_stream().await;
+            SessionEnd::ClientClosed
         }
         Ok(end) => end,
         Err(WriteFailure::Socket) => SessionEnd::ConnectionLost,
@@ -203,6 +208,7 @@ where
                 .unwrap_or(CloseReason::SlowConsumer),
         ),
     };
+
     Finished {
         end,
         proto: socket.sc.proto,
@@ -588,6 +594,14 @@ where
     }
 
     /// Send our close frame, then give the client a moment to answer it.
+    /// After a close handshake, end the stream rather than just drop the
+    /// socket: over TLS this sends close_notify, so the client sees a clean
+    /// end, not a truncation. Bounded: a client that stopped reading does
+    /// not hold the task.
+    async fn end_stream(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.io.shutdown()).await;
+    }
+
     async fn close(&mut self, reason: CloseReason) {
         let detail = self.close_detail.take();
         let text: &[u8] = match &detail {

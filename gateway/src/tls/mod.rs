@@ -1,10 +1,25 @@
-//! TLS for the public listener (rustls with the ring provider).
+//! TLS for the public listener (rustls with the ring provider): the
+//! certificate and key, and the stream ([`stream`]) each connection is
+//! served over.
+
+pub mod stream;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
-use tokio_rustls::TlsAcceptor;
+use tokio::net::TcpStream;
+
+/// Accepts TLS connections with one certificate and key.
+#[derive(Clone)]
+pub struct TlsAcceptor(Arc<rustls::ServerConfig>);
+
+impl TlsAcceptor {
+    /// Run the handshake on `tcp`.
+    pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<stream::TlsStream> {
+        stream::accept(self.0.clone(), tcp).await
+    }
+}
 
 /// Why TLS could not be set up; names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -40,5 +55,5 @@ pub fn acceptor(certificate: &Path, key: &Path) -> Result<TlsAcceptor, TlsError>
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(TlsAcceptor(Arc::new(config)))
 }

@@ -1,0 +1,344 @@
+//! A server-side TLS stream on rustls' *unbuffered* API, where this type,
+//! not rustls, owns the buffers: a connection at rest holds none.
+//!
+//! rustls' buffered API (what `tokio-rustls` wraps) keeps room for a 4 KiB
+//! read in every connection for its whole life — with idle websockets that
+//! was most of what native TLS cost per socket (docs/benchmarks.md,
+//! "Native TLS"). Here the receive buffer is allocated when the socket is
+//! readable and freed once its bytes are processed, decrypted plaintext is
+//! held only until it is read, and encrypted output only until it is sent.
+//!
+//! One function, [`TlsStream::advance`], drives rustls' state machine one
+//! state at a time; reading, writing, the handshake and shutdown are loops
+//! around it.
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::ServerConfig;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 4096;
+/// The most TLS bytes held unprocessed: a full handshake message (rustls
+/// accepts up to 64 KiB) plus a record's framing.
+const MAX_INCOMING: usize = 0xffff + 1024;
+/// The most plaintext encrypted per `poll_write` (a few full records).
+const MAX_WRITE: usize = 64 * 1024;
+
+/// Where one turn of the state machine left the connection.
+enum Step {
+    /// Something was done (plaintext decrypted, a handshake record queued):
+    /// turn again.
+    Again,
+    /// Nothing to do until more bytes arrive from the peer.
+    NeedInput,
+    /// Application data may be written; nothing else is pending.
+    Open,
+    /// This many bytes of the caller's data were encrypted and queued.
+    Wrote(usize),
+    /// The peer closed its side (close_notify) or both sides are closed.
+    Closed,
+}
+
+/// A TLS connection over a `TcpStream`, after its handshake.
+pub struct TlsStream {
+    tcp: TcpStream,
+    conn: UnbufferedServerConnection,
+    /// TLS bytes received and not yet processed.
+    incoming: Vec<u8>,
+    /// Decrypted and not yet read, from `plaintext_at` on.
+    plaintext: Vec<u8>,
+    plaintext_at: usize,
+    /// TLS bytes to send, from `sent` on.
+    outgoing: Vec<u8>,
+    sent: usize,
+    /// The peer ended its side: reads return end of file.
+    read_closed: bool,
+    /// close_notify is queued.
+    close_queued: bool,
+}
+
+/// Accept TLS on `tcp`: the whole handshake.
+pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
+    let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
+    let mut stream = TlsStream {
+        tcp,
+        conn,
+        incoming: Vec::new(),
+        plaintext: Vec::new(),
+        plaintext_at: 0,
+        outgoing: Vec::new(),
+        sent: 0,
+        read_closed: false,
+        close_queued: false,
+    };
+    poll_fn(|cx| stream.poll_handshake(cx)).await?;
+    Ok(stream)
+}
+
+fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsStream {
+    /// One turn of rustls' state machine; with `write`, encrypt (a prefix
+    /// of) it if application data may be sent.
+    fn advance(&mut self, write: Option<&[u8]>) -> io::Result<Step> {
+        let UnbufferedStatus { mut discard, state } =
+            self.conn.process_tls_records(&mut self.incoming);
+        let step = match state.map_err(invalid)? {
+            ConnectionState::ReadTraffic(mut traffic) => {
+                while let Some(record) = traffic.next_record() {
+                    let record = record.map_err(invalid)?;
+                    discard += record.discard;
+                    self.plaintext.extend_from_slice(record.payload);
+                }
+                Step::Again
+            }
+            ConnectionState::EncodeTlsData(mut encode) => {
+                let start = self.outgoing.len();
+                let written = match encode.encode(&mut []) {
+                    Err(EncodeError::InsufficientSize(e)) => {
+                        self.outgoing.resize(start + e.required_size, 0);
+                        encode
+                            .encode(&mut self.outgoing[start..])
+                            .map_err(invalid)?
+                    }
+                    Err(e) => return Err(invalid(e)),
+                    Ok(n) => n,
+                };
+                self.outgoing.truncate(start + written);
+                Step::Again
+            }
+            // The encoded records wait in `outgoing`, sent in order before
+            // anything encrypted later.
+            ConnectionState::TransmitTlsData(transmit) => {
+                transmit.done();
+                Step::Again
+            }
+            ConnectionState::BlockedHandshake => Step::NeedInput,
+            ConnectionState::WriteTraffic(mut traffic) => match write {
+                None => Step::Open,
+                Some(data) => {
+                    let data = &data[..data.len().min(MAX_WRITE)];
+                    let start = self.outgoing.len();
+                    let written = match traffic.encrypt(data, &mut []) {
+                        Err(EncryptError::InsufficientSize(e)) => {
+                            self.outgoing.resize(start + e.required_size, 0);
+                            traffic
+                                .encrypt(data, &mut self.outgoing[start..])
+                                .map_err(invalid)?
+                        }
+                        Err(e) => return Err(invalid(e)),
+                        Ok(n) => n,
+                    };
+                    self.outgoing.truncate(start + written);
+                    Step::Wrote(data.len())
+                }
+            },
+            ConnectionState::PeerClosed | ConnectionState::Closed => Step::Closed,
+            ConnectionState::ReadEarlyData(_) => {
+                return Err(invalid(rustls::Error::General(
+                    "early data is not accepted".into(),
+                )))
+            }
+            _ => return Err(invalid(rustls::Error::General("unknown TLS state".into()))),
+        };
+        self.incoming.drain(..discard.min(self.incoming.len()));
+        if self.incoming.is_empty() {
+            self.incoming = Vec::new();
+        }
+        Ok(step)
+    }
+
+    /// Read what the socket has into `incoming`; `false` at end of file.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if self.incoming.len() >= MAX_INCOMING {
+            return Poll::Ready(Err(invalid(rustls::Error::General(
+                "TLS message too large".into(),
+            ))));
+        }
+        loop {
+            // Wait without a buffer: allocate only once there are bytes.
+            ready!(self.tcp.poll_read_ready(cx))?;
+            self.incoming.reserve(READ_CHUNK);
+            match self.tcp.try_read_buf(&mut self.incoming) {
+                Ok(0) => return Poll::Ready(Ok(false)),
+                Ok(_) => return Poll::Ready(Ok(true)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.incoming.is_empty() {
+                        self.incoming = Vec::new();
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Send everything in `outgoing`; then free it.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.outgoing.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.outgoing = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self.advance(None)? {
+                Step::Again | Step::Wrote(_) => {}
+                Step::Open => return self.poll_send(cx),
+                Step::NeedInput => {
+                    ready!(self.poll_send(cx))?;
+                    if !ready!(self.poll_fill(cx))? {
+                        return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
+                Step::Closed => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+            }
+        }
+    }
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.plaintext_at < this.plaintext.len() {
+                let available = &this.plaintext[this.plaintext_at..];
+                let n = available.len().min(buf.remaining());
+                buf.put_slice(&available[..n]);
+                this.plaintext_at += n;
+                if this.plaintext_at == this.plaintext.len() {
+                    this.plaintext = Vec::new();
+                    this.plaintext_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_closed {
+                return Poll::Ready(Ok(()));
+            }
+            match this.advance(None)? {
+                Step::Again | Step::Wrote(_) => {}
+                Step::Closed => this.read_closed = true,
+                Step::Open | Step::NeedInput => {
+                    // Post-handshake records rustls queued (a key update's
+                    // answer) go out with the next write or flush; try now.
+                    if this.sent < this.outgoing.len() {
+                        let _ = this.poll_send(cx)?;
+                    }
+                    if !ready!(this.poll_fill(cx))? {
+                        this.read_closed = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // What was queued before goes first, and bounds what is queued.
+        ready!(this.poll_send(cx))?;
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            match this.advance(Some(data))? {
+                Step::Wrote(n) => {
+                    // Queued: send what the socket takes now; the rest goes
+                    // with the next write or flush.
+                    if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Step::Again | Step::Open => {}
+                Step::NeedInput | Step::Closed => {
+                    return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_queued {
+            this.close_queued = true;
+            if let Err(e) = this.queue_close_notify() {
+                tracing::debug!(error = %e, "close_notify not sent");
+            }
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+impl TlsStream {
+    /// Encrypt a close_notify alert into `outgoing`.
+    fn queue_close_notify(&mut self) -> io::Result<()> {
+        for _ in 0..8 {
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut self.incoming);
+            let done = match state.map_err(invalid)? {
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    let start = self.outgoing.len();
+                    let written = match traffic.queue_close_notify(&mut []) {
+                        Err(EncryptError::InsufficientSize(e)) => {
+                            self.outgoing.resize(start + e.required_size, 0);
+                            traffic
+                                .queue_close_notify(&mut self.outgoing[start..])
+                                .map_err(invalid)?
+                        }
+                        Err(e) => return Err(invalid(e)),
+                        Ok(n) => n,
+                    };
+                    self.outgoing.truncate(start + written);
+                    true
+                }
+                // Unread data or records pending: drop them, we are closing.
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while traffic.next_record().is_some() {}
+                    false
+                }
+                ConnectionState::TransmitTlsData(transmit) => {
+                    transmit.done();
+                    false
+                }
+                _ => true,
+            };
+            self.incoming.drain(..discard.min(self.incoming.len()));
+            if done {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
