@@ -78,7 +78,10 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
         read_closed: false,
         close_queued: false,
     };
-    poll_fn(|cx| stream.poll_handshake(cx)).await?;
+    if let Err(e) = poll_fn(|cx| stream.poll_handshake(cx)).await {
+        stream.send_alert().await;
+        return Err(e);
+    }
     Ok(stream)
 }
 
@@ -302,6 +305,29 @@ impl AsyncWrite for TlsStream {
 }
 
 impl TlsStream {
+    /// After a failed handshake, send the alert rustls queued (a client
+    /// offering only TLS 1.1 learns "protocol version", not a reset);
+    /// best effort, bounded.
+    async fn send_alert(&mut self) {
+        for _ in 0..4 {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    let start = self.outgoing.len();
+                    if let Err(EncodeError::InsufficientSize(e)) = encode.encode(&mut []) {
+                        self.outgoing.resize(start + e.required_size, 0);
+                        let written = encode.encode(&mut self.outgoing[start..]).unwrap_or(0);
+                        self.outgoing.truncate(start + written);
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                _ => break,
+            }
+        }
+        let send = poll_fn(|cx| self.poll_send(cx));
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
+    }
+
     /// Encrypt a close_notify alert into `outgoing`.
     fn queue_close_notify(&mut self) -> io::Result<()> {
         for _ in 0..8 {
