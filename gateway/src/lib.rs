@@ -21,7 +21,8 @@
 //! Beside them, used by the layers above: [`config`] (every `PGWS_*`
 //! variable, read in one place), [`auth`] (JWT keys; claims → channels and
 //! mode), [`metrics`] (the gateway's metrics and the events that log and
-//! count them), [`tls`] (rustls for `wss://`).
+//! count them), [`tls`] (`wss://`: its own stream on rustls' unbuffered API,
+//! holding no buffer while a socket is at rest).
 
 pub mod auth;
 pub mod bus;
