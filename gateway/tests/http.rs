@@ -288,6 +288,27 @@ fn tls_connector(cert: &std::path::Path) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
+/// A `wss://` socket on `chat` with a token of `mode`.
+async fn wss(
+    gw: &Server,
+    connector: &tokio_rustls::TlsConnector,
+    chat: &str,
+    mode: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("tcp");
+    let tls = connector.connect(name, tcp).await.expect("tls handshake");
+    let url = format!(
+        "wss://127.0.0.1:{}/{chat}/{}",
+        gw.addr.port(),
+        token(json!({ "mode": mode }))
+    );
+    let (ws, _) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("wss");
+    ws
+}
+
 /// A gateway serving TLS with a fresh self-signed certificate; the
 /// certificate's path (and the directory to remove).
 async fn tls_gateway() -> (Server, std::path::PathBuf, std::path::PathBuf) {
@@ -310,10 +331,7 @@ async fn tls_serves_https_and_wss() {
 
     // https
     let tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("tcp");
-    let mut tls = connector
-        .connect(name.clone(), tcp)
-        .await
-        .expect("tls handshake");
+    let mut tls = connector.connect(name, tcp).await.expect("tls handshake");
     tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .expect("write");
@@ -323,16 +341,7 @@ async fn tls_serves_https_and_wss() {
 
     // wss
     let chat = unique("chat");
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("tcp");
-    let tls = connector.connect(name, tcp).await.expect("tls handshake");
-    let url = format!(
-        "wss://127.0.0.1:{}/{chat}/{}",
-        gw.addr.port(),
-        token(json!({"mode":"r"}))
-    );
-    let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
-        .await
-        .expect("wss");
+    let mut ws = wss(&gw, &connector, &chat, "r").await;
     let db = db().await;
     let payload = format!(r#"{{"channel":"{chat}","payload":"secure"}}"#);
     notify(&db, &gw.listen_channel, &payload).await;
@@ -360,18 +369,8 @@ async fn wss_carries_bursts_both_ways_in_order_and_closes_cleanly() {
     use tokio_tungstenite::tungstenite::Message;
     let (gw, cert, dir) = tls_gateway().await;
     let connector = tls_connector(&cert);
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
     let chat = unique("chat");
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("tcp");
-    let tls = connector.connect(name, tcp).await.expect("tls handshake");
-    let url = format!(
-        "wss://127.0.0.1:{}/{chat}/{}",
-        gw.addr.port(),
-        token(json!({"mode":"rw"}))
-    );
-    let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
-        .await
-        .expect("wss");
+    let mut ws = wss(&gw, &connector, &chat, "rw").await;
     // Client → server: 40 messages of 6,000 bytes sent back to back (many
     // TLS records per read), each looped back through NOTIFY.
     const N: usize = 40;

@@ -89,6 +89,62 @@ fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+/// What filling an output buffer needs.
+enum Fill {
+    /// rustls needs this many bytes of room.
+    Room(usize),
+    Failed(io::Error),
+}
+
+impl From<EncodeError> for Fill {
+    fn from(e: EncodeError) -> Fill {
+        match e {
+            EncodeError::InsufficientSize(size) => Fill::Room(size.required_size),
+            e => Fill::Failed(invalid(e)),
+        }
+    }
+}
+
+impl From<EncryptError> for Fill {
+    fn from(e: EncryptError) -> Fill {
+        match e {
+            EncryptError::InsufficientSize(size) => Fill::Room(size.required_size),
+            e => Fill::Failed(invalid(e)),
+        }
+    }
+}
+
+/// Append to `out` what `fill` writes, with exactly the room rustls asks
+/// for (it is asked first with none).
+fn append(
+    out: &mut Vec<u8>,
+    mut fill: impl FnMut(&mut [u8]) -> Result<usize, Fill>,
+) -> io::Result<()> {
+    let start = out.len();
+    let room = match fill(&mut []) {
+        Ok(_) => return Ok(()),
+        Err(Fill::Room(room)) => room,
+        Err(Fill::Failed(e)) => return Err(e),
+    };
+    out.resize(start + room, 0);
+    let written = fill(&mut out[start..]);
+    let written = match written {
+        Ok(n) => n,
+        Err(Fill::Room(_)) => {
+            out.truncate(start);
+            return Err(io::Error::other(
+                "TLS output does not fit the room asked for",
+            ));
+        }
+        Err(Fill::Failed(e)) => {
+            out.truncate(start);
+            return Err(e);
+        }
+    };
+    out.truncate(start + written);
+    Ok(())
+}
+
 impl TlsStream {
     /// One turn of rustls' state machine; with `write`, encrypt (a prefix
     /// of) it if application data may be sent.
@@ -105,18 +161,7 @@ impl TlsStream {
                 Step::Again
             }
             ConnectionState::EncodeTlsData(mut encode) => {
-                let start = self.outgoing.len();
-                let written = match encode.encode(&mut []) {
-                    Err(EncodeError::InsufficientSize(e)) => {
-                        self.outgoing.resize(start + e.required_size, 0);
-                        encode
-                            .encode(&mut self.outgoing[start..])
-                            .map_err(invalid)?
-                    }
-                    Err(e) => return Err(invalid(e)),
-                    Ok(n) => n,
-                };
-                self.outgoing.truncate(start + written);
+                append(&mut self.outgoing, |buf| Ok(encode.encode(buf)?))?;
                 Step::Again
             }
             // The encoded records wait in `outgoing`, sent in order before
@@ -130,18 +175,7 @@ impl TlsStream {
                 None => Step::Open,
                 Some(data) => {
                     let data = &data[..data.len().min(MAX_WRITE)];
-                    let start = self.outgoing.len();
-                    let written = match traffic.encrypt(data, &mut []) {
-                        Err(EncryptError::InsufficientSize(e)) => {
-                            self.outgoing.resize(start + e.required_size, 0);
-                            traffic
-                                .encrypt(data, &mut self.outgoing[start..])
-                                .map_err(invalid)?
-                        }
-                        Err(e) => return Err(invalid(e)),
-                        Ok(n) => n,
-                    };
-                    self.outgoing.truncate(start + written);
+                    append(&mut self.outgoing, |buf| Ok(traffic.encrypt(data, buf)?))?;
                     Step::Wrote(data.len())
                 }
             },
@@ -313,11 +347,8 @@ impl TlsStream {
             let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
             match state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    let start = self.outgoing.len();
-                    if let Err(EncodeError::InsufficientSize(e)) = encode.encode(&mut []) {
-                        self.outgoing.resize(start + e.required_size, 0);
-                        let written = encode.encode(&mut self.outgoing[start..]).unwrap_or(0);
-                        self.outgoing.truncate(start + written);
+                    if append(&mut self.outgoing, |buf| Ok(encode.encode(buf)?)).is_err() {
+                        break;
                     }
                 }
                 Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
@@ -335,18 +366,9 @@ impl TlsStream {
                 self.conn.process_tls_records(&mut self.incoming);
             let done = match state.map_err(invalid)? {
                 ConnectionState::WriteTraffic(mut traffic) => {
-                    let start = self.outgoing.len();
-                    let written = match traffic.queue_close_notify(&mut []) {
-                        Err(EncryptError::InsufficientSize(e)) => {
-                            self.outgoing.resize(start + e.required_size, 0);
-                            traffic
-                                .queue_close_notify(&mut self.outgoing[start..])
-                                .map_err(invalid)?
-                        }
-                        Err(e) => return Err(invalid(e)),
-                        Ok(n) => n,
-                    };
-                    self.outgoing.truncate(start + written);
+                    append(&mut self.outgoing, |buf| {
+                        Ok(traffic.queue_close_notify(buf)?)
+                    })?;
                     true
                 }
                 // Unread data or records pending: drop them, we are closing.
