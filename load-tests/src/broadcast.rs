@@ -24,12 +24,26 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 /// What one run of `broadcast` is told.
+#[derive(clap::Args)]
 pub struct Plan {
+    /// Reader sockets to open; 0 makes this process the publisher.
+    #[arg(long, default_value_t = 0)]
     pub sockets: usize,
+    /// The websocket channel every socket reads.
+    #[arg(long)]
     pub channel: String,
+    /// Broadcasts (the publisher sends them; readers expect them).
+    #[arg(long, default_value_t = 10)]
     pub messages: u64,
+    /// Time between broadcasts.
+    #[arg(long, default_value_t = 1_000)]
     pub interval_ms: u64,
+    /// Created once this reader's sockets are open (`.done` once it has
+    /// every message).
+    #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// The publisher waits for these files.
+    #[arg(long)]
     pub wait_for: Vec<PathBuf>,
 }
 

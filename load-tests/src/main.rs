@@ -92,18 +92,8 @@ enum Scenario {
     /// processes (see `load-tests/sockets-100k.sh`): `--sockets N` reads,
     /// `--sockets 0` publishes once every `--wait-for` file exists.
     Broadcast {
-        #[arg(long, default_value_t = 0)]
-        sockets: usize,
-        #[arg(long)]
-        channel: String,
-        #[arg(long, default_value_t = 10)]
-        messages: u64,
-        #[arg(long, default_value_t = 1_000)]
-        interval_ms: u64,
-        #[arg(long)]
-        ready_file: Option<std::path::PathBuf>,
-        #[arg(long)]
-        wait_for: Vec<std::path::PathBuf>,
+        #[command(flatten)]
+        plan: broadcast::Plan,
     },
     /// Many writer sockets sending as fast as they can: NOTIFYs/s reaching a LISTEN.
     Writers {
@@ -199,24 +189,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Floor { load } => {
             floor::floor(&c, load.channels, load.rate, load.seconds).await?
         }
-        Scenario::Broadcast {
-            sockets,
-            channel,
-            messages,
-            interval_ms,
-            ready_file,
-            wait_for,
-        } => {
-            let plan = broadcast::Plan {
-                sockets,
-                channel,
-                messages,
-                interval_ms,
-                ready_file,
-                wait_for,
-            };
-            broadcast::broadcast(&c, plan).await?
-        }
+        Scenario::Broadcast { plan } => broadcast::broadcast(&c, plan).await?,
         Scenario::NotifyCeiling {
             publishers,
             batch,
