@@ -42,7 +42,9 @@ enum Step {
     Open,
     /// This many bytes of the caller's data were encrypted and queued.
     Wrote(usize),
-    /// The peer closed its side (close_notify) or both sides are closed.
+    /// The peer closed its side (close_notify); we may still write.
+    PeerClosed,
+    /// Both sides are closed.
     Closed,
 }
 
@@ -179,7 +181,8 @@ impl TlsStream {
                     Step::Wrote(data.len())
                 }
             },
-            ConnectionState::PeerClosed | ConnectionState::Closed => Step::Closed,
+            ConnectionState::PeerClosed => Step::PeerClosed,
+            ConnectionState::Closed => Step::Closed,
             ConnectionState::ReadEarlyData(_) => {
                 return Err(invalid(rustls::Error::General(
                     "early data is not accepted".into(),
@@ -243,7 +246,9 @@ impl TlsStream {
                         return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
                     }
                 }
-                Step::Closed => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                Step::PeerClosed | Step::Closed => {
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()))
+                }
             }
         }
     }
@@ -273,7 +278,7 @@ impl AsyncRead for TlsStream {
             }
             match this.advance(None)? {
                 Step::Again | Step::Wrote(_) => {}
-                Step::Closed => this.read_closed = true,
+                Step::PeerClosed | Step::Closed => this.read_closed = true,
                 Step::Open | Step::NeedInput => {
                     // Post-handshake records rustls queued (a key update's
                     // answer) go out with the next write or flush; try now.
@@ -312,6 +317,8 @@ impl AsyncWrite for TlsStream {
                     return Poll::Ready(Ok(n));
                 }
                 Step::Again | Step::Open => {}
+                // Half-closed: reads end, writes go on.
+                Step::PeerClosed => this.read_closed = true,
                 Step::NeedInput | Step::Closed => {
                     return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
                 }
