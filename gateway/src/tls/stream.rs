@@ -397,3 +397,113 @@ impl TlsStream {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn configs() -> (Arc<ServerConfig>, tokio_rustls::TlsConnector) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+        let cert: CertificateDer<'static> = certified.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            certified.signing_key.serialize_der(),
+        ));
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (
+            Arc::new(server),
+            tokio_rustls::TlsConnector::from(Arc::new(client)),
+        )
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// A megabyte each way: many records per read, writes larger than
+    /// `MAX_WRITE`, and the server answering after the client's
+    /// close_notify (a half-close), then closing with its own.
+    #[tokio::test]
+    async fn a_megabyte_each_way_across_a_half_close() {
+        let (server_config, connector) = configs();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut tls = accept(server_config, tcp).await.expect("handshake");
+            let mut got = Vec::new();
+            tls.read_to_end(&mut got)
+                .await
+                .expect("read to the client's end");
+            assert_eq!(
+                got,
+                pattern(1 << 20, 1),
+                "the client's bytes, whole and in order"
+            );
+            tls.write_all(&pattern(1 << 20, 2)).await.expect("write");
+            tls.shutdown().await.expect("shutdown");
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .expect("client handshake");
+        for chunk in pattern(1 << 20, 1).chunks(7_777) {
+            tls.write_all(chunk).await.expect("client write");
+        }
+        tls.shutdown().await.expect("client close_notify");
+        let mut back = Vec::new();
+        tls.read_to_end(&mut back)
+            .await
+            .expect("a clean end: the server's close_notify");
+        assert_eq!(
+            back,
+            pattern(1 << 20, 2),
+            "the server's bytes, whole and in order"
+        );
+        server.await.expect("server task");
+    }
+
+    /// Bytes that are not TLS fail the handshake, and the client is told
+    /// with an alert record rather than a reset.
+    #[tokio::test]
+    async fn a_failed_handshake_sends_an_alert() {
+        let (server_config, _) = configs();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            accept(server_config, tcp).await.map(|_| ())
+        });
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer).await;
+        assert!(
+            server.await.expect("server task").is_err(),
+            "the handshake failed"
+        );
+        assert_eq!(answer.first(), Some(&0x15), "an alert record: {answer:?}");
+    }
+}
