@@ -20,7 +20,7 @@ pgws_load_setup pgws-cap pgws-gateway pgws-coordinator pgws-load
 RESULTS="$OUT/results.jsonl"
 : > "$RESULTS"
 export PGWS_WORKER_THREADS="${PGWS_WORKER_THREADS:-1}"
-REDIS_PID=$(redis-cli info server | awk -F: '/^process_id/{print $2}' | tr -d '\r')
+REDIS_PID=$(redis_pid)
 
 points() { # label, extra pgws-load args...
   local label=$1; shift

@@ -20,7 +20,7 @@ ENVELOPE='{"channel":"chat","event":"WebsocketMessage","payload":"w123 45 678","
 # Distinct payloads (a counter appended), as writers' envelopes are.
 redis-cli EVAL "for i=1,tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], '*', 'c', 'chat', 'm', ARGV[2] .. i) end return 1" \
   1 "{$P}:writes" "$N" "$ENVELOPE" >/dev/null
-REDIS_PID=$(redis-cli info server | awk -F: '/^process_id/{print $2}' | tr -d '\r')
+REDIS_PID=$(redis_pid)
 redis_before=$(awk '{print $14 + $15}' "/proc/$REDIS_PID/stat")
 start=$(date +%s.%N)
 start_coordinator "c1-$RUN_TAG" "$ADMIN_PORT" "ch-$RUN_TAG" "$P"

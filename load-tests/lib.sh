@@ -39,6 +39,9 @@ pgws_load_cleanup() {
   redis-cli --scan --pattern "*$RUN_TAG*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
 }
 
+# The pid of the shared Redis (to measure its CPU).
+redis_pid() { redis-cli info server | awk -F: '/^process_id/{print $2}' | tr -d '\r'; }
+
 wait_ready() { # admin port
   for _ in $(seq 1 200); do
     curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0

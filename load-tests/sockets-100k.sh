@@ -38,7 +38,7 @@ for i in $(seq 1 "$GATEWAYS"); do
   GWS+=($!)
 done
 for i in $(seq 1 "$GATEWAYS"); do wait_ready $((BASE + 50 + i)); done
-REDIS_PID=$(redis-cli info server | awk -F: '/^process_id/{print $2}' | tr -d '\r')
+REDIS_PID=$(redis_pid)
 SERVERS=("${GWS[@]}" "$C1" "$C2")
 # name=pid pairs whose CPU is reported
 NAMED=()

@@ -52,17 +52,19 @@ impl Marker {
 
     /// Parse a marker payload; `None` for anything else.
     pub fn parse(payload: &[u8]) -> Option<Marker> {
-        let text = std::str::from_utf8(payload).ok()?;
-        let mut parts = text.split(':').map(|p| p.parse::<u64>().ok());
-        let marker = Marker {
-            id: MarkerId {
-                epoch: parts.next()??,
-                n: parts.next()??,
-            },
-            sent_ms: parts.next()??,
-        };
-        parts.next().is_none().then_some(marker)
+        let [epoch, n, sent_ms] = three_numbers(std::str::from_utf8(payload).ok()?, ':')?;
+        Some(Marker {
+            id: MarkerId { epoch, n },
+            sent_ms,
+        })
     }
+}
+
+/// Exactly three unsigned numbers separated by `sep`.
+fn three_numbers(text: &str, sep: char) -> Option<[u64; 3]> {
+    let mut parts = text.split(sep).map(|p| p.parse::<u64>().ok());
+    let numbers = [parts.next()??, parts.next()??, parts.next()??];
+    parts.next().is_none().then_some(numbers)
 }
 
 /// Where a notification stands in the NOTIFY stream: the last marker
@@ -86,15 +88,11 @@ impl fmt::Display for StreamPos {
 impl StreamPos {
     /// Parse what `Display` wrote.
     pub fn parse(text: &str) -> Option<StreamPos> {
-        let mut parts = text.split(' ').map(|p| p.parse::<u64>().ok());
-        let pos = StreamPos {
-            marker: MarkerId {
-                epoch: parts.next()??,
-                n: parts.next()??,
-            },
-            index: parts.next()??,
-        };
-        parts.next().is_none().then_some(pos)
+        let [epoch, n, index] = three_numbers(text, ' ')?;
+        Some(StreamPos {
+            marker: MarkerId { epoch, n },
+            index,
+        })
     }
 }
 

@@ -4,7 +4,7 @@
 //! CPU. `spread` minus `floor` is what the gateway adds (load-tests/run.sh
 //! runs both and `report.py` prints the difference).
 
-use crate::client::now_ns;
+use crate::client::{now_ns, seq_and_sent};
 use crate::options::Common;
 use crate::scenarios::{latency_fields, publish, CpuMark, Report};
 use hdrhistogram::Histogram;
@@ -36,7 +36,7 @@ pub async fn floor(c: &Common, channels: usize, rate: u64, seconds: u64) -> anyh
                     if !payload.contains(&tag) {
                         continue;
                     }
-                    if let Some(sent) = sent_at(payload) {
+                    if let Some((_, sent)) = seq_and_sent(payload.as_bytes()) {
                         let us = at.saturating_sub(sent) / 1000;
                         if let Ok(mut h) = latency.lock() {
                             let _ = h.record(us.max(1));
@@ -83,11 +83,4 @@ pub async fn floor(c: &Common, channels: usize, rate: u64, seconds: u64) -> anyh
         (pg_cpu * 1e6 / got.max(1) as f64 * 100.0).round() / 100.0,
     );
     Ok(report)
-}
-
-/// The send timestamp in `"payload":"<seq> <ns>"`.
-fn sent_at(payload: &str) -> Option<u64> {
-    let start = payload.rfind("\"payload\":\"")? + 11;
-    let end = start + payload[start..].find('"')?;
-    payload[start..end].split(' ').nth(1)?.parse().ok()
 }
