@@ -85,7 +85,9 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
 
 fn metrics(registry: &Registry) -> Response<Full<Bytes>> {
     let mut buffer = Vec::new();
-    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut buffer) {
+    let mut families = registry.gather();
+    families.extend(crate::panics::registry().gather());
+    if let Err(e) = TextEncoder::new().encode(&families, &mut buffer) {
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode metrics: {e}\n"),

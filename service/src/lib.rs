@@ -20,6 +20,7 @@
 //! * [`history`] — the history variables both binaries read.
 //! * [`backoff`] — the retry schedule of every reconnect loop.
 //! * [`time`] — timers shared by the loops.
+//! * [`panics`] — a panic becomes one log line and one count.
 //! * [`events`] — logging an event that can fire per message without
 //!   flooding the log.
 
@@ -28,6 +29,7 @@ pub mod backoff;
 pub mod config;
 pub mod events;
 pub mod history;
+pub mod panics;
 pub mod process;
 pub mod redis_client;
 pub mod telemetry;

@@ -123,6 +123,7 @@ pub fn init(log: &LogConfig, service: &str) -> Telemetry {
         None
     };
     tracing_subscriber::registry().with(fmt).with(otel).init();
+    crate::panics::install_hook();
     if let Some(e) = otel_error {
         tracing::warn!(error = %e, "OTLP trace export is configured but could not start: traces are off");
     } else if provider.is_some() {

@@ -64,6 +64,22 @@ pub struct TlsStream {
     read_closed: bool,
     /// close_notify is queued.
     close_queued: bool,
+    /// rustls or the transport failed: rustls is not driven again, except
+    /// to take the alert it queued for the failure (see [`Failure`]).
+    failed: Option<Failure>,
+}
+
+/// How a connection failed, which decides whether rustls is asked for an
+/// alert: only after an error of its own has it queued one. Driving it
+/// again in any other state makes it parse the buffer anew — after our own
+/// error (end of file mid-message) its offsets may refer to bytes that are
+/// gone, and after its error it would meet the same bad record twice.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// rustls refused what the peer sent and queued a fatal alert.
+    Tls,
+    /// The transport failed, or a limit of ours: rustls queued nothing.
+    Transport,
 }
 
 /// Accept TLS on `tcp`: the whole handshake.
@@ -79,6 +95,7 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
         sent: 0,
         read_closed: false,
         close_queued: false,
+        failed: None,
     };
     if let Err(e) = poll_fn(|cx| stream.poll_handshake(cx)).await {
         stream.send_alert().await;
@@ -147,54 +164,95 @@ fn append(
     Ok(())
 }
 
+/// Act on one state of rustls' machine: decrypted records into
+/// `plaintext` (adding what they consumed to `discard`), records to send
+/// into `outgoing`, and with `write` a prefix of it encrypted.
+fn turn(
+    state: ConnectionState<'_, '_, rustls::server::ServerConnectionData>,
+    write: Option<&[u8]>,
+    discard: &mut usize,
+    plaintext: &mut Vec<u8>,
+    outgoing: &mut Vec<u8>,
+) -> io::Result<Step> {
+    Ok(match state {
+        ConnectionState::ReadTraffic(mut traffic) => {
+            while let Some(record) = traffic.next_record() {
+                let record = record.map_err(invalid)?;
+                *discard += record.discard;
+                plaintext.extend_from_slice(record.payload);
+            }
+            Step::Again
+        }
+        ConnectionState::EncodeTlsData(mut encode) => {
+            append(outgoing, |buf| Ok(encode.encode(buf)?))?;
+            Step::Again
+        }
+        // The encoded records wait in `outgoing`, sent in order before
+        // anything encrypted later.
+        ConnectionState::TransmitTlsData(transmit) => {
+            transmit.done();
+            Step::Again
+        }
+        ConnectionState::BlockedHandshake => Step::NeedInput,
+        ConnectionState::WriteTraffic(mut traffic) => match write {
+            None => Step::Open,
+            Some(data) => {
+                let data = &data[..data.len().min(MAX_WRITE)];
+                append(outgoing, |buf| Ok(traffic.encrypt(data, buf)?))?;
+                Step::Wrote(data.len())
+            }
+        },
+        ConnectionState::PeerClosed => Step::PeerClosed,
+        ConnectionState::Closed => Step::Closed,
+        ConnectionState::ReadEarlyData(_) => {
+            return Err(invalid(rustls::Error::General(
+                "early data is not accepted".into(),
+            )))
+        }
+        _ => return Err(invalid(rustls::Error::General("unknown TLS state".into()))),
+    })
+}
+
 impl TlsStream {
     /// One turn of rustls' state machine; with `write`, encrypt (a prefix
     /// of) it if application data may be sent.
+    ///
+    /// rustls' unbuffered API keeps offsets into `incoming` between calls:
+    /// the bytes it asks to discard are discarded on every path, errors
+    /// included, and nothing else in `incoming` is ever removed — otherwise
+    /// the next call (the alert after a failed handshake) slices past the
+    /// end of the buffer and panics.
     fn advance(&mut self, write: Option<&[u8]>) -> io::Result<Step> {
+        if self.failed.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the TLS connection failed",
+            ));
+        }
         let UnbufferedStatus { mut discard, state } =
             self.conn.process_tls_records(&mut self.incoming);
-        let step = match state.map_err(invalid)? {
-            ConnectionState::ReadTraffic(mut traffic) => {
-                while let Some(record) = traffic.next_record() {
-                    let record = record.map_err(invalid)?;
-                    discard += record.discard;
-                    self.plaintext.extend_from_slice(record.payload);
-                }
-                Step::Again
-            }
-            ConnectionState::EncodeTlsData(mut encode) => {
-                append(&mut self.outgoing, |buf| Ok(encode.encode(buf)?))?;
-                Step::Again
-            }
-            // The encoded records wait in `outgoing`, sent in order before
-            // anything encrypted later.
-            ConnectionState::TransmitTlsData(transmit) => {
-                transmit.done();
-                Step::Again
-            }
-            ConnectionState::BlockedHandshake => Step::NeedInput,
-            ConnectionState::WriteTraffic(mut traffic) => match write {
-                None => Step::Open,
-                Some(data) => {
-                    let data = &data[..data.len().min(MAX_WRITE)];
-                    append(&mut self.outgoing, |buf| Ok(traffic.encrypt(data, buf)?))?;
-                    Step::Wrote(data.len())
-                }
-            },
-            ConnectionState::PeerClosed => Step::PeerClosed,
-            ConnectionState::Closed => Step::Closed,
-            ConnectionState::ReadEarlyData(_) => {
-                return Err(invalid(rustls::Error::General(
-                    "early data is not accepted".into(),
-                )))
-            }
-            _ => return Err(invalid(rustls::Error::General("unknown TLS state".into()))),
-        };
-        self.incoming.drain(..discard.min(self.incoming.len()));
+        let step = state.map_err(invalid).and_then(|state| {
+            turn(
+                state,
+                write,
+                &mut discard,
+                &mut self.plaintext,
+                &mut self.outgoing,
+            )
+        });
+        self.discard(discard);
+        if step.is_err() {
+            self.failed = Some(Failure::Tls);
+        }
+        step
+    }
+
+    /// Drop the first `n` bytes of `incoming`, as rustls asked.
+    fn discard(&mut self, n: usize) {
+        self.incoming.drain(..n.min(self.incoming.len()));
         if self.incoming.is_empty() {
             self.incoming = Vec::new();
         }
-        Ok(step)
     }
 
     /// Read what the socket has into `incoming`; `false` at end of file.
@@ -236,6 +294,14 @@ impl TlsStream {
     }
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = ready!(self.poll_handshake_steps(cx));
+        if result.is_err() && self.failed.is_none() {
+            self.failed = Some(Failure::Transport);
+        }
+        Poll::Ready(result)
+    }
+
+    fn poll_handshake_steps(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             match self.advance(None)? {
                 Step::Again | Step::Wrote(_) => {}
@@ -350,47 +416,70 @@ impl TlsStream {
     /// offering only TLS 1.1 learns "protocol version", not a reset);
     /// best effort, bounded.
     async fn send_alert(&mut self) {
-        for _ in 0..4 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-            match state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    if append(&mut self.outgoing, |buf| Ok(encode.encode(buf)?)).is_err() {
-                        break;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => break,
-            }
+        if self.queue_alert() {
+            let send = poll_fn(|cx| self.poll_send(cx));
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
         }
-        let send = poll_fn(|cx| self.poll_send(cx));
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
+    }
+
+    /// Move the alert rustls queued for its own failure into `outgoing`;
+    /// `false` when there is none to send. rustls hands queued records out
+    /// before it looks at any input, so one call takes the alert without
+    /// parsing the buffer again (the same buffer is passed all the same:
+    /// it is the one rustls' offsets refer to).
+    fn queue_alert(&mut self) -> bool {
+        if self.failed != Some(Failure::Tls) {
+            return false;
+        }
+        self.failed = Some(Failure::Transport);
+        let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
+        let queued = match state {
+            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                append(&mut self.outgoing, |buf| Ok(encode.encode(buf)?)).is_ok()
+            }
+            _ => false,
+        };
+        self.discard(discard);
+        queued
     }
 
     /// Encrypt a close_notify alert into `outgoing`.
     fn queue_close_notify(&mut self) -> io::Result<()> {
+        if self.failed.is_some() {
+            // No close_notify after a failure: its alert, if rustls has one.
+            self.queue_alert();
+            return Ok(());
+        }
         for _ in 0..8 {
-            let UnbufferedStatus { discard, state } =
+            let UnbufferedStatus { mut discard, state } =
                 self.conn.process_tls_records(&mut self.incoming);
-            let done = match state.map_err(invalid)? {
-                ConnectionState::WriteTraffic(mut traffic) => {
-                    append(&mut self.outgoing, |buf| {
-                        Ok(traffic.queue_close_notify(buf)?)
-                    })?;
-                    true
-                }
-                // Unread data or records pending: drop them, we are closing.
-                ConnectionState::ReadTraffic(mut traffic) => {
-                    while traffic.next_record().is_some() {}
-                    false
-                }
-                ConnectionState::TransmitTlsData(transmit) => {
-                    transmit.done();
-                    false
-                }
-                _ => true,
-            };
-            self.incoming.drain(..discard.min(self.incoming.len()));
-            if done {
+            let done = state.map_err(invalid).and_then(|state| {
+                Ok(match state {
+                    ConnectionState::WriteTraffic(mut traffic) => {
+                        append(&mut self.outgoing, |buf| {
+                            Ok(traffic.queue_close_notify(buf)?)
+                        })?;
+                        true
+                    }
+                    // Unread data pending: drop it, we are closing.
+                    ConnectionState::ReadTraffic(mut traffic) => {
+                        while let Some(record) = traffic.next_record() {
+                            discard += record.map_err(invalid)?.discard;
+                        }
+                        false
+                    }
+                    ConnectionState::TransmitTlsData(transmit) => {
+                        transmit.done();
+                        false
+                    }
+                    _ => true,
+                })
+            });
+            self.discard(discard);
+            if done.is_err() {
+                self.failed = Some(Failure::Tls);
+            }
+            if done? {
                 return Ok(());
             }
         }
@@ -505,5 +594,39 @@ mod tests {
             "the handshake failed"
         );
         assert_eq!(answer.first(), Some(&0x15), "an alert record: {answer:?}");
+    }
+
+    /// A record holding the start of a ClientHello that the peer never
+    /// finishes, then end of file: rustls still refers to the buffered
+    /// fragment when the alert is encoded (the second review's panic:
+    /// `range start index 19 out of range for slice of length 0`).
+    #[tokio::test]
+    async fn a_truncated_client_hello_then_eof_fails_without_a_panic() {
+        let (server_config, _) = configs();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            accept(server_config, tcp).await.map(|_| ())
+        });
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(&[
+            0x16, 0x03, 0x01, 0x00, 0x0e, 0x01, 0x00, 0x00, 0x64, 0x03, 0x03, 0, 0, 0, 0, 0, 0, 0,
+            0,
+        ])
+        .await
+        .expect("write");
+        tcp.shutdown().await.expect("half-close");
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer).await;
+        let outcome = server.await;
+        assert!(
+            !outcome.as_ref().is_err_and(|e| e.is_panic()),
+            "the accept task panicked"
+        );
+        assert!(
+            outcome.expect("server task").is_err(),
+            "the handshake failed"
+        );
     }
 }
