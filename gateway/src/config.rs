@@ -56,6 +56,10 @@ pgws_service::vars! {
     HISTORY_TTL = "PGWS_HISTORY_TTL", Some("300"), "Standalone: seconds a message stays in history. In cluster mode the coordinator's setting applies.";
     CHANNEL_STATE_TTL = "PGWS_CHANNEL_STATE_TTL", Some("86400"), "Standalone: seconds a channel's offsets and epoch are kept after its last message. In cluster mode the coordinator's setting applies.";
     HISTORY_MAX_CHANNELS = "PGWS_HISTORY_MAX_CHANNELS", Some("100000"), "Standalone: most channels whose offsets and history are kept; beyond it the least recently active are forgotten (their next message starts a new epoch).";
+    OUTBOX = "PGWS_OUTBOX", Some("false"), "Standalone: also read the durable outbox (`SELECT pgws.send(payload)` in the application's transaction); in cluster mode the coordinator's setting applies.";
+    OUTBOX_MIGRATE = "PGWS_OUTBOX_MIGRATE", Some("true"), "With PGWS_OUTBOX: create the `pgws` schema when missing; `false` only checks and refuses to start, naming postgres/sql/outbox.sql for a DBA to apply.";
+    OUTBOX_RETENTION = "PGWS_OUTBOX_RETENTION", Some("3600"), "With PGWS_OUTBOX: seconds a delivered outbox row is kept (the history a restart recovers from); at least 1.";
+    OUTBOX_POLL_INTERVAL = "PGWS_OUTBOX_POLL_INTERVAL", Some("1000"), "With PGWS_OUTBOX: milliseconds the reader waits for a doorbell before polling anyway.";
     REDIS_URL = "PGWS_REDIS_URL", None, "Cluster mode: the Redis URL (`redis://`, `rediss://`; comma-separated seeds for a Redis Cluster; `redis+sentinel://host:26379,…/<master>` behind Sentinel). Unset: standalone mode.";
     REDIS_CLUSTER = "PGWS_REDIS_CLUSTER", Some("false"), "The Redis is a Redis Cluster (sharded pub/sub).";
     REDIS_CA_FILE = "PGWS_REDIS_CA_FILE", None, "PEM file of CA certificates trusted for `rediss://`, in addition to the system's.";
@@ -234,8 +238,10 @@ fn database_config(sources: &Sources) -> Result<LocalConfig, ConfigError> {
         .ok_or_else(|| err(DB_URI, "is required"))?;
     let db = pgws_postgres::pg::parse_with_process_env(&db_uri)
         .map_err(|e| err(DB_URI, format!("not a valid connection string: {e}")))?;
+    let outbox = pgws_postgres::outbox::read_config(sources, &db)?;
     let database = LocalConfig {
         db,
+        outbox,
         listen_channel: listen_channel(sources)?,
         pool_size: positive(
             sources.parsed(POOL_SIZE, "a number of connections")?,

@@ -64,7 +64,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let hub = Arc::new(Hub::new(metrics.clone()));
     let Started { bus, mut lifecycle } = match config.backend {
-        Backend::Standalone(local) => bus::local::start(*local, hub.clone(), &metrics.registry),
+        Backend::Standalone(local) => {
+            let outbox = bus::local::prepare_outbox(&local, &shutdown).await?;
+            bus::local::start(*local, outbox, hub.clone(), &metrics.registry)
+        }
         Backend::Cluster(cluster) => bus::redis::start(cluster, hub.clone(), &metrics.registry),
     }
     .context("registering metrics")?;

@@ -44,6 +44,19 @@ pub struct Continuity {
     pub session: u64,
 }
 
+impl Continuity {
+    /// The continuity of the durable outbox's sequences: offsets assigned
+    /// in PostgreSQL at commit, the same across restarts of any process.
+    /// Larger than every process's or leader's continuity (and exact in a
+    /// Lua number, which the publish script uses), so an outbox sequence is
+    /// never taken for an older run; a NOTIFY on such a channel starts a
+    /// new sequence instead of continuing it.
+    pub const DURABLE: Continuity = Continuity {
+        term: (1 << 53) - 1,
+        session: 0,
+    };
+}
+
 /// A channel's epoch: the opaque string clients hold and send back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Epoch {

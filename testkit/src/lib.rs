@@ -16,6 +16,7 @@
 //! * [`ws`] — websocket clients; [`raw`] — a raw-socket one for malformed
 //!   frames; [`v2`] — a protocol v2 client.
 //! * [`db`] — the shared PostgreSQL: clients, NOTIFY, LISTEN.
+//! * [`outbox`] — a database per test, senders' ledger, the delivery checker.
 //! * [`pg_server`] — private PostgreSQL servers (TLS-only, standbys).
 //! * [`redis_server`] — private Redis servers: plain, TLS, Cluster,
 //!   Sentinel.
@@ -29,6 +30,7 @@ pub mod cluster;
 pub mod db;
 pub mod http;
 pub mod names;
+pub mod outbox;
 pub mod pg_server;
 pub mod ports;
 pub mod process;

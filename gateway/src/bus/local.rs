@@ -11,6 +11,12 @@
 //! * **Positions and history** ([`history`]): the router gives each
 //!   notification its channel's next offset and keeps it in memory, and
 //!   [`Bus::recover`] reads from there.
+//! * **The durable outbox** (`PGWS_OUTBOX=true`, `pgws_postgres::outbox`):
+//!   a second source beside the listener. Its messages arrive with offsets
+//!   PostgreSQL assigned at commit; the router keeps them at those offsets
+//!   ([`History::record_at`]), and at start the newest of each channel are
+//!   loaded back, so a restart keeps every outbox channel's epoch and
+//!   history ([`prepare_outbox`]).
 //!
 //! Every notification already reaches this process, so subscribing is a
 //! no-op. Without `PGWS_CHECK_LISTENER_INTERVAL`, a lost listener is this
@@ -23,9 +29,13 @@ use history::{History, HistoryMetrics, SWEEP_EVERY};
 use pgws_postgres::listener::{
     self, ListenerConfig, ListenerMetrics, ListenerState, Notification, NotificationSink,
 };
+use pgws_postgres::outbox::reader::{self, Initial, Start};
+use pgws_postgres::outbox::{
+    prune, OutboxConfig, OutboxError, OutboxMessage, OutboxMetrics, OutboxSink, Reader, ReaderState,
+};
 use pgws_postgres::pg::PgConfig;
 use pgws_postgres::relay::{Relay, RelayConfig, RelayError, RelayMetrics};
-use pgws_protocol::position::Since;
+use pgws_protocol::position::{Continuity, Epoch, Position, Since};
 use pgws_protocol::routing;
 use pgws_service::history::HistoryConfig;
 use std::sync::Arc;
@@ -55,18 +65,48 @@ pub struct LocalConfig {
     pub history: HistoryConfig,
     /// `PGWS_HISTORY_MAX_CHANNELS`.
     pub history_max_channels: usize,
+    /// `PGWS_OUTBOX*`: `Some` reads the durable outbox too.
+    pub outbox: Option<OutboxConfig>,
+}
+
+/// The outbox as [`prepare_outbox`] found it: where reading starts, and
+/// the history to load.
+pub struct PreparedOutbox(Initial);
+
+/// With `PGWS_OUTBOX=true`: apply (or check) the schema and read where
+/// the outbox stands — before the gateway serves, so the first
+/// subscription already finds each channel's history and epoch.
+pub async fn prepare_outbox(
+    config: &LocalConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<PreparedOutbox>, OutboxError> {
+    let Some(outbox) = &config.outbox else {
+        return Ok(None);
+    };
+    let start = Start::History {
+        per_channel: config.history.size.max(1) as i64,
+        within: config.history.ttl,
+    };
+    let initial = reader::prepare(outbox, &start, config.retries, shutdown).await?;
+    tracing::info!(
+        messages = initial.history.len(),
+        "outbox ready: its recent messages are history again"
+    );
+    Ok(Some(PreparedOutbox(initial)))
 }
 
 /// The handle sessions use.
 pub struct LocalBus {
     relay: Relay,
     listening: watch::Receiver<ListenerState>,
+    outbox: Option<watch::Receiver<ReaderState>>,
     history: Arc<History>,
 }
 
 /// Start the listener and the relay; metrics go to `registry`.
 pub fn start(
     config: LocalConfig,
+    outbox: Option<PreparedOutbox>,
     inbox: Arc<dyn Inbox>,
     registry: &prometheus::Registry,
 ) -> prometheus::Result<Started> {
@@ -95,6 +135,21 @@ pub fn start(
         listen_channel: config.listen_channel.clone(),
         history: history.clone(),
     });
+    let mut background = Vec::new();
+    let outbox_state = match (config.outbox.clone(), outbox) {
+        (Some(outbox_config), Some(PreparedOutbox(initial))) => {
+            let (state, tasks) = start_outbox(
+                outbox_config,
+                initial,
+                router.clone(),
+                OutboxMetrics::register(registry)?,
+                stop.clone(),
+            );
+            background.extend(tasks);
+            Some(state)
+        }
+        _ => None,
+    };
     let listening = tokio::spawn(listener::run(
         ListenerConfig {
             db: config.db,
@@ -119,10 +174,12 @@ pub fn start(
             let _ = failure_tx.send(reason);
         }
     });
+    background.extend([watcher, sweeping]);
     Ok(Started {
         bus: Arc::new(LocalBus {
             relay,
             listening: state_rx,
+            outbox: outbox_state,
             history,
         }),
         lifecycle: Lifecycle {
@@ -130,9 +187,42 @@ pub fn start(
             workers,
             abort,
             stop,
-            background: vec![watcher, sweeping],
+            background,
         },
     })
+}
+
+/// Load the outbox's recent messages into history, then follow it and
+/// prune it until `stop`.
+fn start_outbox(
+    config: OutboxConfig,
+    initial: Initial,
+    router: Arc<Router>,
+    metrics: OutboxMetrics,
+    stop: CancellationToken,
+) -> (
+    watch::Receiver<ReaderState>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    for message in &initial.history {
+        router.record_outbox(message);
+    }
+    let (reader, state) = Reader::new(
+        config.clone(),
+        initial.cursors,
+        router,
+        metrics.clone(),
+        None,
+        stop.clone(),
+    );
+    let cursors = reader.cursors();
+    let reading = tokio::spawn(async move {
+        if let Err(e) = reader.run().await {
+            tracing::error!(error = %e, "the outbox reader stopped");
+        }
+    });
+    let pruning = tokio::spawn(prune::run(config, cursors, metrics, stop));
+    (state, vec![reading, pruning])
 }
 
 impl Bus for LocalBus {
@@ -171,9 +261,16 @@ impl Bus for LocalBus {
 
     fn readiness(&self) -> Readiness {
         let listening = self.listening.clone();
-        Box::new(move || match *listening.borrow() {
-            ListenerState::Listening => Ok(()),
-            other => Err(format!("listener {other:?}").to_lowercase()),
+        let outbox = self.outbox.clone();
+        Box::new(move || {
+            match *listening.borrow() {
+                ListenerState::Listening => {}
+                other => return Err(format!("listener {other:?}").to_lowercase()),
+            }
+            match outbox.as_ref().map(|o| *o.borrow()) {
+                None | Some(ReaderState::Reading) => Ok(()),
+                Some(other) => Err(format!("outbox reader {other:?}").to_lowercase()),
+            }
         })
     }
 }
@@ -195,6 +292,54 @@ struct Router {
     inbox: Arc<dyn Inbox>,
     listen_channel: String,
     history: Arc<History>,
+}
+
+impl Router {
+    /// The websocket channel of an outbox message: its `"channel"`, or the
+    /// one named like the listen channel.
+    fn outbox_channel(&self, message: &OutboxMessage) -> Arc<str> {
+        if message.channel.is_empty() {
+            Arc::from(self.listen_channel.as_str())
+        } else {
+            Arc::from(message.channel.as_str())
+        }
+    }
+
+    /// Keep an outbox message in history at its own offset; its position,
+    /// or `None` when history already had it.
+    fn record_outbox(&self, message: &OutboxMessage) -> Option<(Arc<str>, Position)> {
+        let channel = self.outbox_channel(message);
+        let position = Position {
+            epoch: Epoch {
+                base: message.base,
+                continuity: Continuity::DURABLE,
+            },
+            offset: message.offset,
+        };
+        let position = self
+            .history
+            .record_at(&channel, position, &message.payload)?;
+        Some((channel, position))
+    }
+}
+
+impl OutboxSink for Router {
+    fn deliver<'a>(&'a self, batch: &'a [OutboxMessage]) -> reader::SinkFuture<'a> {
+        let received_at = std::time::Instant::now();
+        for message in batch {
+            let Some((channel, position)) = self.record_outbox(message) else {
+                continue; // handed over again after a failure: already delivered
+            };
+            let delivery = Arc::new(Delivery::new(
+                channel.clone(),
+                message.payload.clone(),
+                Some(position),
+                received_at,
+            ));
+            self.inbox.deliver(&channel, delivery);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 impl NotificationSink for Router {
@@ -246,11 +391,14 @@ mod tests {
             )),
         };
         for payload in [r#"{"channel":"chat","payload":"hi"}"#, "plain text"] {
-            router.deliver(Notification {
-                payload: bytes::Bytes::from(payload),
-                received_at: Instant::now(),
-                source: 0,
-            });
+            NotificationSink::deliver(
+                &router,
+                Notification {
+                    payload: bytes::Bytes::from(payload),
+                    received_at: Instant::now(),
+                    source: 0,
+                },
+            );
         }
         let seen = recorder.0.lock().expect("lock").clone();
         assert_eq!(seen[0].0, "chat");

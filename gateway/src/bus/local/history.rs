@@ -137,6 +137,17 @@ impl History {
         let size = self.config.size;
         let recency = channels.last_recency + 1;
         channels.last_recency = recency;
+        let durable = channels
+            .map
+            .get(channel)
+            .is_some_and(|c| c.state.continuity == Continuity::DURABLE);
+        if durable {
+            // A NOTIFY on a channel the outbox numbers: a sequence of its
+            // own, under a new base (the outbox's offsets are not ours).
+            if let Some(old) = channels.map.remove(channel) {
+                channels.messages -= old.entries.len();
+            }
+        }
         let ch = self.channel(channels, channel, continuity, now);
         // This process's continuity only moves forward: never fenced.
         let position = ch.state.advance(continuity).ok()?;
@@ -151,6 +162,58 @@ impl History {
             });
             change += 1;
             while ch.entries.len() > size {
+                ch.entries.pop_front();
+                change -= 1;
+            }
+        }
+        channels.messages = channels.messages.saturating_add_signed(change);
+        self.metrics.messages.set(channels.messages as i64);
+        Some(position)
+    }
+
+    /// Keep a message the durable outbox numbered, at its own `position`:
+    /// `None` when history already has it (a batch handed over again).
+    /// A message that does not follow the channel's newest in the same
+    /// epoch starts the channel over at it, recoverable only from there
+    /// (`run_start` is its offset): whatever came before is not known here.
+    pub fn record_at(
+        &self,
+        channel: &Arc<str>,
+        position: Position,
+        payload: &Bytes,
+    ) -> Option<Position> {
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let channels = &mut *guard;
+        let recency = channels.last_recency + 1;
+        channels.last_recency = recency;
+        let ch = self.channel(channels, channel, self.continuity(), now);
+        let same = ch.state.epoch() == position.epoch;
+        if same && position.offset <= ch.state.offset {
+            return None;
+        }
+        let mut change: isize = 0;
+        if !same || position.offset != ch.state.offset + 1 {
+            change -= ch.entries.len() as isize;
+            ch.entries.clear();
+            ch.state = ChannelState {
+                base: position.epoch.base,
+                continuity: position.epoch.continuity,
+                run_start: position.offset,
+                offset: position.offset.saturating_sub(1),
+            };
+        }
+        ch.state.offset = position.offset;
+        ch.touched = now;
+        ch.recency = recency;
+        if self.config.size > 0 {
+            ch.entries.push_back(Entry {
+                offset: position.offset,
+                at: now,
+                payload: payload.clone(),
+            });
+            change += 1;
+            while ch.entries.len() > self.config.size {
                 ch.entries.pop_front();
                 change -= 1;
             }

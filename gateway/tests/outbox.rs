@@ -1,0 +1,414 @@
+//! The durable outbox, standalone: `pgws.send` in the application's
+//! transaction reaches every reader exactly once in commit order, a
+//! rolled-back send never does, a transaction that commits after later ones
+//! is not skipped, and nothing is lost across a gateway restart, a
+//! terminated reader backend or a PostgreSQL restart. Every test has a
+//! database of its own; the checker is `pgws_testkit::outbox`.
+
+mod common;
+
+use common::*;
+use pgws_testkit::outbox::{Ledger, Outcome, TestDb};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn outbox_gateway(db: &TestDb) -> ServerBuilder {
+    Server::gateway()
+        .env("PGWS_DB_URI", db.uri.clone())
+        .env("PGWS_OUTBOX", "true")
+        .env("PGWS_HISTORY_SIZE", "100000")
+        .env("PGWS_HISTORY_TTL", "600")
+        .env("PGWS_CHECK_LISTENER_INTERVAL", "1000")
+}
+
+fn payload(channel: &str, tag: &str) -> String {
+    format!(r#"{{"channel":"{channel}","payload":"{tag}"}}"#)
+}
+
+/// One transaction of `pgws.send`s; recorded in the ledger with how it
+/// ended. Errors before COMMIT roll back; an error at COMMIT is "maybe".
+async fn send_txn(
+    client: &tokio_postgres::Client,
+    ledger: &Ledger,
+    messages: &[(String, String)],
+    rollback: bool,
+) -> bool {
+    if client.batch_execute("BEGIN").await.is_err() {
+        return false;
+    }
+    for (_, p) in messages {
+        if client.execute("SELECT pgws.send($1)", &[p]).await.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+            for (c, p) in messages {
+                ledger.record(c, p, Outcome::RolledBack);
+            }
+            return false;
+        }
+    }
+    if rollback {
+        let _ = client.batch_execute("ROLLBACK").await;
+        for (c, p) in messages {
+            ledger.record(c, p, Outcome::RolledBack);
+        }
+        return true;
+    }
+    let issued = Instant::now();
+    let outcome = match client.batch_execute("COMMIT").await {
+        Ok(()) => Outcome::Committed {
+            issued,
+            returned: Instant::now(),
+        },
+        Err(_) => Outcome::Maybe,
+    };
+    for (c, p) in messages {
+        ledger.record(c, p, outcome);
+    }
+    matches!(outcome, Outcome::Committed { .. })
+}
+
+/// A sender: transactions of 1–4 sends over `channels` until `stop` (or
+/// `count` transactions), every seventh rolled back; reconnects when its
+/// connection breaks (the database restarting).
+async fn sender(
+    uri: String,
+    ledger: Ledger,
+    name: String,
+    channels: Vec<String>,
+    count: Option<usize>,
+    stop: Arc<AtomicBool>,
+) -> usize {
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut txns = 0usize;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) && count.is_none_or(|c| txns < c) {
+        let c = match &client {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                match tokio_postgres::connect(&uri, tokio_postgres::NoTls).await {
+                    Ok((c, conn)) => {
+                        tokio::spawn(conn);
+                        client = Some(c);
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+                continue;
+            }
+        };
+        let size = 1 + (txns % 4);
+        let messages: Vec<(String, String)> = (0..size)
+            .map(|i| {
+                n += 1;
+                let ch = &channels[(txns + i) % channels.len()];
+                (ch.clone(), payload(ch, &format!("{name}-{n}")))
+            })
+            .collect();
+        send_txn(c, &ledger, &messages, txns % 7 == 6).await;
+        txns += 1;
+    }
+    txns
+}
+
+/// Read v1 frames from `ws` until `done` says so.
+async fn collect_v1(ws: &mut Ws, want: impl Fn(usize) -> bool) -> Vec<String> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !want(got.len()) {
+        assert!(
+            Instant::now() < deadline,
+            "only {} frames in time",
+            got.len()
+        );
+        got.push(next_text(ws).await);
+    }
+    got
+}
+
+fn read_url(gw: &Server, channel: &str) -> String {
+    gw.url(&format!("{channel}/{}", token(json!({"mode": "r"}))))
+}
+
+#[tokio::test]
+async fn every_committed_send_reaches_every_reader_once_in_commit_order() {
+    let db = TestDb::create().await;
+    let gw = outbox_gateway(&db).start().await;
+    let (a, b) = (unique("ob-a"), unique("ob-b"));
+    let mut ra = connect(&read_url(&gw, &a)).await;
+    let mut rb = connect(&read_url(&gw, &b)).await;
+    let mut v2 = V2::connect(&gw.url(&token(json!({"mode": "r"})))).await;
+    assert_eq!(v2.subscribe(&a, None).await["type"], "reply");
+    let ledger = Ledger::default();
+
+    // The classic outbox bug: a transaction that sends first and commits
+    // last must still be delivered, after what committed before it.
+    let long = db.client().await;
+    long.batch_execute("BEGIN").await.expect("begin");
+    let long_payload = payload(&a, "long-1");
+    long.execute("SELECT pgws.send($1)", &[&long_payload])
+        .await
+        .expect("send");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(sender(
+                db.uri.clone(),
+                ledger.clone(),
+                format!("s{i}"),
+                vec![a.clone(), b.clone()],
+                Some(60),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    // Commit the long transaction while the others are under way.
+    while ledger.committed(&a) < 40 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let issued = Instant::now();
+    long.batch_execute("COMMIT").await.expect("commit");
+    ledger.record(
+        &a,
+        &long_payload,
+        Outcome::Committed {
+            issued,
+            returned: Instant::now(),
+        },
+    );
+    for s in senders {
+        s.await.expect("sender");
+    }
+
+    let (na, nb) = (ledger.committed(&a), ledger.committed(&b));
+    let got_a = collect_v1(&mut ra, |n| n >= na).await;
+    let got_b = collect_v1(&mut rb, |n| n >= nb).await;
+    let v2_a = v2.read_messages(na).await;
+    for (what, report) in [
+        ("v1 a", ledger.check(&a, &got_a)),
+        ("v1 b", ledger.check(&b, &got_b)),
+        (
+            "v2 a",
+            ledger.check(&a, &v2_a.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>()),
+        ),
+    ] {
+        assert!(report.clean(), "{what}: {report}");
+    }
+    assert!(got_a.contains(&long_payload), "the late commit arrived");
+    let offsets: Vec<u64> = v2_a.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (1..=na as u64).collect::<Vec<_>>(),
+        "offsets count the channel's commits from 1"
+    );
+    // Nothing more arrives: rolled-back sends stay undelivered.
+    let marker = payload(&a, "marker");
+    db.client()
+        .await
+        .execute("SELECT pgws.send($1)", &[&marker])
+        .await
+        .expect("send marker");
+    assert_eq!(next_text(&mut ra).await, marker);
+}
+
+#[tokio::test]
+async fn a_restarted_gateway_keeps_the_epoch_and_recovers_what_was_sent_meanwhile() {
+    let db = TestDb::create().await;
+    let mut gw = outbox_gateway(&db).start().await;
+    let ch = unique("ob-restart");
+    let mut v2 = V2::connect(&gw.url(&token(json!({"mode": "r"})))).await;
+    v2.subscribe(&ch, None).await;
+    let client = db.client().await;
+    for i in 1..=5 {
+        client
+            .execute(
+                "SELECT pgws.send($1)",
+                &[&payload(&ch, &format!("before-{i}"))],
+            )
+            .await
+            .expect("send");
+    }
+    let mut last = None;
+    for _ in 0..5 {
+        last = Some(v2.next_message().await);
+    }
+    let last = Pos::of(&last.expect("a message"));
+    assert_eq!(last.offset, 5);
+
+    // Stopped while senders go on.
+    let ledger = Ledger::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sending = tokio::spawn(sender(
+        db.uri.clone(),
+        ledger.clone(),
+        "down".into(),
+        vec![ch.clone()],
+        None,
+        stop.clone(),
+    ));
+    gw.signal("TERM");
+    assert!(gw.wait_exit(WAIT).await.success());
+    let down = Instant::now();
+    while ledger.committed(&ch) < 50 || down.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let gw2 = outbox_gateway(&db)
+        .env("PGWS_LISTEN_CHANNEL", gw.listen_channel.clone())
+        .start()
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    sending.await.expect("sender");
+
+    let mut back = V2::connect(&gw2.url(&token(json!({"mode": "r"})))).await;
+    let reply = back.subscribe(&ch, Some(&last)).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["epoch"], last.epoch.as_str(), "the same epoch");
+    let missed = ledger.committed(&ch);
+    let replayed = back.read_messages(missed).await;
+    let data: Vec<String> = replayed.iter().map(|(_, d)| d.clone()).collect();
+    let report = ledger.check(&ch, &data);
+    assert!(report.clean(), "{report}");
+    assert_eq!(
+        replayed.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        (6..6 + missed as u64).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_terminated_reader_backend_loses_nothing() {
+    let db = TestDb::create().await;
+    let gw = outbox_gateway(&db).start().await;
+    let ch = unique("ob-term");
+    let mut reader = connect(&read_url(&gw, &ch)).await;
+    let ledger = Ledger::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sending = tokio::spawn(sender(
+        db.uri.clone(),
+        ledger.clone(),
+        "t".into(),
+        vec![ch.clone()],
+        None,
+        stop.clone(),
+    ));
+    let admin = db.client().await;
+    for _ in 0..3 {
+        let before = ledger.committed(&ch);
+        while ledger.committed(&ch) < before + 30 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name IN ('pgws outbox', 'pgws listener')",
+                &[],
+            )
+            .await
+            .expect("terminate");
+    }
+    stop.store(true, Ordering::Relaxed);
+    sending.await.expect("sender");
+    let n = ledger.committed(&ch);
+    let got = collect_v1(&mut reader, |k| k >= n).await;
+    let report = ledger.check(&ch, &got);
+    assert!(report.clean(), "{report}");
+    assert!(gw.metric("pgws_outbox_reconnects_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn without_migrating_a_missing_schema_stops_the_gateway_naming_the_sql_file() {
+    let db = TestDb::create().await;
+    let mut gw = outbox_gateway(&db)
+        .env("PGWS_OUTBOX_MIGRATE", "false")
+        .no_wait()
+        .start()
+        .await;
+    let status = gw.wait_exit(WAIT).await;
+    assert!(!status.success());
+    let log = gw.log_text();
+    assert!(log.contains("postgres/sql/outbox.sql"), "{log}");
+    assert!(log.contains("PGWS_OUTBOX_MIGRATE=false"), "{log}");
+}
+
+#[tokio::test]
+async fn several_gateways_migrating_at_once_all_start() {
+    let db = TestDb::create().await;
+    let starting: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(outbox_gateway(&db).start()))
+        .collect();
+    let mut gateways = Vec::new();
+    for s in starting {
+        gateways.push(s.await.expect("started"));
+    }
+    // And each one delivers.
+    let ch = unique("ob-many");
+    let mut readers = Vec::new();
+    for gw in &gateways {
+        readers.push(connect(&read_url(gw, &ch)).await);
+    }
+    let p = payload(&ch, "hello");
+    db.client()
+        .await
+        .execute("SELECT pgws.send($1)", &[&p])
+        .await
+        .expect("send");
+    for r in &mut readers {
+        assert_eq!(next_text(r).await, p);
+    }
+}
+
+#[tokio::test]
+async fn a_payload_without_a_channel_goes_to_the_listen_channels_namesake() {
+    let db = TestDb::create().await;
+    let gw = outbox_gateway(&db).start().await;
+    let mut reader = connect(&read_url(&gw, &gw.listen_channel)).await;
+    let client = db.client().await;
+    for p in ["plain text", "{not json", r#"{"channel": 5}"#] {
+        client
+            .execute("SELECT pgws.send($1)", &[&p])
+            .await
+            .expect("send");
+        assert_eq!(next_text(&mut reader).await, p);
+    }
+}
+
+#[tokio::test]
+async fn delivered_rows_older_than_the_retention_are_pruned() {
+    let db = TestDb::create().await;
+    let gw = outbox_gateway(&db)
+        .env("PGWS_OUTBOX_RETENTION", "1")
+        .start()
+        .await;
+    let ch = unique("ob-prune");
+    let mut reader = connect(&read_url(&gw, &ch)).await;
+    let client = db.client().await;
+    client
+        .execute(
+            "SELECT pgws.send(format('{\"channel\":\"%s\",\"payload\":%s}', $1::text, i)) \
+             FROM generate_series(1, 200) AS i",
+            &[&ch],
+        )
+        .await
+        .expect("send");
+    collect_v1(&mut reader, |n| n >= 200).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left: i64 = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pgws.outbox) + (SELECT count(*) FROM pgws.commits)",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} rows still there");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        gw.metric("pgws_outbox_pruned_total{table=\"outbox\"}")
+            .await
+            >= 200.0
+    );
+}

@@ -1,0 +1,201 @@
+-- postgres-websockets: the durable outbox (schema version 1).
+--
+-- Applied by pgws-gateway (standalone) or pgws-coordinator (cluster) at
+-- start when PGWS_OUTBOX=true, unless PGWS_OUTBOX_MIGRATE=false — then a DBA
+-- applies this file instead, as the role that will own schema pgws:
+--
+--     psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f postgres/sql/outbox.sql
+--
+-- Idempotent, and safe when several processes apply it at once (an
+-- advisory lock serializes them). Needs no superuser, no extension and no
+-- wal_level=logical: an ordinary role that may CREATE in the database.
+--
+-- Applications publish with `SELECT pgws.send(payload)` inside their own
+-- transaction; `payload` is what they would pass to pg_notify on the
+-- listen channel. A role that publishes needs USAGE on schema pgws (granted
+-- to PUBLIC below) and EXECUTE on pgws.send (PostgreSQL's default); the
+-- tables stay private to the owner.
+--
+-- How it keeps commit order without a global lock (docs/architecture.md,
+-- "The durable outbox"):
+--
+-- * pgws.send inserts the row; nothing is locked yet, so a long
+--   transaction holds nothing while it works.
+-- * At commit, a deferred constraint trigger runs once per transaction: it
+--   takes the transaction's shard locks in ascending order (a channel
+--   always maps to the same one of 16 shards; ascending order means no
+--   deadlock), gives each channel's messages their offsets from
+--   pgws.channels, and appends one row per channel to pgws.commits. The
+--   locks are held until the commit ends and a transaction becomes visible
+--   before it releases them, so within a shard commits.seq order is commit
+--   order: the reader follows each shard with a plain `seq > cursor`, and
+--   a transaction that commits late cannot be skipped.
+-- * The doorbell: NOTIFY pgws_outbox only when a reader is idle (waiting);
+--   a busy reader polls anyway, so under load no transaction pays for
+--   NOTIFY's global commit lock.
+
+BEGIN;
+SELECT pg_advisory_xact_lock(1885828979, -1);
+
+CREATE SCHEMA IF NOT EXISTS pgws;
+GRANT USAGE ON SCHEMA pgws TO PUBLIC;
+
+CREATE TABLE IF NOT EXISTS pgws.meta (
+  key text PRIMARY KEY,
+  value text NOT NULL
+);
+
+-- What applications sent, uncommitted rows included (invisible until
+-- their transaction commits; a rolled-back transaction's rows never are).
+CREATE TABLE IF NOT EXISTS pgws.outbox (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+  -- The payload's "channel"; NULL: the channel named like the listen channel.
+  channel text,
+  payload text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS outbox_xid ON pgws.outbox (xid);
+
+-- Each channel's sequence: when it was created (the epoch's base, in Unix
+-- milliseconds) and its newest offset. One row per channel ever sent on.
+CREATE TABLE IF NOT EXISTS pgws.channels (
+  channel text PRIMARY KEY, -- '' for the listen channel's namesake
+  base bigint NOT NULL,
+  last_offset bigint NOT NULL
+);
+
+-- One row per committed transaction and channel, in commit order per shard.
+CREATE TABLE IF NOT EXISTS pgws.commits (
+  seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  shard int NOT NULL,
+  xid xid8 NOT NULL,
+  channel text NOT NULL,
+  base bigint NOT NULL,
+  first_offset bigint NOT NULL,
+  first_id bigint NOT NULL,
+  last_id bigint NOT NULL,
+  committed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS commits_shard_seq ON pgws.commits (shard, seq);
+CREATE INDEX IF NOT EXISTS commits_first_id ON pgws.commits (first_id);
+
+-- Readers (their backend pids): a transaction rings the doorbell when one
+-- of them is idle.
+CREATE TABLE IF NOT EXISTS pgws.readers (
+  pid int PRIMARY KEY,
+  since timestamptz NOT NULL DEFAULT now()
+);
+
+-- Where a cluster's leader stands, per shard (standalone readers keep
+-- theirs in memory). `fence` is the writing leader's fencing epoch.
+CREATE TABLE IF NOT EXISTS pgws.cursors (
+  name text PRIMARY KEY,
+  seqs bigint[] NOT NULL,
+  fence bigint NOT NULL DEFAULT 0,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Pruning deletes old rows in small batches, so the tables stay small
+-- between autovacuum runs that start early.
+ALTER TABLE pgws.outbox SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 10000,
+  autovacuum_vacuum_insert_scale_factor = 0.0, autovacuum_vacuum_insert_threshold = 100000);
+ALTER TABLE pgws.commits SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 10000,
+  autovacuum_vacuum_insert_scale_factor = 0.0, autovacuum_vacuum_insert_threshold = 100000);
+
+CREATE OR REPLACE FUNCTION pgws.shards() RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 16 $$;
+
+CREATE OR REPLACE FUNCTION pgws.shard_of(channel text) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT hashtext(channel) & 15 $$;
+
+-- Publish `payload` when the calling transaction commits; routed by its
+-- "channel" field like a NOTIFY on the listen channel. No 8000-byte limit.
+CREATE OR REPLACE FUNCTION pgws.send(payload text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  target text;
+  doc jsonb;
+BEGIN
+  IF payload IS NULL THEN
+    RAISE EXCEPTION 'pgws.send: payload is NULL' USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  IF left(ltrim(payload, E' \t\n\r'), 1) = '{' THEN
+    BEGIN
+      doc := payload::jsonb;
+      IF jsonb_typeof(doc -> 'channel') = 'string' THEN
+        target := doc ->> 'channel';
+      END IF;
+    EXCEPTION WHEN OTHERS THEN
+      target := NULL; -- not JSON: the listen channel's namesake, as for NOTIFY
+    END;
+  END IF;
+  INSERT INTO pgws.outbox (channel, payload) VALUES (target, payload);
+END
+$$;
+
+-- At commit (deferred): offsets, commit rows, the doorbell. Once per
+-- transaction; the rows it covered are remembered in pgws.committed.
+CREATE OR REPLACE FUNCTION pgws.commit_sends() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  me xid8 := pg_current_xact_id();
+  done bigint := coalesce(nullif(current_setting('pgws.committed', true), ''), '0')::bigint;
+  upto bigint := done;
+  r record;
+  k record;
+  newest bigint;
+  channel_base bigint;
+  ring boolean := false;
+BEGIN
+  IF NEW.id <= done THEN
+    RETURN NULL;
+  END IF;
+  FOR r IN
+    SELECT coalesce(o.channel, '') AS channel, pgws.shard_of(coalesce(o.channel, '')) AS shard,
+           count(*) AS n, min(o.id) AS first_id, max(o.id) AS last_id
+      FROM pgws.outbox o
+     WHERE o.xid = me AND o.id > done
+     GROUP BY 1
+     ORDER BY 2, 1
+  LOOP
+    PERFORM pg_advisory_xact_lock(1885828979, r.shard);
+    INSERT INTO pgws.channels AS c (channel, base, last_offset)
+         VALUES (r.channel, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint, r.n)
+    ON CONFLICT (channel) DO UPDATE SET last_offset = c.last_offset + excluded.last_offset
+      RETURNING c.last_offset, c.base INTO newest, channel_base;
+    INSERT INTO pgws.commits (shard, xid, channel, base, first_offset, first_id, last_id)
+         VALUES (r.shard, me, r.channel, channel_base, newest - r.n + 1, r.first_id, r.last_id);
+    upto := greatest(upto, r.last_id);
+  END LOOP;
+  PERFORM set_config('pgws.committed', upto::text, true);
+  -- The doorbell. The shared lock (…, 0) is held from here to the end of
+  -- the commit: a reader going idle takes it exclusively, so it waits for
+  -- every transaction that saw it busy and rang nothing.
+  PERFORM pg_advisory_xact_lock_shared(1885828980, 0);
+  FOR k IN SELECT pid FROM pgws.readers LOOP
+    IF pg_try_advisory_xact_lock_shared(1885828980, k.pid) THEN
+      ring := true;
+    END IF;
+  END LOOP;
+  IF ring THEN
+    PERFORM pg_notify('pgws_outbox', '');
+  END IF;
+  RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION pgws.commit_sends() FROM PUBLIC;
+
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'pgws_commit_sends'
+                 AND tgrelid = 'pgws.outbox'::regclass) THEN
+    CREATE CONSTRAINT TRIGGER pgws_commit_sends AFTER INSERT ON pgws.outbox
+      DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgws.commit_sends();
+  END IF;
+END
+$$;
+
+INSERT INTO pgws.meta (key, value) VALUES ('schema_version', '1')
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+COMMIT;

@@ -1,0 +1,80 @@
+//! `pgws_outbox_*`: the reader's and the pruner's counters.
+
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// The outbox's metrics.
+#[derive(Clone)]
+pub struct OutboxMetrics {
+    /// 1 while the reader's connection is up and reading.
+    pub up: IntGauge,
+    /// Age of the oldest commit not yet handed over, in seconds (0 idle).
+    pub lag: Gauge,
+    /// Messages handed over.
+    pub messages: IntCounter,
+    /// Poll queries.
+    pub polls: IntCounter,
+    /// Doorbells heard (a transaction committed while the reader waited).
+    pub doorbells: IntCounter,
+    /// Reader connections lost and made again.
+    pub reconnects: IntCounter,
+    /// Batches the sink refused (handed over again after a pause).
+    pub refused: IntCounter,
+    /// Rows pruned, by table.
+    pub pruned: IntCounterVec,
+    /// Times the reader found itself further behind than the retention.
+    pub behind: IntCounter,
+}
+
+impl OutboxMetrics {
+    /// Create and register the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<OutboxMetrics> {
+        let m = OutboxMetrics {
+            up: IntGauge::new(
+                "pgws_outbox_up",
+                "1 while the outbox reader is connected and reading",
+            )?,
+            lag: Gauge::new(
+                "pgws_outbox_lag_seconds",
+                "Age of the oldest outbox commit not yet delivered by the reader (0 when caught up)",
+            )?,
+            messages: IntCounter::new(
+                "pgws_outbox_messages_total",
+                "Messages read from the outbox and handed to delivery",
+            )?,
+            polls: IntCounter::new("pgws_outbox_polls_total", "Outbox poll queries")?,
+            doorbells: IntCounter::new(
+                "pgws_outbox_doorbells_total",
+                "Doorbells heard: a transaction with pgws.send committed while the reader waited",
+            )?,
+            reconnects: IntCounter::new(
+                "pgws_outbox_reconnects_total",
+                "Times the outbox reader's connection was lost and made again",
+            )?,
+            refused: IntCounter::new(
+                "pgws_outbox_refused_total",
+                "Outbox batches delivery could not take (handed over again after a pause)",
+            )?,
+            pruned: IntCounterVec::new(
+                Opts::new(
+                    "pgws_outbox_pruned_total",
+                    "Rows deleted from the outbox tables past PGWS_OUTBOX_RETENTION",
+                ),
+                &["table"],
+            )?,
+            behind: IntCounter::new(
+                "pgws_outbox_behind_retention_total",
+                "Times the reader was further behind than PGWS_OUTBOX_RETENTION (nothing unread is pruned)",
+            )?,
+        };
+        registry.register(Box::new(m.up.clone()))?;
+        registry.register(Box::new(m.lag.clone()))?;
+        registry.register(Box::new(m.messages.clone()))?;
+        registry.register(Box::new(m.polls.clone()))?;
+        registry.register(Box::new(m.doorbells.clone()))?;
+        registry.register(Box::new(m.reconnects.clone()))?;
+        registry.register(Box::new(m.refused.clone()))?;
+        registry.register(Box::new(m.pruned.clone()))?;
+        registry.register(Box::new(m.behind.clone()))?;
+        Ok(m)
+    }
+}

@@ -1,0 +1,652 @@
+//! The outbox reader: one connection that follows every shard of
+//! `pgws.commits` with a cursor and hands each committed message, with its
+//! channel's offset, to an [`OutboxSink`].
+//!
+//! # Busy, idle, and the doorbell
+//!
+//! A reader is *busy* while it holds its own advisory lock
+//! `(DOORBELL_LOCKS, pid)` exclusively, and *idle* (waiting) otherwise. A
+//! committing transaction (the SQL's `pgws.commit_sends`) holds
+//! `(DOORBELL_LOCKS, 0)` shared until its commit ends, and rings —
+//! `NOTIFY pgws_outbox` — only if it can take some reader's lock shared,
+//! i.e. only if a reader is idle. So under load, when the reader polls back
+//! to back, no transaction pays for NOTIFY's database-wide commit lock.
+//!
+//! Going idle, the reader (1) releases its lock, (2) takes `(…, 0)`
+//! exclusively, which waits for every transaction that was committing
+//! while it was busy (they may have rung nothing), (3) releases it, (4)
+//! polls once more, and only then (5) waits for a doorbell or
+//! `PGWS_OUTBOX_POLL_INTERVAL`. Every commit is therefore seen by the poll
+//! in (4), or rings in (5): a transaction that checked the reader's lock
+//! before (1) is waited for in (2); one that checks after (1) finds it free
+//! and rings. Waking, the reader takes its lock again, which waits for the
+//! transactions that rang (they hold it shared) to finish committing, so
+//! the next poll sees them. The poll interval is a backstop (a doorbell
+//! lost with the connection), not the delivery path.
+//!
+//! # Order and exactly once
+//!
+//! Within a shard, `seq` order is commit order (the SQL's shard lock), and
+//! a cursor moves past a row only after the sink took it: each committed
+//! message is handed over once per cursor, in commit order per channel.
+//! What the sink must make idempotent is a batch handed over again after a
+//! failure (the leader's publish script and the standalone history both
+//! drop an offset they already have).
+
+use super::{
+    OutboxConfig, OutboxError, OutboxMetrics, DOORBELL_CHANNEL, DOORBELL_LOCKS, READER_APP_NAME,
+};
+use crate::pg::{self, PgConfig};
+use bytes::Bytes;
+use pgws_service::backoff::Backoff;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_postgres::{AsyncMessage, Client, Row, Statement};
+use tokio_util::sync::CancellationToken;
+
+/// One message read from the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    /// The payload's `"channel"`; empty for a payload without one (it goes
+    /// to the channel named like the listen channel, as a NOTIFY would).
+    pub channel: String,
+    /// What the application passed to `pgws.send`, verbatim.
+    pub payload: Bytes,
+    /// The channel's epoch base (`pgws.channels.base`).
+    pub base: u64,
+    /// Its offset in the channel's sequence.
+    pub offset: u64,
+    /// Its commit row's shard and sequence number.
+    pub shard: i32,
+    /// See `shard`.
+    pub seq: i64,
+    /// When its transaction committed (Unix milliseconds).
+    pub committed_at_ms: i64,
+}
+
+/// A future the sink returns.
+pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Where the reader hands messages.
+pub trait OutboxSink: Send + Sync + 'static {
+    /// Take a batch, in commit order per channel. `Err`: not taken; the
+    /// same messages are handed over again after a pause (so taking them
+    /// must be idempotent by offset).
+    fn deliver<'a>(&'a self, batch: &'a [OutboxMessage]) -> SinkFuture<'a>;
+}
+
+/// What the reader is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderState {
+    /// Not connected yet.
+    Starting,
+    /// Connected, following the outbox.
+    Reading,
+    /// The connection was lost; making it again.
+    Reconnecting,
+    /// Stopped.
+    Stopped,
+}
+
+/// Where a shard stands: the last `seq` handed over, per shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursors {
+    /// Shard numbers, `0..pgws.shards()`.
+    pub shards: Vec<i32>,
+    /// The last sequence number taken, per shard (same order).
+    pub seqs: Vec<i64>,
+}
+
+impl Cursors {
+    fn advance(&mut self, batch: &[OutboxMessage]) {
+        for m in batch {
+            if let Some(i) = self.shards.iter().position(|s| *s == m.shard) {
+                self.seqs[i] = self.seqs[i].max(m.seq);
+            }
+        }
+    }
+}
+
+/// Where reading starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Standalone: from what is committed now, with the newest
+    /// `per_channel` messages of each channel committed within `within`
+    /// as history (the outbox is the history across a restart).
+    History {
+        /// Messages per channel.
+        per_channel: i64,
+        /// How far back.
+        within: Duration,
+    },
+    /// A cluster's leader: from the cursor saved under this name, or from
+    /// what is committed now when there is none.
+    Saved(String),
+}
+
+/// What [`prepare`] found.
+#[derive(Debug)]
+pub struct Initial {
+    /// Where to start reading.
+    pub cursors: Cursors,
+    /// The history to load (standalone), oldest first.
+    pub history: Vec<OutboxMessage>,
+}
+
+/// A cluster leader's saved cursor: written after each batch, refused
+/// once a leader with a larger fencing epoch has written it.
+#[derive(Debug, Clone)]
+pub struct SavedCursor {
+    /// The cursor's name (`pgws.cursors.name`).
+    pub name: String,
+    /// This leader's fencing epoch.
+    pub fence: i64,
+}
+
+/// Connect, apply (or check) the schema, and find where to start. A
+/// connection failure is retried `retries` times on the listener's
+/// schedule; a schema that is missing while migrating is off is final.
+pub async fn prepare(
+    config: &OutboxConfig,
+    start: &Start,
+    retries: u32,
+    shutdown: &CancellationToken,
+) -> Result<Initial, OutboxError> {
+    let mut backoff = Backoff::new();
+    let mut failures = 0;
+    loop {
+        match prepare_once(config, start).await {
+            Err(OutboxError::Database(why)) if failures < retries => {
+                failures += 1;
+                let delay = backoff.next_delay();
+                tracing::warn!(attempt = failures, error = %why, retry_in_ms = delay.as_millis() as u64, "cannot prepare the outbox");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(OutboxError::Database("shutdown".into())),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn prepare_once(config: &OutboxConfig, start: &Start) -> Result<Initial, OutboxError> {
+    let session = Session::open(&config.db).await?;
+    if config.migrate {
+        super::schema::migrate(&session.client).await?;
+    } else {
+        super::schema::check(&session.client).await?;
+    }
+    let db = |e: tokio_postgres::Error| OutboxError::Database(pg::error_chain(&e));
+    session
+        .client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(db)?;
+    let mut cursors = newest(&session.client).await.map_err(db)?;
+    let mut history = Vec::new();
+    match start {
+        Start::History {
+            per_channel,
+            within,
+        } => {
+            let rows = session
+                .client
+                .query(HISTORY_SQL, &[&within.as_secs_f64(), per_channel])
+                .await
+                .map_err(db)?;
+            history = messages(&rows);
+        }
+        Start::Saved(name) => {
+            let saved = session
+                .client
+                .query_opt("SELECT seqs FROM pgws.cursors WHERE name = $1", &[name])
+                .await
+                .map_err(db)?;
+            if let Some(row) = saved {
+                let seqs: Vec<i64> = row.get(0);
+                for (i, seq) in seqs.into_iter().enumerate().take(cursors.seqs.len()) {
+                    cursors.seqs[i] = seq;
+                }
+            }
+        }
+    }
+    session.client.batch_execute("COMMIT").await.map_err(db)?;
+    Ok(Initial { cursors, history })
+}
+
+/// Every shard's newest sequence number.
+async fn newest(client: &Client) -> Result<Cursors, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT s, coalesce((SELECT max(seq) FROM pgws.commits WHERE shard = s), 0) \
+               FROM generate_series(0, pgws.shards() - 1) AS s ORDER BY s",
+            &[],
+        )
+        .await?;
+    Ok(Cursors {
+        shards: rows.iter().map(|r| r.get(0)).collect(),
+        seqs: rows.iter().map(|r| r.get(1)).collect(),
+    })
+}
+
+/// The newest `$2` commits per channel within `$1` seconds, with their
+/// messages (a commit holds at least one: enough for `$2` messages).
+const HISTORY_SQL: &str = "\
+SELECT c.seq, c.shard, c.channel, c.base, c.first_offset, o.payload,
+       floor(extract(epoch FROM c.committed_at) * 1000)::bigint
+  FROM (SELECT * FROM (SELECT c.*, row_number() OVER (PARTITION BY c.channel ORDER BY c.seq DESC) AS rn
+                         FROM pgws.commits c
+                        WHERE c.committed_at > now() - make_interval(secs => $1)) AS x
+         WHERE x.rn <= $2) AS c
+  JOIN pgws.outbox o ON o.xid = c.xid AND o.id BETWEEN c.first_id AND c.last_id
+                    AND coalesce(o.channel, '') = c.channel
+ ORDER BY c.seq, o.id";
+
+/// The next commits after the cursors (`$1` shards, `$2` their cursors),
+/// at most `$3`, with their messages in commit order.
+const POLL_SQL: &str = "\
+WITH next AS (
+  SELECT c.seq, c.shard, c.xid, c.channel, c.base, c.first_offset, c.first_id, c.last_id, c.committed_at
+    FROM pgws.commits c
+    JOIN unnest($1::int[], $2::bigint[]) AS k(shard, cur) ON c.shard = k.shard AND c.seq > k.cur
+   ORDER BY c.seq
+   LIMIT $3)
+SELECT n.seq, n.shard, n.channel, n.base, n.first_offset, o.payload,
+       floor(extract(epoch FROM n.committed_at) * 1000)::bigint
+  FROM next n
+  JOIN pgws.outbox o ON o.xid = n.xid AND o.id BETWEEN n.first_id AND n.last_id
+                    AND coalesce(o.channel, '') = n.channel
+ ORDER BY n.seq, o.id";
+
+/// Rows of [`POLL_SQL`] or [`HISTORY_SQL`] as messages: the rows of one
+/// commit take consecutive offsets from its first.
+fn messages(rows: &[Row]) -> Vec<OutboxMessage> {
+    let mut out: Vec<OutboxMessage> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq: i64 = row.get(0);
+        let first_offset: i64 = row.get(4);
+        let offset = match out.last() {
+            Some(prev) if prev.seq == seq => prev.offset + 1,
+            _ => first_offset.max(0) as u64,
+        };
+        let payload: String = row.get(5);
+        out.push(OutboxMessage {
+            seq,
+            shard: row.get(1),
+            channel: row.get(2),
+            base: row.get::<_, i64>(3).max(0) as u64,
+            offset,
+            payload: Bytes::from(payload),
+            committed_at_ms: row.get(6),
+        });
+    }
+    out
+}
+
+/// One connection: the client, and the task that drives it and turns
+/// doorbell notifications into [`Notify`] permits.
+struct Session {
+    client: Client,
+    doorbell: Arc<Notify>,
+    driver: JoinHandle<String>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Session {
+    async fn open(db: &PgConfig) -> Result<Session, OutboxError> {
+        let (client, mut connection) = pg::connect(db, READER_APP_NAME)
+            .await
+            .map_err(|e| OutboxError::Database(e.to_string()))?;
+        let doorbell = Arc::new(Notify::new());
+        let ring = doorbell.clone();
+        let driver = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(_))) => ring.notify_one(),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return pg::error_chain(&e),
+                    None => return "connection closed".to_string(),
+                }
+            }
+        });
+        Ok(Session {
+            client,
+            doorbell,
+            driver,
+        })
+    }
+}
+
+/// How one connected session of the reader ended.
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+    Fenced,
+}
+
+/// The reader; [`Reader::run`] follows the outbox until shutdown.
+pub struct Reader {
+    config: OutboxConfig,
+    sink: Arc<dyn OutboxSink>,
+    metrics: OutboxMetrics,
+    state: watch::Sender<ReaderState>,
+    saved: Option<SavedCursor>,
+    cursors: Arc<Mutex<Cursors>>,
+    shutdown: CancellationToken,
+}
+
+impl Reader {
+    /// A reader from `cursors` on.
+    pub fn new(
+        config: OutboxConfig,
+        cursors: Cursors,
+        sink: Arc<dyn OutboxSink>,
+        metrics: OutboxMetrics,
+        saved: Option<SavedCursor>,
+        shutdown: CancellationToken,
+    ) -> (Reader, watch::Receiver<ReaderState>) {
+        let (state, state_rx) = watch::channel(ReaderState::Starting);
+        let reader = Reader {
+            config,
+            sink,
+            metrics,
+            state,
+            saved,
+            cursors: Arc::new(Mutex::new(cursors)),
+            shutdown,
+        };
+        (reader, state_rx)
+    }
+
+    /// The cursors as they move (the pruner deletes only what is behind
+    /// them).
+    pub fn cursors(&self) -> Arc<Mutex<Cursors>> {
+        self.cursors.clone()
+    }
+
+    fn current(&self) -> Cursors {
+        self.cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Follow the outbox until shutdown (`Ok`), or until a leader with a
+    /// larger fencing epoch saved the cursor (`Err`).
+    pub async fn run(self) -> Result<(), OutboxError> {
+        let mut backoff = Backoff::new();
+        loop {
+            let opened = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                s = Session::open(&self.config.db) => s,
+            };
+            let end = match opened {
+                Ok(session) => {
+                    let started = Instant::now();
+                    let end = self.follow(session).await;
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff.reset();
+                    }
+                    end
+                }
+                Err(e) => SessionEnd::Lost(e.to_string()),
+            };
+            self.metrics.up.set(0);
+            match end {
+                SessionEnd::Shutdown => break,
+                SessionEnd::Fenced => {
+                    self.state.send_replace(ReaderState::Stopped);
+                    return Err(OutboxError::Database(
+                        "a newer leader saved the outbox cursor: this one is deposed".into(),
+                    ));
+                }
+                SessionEnd::Lost(why) => {
+                    self.metrics.reconnects.inc();
+                    self.state.send_replace(ReaderState::Reconnecting);
+                    let delay = backoff.next_delay().min(Duration::from_secs(5));
+                    tracing::warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "outbox reader connection lost: reconnecting");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.state.send_replace(ReaderState::Stopped);
+        Ok(())
+    }
+
+    /// Register, then poll while busy and wait for the doorbell while idle.
+    async fn follow(&self, session: Session) -> SessionEnd {
+        let lost = |e: tokio_postgres::Error| SessionEnd::Lost(pg::error_chain(&e));
+        let setup = async {
+            let pid: i32 = session
+                .client
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await?
+                .get(0);
+            session
+                .client
+                .batch_execute(&format!(
+                    "SET lock_timeout = '500ms'; \
+                     DELETE FROM pgws.readers WHERE pid NOT IN (SELECT pid FROM pg_stat_activity); \
+                     INSERT INTO pgws.readers (pid) VALUES ({pid}) ON CONFLICT DO NOTHING; \
+                     LISTEN {DOORBELL_CHANNEL}"
+                ))
+                .await?;
+            let poll = session.client.prepare(POLL_SQL).await?;
+            Ok::<_, tokio_postgres::Error>((pid, poll))
+        };
+        let (pid, poll) = match setup.await {
+            Ok(pair) => pair,
+            Err(e) => return lost(e),
+        };
+        tracing::info!(pid, "reading the outbox");
+        self.metrics.up.set(1);
+        self.state.send_replace(ReaderState::Reading);
+        let mut behind = false;
+        if let Err(e) = self.busy(&session, pid).await {
+            return e;
+        }
+        loop {
+            // Busy: poll until a poll comes back empty.
+            match self.poll_and_deliver(&session, &poll, &mut behind).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(end) => return end,
+            }
+            // Idle: see the module documentation for why this order.
+            match self.go_idle(&session, pid).await {
+                Ok(true) => {}
+                Ok(false) => continue, // a sender is committing: stay busy
+                Err(end) => return end,
+            }
+            let found = match self.poll_and_deliver(&session, &poll, &mut behind).await {
+                Ok(found) => found,
+                Err(end) => return end,
+            };
+            if !found {
+                self.metrics.lag.set(0.0);
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
+                    _ = session.doorbell.notified() => self.metrics.doorbells.inc(),
+                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+            }
+            if let Err(e) = self.busy(&session, pid).await {
+                return e;
+            }
+        }
+    }
+
+    /// Take this reader's lock: senders stop ringing, and the ones that
+    /// rang have finished committing.
+    async fn busy(&self, session: &Session, pid: i32) -> Result<(), SessionEnd> {
+        loop {
+            match session
+                .client
+                .execute("SELECT pg_advisory_lock($1, $2)", &[&DOORBELL_LOCKS, &pid])
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if is_lock_timeout(&e) => continue,
+                Err(e) => return Err(SessionEnd::Lost(pg::error_chain(&e))),
+            }
+        }
+    }
+
+    /// Release this reader's lock, then wait for the senders that saw it
+    /// busy. `Ok(false)`: one of them is slow to commit (the lock timeout):
+    /// stay busy instead.
+    async fn go_idle(&self, session: &Session, pid: i32) -> Result<bool, SessionEnd> {
+        let sql = format!(
+            "SELECT pg_advisory_unlock({DOORBELL_LOCKS}, {pid}); \
+             SELECT pg_advisory_lock({DOORBELL_LOCKS}, 0); \
+             SELECT pg_advisory_unlock({DOORBELL_LOCKS}, 0)"
+        );
+        match session.client.batch_execute(&sql).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_lock_timeout(&e) => {
+                self.busy(session, pid).await?;
+                Ok(false)
+            }
+            Err(e) => Err(SessionEnd::Lost(pg::error_chain(&e))),
+        }
+    }
+
+    /// One poll; what it found goes to the sink, then the cursors move.
+    /// `Ok(true)` when it found anything.
+    async fn poll_and_deliver(
+        &self,
+        session: &Session,
+        poll: &Statement,
+        behind: &mut bool,
+    ) -> Result<bool, SessionEnd> {
+        let cursors = self.current();
+        self.metrics.polls.inc();
+        let rows = session
+            .client
+            .query(poll, &[&cursors.shards, &cursors.seqs, &self.config.batch])
+            .await
+            .map_err(|e| SessionEnd::Lost(pg::error_chain(&e)))?;
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        let batch = messages(&rows);
+        self.note_lag(&batch, behind);
+        let mut backoff = Backoff::new();
+        while let Err(why) = self.sink.deliver(&batch).await {
+            self.metrics.refused.inc();
+            let delay = backoff.next_delay().min(Duration::from_secs(5));
+            tracing::warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "outbox batch not taken: retrying");
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        let mut next = cursors;
+        next.advance(&batch);
+        if let Some(saved) = &self.saved {
+            self.save(session, saved, &next).await?;
+        }
+        self.metrics.messages.inc_by(batch.len() as u64);
+        *self.cursors.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(true)
+    }
+
+    /// Write a leader's cursor; a larger fencing epoch there means this
+    /// leader was deposed.
+    async fn save(
+        &self,
+        session: &Session,
+        saved: &SavedCursor,
+        cursors: &Cursors,
+    ) -> Result<(), SessionEnd> {
+        let written = session
+            .client
+            .execute(
+                "INSERT INTO pgws.cursors AS c (name, seqs, fence) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET seqs = excluded.seqs, fence = excluded.fence, updated_at = now() \
+                 WHERE c.fence <= excluded.fence",
+                &[&saved.name, &cursors.seqs, &saved.fence],
+            )
+            .await
+            .map_err(|e| SessionEnd::Lost(pg::error_chain(&e)))?;
+        if written == 0 {
+            tracing::warn!(
+                fence = saved.fence,
+                "the outbox cursor was saved by a newer leader: stopping"
+            );
+            return Err(SessionEnd::Fenced);
+        }
+        Ok(())
+    }
+
+    fn note_lag(&self, batch: &[OutboxMessage], behind: &mut bool) {
+        let now_ms = unix_millis();
+        let oldest = batch
+            .iter()
+            .map(|m| m.committed_at_ms)
+            .min()
+            .unwrap_or(now_ms);
+        let lag = Duration::from_millis(now_ms.saturating_sub(oldest).max(0) as u64);
+        self.metrics.lag.set(lag.as_secs_f64());
+        let is_behind = lag > self.config.retention;
+        if is_behind && !*behind {
+            self.metrics.behind.inc();
+            tracing::warn!(
+                lag_s = lag.as_secs(),
+                retention_s = self.config.retention.as_secs(),
+                "the outbox reader is further behind than PGWS_OUTBOX_RETENTION: nothing unread is pruned, the table grows until it catches up"
+            );
+        }
+        *behind = is_behind;
+    }
+}
+
+fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(shard: i32, seq: i64) -> OutboxMessage {
+        OutboxMessage {
+            channel: "c".into(),
+            payload: Bytes::new(),
+            base: 1,
+            offset: 1,
+            shard,
+            seq,
+            committed_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn cursors_move_per_shard_to_the_newest_taken() {
+        let mut cursors = Cursors {
+            shards: vec![0, 1, 2],
+            seqs: vec![5, 7, 0],
+        };
+        cursors.advance(&[message(1, 9), message(0, 6), message(1, 8)]);
+        assert_eq!(cursors.seqs, vec![6, 9, 0]);
+    }
+}

@@ -1,0 +1,53 @@
+//! The outbox's SQL, applied at start (`PGWS_OUTBOX_MIGRATE=true`, the
+//! default) or only checked (`false`: a DBA applies the file).
+
+use super::OutboxError;
+use tokio_postgres::Client;
+
+/// `postgres/sql/outbox.sql`, the whole schema; idempotent.
+pub const SQL: &str = include_str!("../../sql/outbox.sql");
+/// The schema version this binary reads.
+pub const VERSION: &str = "1";
+
+/// Apply [`SQL`] (it takes an advisory lock, so concurrent starts apply it
+/// one after the other), then check the result.
+pub async fn migrate(client: &Client) -> Result<(), OutboxError> {
+    client
+        .batch_execute(SQL)
+        .await
+        .map_err(|e| OutboxError::Migrate(crate::pg::error_chain(&e)))?;
+    check(client).await
+}
+
+/// The schema is there, at [`VERSION`].
+pub async fn check(client: &Client) -> Result<(), OutboxError> {
+    let found = version(client).await?;
+    if found.as_deref() == Some(VERSION) {
+        return Ok(());
+    }
+    Err(OutboxError::NotMigrated {
+        found: match found {
+            Some(v) => format!("at version {v}"),
+            None => "missing".into(),
+        },
+        expected: VERSION,
+    })
+}
+
+async fn version(client: &Client) -> Result<Option<String>, OutboxError> {
+    let exists = client
+        .query_one("SELECT to_regclass('pgws.meta') IS NOT NULL", &[])
+        .await
+        .map_err(|e| OutboxError::Database(crate::pg::error_chain(&e)))?;
+    if !exists.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            "SELECT value FROM pgws.meta WHERE key = 'schema_version'",
+            &[],
+        )
+        .await
+        .map_err(|e| OutboxError::Database(crate::pg::error_chain(&e)))?;
+    Ok(row.map(|r| r.get(0)))
+}
