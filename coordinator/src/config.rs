@@ -26,6 +26,10 @@ pgws_service::vars! {
     STANDBY_LISTEN = "PGWS_STANDBY_LISTEN", Some("false"), "`true`: standby coordinators LISTEN too and keep what they hear, so a new leader publishes what its predecessor did not — a failover that loses no notification (one more LISTEN backend per standby). All coordinators of a cluster must agree.";
     STANDBY_BUFFER = "PGWS_STANDBY_BUFFER", Some("100000"), "With PGWS_STANDBY_LISTEN: notifications a standby keeps; the takeover is gapless only if the buffer reaches back to the leader's last publish.";
     MARKER_INTERVAL = "PGWS_MARKER_INTERVAL", Some("100"), "With PGWS_STANDBY_LISTEN: milliseconds between the leader's stream markers (on `<PGWS_LISTEN_CHANNEL>.markers`).";
+    OUTBOX = "PGWS_OUTBOX", Some("false"), "The leader also reads the durable outbox (`SELECT pgws.send(payload)` in the application's transaction) and publishes it at the offsets PostgreSQL assigned.";
+    OUTBOX_MIGRATE = "PGWS_OUTBOX_MIGRATE", Some("true"), "With PGWS_OUTBOX: create the `pgws` schema when missing; `false` only checks and refuses to lead, naming postgres/sql/outbox.sql.";
+    OUTBOX_RETENTION = "PGWS_OUTBOX_RETENTION", Some("3600"), "With PGWS_OUTBOX: seconds a delivered outbox row is kept; at least 1.";
+    OUTBOX_POLL_INTERVAL = "PGWS_OUTBOX_POLL_INTERVAL", Some("1000"), "With PGWS_OUTBOX: milliseconds the reader waits for a doorbell before polling anyway.";
     POOL_SIZE = "PGWS_POOL_SIZE", Some("10"), "Accepted for compatibility; the leader sends NOTIFYs on one connection, in stream order.";
     ADMIN_HOST = "PGWS_ADMIN_HOST", Some("127.0.0.1"), "Admin listen address (/healthz, /readyz, /metrics).";
     ADMIN_PORT = "PGWS_ADMIN_PORT", Some("3002"), "Admin listen port; `off` disables it.";
@@ -58,6 +62,8 @@ pub struct CoordinatorConfig {
     pub admin: Option<ListenAddr>,
     /// Step-down budget.
     pub shutdown_timeout: Duration,
+    /// `PGWS_OUTBOX*`: `Some` makes the leader read the durable outbox.
+    pub outbox: Option<pgws_postgres::outbox::OutboxConfig>,
     /// History in Redis.
     pub history: HistoryConfig,
     /// Standby listening, when on.
@@ -139,7 +145,9 @@ impl CoordinatorConfig {
         } else {
             None
         };
+        let outbox = pgws_postgres::outbox::read_config(sources, &db)?;
         Ok(CoordinatorConfig {
+            outbox,
             db,
             redis,
             keys: REDIS.keys(sources)?,

@@ -14,6 +14,8 @@
 //! * [`node`] — a coordinator's life: standby, leader term, step-down.
 //! * [`election`] — the Redis lock, the fencing epoch, and the local lease.
 //! * [`publisher`] — the leader republishes notifications on Redis pub/sub.
+//! * [`outbox`] — the leader reads the durable outbox and publishes it at
+//!   the offsets PostgreSQL assigned (`PGWS_OUTBOX`).
 //! * [`forwarder`] — the leader turns the writers' Redis stream into
 //!   NOTIFYs, trimming the stream after commit.
 //! * [`stream`] — positions in the NOTIFY stream (markers), the standby
@@ -25,6 +27,7 @@ pub mod config;
 pub mod election;
 pub mod forwarder;
 pub mod node;
+pub mod outbox;
 pub mod publisher;
 pub mod standby;
 pub mod stream;

@@ -62,6 +62,7 @@ struct Metrics {
     publisher: PublisherMetrics,
     forwarder: ForwarderMetrics,
     standby: StandbyMetrics,
+    outbox: pgws_postgres::outbox::OutboxMetrics,
 }
 
 impl Metrics {
@@ -82,6 +83,7 @@ impl Metrics {
             publisher: PublisherMetrics::register(&registry)?,
             forwarder: ForwarderMetrics::register(&registry)?,
             standby: StandbyMetrics::register(&registry)?,
+            outbox: pgws_postgres::outbox::OutboxMetrics::register(&registry)?,
             registry,
         })
     }
@@ -341,6 +343,22 @@ impl Node {
             self.forwarder(redis, blocking, &lease, &publishing.backlog, &term)
                 .run(term.clone()),
         );
+        // The durable outbox, read for the length of the term.
+        let outbox = self.config.outbox.clone().map(|config| {
+            let continuity = pgws_protocol::position::Continuity {
+                term: epoch,
+                session: 1,
+            };
+            tokio::spawn(crate::outbox::run_term(
+                config,
+                publisher(continuity, Vec::new()),
+                self.config.keys.prefix().to_string(),
+                epoch,
+                self.config.retries,
+                self.metrics.outbox.clone(),
+                term.clone(),
+            ))
+        });
 
         let renew_every = election.ttl() / 3;
         let mut renew =
@@ -409,6 +427,9 @@ impl Node {
             }
             listener.abort();
             let _ = forwarder.await;
+            if let Some(outbox) = outbox {
+                let _ = outbox.await;
+            }
             if let Some(markers) = markers {
                 let _ = markers.await;
             }

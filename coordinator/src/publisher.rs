@@ -411,9 +411,20 @@ impl Publisher {
         pos: Option<StreamPos>,
         seq: &mut u64,
     ) -> Prepared {
-        *seq += 1;
         let text = std::str::from_utf8(&notification.payload).unwrap_or("");
-        let channel = routing::target_channel(text, &self.listen_channel);
+        let channel = routing::target_channel(text, &self.listen_channel).to_string();
+        self.prepare_for(&channel, notification, pos, seq)
+    }
+
+    /// [`Publisher::prepare`] with the channel already known.
+    fn prepare_for(
+        &self,
+        channel: &str,
+        notification: &Notification,
+        pos: Option<StreamPos>,
+        seq: &mut u64,
+    ) -> Prepared {
+        *seq += 1;
         let traceparent = pgws_service::telemetry::enabled()
             .then(|| {
                 let span = tracing::info_span!("pgws.publish", channel = %channel, epoch = self.epoch, seq = *seq);
@@ -427,14 +438,65 @@ impl Publisher {
             traceparent: traceparent.as_deref(),
         };
         Prepared {
-            state_key: self.keys.channel_state(&channel),
-            history_key: self.keys.channel_history(&channel),
+            state_key: self.keys.channel_state(channel),
+            history_key: self.keys.channel_history(channel),
             header_prefix: header.script_prefix(),
             header_suffix: header.script_suffix(),
-            pubsub_channel: self.keys.channel(&channel),
+            pubsub_channel: self.keys.channel(channel),
             payload: notification.payload.clone(),
             position: pos.map(|p| p.to_string()).unwrap_or_default(),
         }
+    }
+
+    /// Publish messages of the durable outbox at the offsets PostgreSQL
+    /// gave them (`"D <base> <offset>"` in the script). `Err` when the
+    /// lease lapsed or Redis failed: the reader hands the batch over again,
+    /// and the script skips what was already published.
+    pub async fn publish_durable(
+        &mut self,
+        batch: &[pgws_postgres::outbox::OutboxMessage],
+        seq: &mut u64,
+    ) -> Result<(), String> {
+        if !self.lease.valid() {
+            return Err("the lease lapsed".into());
+        }
+        let received_at = std::time::Instant::now();
+        let prepared: Vec<Prepared> = batch
+            .iter()
+            .map(|m| {
+                let channel = if m.channel.is_empty() {
+                    self.listen_channel.clone()
+                } else {
+                    m.channel.clone()
+                };
+                let notification = Notification {
+                    payload: m.payload.clone(),
+                    received_at,
+                    source: 0,
+                };
+                let mut p = self.prepare_for(&channel, &notification, None, seq);
+                p.position = format!("D {} {}", m.base, m.offset);
+                p
+            })
+            .collect();
+        let continuity = self.continuity;
+        let sent = tokio::time::timeout(Duration::from_secs(5), self.send(continuity, prepared))
+            .await
+            .map_err(|_| "Redis timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let fenced = sent.iter().filter(|o| **o == -1).count();
+        let repeated = sent.iter().filter(|o| **o == -2).count();
+        self.metrics
+            .published
+            .inc_by((sent.len() - fenced - repeated) as u64);
+        self.metrics.repeated.inc_by(repeated as u64);
+        if fenced > 0 {
+            self.metrics.dropped(fenced, Dropped::Fenced, None);
+            return Err(format!(
+                "{fenced} outbox messages fenced: a newer leader wrote their channels"
+            ));
+        }
+        Ok(())
     }
 
     /// The publish script for `batch`, in the continuity given.

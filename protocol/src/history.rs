@@ -40,6 +40,13 @@ use crate::position::{ChannelState, Continuity};
 ///   (`crate::republish::Header`), and its position in the NOTIFY stream
 ///   (`"<marker epoch> <marker counter> <index>"`, or empty when unknown).
 ///
+/// A notification from the durable outbox carries `"D <base> <offset>"`
+/// instead of a stream position: PostgreSQL numbered it, so it is kept at
+/// exactly that offset under the epoch `(base, DURABLE)` — skipped (-2)
+/// when the channel already has it, and the channel starts over at it
+/// when it does not follow the channel's newest. A NOTIFY on a channel the
+/// outbox numbers starts a sequence of its own (a new base).
+///
 /// Returns each notification's offset; -1 where it was fenced (the
 /// channel was last written by a leader with a larger fencing epoch), -2
 /// where it was already published (its stream position is at or before
@@ -55,6 +62,7 @@ pub const PUBLISH_SCRIPT: &str = r#"
 local term, session, fence = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local size, ttl, state_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local publish = ARGV[7]
+local DURABLE = 9007199254740991
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 -- Each channel's state is read once per batch and written once at the end.
@@ -80,14 +88,33 @@ for i = 1, #KEYS / 2 do
   end
   local pe, pn, pi = string.match(ARGV[a + 5], '^(%d+) (%d+) (%d+)$')
   pe, pn, pi = tonumber(pe), tonumber(pn), tonumber(pi)
-  local seen = pe and st.pe > 0 and (pe < st.pe or (pe == st.pe and (pn < st.pn or (pn == st.pn and pi <= st.pi))))
+  -- An outbox message: "D <base> <offset>", numbered in PostgreSQL.
+  local db, dof = string.match(ARGV[a + 5], '^D (%d+) (%d+)$')
+  db, dof = tonumber(db), tonumber(dof)
+  local ours = db and st.t == DURABLE and st.b == db
+  local seen = (pe and st.pe > 0 and (pe < st.pe or (pe == st.pe and (pn < st.pn or (pn == st.pn and pi <= st.pi)))))
+    or (ours and dof <= st.o)
   if fence < st.f then
     offsets[i] = -1
   elseif seen then
     offsets[i] = -2
   else
-    if term > st.t or (term == st.t and session > st.s) then
-      st.t, st.s, st.r = term, session, st.o
+    if db then
+      if not (ours and dof == st.o + 1) then
+        -- The channel starts over at the outbox's position; what came
+        -- before it is not recoverable from here.
+        st.b, st.t, st.s, st.r, st.o = db, DURABLE, 0, dof, dof - 1
+        st.pe, st.pn, st.pi = 0, 0, 0
+        redis.call('DEL', hkey)
+      end
+    else
+      if st.t == DURABLE then
+        -- A NOTIFY on a channel the outbox numbers: a sequence of its own.
+        st.b, st.t, st.s, st.r, st.o = math.max(now_ms, st.b + 1), term, session, 0, 0
+        redis.call('DEL', hkey)
+      elseif term > st.t or (term == st.t and session > st.s) then
+        st.t, st.s, st.r = term, session, st.o
+      end
     end
     st.o = st.o + 1
     st.f = fence
@@ -218,6 +245,16 @@ return 1
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_scripts_durable_term_is_the_outbox_continuity() {
+        let line = format!(
+            "local DURABLE = {}",
+            crate::position::Continuity::DURABLE.term
+        );
+        assert!(PUBLISH_SCRIPT.contains(&line));
+    }
+
     use super::*;
 
     #[test]

@@ -1,0 +1,136 @@
+//! The durable outbox in cluster mode: the leader reads it and publishes
+//! at the offsets PostgreSQL assigned. Through a `kill -9` of the leader
+//! and a time with every coordinator down, readers that stayed connected
+//! get every committed send exactly once in commit order, and a v2 client
+//! that was away recovers with its epoch unchanged.
+
+mod common;
+
+use common::cluster::Cluster;
+use common::*;
+use pgws_testkit::outbox::{Ledger, Outcome, TestDb};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn payload(channel: &str, tag: &str) -> String {
+    format!(r#"{{"channel":"{channel}","payload":"{tag}"}}"#)
+}
+
+/// One send per transaction on `channel` until `stop`; reconnects.
+async fn sender(uri: String, ledger: Ledger, channel: String, stop: Arc<AtomicBool>) {
+    let (client, conn) = tokio_postgres::connect(&uri, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let p = payload(&channel, &format!("c-{n}"));
+        let issued = Instant::now();
+        let outcome = match client.execute("SELECT pgws.send($1)", &[&p]).await {
+            Ok(_) => Outcome::Committed {
+                issued,
+                returned: Instant::now(),
+            },
+            Err(_) => Outcome::Maybe,
+        };
+        ledger.record(&channel, &p, outcome);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn until_committed(ledger: &Ledger, channel: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ledger.committed(channel) < n {
+        assert!(Instant::now() < deadline, "senders stalled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn through_a_leader_kill_and_every_coordinator_down_nothing_is_lost() {
+    let db = TestDb::create().await;
+    let env = vec![
+        ("PGWS_DB_URI".to_string(), db.uri.clone()),
+        ("PGWS_OUTBOX".to_string(), "true".to_string()),
+        ("PGWS_HISTORY_SIZE".to_string(), "100000".to_string()),
+        ("PGWS_HISTORY_TTL".to_string(), "600".to_string()),
+    ];
+    let mut c = Cluster::start_full(&redis_url(), false, env, 2, 2).await;
+    let ch = unique("obc");
+    let mut readers = c.readers(&ch).await;
+    let mut away = V2::connect(&c.url(0, &token(json!({"mode": "r"})))).await;
+    away.subscribe(&ch, None).await;
+
+    let ledger = Ledger::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sending = tokio::spawn(sender(
+        db.uri.clone(),
+        ledger.clone(),
+        ch.clone(),
+        stop.clone(),
+    ));
+    until_committed(&ledger, &ch, 20).await;
+    // The v2 client leaves after its first message.
+    let first = Pos::of(&away.next_message().await);
+    drop(away);
+
+    // kill -9 of the leader.
+    until_committed(&ledger, &ch, 100).await;
+    let leader = c.leader().await;
+    c.coordinators[leader].signal("KILL");
+    c.coordinators[leader].wait_exit(WAIT).await;
+    let mut dead = vec![leader];
+    c.leader_except(&dead).await;
+
+    // Every coordinator down while senders go on, then back.
+    until_committed(&ledger, &ch, 250).await;
+    for i in 0..c.coordinators.len() {
+        if !dead.contains(&i) {
+            c.coordinators[i].signal("TERM");
+            c.coordinators[i].wait_exit(WAIT).await;
+            dead.push(i);
+        }
+    }
+    let down = Instant::now();
+    let before = ledger.committed(&ch);
+    while ledger.committed(&ch) < before + 100 || down.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.add_coordinator().await;
+    c.add_coordinator().await;
+    c.leader_except(&dead).await;
+    until_committed(&ledger, &ch, before + 200).await;
+    stop.store(true, Ordering::Relaxed);
+    sending.await.expect("sender");
+
+    let total = ledger.committed(&ch);
+    for (i, r) in readers.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while got.len() < total {
+            assert!(
+                Instant::now() < deadline,
+                "reader {i}: {} of {total}",
+                got.len()
+            );
+            got.push(next_text(r).await);
+        }
+        let report = ledger.check(&ch, &got);
+        assert!(report.clean(), "reader {i}: {report}");
+    }
+
+    // The client that was away recovers everything since its first
+    // message, in the same epoch.
+    let mut back = V2::connect(&c.url(1, &token(json!({"mode": "r"})))).await;
+    let reply = back.subscribe(&ch, Some(&first)).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["epoch"], first.epoch.as_str(), "the same epoch");
+    let replayed = back.read_messages(total - 1).await;
+    assert_eq!(
+        replayed.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        (first.offset + 1..=first.offset + total as u64 - 1).collect::<Vec<_>>()
+    );
+}
