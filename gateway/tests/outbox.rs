@@ -412,3 +412,71 @@ async fn delivered_rows_older_than_the_retention_are_pruned() {
             >= 200.0
     );
 }
+
+/// PostgreSQL restarted under load, fast and then immediately (a crash):
+/// the reader that stayed connected gets every committed send once, in
+/// commit order; sends whose COMMIT broke with the connection may or may
+/// not have committed, and arrive at most once.
+#[tokio::test]
+async fn postgres_restarts_fast_and_immediate_under_load_lose_nothing() {
+    use pgws_testkit::pg_server::{PgServer, ServerTls};
+    let base = std::env::temp_dir().join(unique("pgws-obpg"));
+    let tls = ServerTls::new(&base.join("pki"), &["localhost"]);
+    let mut pg = PgServer::start(&tls, &base).await;
+    let gw = Server::gateway()
+        .env("PGWS_DB_URI", pg.conninfo("user=postgres sslmode=require"))
+        .env("PGWS_OUTBOX", "true")
+        .env("PGWS_OUTBOX_POLL_INTERVAL", "200")
+        .env("PGWS_CHECK_LISTENER_INTERVAL", "500")
+        .env("PGWS_RETRIES", "20")
+        .start()
+        .await;
+    let ch = unique("ob-pg");
+    let mut reader = connect(&read_url(&gw, &ch)).await;
+    let ledger = Ledger::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sending = tokio::spawn(sender(
+        pg.socket_conninfo(),
+        ledger.clone(),
+        "r".into(),
+        vec![ch.clone()],
+        None,
+        stop.clone(),
+    ));
+    for immediate in [false, true] {
+        let before = ledger.committed(&ch);
+        while ledger.committed(&ch) < before + 50 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        pg.restart(immediate).await;
+    }
+    let before = ledger.committed(&ch);
+    while ledger.committed(&ch) < before + 50 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    sending.await.expect("sender");
+    // Everything surely committed, and a marker sent last: read up to it.
+    let marker = payload(&ch, "last");
+    let (client, conn) = tokio_postgres::connect(&pg.socket_conninfo(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .execute("SELECT pgws.send($1)", &[&marker])
+        .await
+        .expect("marker");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "{} frames, no marker", got.len());
+        let frame = next_text(&mut reader).await;
+        if frame == marker {
+            break;
+        }
+        got.push(frame);
+    }
+    let report = ledger.check(&ch, &got);
+    assert!(report.clean(), "{report}");
+    assert!(ledger.committed(&ch) >= 150);
+}

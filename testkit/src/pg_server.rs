@@ -299,6 +299,40 @@ impl PgServer {
         client
     }
 
+    /// Restart the server on the same port and data: `immediate` is a
+    /// crash (SIGQUIT: no checkpoint, recovery at start), else a fast
+    /// shutdown (SIGINT). Returns once it accepts connections again.
+    pub async fn restart(&mut self, immediate: bool) {
+        if let Some(mut child) = self.child.take() {
+            let signal = if immediate {
+                libc::SIGQUIT
+            } else {
+                libc::SIGINT
+            };
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+            let deadline = Instant::now() + WAIT;
+            while !matches!(child.try_wait(), Ok(Some(_))) {
+                assert!(Instant::now() < deadline, "postgres did not stop");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// A key/value connection string over the Unix socket (no TLS), for
+    /// clients that are not pgws.
+    pub fn socket_conninfo(&self) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.socket_dir.display(),
+            self.port
+        )
+    }
+
     /// Stop the server (fast shutdown, then kill) and wait for it.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
