@@ -62,11 +62,13 @@ struct Metrics {
     publisher: PublisherMetrics,
     forwarder: ForwarderMetrics,
     standby: StandbyMetrics,
-    outbox: pgws_postgres::outbox::OutboxMetrics,
+    /// Registered only with `PGWS_OUTBOX=true`, so its alerts stay quiet
+    /// where it is off.
+    outbox: Option<pgws_postgres::outbox::OutboxMetrics>,
 }
 
 impl Metrics {
-    fn new() -> prometheus::Result<Metrics> {
+    fn new(outbox: bool) -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         let build_info = IntGaugeVec::new(
             Opts::new("pgws_build_info", "Build information"),
@@ -83,7 +85,9 @@ impl Metrics {
             publisher: PublisherMetrics::register(&registry)?,
             forwarder: ForwarderMetrics::register(&registry)?,
             standby: StandbyMetrics::register(&registry)?,
-            outbox: pgws_postgres::outbox::OutboxMetrics::register(&registry)?,
+            outbox: outbox
+                .then(|| pgws_postgres::outbox::OutboxMetrics::register(&registry))
+                .transpose()?,
             registry,
         })
     }
@@ -91,7 +95,7 @@ impl Metrics {
 
 /// Run a coordinator until `shutdown`.
 pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let metrics = Metrics::new().context("registering metrics")?;
+    let metrics = Metrics::new(config.outbox.is_some()).context("registering metrics")?;
     let (state_tx, state_rx) = watch::channel(ListenerState::Stopped);
     let leading = Arc::new(AtomicBool::new(false));
     let stop_admin = CancellationToken::new();
@@ -344,21 +348,26 @@ impl Node {
                 .run(term.clone()),
         );
         // The durable outbox, read for the length of the term.
-        let outbox = self.config.outbox.clone().map(|config| {
-            let continuity = pgws_protocol::position::Continuity {
-                term: epoch,
-                session: 1,
-            };
-            tokio::spawn(crate::outbox::run_term(
-                config,
-                publisher(continuity, Vec::new()),
-                self.config.keys.prefix().to_string(),
-                epoch,
-                self.config.retries,
-                self.metrics.outbox.clone(),
-                term.clone(),
-            ))
-        });
+        let outbox = self
+            .config
+            .outbox
+            .clone()
+            .zip(self.metrics.outbox.clone())
+            .map(|(config, metrics)| {
+                let continuity = pgws_protocol::position::Continuity {
+                    term: epoch,
+                    session: 1,
+                };
+                tokio::spawn(crate::outbox::run_term(
+                    config,
+                    publisher(continuity, Vec::new()),
+                    self.config.keys.prefix().to_string(),
+                    epoch,
+                    self.config.retries,
+                    metrics,
+                    term.clone(),
+                ))
+            });
 
         let renew_every = election.ttl() / 3;
         let mut renew =
