@@ -7,6 +7,7 @@
 mod common;
 
 use common::cluster::Cluster;
+use common::redis_server::RedisServer;
 use common::*;
 use pgws_testkit::outbox::{Ledger, Outcome, TestDb};
 use serde_json::json;
@@ -133,4 +134,63 @@ async fn through_a_leader_kill_and_every_coordinator_down_nothing_is_lost() {
         replayed.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
         (first.offset + 1..=first.offset + total as u64 - 1).collect::<Vec<_>>()
     );
+}
+/// Redis restarted (losing its data) while senders go on: readers that
+/// stayed connected get every committed send once, in order — what the
+/// leader published before their gateway had subscribed again is filled
+/// from history, which must hold the outage's backlog.
+#[tokio::test]
+async fn a_redis_restart_loses_nothing_for_connected_readers() {
+    let db = TestDb::create().await;
+    let mut redis = RedisServer::start(&[]).await;
+    let env = vec![
+        ("PGWS_DB_URI".to_string(), db.uri.clone()),
+        ("PGWS_OUTBOX".to_string(), "true".to_string()),
+        ("PGWS_HISTORY_SIZE".to_string(), "10000".to_string()),
+    ];
+    let c = Cluster::start_full(&redis.url(), false, env, 1, 2).await;
+    let ch = unique("obr");
+    let mut readers = c.readers(&ch).await;
+    let ledger = Ledger::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sending = tokio::spawn(sender(
+        db.uri.clone(),
+        ledger.clone(),
+        ch.clone(),
+        stop.clone(),
+    ));
+    until_committed(&ledger, &ch, 50).await;
+    redis.stop();
+    let down = Instant::now();
+    let before = ledger.committed(&ch);
+    while ledger.committed(&ch) < before + 50 || down.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.restart().await;
+    let after = ledger.committed(&ch);
+    until_committed(&ledger, &ch, after + 100).await;
+    stop.store(true, Ordering::Relaxed);
+    sending.await.expect("sender");
+    let total = ledger.committed(&ch);
+    for (i, r) in readers.iter_mut().enumerate() {
+        let got = read_for(r, total).await;
+        let report = ledger.check(&ch, &got);
+        assert!(report.clean(), "reader {i}: {report}");
+    }
+}
+
+/// Up to `n` frames, or what came before three quiet seconds.
+async fn read_for(ws: &mut Ws, n: usize) -> Vec<String> {
+    use futures_util::StreamExt;
+    let mut got = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                got.push(t.to_string())
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    got
 }

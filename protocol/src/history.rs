@@ -101,9 +101,14 @@ for i = 1, #KEYS / 2 do
   else
     if db then
       if not (ours and dof == st.o + 1) then
-        -- The channel starts over at the outbox's position; what came
-        -- before it is not recoverable from here.
-        st.b, st.t, st.s, st.r, st.o = db, DURABLE, 0, dof, dof - 1
+        -- The channel starts over at the outbox's position. A channel
+        -- with no message here (state lost or never written) continues
+        -- the outbox's sequence: a reader at dof - 1 misses nothing that
+        -- history now holds. One that had messages of another sequence
+        -- is recoverable only from dof on.
+        local start = dof
+        if st.o == 0 then start = dof - 1 end
+        st.b, st.t, st.s, st.r, st.o = db, DURABLE, 0, start, dof - 1
         st.pe, st.pn, st.pi = 0, 0, 0
         redis.call('DEL', hkey)
       end

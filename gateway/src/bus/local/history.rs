@@ -174,8 +174,9 @@ impl History {
     /// Keep a message the durable outbox numbered, at its own `position`:
     /// `None` when history already has it (a batch handed over again).
     /// A message that does not follow the channel's newest in the same
-    /// epoch starts the channel over at it, recoverable only from there
-    /// (`run_start` is its offset): whatever came before is not known here.
+    /// epoch starts the channel over at it: recoverable from just before
+    /// it when the channel had no message here, else only from it on
+    /// (whatever came before is not known here).
     pub fn record_at(
         &self,
         channel: &Arc<str>,
@@ -194,13 +195,23 @@ impl History {
         }
         let mut change: isize = 0;
         if !same || position.offset != ch.state.offset + 1 {
+            // A channel with no message yet continues the outbox's
+            // sequence (a reader just before this message misses nothing
+            // history holds); one that had another sequence's messages is
+            // recoverable only from this message on.
+            let previous = position.offset.saturating_sub(1);
+            let run_start = if ch.state.offset == 0 {
+                previous
+            } else {
+                position.offset
+            };
             change -= ch.entries.len() as isize;
             ch.entries.clear();
             ch.state = ChannelState {
                 base: position.epoch.base,
                 continuity: position.epoch.continuity,
-                run_start: position.offset,
-                offset: position.offset.saturating_sub(1),
+                run_start,
+                offset: previous,
             };
         }
         ch.state.offset = position.offset;

@@ -10,6 +10,7 @@
 //! re-subscribes when Redis answers again.
 
 use super::super::{Delivery, Inbox};
+use super::gaps::{Gaps, Verdict};
 use super::metrics::RedisBusMetrics;
 use pgws_protocol::keys::KeySpace;
 use pgws_protocol::republish;
@@ -41,9 +42,10 @@ impl Inbound {
         inbox: Arc<dyn Inbox>,
         metrics: RedisBusMetrics,
         up: Arc<AtomicBool>,
+        gaps: Gaps,
     ) -> (Arc<Inbound>, tokio::task::JoinHandle<()>) {
         let (inbound, rx) = Inbound::new(PUSH_QUEUE, metrics.clone(), up);
-        let delivery = Deliverer::new(keys, inbox, metrics);
+        let delivery = Deliverer::new(keys, inbox, metrics, Some(gaps));
         (inbound, tokio::spawn(delivery.run(rx)))
     }
 
@@ -101,26 +103,34 @@ struct Deliverer {
     metrics: RedisBusMetrics,
     malformed_log: RateLimit,
     newest_epoch: u64,
+    /// Holes in offsets, filled from history (`None` in unit tests).
+    gaps: Option<Gaps>,
 }
 
 impl Deliverer {
-    fn new(keys: KeySpace, inbox: Arc<dyn Inbox>, metrics: RedisBusMetrics) -> Deliverer {
+    fn new(
+        keys: KeySpace,
+        inbox: Arc<dyn Inbox>,
+        metrics: RedisBusMetrics,
+        gaps: Option<Gaps>,
+    ) -> Deliverer {
         Deliverer {
             keys,
             inbox,
             metrics,
             malformed_log: RateLimit::default(),
             newest_epoch: 0,
+            gaps,
         }
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<PushInfo>) {
         while let Some(push) = rx.recv().await {
-            self.deliver(&push);
+            self.deliver(&push).await;
         }
     }
 
-    fn deliver(&mut self, push: &PushInfo) {
+    async fn deliver(&mut self, push: &PushInfo) {
         let Some((channel, message)) = message_of(push) else {
             return;
         };
@@ -146,8 +156,30 @@ impl Deliverer {
             return;
         }
         self.newest_epoch = published.epoch;
+        let channel_name: Arc<str> = Arc::from(channel);
+        if let Some(gaps) = &mut self.gaps {
+            match gaps.check(&channel_name, published.position).await {
+                Verdict::Duplicate => return,
+                Verdict::Deliver(hole) => {
+                    let epoch = published.position.map(|p| p.epoch).unwrap_or_default();
+                    for missed in hole {
+                        let position = pgws_protocol::position::Position {
+                            epoch,
+                            offset: missed.offset,
+                        };
+                        let delivery = Arc::new(Delivery::new(
+                            channel_name.clone(),
+                            missed.payload,
+                            Some(position),
+                            std::time::Instant::now(),
+                        ));
+                        self.inbox.deliver(channel, delivery);
+                    }
+                }
+            }
+        }
         let delivery = Arc::new(Delivery::new(
-            Arc::from(channel),
+            channel_name,
             published.payload,
             published.position,
             pgws_protocol::clock::instant_of_unix_micros(published.sent_at_us),
@@ -232,10 +264,14 @@ mod tests {
         let recorder = Arc::new(Recorder::default());
         let keys = KeySpace::new("p");
         let m = metrics();
-        let mut deliverer = Deliverer::new(keys.clone(), recorder.clone(), m.clone());
-        deliverer.deliver(&message(&keys, "chat", 5, "new leader"));
-        deliverer.deliver(&message(&keys, "chat", 4, "deposed leader"));
-        deliverer.deliver(&message(&keys, "chat", 5, "again"));
+        let mut deliverer = Deliverer::new(keys.clone(), recorder.clone(), m.clone(), None);
+        deliverer
+            .deliver(&message(&keys, "chat", 5, "new leader"))
+            .await;
+        deliverer
+            .deliver(&message(&keys, "chat", 4, "deposed leader"))
+            .await;
+        deliverer.deliver(&message(&keys, "chat", 5, "again")).await;
         let got: Vec<String> = recorder
             .0
             .lock()

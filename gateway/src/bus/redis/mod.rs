@@ -20,6 +20,7 @@
 //!   coordinator drains the stream.
 
 mod appender;
+mod gaps;
 mod history;
 mod inbound;
 mod link;
@@ -80,8 +81,18 @@ pub fn start(
     let slot = Arc::new(RwLock::new(None));
     let up = Arc::new(AtomicBool::new(false));
     let appender = Appender::new(slot.clone(), config.keys.clone(), config.stream_max_len);
-    let (inbound, delivering) =
-        Inbound::start(config.keys.clone(), inbox, metrics.clone(), up.clone());
+    let gaps = gaps::Gaps::new(
+        slot.clone(),
+        config.keys.clone(),
+        gaps::GapMetrics::register(registry)?,
+    );
+    let (inbound, delivering) = Inbound::start(
+        config.keys.clone(),
+        inbox,
+        metrics.clone(),
+        up.clone(),
+        gaps,
+    );
     let link = Link {
         config: config.redis,
         metrics,
