@@ -19,10 +19,12 @@
 //! `PGWS_OUTBOX_POLL_INTERVAL`. Every commit is therefore seen by the poll
 //! in (4), or rings in (5): a transaction that checked the reader's lock
 //! before (1) is waited for in (2); one that checks after (1) finds it free
-//! and rings. Waking, the reader takes its lock again, which waits for the
-//! transactions that rang (they hold it shared) to finish committing, so
-//! the next poll sees them. The poll interval is a backstop (a doorbell
-//! lost with the connection), not the delivery path.
+//! and rings. Waking, the reader takes its lock again and polls, in one
+//! round trip: the doorbell is delivered after the ringing transaction
+//! committed, so the poll sees it; another that rang and is still
+//! committing rings again, or is waited for in (2) next time. The poll
+//! interval is a backstop (a doorbell lost with the connection), not the
+//! delivery path.
 //!
 //! # Order and exactly once
 //!
@@ -475,15 +477,28 @@ impl Reader {
                 Ok(found) => found,
                 Err(end) => return end,
             };
-            if !found {
-                self.metrics.lag.set(0.0);
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
-                    _ = session.doorbell.notified() => self.metrics.doorbells.inc(),
-                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+            if found {
+                if let Err(e) = self.busy(&session, pid).await {
+                    return e;
                 }
+                continue;
             }
-            if let Err(e) = self.busy(&session, pid).await {
+            self.metrics.lag.set(0.0);
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
+                _ = session.doorbell.notified() => self.metrics.doorbells.inc(),
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+            // Woken: take the lock and poll in one round trip (both are
+            // sent at once; the connection runs them in order). The poll
+            // sees the transaction that rang — a doorbell is delivered
+            // after its commit; one still committing rings again, or is
+            // waited for when the reader next goes idle.
+            let (locked, polled) = tokio::join!(
+                self.busy(&session, pid),
+                self.poll_and_deliver(&session, &poll, &mut behind)
+            );
+            if let Err(e) = locked.and(polled.map(|_| ())) {
                 return e;
             }
         }
