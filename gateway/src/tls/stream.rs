@@ -572,10 +572,13 @@ mod tests {
         server.await.expect("server task");
     }
 
-    /// Bytes that are not TLS fail the handshake, and the client is told
-    /// with an alert record rather than a reset.
-    #[tokio::test]
-    async fn a_failed_handshake_sends_an_alert() {
+    /// Run a server handshake against a raw client that writes `bytes`,
+    /// optionally half-closes, and reads to the end: what the server's
+    /// task ended with, and what the client received.
+    async fn raw_handshake(
+        bytes: &[u8],
+        half_close: bool,
+    ) -> (Result<io::Result<()>, tokio::task::JoinError>, Vec<u8>) {
         let (server_config, _) = configs();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -584,13 +587,22 @@ mod tests {
             accept(server_config, tcp).await.map(|_| ())
         });
         let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
+        tcp.write_all(bytes).await.expect("write");
+        if half_close {
+            tcp.shutdown().await.expect("half-close");
+        }
         let mut answer = Vec::new();
         let _ = tcp.read_to_end(&mut answer).await;
+        (server.await, answer)
+    }
+
+    /// Bytes that are not TLS fail the handshake, and the client is told
+    /// with an alert record rather than a reset.
+    #[tokio::test]
+    async fn a_failed_handshake_sends_an_alert() {
+        let (outcome, answer) = raw_handshake(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false).await;
         assert!(
-            server.await.expect("server task").is_err(),
+            outcome.expect("server task").is_err(),
             "the handshake failed"
         );
         assert_eq!(answer.first(), Some(&0x15), "an alert record: {answer:?}");
@@ -602,24 +614,11 @@ mod tests {
     /// `range start index 19 out of range for slice of length 0`).
     #[tokio::test]
     async fn a_truncated_client_hello_then_eof_fails_without_a_panic() {
-        let (server_config, _) = configs();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            accept(server_config, tcp).await.map(|_| ())
-        });
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        tcp.write_all(&[
+        let hello = [
             0x16, 0x03, 0x01, 0x00, 0x0e, 0x01, 0x00, 0x00, 0x64, 0x03, 0x03, 0, 0, 0, 0, 0, 0, 0,
             0,
-        ])
-        .await
-        .expect("write");
-        tcp.shutdown().await.expect("half-close");
-        let mut answer = Vec::new();
-        let _ = tcp.read_to_end(&mut answer).await;
-        let outcome = server.await;
+        ];
+        let (outcome, _) = raw_handshake(&hello, true).await;
         assert!(
             !outcome.as_ref().is_err_and(|e| e.is_panic()),
             "the accept task panicked"

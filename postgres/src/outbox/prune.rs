@@ -12,8 +12,9 @@
 //! `pgws.channels` is kept: one row per channel ever sent on, so a channel
 //! keeps its epoch for as long as the database does.
 
+use super::config::{OutboxConfig, PRUNE_APP_NAME};
+use super::metrics::OutboxMetrics;
 use super::reader::Cursors;
-use super::{OutboxConfig, OutboxMetrics, PRUNE_APP_NAME};
 use crate::pg;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

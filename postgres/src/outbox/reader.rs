@@ -35,9 +35,8 @@
 //! failure (the leader's publish script and the standalone history both
 //! drop an offset they already have).
 
-use super::{
-    OutboxConfig, OutboxError, OutboxMetrics, DOORBELL_CHANNEL, DOORBELL_LOCKS, READER_APP_NAME,
-};
+use super::config::{OutboxConfig, OutboxError, DOORBELL_CHANNEL, DOORBELL_LOCKS, READER_APP_NAME};
+use super::metrics::OutboxMetrics;
 use crate::pg::{self, PgConfig};
 use bytes::Bytes;
 use pgws_service::backoff::Backoff;

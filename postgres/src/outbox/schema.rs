@@ -1,7 +1,7 @@
 //! The outbox's SQL, applied at start (`PGWS_OUTBOX_MIGRATE=true`, the
 //! default) or only checked (`false`: a DBA applies the file).
 
-use super::OutboxError;
+use super::config::OutboxError;
 use tokio_postgres::Client;
 
 /// `postgres/sql/outbox.sql`, the whole schema; idempotent.
@@ -50,4 +50,20 @@ async fn version(client: &Client) -> Result<Option<String>, OutboxError> {
         .await
         .map_err(|e| OutboxError::Database(crate::pg::error_chain(&e)))?;
     Ok(row.map(|r| r.get(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::config::{DOORBELL_CHANNEL, DOORBELL_LOCKS, SHARD_LOCKS};
+
+    #[test]
+    fn the_sql_and_the_reader_name_the_same_locks_and_channel() {
+        assert!(SQL.contains(&format!("pg_advisory_xact_lock({SHARD_LOCKS}, r.shard)")));
+        assert!(SQL.contains(&format!(
+            "pg_advisory_xact_lock_shared({DOORBELL_LOCKS}, 0)"
+        )));
+        assert!(SQL.contains(&format!("pg_notify('{DOORBELL_CHANNEL}', '')")));
+        assert!(SQL.contains(&format!("VALUES ('schema_version', '{VERSION}')")));
+    }
 }
