@@ -1,12 +1,15 @@
 //! Fencing, observed on Redis: a leader paused past its lease wakes up to
 //! find it lapsed and publishes nothing — not even the notifications its
 //! LISTEN connection still held; and the publish script itself refuses a
-//! deposed leader's batch that reaches Redis after the epoch moved.
+//! deposed leader's batch that reaches Redis after the epoch moved — at
+//! the script level, and end to end with the batch held in the network
+//! (a fault proxy) while the lock passes to the standby.
 
 use pgws_protocol::history::PUBLISH_SCRIPT;
 use pgws_protocol::keys::KeySpace;
 use pgws_protocol::republish::Header;
 use pgws_testkit::cluster::{wait_listen_backends, Cluster};
+use pgws_testkit::fault_proxy::FaultProxy;
 use pgws_testkit::republished::subscribe;
 use pgws_testkit::*;
 use serde_json::json;
@@ -140,4 +143,95 @@ async fn the_publish_script_refuses_a_batch_whose_epoch_is_no_longer_current() {
         .query_async(&mut redis)
         .await
         .expect("DEL");
+}
+
+/// The address of the shared Redis (a plain `redis://host:port` URL).
+fn redis_addr() -> std::net::SocketAddr {
+    let url = redis_url();
+    let hostport = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    std::net::ToSocketAddrs::to_socket_addrs(&hostport)
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("this test needs a plain redis://host:port URL, not {url}"))
+}
+
+/// Issue 20, hole 3, end to end: the leader's batch for a channel nobody
+/// else has written is held in the network (sent while its lease was
+/// valid) until the lock has passed to the standby, then delivered. The
+/// script refuses it: nothing in history, nothing published, and the
+/// successor's first message is the channel's first.
+#[tokio::test]
+async fn a_batch_held_in_the_network_while_the_lock_moves_lands_nowhere() {
+    let proxy = FaultProxy::start(redis_addr()).await;
+    let mut c = Cluster::start(&redis_url(), 0, 0).await;
+    let through_proxy = c
+        .coordinator_builder()
+        .env("PGWS_REDIS_URL", format!("redis://{}", proxy.addr))
+        .start()
+        .await;
+    c.coordinators.push(through_proxy);
+    assert_eq!(c.leader().await, 0);
+    c.add_coordinator().await;
+    let channel = unique("victim");
+    let keys = KeySpace::new(&c.prefix);
+    let mut rx = subscribe(&c.redis_url, &c.prefix, &channel).await;
+    let db = db().await;
+    proxy.hold();
+    let in_flight = json!({"channel": channel, "payload": "in flight"}).to_string();
+    notify(&db, &c.listen_channel, &in_flight).await;
+    proxy.wait_held(b"in flight").await;
+    // The lock passes while the batch is held.
+    let successor = c.leader_except(&[0]).await;
+    proxy.release();
+    // The held batch has reached Redis once the old leader has an answer.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answered = c.coordinators[0]
+            .metric("pgws_notifications_published_total")
+            .await
+            + c.coordinators[0]
+                .metric("pgws_notifications_dropped_total")
+                .await;
+        if answered >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held batch was never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut redis = redis::Client::open(redis_url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let history: u64 = redis::cmd("XLEN")
+        .arg(keys.channel_history(&channel))
+        .query_async(&mut redis)
+        .await
+        .expect("XLEN");
+    assert_eq!(history, 0, "the deposed leader's batch is in history");
+    assert_eq!(
+        c.coordinators[0]
+            .metric("pgws_notifications_published_total")
+            .await,
+        0.0
+    );
+    let after = json!({"channel": channel, "payload": "after"}).to_string();
+    notify(&db, &c.listen_channel, &after).await;
+    let first = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("the successor publishes")
+        .expect("subscription");
+    assert_eq!(first.payload, after, "the first message on the channel");
+    let successor_epoch = c.coordinators[successor]
+        .metric("pgws_coordinator_epoch")
+        .await as u64;
+    assert_eq!(first.epoch, successor_epoch);
 }

@@ -21,12 +21,15 @@
 //!   Sentinel.
 //! * [`republished`] — what coordinators republish on Redis, decoded.
 //! * [`certs`] — a throw-away PKI.
+//! * [`fault_proxy`] — a TCP proxy that holds or cuts one process's
+//!   traffic (network delay and partitions, for fencing and the nemesis).
 
 #![allow(missing_docs)]
 
 pub mod certs;
 pub mod cluster;
 pub mod db;
+pub mod fault_proxy;
 pub mod http;
 pub mod names;
 pub mod pg_server;
