@@ -338,7 +338,10 @@ impl Node {
         if sink.key().is_none() || round % KEY_REFRESH == 0 {
             match standby::marker_key(redis, &self.config.keys).await {
                 Ok(text) => sink.set_key(&text),
-                Err(e) => tracing::warn!(error = %e, "cannot read the stream marker key"),
+                Err(e) => {
+                    self.metrics.election.redis_up.set(0);
+                    tracing::warn!(error = %e, "cannot read the stream marker key");
+                }
             }
         }
         sink.key()?;
