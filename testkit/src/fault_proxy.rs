@@ -171,3 +171,71 @@ async fn forward_held(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, shared: &
 async fn pass(mut from: OwnedReadHalf, mut to: OwnedWriteHalf) {
     let _ = tokio::io::copy(&mut from, &mut to).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An echo server on loopback.
+    async fn echo() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = socket.into_split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn read_exactly(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        buf
+    }
+
+    #[tokio::test]
+    async fn held_bytes_arrive_in_order_only_after_release() {
+        let proxy = FaultProxy::start(echo().await).await;
+        let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+        client.write_all(b"one ").await.expect("write");
+        assert_eq!(read_exactly(&mut client, 4).await, b"one ");
+        proxy.hold();
+        client.write_all(b"two three").await.expect("write");
+        proxy.wait_held(b"three").await;
+        let mut byte = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(200), client.read(&mut byte)).await;
+        assert!(early.is_err(), "nothing passes while held");
+        proxy.release();
+        assert_eq!(read_exactly(&mut client, 9).await, b"two three");
+    }
+
+    #[tokio::test]
+    async fn a_cut_closes_connections_and_refuses_new_ones_until_healed() {
+        let proxy = FaultProxy::start(echo().await).await;
+        let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+        proxy.cut();
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(WAIT, client.read(&mut byte))
+            .await
+            .expect("closed in time");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        let mut refused = TcpStream::connect(proxy.addr)
+            .await
+            .expect("accepted by the kernel");
+        let answer = tokio::time::timeout(WAIT, refused.read(&mut byte))
+            .await
+            .expect("closed in time");
+        assert!(matches!(answer, Ok(0) | Err(_)), "{answer:?}");
+        proxy.heal();
+        let mut again = TcpStream::connect(proxy.addr).await.expect("connect");
+        again.write_all(b"back").await.expect("write");
+        assert_eq!(read_exactly(&mut again, 4).await, b"back");
+    }
+}
