@@ -172,3 +172,60 @@ async fn a_candidate_that_cannot_fill_the_gap_defers_to_a_capable_one_while_it_l
         .await
         .expect("DEL");
 }
+
+/// The deferral is bounded: with a capable standby that never takes the
+/// lock (a phantom entry that does not expire), a replacement whose buffer
+/// cannot fill the gap takes over after `3 × PGWS_LEADER_TTL` anyway, and
+/// says so — a gap honestly reported beats no leader.
+#[tokio::test]
+async fn a_deferring_candidate_takes_the_lock_anyway_after_its_bound() {
+    let env = vec![
+        ("PGWS_STANDBY_LISTEN".to_string(), "true".to_string()),
+        ("PGWS_MARKER_INTERVAL".to_string(), "50".to_string()),
+    ];
+    let mut c = Cluster::start_full(&redis_url(), false, env, 1, 0).await;
+    c.coordinators[0]
+        .wait_metric("pgws_stream_markers_heard_total", 2.0)
+        .await;
+    let mut rx = subscribe(&c.redis_url, &c.prefix, "chat").await;
+    let db = db().await;
+    c.notify(&db, "chat", "recorded").await;
+    next(&mut rx).await;
+    let keys = KeySpace::new(&c.prefix);
+    let mut redis = redis::Client::open(redis_url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: () = redis::cmd("ZADD")
+        .arg(keys.standbys())
+        .arg(u64::MAX >> 12)
+        .arg("phantom")
+        .query_async(&mut redis)
+        .await
+        .expect("ZADD");
+    c.coordinators[0].signal("KILL");
+    c.coordinators[0].wait_exit(WAIT).await;
+    let killed = Instant::now();
+    c.add_coordinator().await;
+    let next_leader = c.leader_except(&[0]).await;
+    let took = killed.elapsed();
+    let m = c.coordinators[next_leader].metrics().await;
+    assert_eq!(metric_value(&m, "pgws_election_deferred_total"), 1.0);
+    assert_eq!(
+        metric_value(&m, "pgws_election_deferral_expired_total"),
+        1.0
+    );
+    assert!(
+        took >= TTL * 3,
+        "took over after {took:?}, before the bound"
+    );
+    c.coordinators[next_leader]
+        .wait_metric("pgws_takeovers_total{outcome=\"gap\"}", 1.0)
+        .await;
+    let _: () = redis::cmd("DEL")
+        .arg(keys.standbys())
+        .query_async(&mut redis)
+        .await
+        .expect("DEL");
+}
