@@ -10,7 +10,7 @@
 //! | name | type | what |
 //! |---|---|---|
 //! | `{p}:leader` | string, PX ttl | the coordinator lock: the holder's node id |
-//! | `{p}:epoch` | integer | fencing epoch: `max(previous + 1, Redis time in ms)` at every acquisition |
+//! | `{p}:epoch` | integer | fencing epoch: `max(previous + 1, Redis time in ms)` at every acquisition; on a single Redis the publish script reads it and refuses a batch of any other epoch |
 //! | `{p}:writes` | stream | writers' envelopes waiting for NOTIFY (field `m`, channel `c`, optional traceparent `t`) |
 //! | `{p}:appended:<gateway>:<n>` | integer, PX 30 s | how many messages of a gateway's append batch `n` went in: written with the batch, read before a retry so that a retry never appends twice |
 //! | `{p}:progress` | string `"<marker epoch> <counter> <index>"` | the NOTIFY-stream position of the leader's last published notification (`PGWS_STANDBY_LISTEN`): where a successor resumes |
