@@ -6,6 +6,13 @@
 //!   `max(previous + 1, Redis time in ms)`: every term gets a new, larger
 //!   epoch, atomically with the lock — an `INCR` that also survives Redis
 //!   losing its data.
+//! * **Readiness** (`PGWS_STANDBY_LISTEN`): with every attempt a candidate
+//!   says whether its standby buffer reaches back to the leader's last
+//!   publish (`{p}:progress`). Capable candidates are kept in
+//!   `{p}:standbys` for one ttl; a candidate that is not capable leaves a
+//!   free lock alone while a capable one is alive — for at most
+//!   [`DEFER_TTLS`] ttls, then it takes it anyway (a gap honestly reported
+//!   beats no leader).
 //! * **Renew:** every ttl/3, a compare-and-extend script (`PEXPIRE` only if
 //!   the lock still holds our id).
 //! * **Release:** compare-and-delete on shutdown, so a standby takes over at
@@ -28,16 +35,41 @@ use redis::{RedisResult, Script};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// How many lock ttls a candidate whose buffer does not reach back leaves
+/// a free lock to a capable one before it takes the lock anyway.
+pub const DEFER_TTLS: u32 = 3;
+
 // The epoch is max(previous + 1, Redis time in ms): strictly increasing
 // like INCR while Redis keeps its data, and still larger than every earlier
 // epoch after Redis restarts empty (gateways remember the newest epoch they
 // saw and would otherwise drop every message of a reset counter).
+//
+// With standby listening (ARGV[3] not 'none') a candidate first says
+// whether its buffer reaches back to the leader's last publish: 'capable'
+// enters it in KEYS[3] until now + ttl, anything else takes it out; a
+// 'waiting' candidate then does not take a free lock while a capable one
+// is alive (-1: deferred); 'forcing' is a waiting one past its bound.
 const ACQUIRE: &str = r"
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local mode = ARGV[3]
+if mode ~= 'none' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ms)
+  if mode == 'capable' then
+    redis.call('ZADD', KEYS[3], ms + tonumber(ARGV[2]), ARGV[1])
+  else
+    redis.call('ZREM', KEYS[3], ARGV[1])
+  end
+  if mode == 'waiting' and redis.call('EXISTS', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[3]) > 0 then
+    return -1
+  end
+end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 0
 end
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if mode ~= 'none' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
 local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
 local epoch = math.max(previous + 1, ms)
 redis.call('SET', KEYS[2], string.format('%d', epoch))
@@ -54,6 +86,43 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0";
+
+/// What a candidate says about itself with each attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// No standby listening: every candidate is as good as another.
+    Plain,
+    /// Its standby buffer reaches back to the leader's last publish: it
+    /// would take over without a gap.
+    Capable,
+    /// Its buffer does not reach back: it leaves a free lock to a capable
+    /// candidate while one is alive.
+    Waiting,
+    /// It has waited its bound: it takes a free lock anyway.
+    Forcing,
+}
+
+impl Readiness {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Readiness::Plain => "none",
+            Readiness::Capable => "capable",
+            Readiness::Waiting => "waiting",
+            Readiness::Forcing => "forcing",
+        }
+    }
+}
+
+/// The outcome of one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The lock is ours, with this epoch.
+    Won(u64),
+    /// Someone holds it.
+    Held,
+    /// It is free, but a capable candidate is alive: left to it.
+    Deferred,
+}
 
 /// The holder's view of how long the lock is surely its own.
 #[derive(Debug)]
@@ -111,6 +180,12 @@ pub struct ElectionMetrics {
     pub terms: IntCounter,
     /// 1 while Redis answers.
     pub redis_up: IntGauge,
+    /// Times this candidate left a free lock to a capable standby.
+    pub deferred: IntCounter,
+    /// Times it stopped deferring after `DEFER_TTLS` ttls.
+    pub deferral_expired: IntCounter,
+    /// 1 while this standby's buffer reaches back to the last publish.
+    pub capable: IntGauge,
 }
 
 impl ElectionMetrics {
@@ -134,12 +209,27 @@ impl ElectionMetrics {
                 "Times this coordinator became leader",
             )?,
             redis_up: IntGauge::new("pgws_redis_up", "1 while Redis answers")?,
+            deferred: IntCounter::new(
+                "pgws_election_deferred_total",
+                "Times this coordinator left a free leader lock to a standby whose buffer reaches back to the last publish (its own does not)",
+            )?,
+            deferral_expired: IntCounter::new(
+                "pgws_election_deferral_expired_total",
+                "Times this coordinator stopped deferring after PGWS_LEADER_TTL x 3 and took the lock anyway (the takeover then reports its gap)",
+            )?,
+            capable: IntGauge::new(
+                "pgws_standby_capable",
+                "1 while this standby's buffer reaches back to the leader's last publish (it would take over without a gap; PGWS_STANDBY_LISTEN)",
+            )?,
         };
         registry.register(Box::new(m.leader.clone()))?;
+        registry.register(Box::new(m.capable.clone()))?;
         registry.register(Box::new(m.epoch.clone()))?;
         registry.register(Box::new(m.attempts.clone()))?;
         registry.register(Box::new(m.terms.clone()))?;
         registry.register(Box::new(m.redis_up.clone()))?;
+        registry.register(Box::new(m.deferred.clone()))?;
+        registry.register(Box::new(m.deferral_expired.clone()))?;
         Ok(m)
     }
 }
@@ -174,17 +264,23 @@ impl Election {
         self.ttl
     }
 
-    /// Try to take the lock; the new epoch when it was taken.
-    pub async fn try_acquire(&mut self) -> RedisResult<Option<u64>> {
-        let epoch: u64 = self
+    /// Try to take the lock, saying how ready this candidate is.
+    pub async fn try_acquire(&mut self, readiness: Readiness) -> RedisResult<Attempt> {
+        let epoch: i64 = self
             .acquire
             .key(self.keys.leader())
             .key(self.keys.epoch())
+            .key(self.keys.standbys())
             .arg(&self.node_id)
             .arg(self.ttl.as_millis() as u64)
+            .arg(readiness.as_arg())
             .invoke_async(&mut self.redis)
             .await?;
-        Ok((epoch > 0).then_some(epoch))
+        Ok(match epoch {
+            e if e > 0 => Attempt::Won(e as u64),
+            -1 => Attempt::Deferred,
+            _ => Attempt::Held,
+        })
     }
 
     /// Extend the lock if it is still ours.

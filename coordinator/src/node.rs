@@ -17,11 +17,14 @@
 //!
 //! With standby listening (`PGWS_STANDBY_LISTEN`, `crate::standby`) the
 //! listener instead runs for the node's whole life, standbys keep what they
-//! hear, and a term adds a fourth task — the stream markers — and begins
-//! with the takeover: the new leader resumes where its predecessor stopped.
+//! hear, and a term adds a fourth task — the stream markers, signed with
+//! the key kept in Redis — and begins with the takeover: the new leader
+//! resumes where its predecessor stopped. A standby whose buffer does not
+//! reach back to the last publish defers to one whose buffer does
+//! (`crate::election`, readiness), for a bounded time.
 
 use crate::config::CoordinatorConfig;
-use crate::election::{Election, ElectionMetrics, Lease};
+use crate::election::{self, Attempt, Election, ElectionMetrics, Lease, Readiness};
 use crate::forwarder::{Forwarder, ForwarderMetrics};
 use crate::publisher::{Backlog, Publisher, PublisherMetrics, Publishing};
 use crate::standby::{self, StandbyMetrics, StreamSink};
@@ -42,6 +45,20 @@ use tokio_util::sync::CancellationToken;
 /// How long a new leader waits for its first marker to come back through
 /// its listener (and for Redis) before taking over without proof.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
+
+/// Election rounds between two reads of the stream marker key.
+const KEY_REFRESH: u64 = 25;
+
+/// Whether this candidate is leaving a free lock to a capable standby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deferral {
+    /// Not deferring.
+    No,
+    /// Deferring since then.
+    Since(Instant),
+    /// Deferred its bound: takes the lock when free.
+    Expired,
+}
 
 /// How a term ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,7 +241,10 @@ impl Node {
         tracing::info!(node = %self.config.node_id, prefix = self.config.keys.prefix(), "standing by for election");
         loop {
             let lease = Arc::new(Lease::default());
-            let Some(epoch) = self.stand_by(&mut election, &lease, &shutdown).await else {
+            let Some(epoch) = self
+                .stand_by(&mut election, &redis, &lease, &shutdown)
+                .await
+            else {
                 return Ok(());
             };
             let end = self
@@ -260,20 +280,40 @@ impl Node {
     async fn stand_by(
         &self,
         election: &mut Election,
+        redis: &RedisClient,
         lease: &Lease,
         shutdown: &CancellationToken,
     ) -> Option<u64> {
         let poll = (self.config.leader_ttl / 3).min(Duration::from_millis(200));
-        loop {
+        let mut redis = redis.clone();
+        let mut deferral = Deferral::No;
+        for round in 0u64.. {
+            let Some(readiness) = self.readiness(&mut redis, round, &mut deferral).await else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(poll) => continue,
+                }
+            };
             self.metrics.election.attempts.inc();
             let sent = Instant::now();
-            match election.try_acquire().await {
-                Ok(Some(epoch)) => {
+            match election.try_acquire(readiness).await {
+                Ok(Attempt::Won(epoch)) => {
                     lease.extend(sent, election.ttl());
                     self.metrics.election.redis_up.set(1);
                     return Some(epoch);
                 }
-                Ok(None) => self.metrics.election.redis_up.set(1),
+                Ok(Attempt::Held) => {
+                    self.metrics.election.redis_up.set(1);
+                    deferral = Deferral::No;
+                }
+                Ok(Attempt::Deferred) => {
+                    self.metrics.election.redis_up.set(1);
+                    if deferral == Deferral::No {
+                        deferral = Deferral::Since(Instant::now());
+                        self.metrics.election.deferred.inc();
+                        tracing::info!("leaving the free leader lock to a standby whose buffer reaches back to the last publish (this one's does not)");
+                    }
+                }
                 Err(e) => {
                     self.metrics.election.redis_up.set(0);
                     tracing::warn!(error = %e, "election attempt failed");
@@ -284,6 +324,57 @@ impl Node {
                 _ = tokio::time::sleep(poll) => {}
             }
         }
+        None
+    }
+
+    /// What this candidate says with its next attempt; None while, with
+    /// standby listening, the marker key is not known yet (its buffer
+    /// cannot be placed in the stream, and as leader it could not sign
+    /// markers). The key is read again every [`KEY_REFRESH`] rounds, so a
+    /// Redis that restarted empty (and got a new key) is followed.
+    async fn readiness(
+        &self,
+        redis: &mut RedisClient,
+        round: u64,
+        deferral: &mut Deferral,
+    ) -> Option<Readiness> {
+        let Some(sink) = &self.stream else {
+            return Some(Readiness::Plain);
+        };
+        if sink.key().is_none() || round % KEY_REFRESH == 0 {
+            match standby::marker_key(redis, &self.config.keys).await {
+                Ok(text) => sink.set_key(&text),
+                Err(e) => {
+                    self.metrics.election.redis_up.set(0);
+                    tracing::warn!(error = %e, "cannot read the stream marker key");
+                }
+            }
+        }
+        sink.key()?;
+        let capable = match standby::progress(redis, &self.config.keys).await {
+            Ok(progress) => sink.reaches_back(progress.map(|(pos, _)| pos)),
+            Err(_) => false,
+        };
+        self.metrics.election.capable.set(i64::from(capable));
+        if capable {
+            *deferral = Deferral::No;
+            return Some(Readiness::Capable);
+        }
+        Some(match *deferral {
+            Deferral::Since(since)
+                if since.elapsed() >= self.config.leader_ttl * election::DEFER_TTLS =>
+            {
+                *deferral = Deferral::Expired;
+                self.metrics.election.deferral_expired.inc();
+                tracing::warn!(
+                    waited_ms = since.elapsed().as_millis() as u64,
+                    "no capable standby took the leader lock in time: taking it anyway"
+                );
+                Readiness::Forcing
+            }
+            Deferral::Expired => Readiness::Forcing,
+            _ => Readiness::Waiting,
+        })
     }
 
     async fn lead(
@@ -299,6 +390,7 @@ impl Node {
         self.metrics.election.terms.inc();
         self.metrics.election.epoch.set(epoch as i64);
         self.metrics.election.leader.set(1);
+        self.metrics.election.capable.set(0);
         self.leading.store(true, Ordering::Release);
         let term = CancellationToken::new();
 
@@ -470,15 +562,25 @@ impl Node {
         term: &CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let standby = self.config.standby.as_ref();
+        let key = self.stream.as_ref().and_then(|sink| sink.key());
+        let Some(key) = key else {
+            // Not reached: a standby-listening node wins only once it
+            // knows the key.
+            tracing::warn!(epoch, "no stream marker key: this term sends no markers");
+            return tokio::spawn(async {});
+        };
         tokio::spawn(standby::emit_markers(
-            self.config.db.clone(),
-            standby
-                .map(|s| s.marker_channel.clone())
-                .unwrap_or_default(),
-            epoch,
-            standby.map_or(Duration::from_millis(100), |s| s.marker_interval),
-            lease.clone(),
-            self.metrics.standby.clone(),
+            standby::MarkerTask {
+                db: self.config.db.clone(),
+                channel: standby
+                    .map(|s| s.marker_channel.clone())
+                    .unwrap_or_default(),
+                key,
+                epoch,
+                every: standby.map_or(Duration::from_millis(100), |s| s.marker_interval),
+                lease: lease.clone(),
+                metrics: self.metrics.standby.clone(),
+            },
             term.clone(),
         ))
     }

@@ -9,7 +9,9 @@
 //! per batch on a single Redis, one per notification (issued together) on
 //! a cluster, where each channel's keys live in its own slot. The lease is
 //! checked before every batch: a leader whose lease lapsed publishes
-//! nothing.
+//! nothing. On a single Redis the script also compares the batch's epoch
+//! with `{p}:epoch`, atomically with the append: a batch still in flight
+//! when the lock moved is refused whole, and the term ends.
 //!
 //! **Continuity.** Offsets are assigned in the continuity `(fencing epoch,
 //! session)`. The session starts at 1 and moves on whenever this leader
@@ -47,6 +49,9 @@ static ADVANCE: std::sync::LazyLock<redis::Script> =
 
 /// Most notifications published in one script call.
 const BATCH: usize = 256;
+/// The publish script's answer for every notification of a batch whose
+/// epoch is no longer the current one.
+const DEPOSED: i64 = -3;
 /// Notifications waiting to be published before new ones are dropped.
 const QUEUE: usize = 65_536;
 
@@ -76,6 +81,9 @@ pub enum Dropped {
     /// A newer leader has moved the channel's sequence on (this leader is
     /// deposed and does not know it yet).
     Fenced,
+    /// The fencing epoch in Redis is no longer this leader's: the lock
+    /// moved while the batch was in flight. Nothing of it was written.
+    Deposed,
 }
 
 impl Dropped {
@@ -86,6 +94,7 @@ impl Dropped {
             Dropped::RedisFailed => "publishing to Redis failed",
             Dropped::RedisTimedOut => "publishing to Redis timed out",
             Dropped::Fenced => "a newer leader owns the channel",
+            Dropped::Deposed => "the fencing epoch moved on: this leader is deposed",
         }
     }
 }
@@ -333,6 +342,12 @@ impl Publisher {
                     tokio::time::timeout(Duration::from_secs(5), self.send(continuity, prepared))
                         .await;
                 match sent {
+                    Ok(Ok(offsets)) if offsets.contains(&DEPOSED) => {
+                        // Nothing more from this term: the lock is gone.
+                        self.lease.revoke();
+                        self.metrics.dropped(n, Dropped::Deposed, None);
+                        holes.open();
+                    }
                     Ok(Ok(offsets)) => {
                         let fenced = offsets.iter().filter(|o| **o == -1).count();
                         let repeated = offsets.iter().filter(|o| **o == -2).count();
@@ -484,6 +499,11 @@ impl Publisher {
             .await
             .map_err(|_| "Redis timed out".to_string())?
             .map_err(|e| e.to_string())?;
+        if sent.contains(&DEPOSED) {
+            self.lease.revoke();
+            self.metrics.dropped(sent.len(), Dropped::Deposed, None);
+            return Err("the fencing epoch moved on: this leader is deposed".into());
+        }
         let fenced = sent.iter().filter(|o| **o == -1).count();
         let repeated = sent.iter().filter(|o| **o == -2).count();
         self.metrics
@@ -507,6 +527,11 @@ impl Publisher {
         batch: &[Prepared],
     ) -> redis::ScriptInvocation<'s> {
         let mut invocation = script.prepare_invoke();
+        // One Redis: the script checks the batch's epoch against the
+        // current one (a cluster keeps the epoch key in another slot).
+        if !self.redis.is_cluster() {
+            invocation.key(self.keys.epoch());
+        }
         invocation
             .arg(continuity.term)
             .arg(continuity.session)

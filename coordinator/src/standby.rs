@@ -7,20 +7,26 @@
 //! * [`StreamSink`] is the listener's sink: it places each notification in
 //!   the NOTIFY stream (`crate::stream`) and either keeps it in the standby
 //!   buffer or hands it to this node's publisher while it leads.
-//! * [`emit_markers`] is the leader's marker task.
+//! * [`emit_markers`] is the leader's marker task; markers are signed with
+//!   the coordinators' key ([`marker_key`]: a random secret kept in Redis),
+//!   and the sink counts and ignores anything on the marker channel
+//!   without a valid tag.
 //! * [`take_over`] decides, from the buffer and the predecessor's progress,
 //!   where the new leader resumes and in which continuity.
 
 use crate::election::Lease;
 use crate::publisher::{Positioned, PublisherSink};
-use crate::stream::{plan, Buffered, Marker, MarkerId, Plan, StandbyBuffer, StreamPos, Tracker};
+use crate::stream::{
+    plan, Buffered, Forged, Marker, MarkerId, MarkerKey, Plan, StandbyBuffer, StreamPos, Tracker,
+};
 use pgws_postgres::listener::{Notification, NotificationSink};
 use pgws_postgres::pg::{self, PgConfig};
 use pgws_protocol::keys::KeySpace;
 use pgws_protocol::position::Continuity;
+use pgws_service::events::RateLimit;
 use pgws_service::redis_client::RedisClient;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +44,8 @@ pub struct StandbyMetrics {
     takeovers: IntCounterVec,
     replayed: IntCounter,
     markers: IntCounter,
+    forged: IntCounter,
+    forged_log: Arc<RateLimit>,
 }
 
 impl StandbyMetrics {
@@ -67,16 +75,31 @@ impl StandbyMetrics {
                 "pgws_stream_markers_sent_total",
                 "Stream markers the leader notified",
             )?,
+            forged: IntCounter::new(
+                "pgws_stream_markers_forged_total",
+                "Payloads on the marker channel without a valid tag under the coordinators' key (forged, or sent before the key was known): ignored",
+            )?,
+            forged_log: Arc::new(RateLimit::default()),
         };
         registry.register(Box::new(m.buffered.clone()))?;
         registry.register(Box::new(m.heard.clone()))?;
         registry.register(Box::new(m.takeovers.clone()))?;
         registry.register(Box::new(m.replayed.clone()))?;
         registry.register(Box::new(m.markers.clone()))?;
+        registry.register(Box::new(m.forged.clone()))?;
         for outcome in ["gapless", "gap", "fresh"] {
             m.takeovers.with_label_values(&[outcome]);
         }
         Ok(m)
+    }
+
+    /// A payload on the marker channel was not a signed marker: counted,
+    /// logged at most once a second.
+    fn forged(&self, error: Forged) {
+        self.forged.inc();
+        if self.forged_log.allow() {
+            tracing::warn!(total = self.forged.get(), %error, "ignored a forged stream marker");
+        }
     }
 }
 
@@ -98,6 +121,9 @@ pub struct StreamSink {
     capacity: usize,
     /// The last marker seen (a new leader waits for its own).
     seen: watch::Sender<Option<MarkerId>>,
+    /// The key markers are signed with (none until read from Redis:
+    /// markers are not trusted before).
+    key: RwLock<Option<Arc<MarkerKey>>>,
     metrics: StandbyMetrics,
 }
 
@@ -111,8 +137,23 @@ impl StreamSink {
             }),
             capacity,
             seen: watch::Sender::new(None),
+            key: RwLock::new(None),
             metrics,
         }
+    }
+
+    /// The marker key as read from Redis (replaced when Redis holds
+    /// another one, e.g. after it restarted empty).
+    pub fn set_key(&self, text: &str) {
+        let mut key = self.key.write().unwrap_or_else(|p| p.into_inner());
+        if key.as_ref().is_none_or(|k| k.text() != text) {
+            *key = Some(Arc::new(MarkerKey::new(text)));
+        }
+    }
+
+    /// The marker key, once known.
+    pub fn key(&self) -> Option<Arc<MarkerKey>> {
+        self.key.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -155,6 +196,16 @@ impl StreamSink {
         (plan, started)
     }
 
+    /// Whether a takeover now would resume without a gap: this node
+    /// stands by and its buffer reaches back to `progress` (the leader's
+    /// last published position; none: no leader has published).
+    pub fn reaches_back(&self, progress: Option<StreamPos>) -> bool {
+        match &self.lock().mode {
+            Mode::Standby(buffer) => buffer.reaches_back(progress),
+            Mode::Leading(_) => false,
+        }
+    }
+
     /// The term ended: keep what is heard again, from now.
     pub fn stand_by(&self) {
         self.lock().mode = Mode::Standby(StandbyBuffer::new(self.capacity));
@@ -162,22 +213,36 @@ impl StreamSink {
     }
 }
 
-impl NotificationSink for StreamSink {
-    fn deliver(&self, notification: Notification) {
+impl StreamSink {
+    /// A marker with a valid tag: positions count from it.
+    fn marker(&self, marker: Marker) {
         let mut state = self.lock();
         let State { mode, tracker } = &mut *state;
+        if tracker.marker(marker) {
+            if let Mode::Standby(buffer) = mode {
+                buffer.marker(marker);
+            }
+            self.metrics.heard.inc();
+            self.seen.send_replace(Some(marker.id));
+        }
+    }
+}
+
+impl NotificationSink for StreamSink {
+    fn deliver(&self, notification: Notification) {
         if notification.source != 0 {
-            if let Some(marker) = Marker::parse(&notification.payload) {
-                if tracker.marker(marker) {
-                    if let Mode::Standby(buffer) = mode {
-                        buffer.marker(marker);
-                    }
-                    self.metrics.heard.inc();
-                    self.seen.send_replace(Some(marker.id));
-                }
+            let opened = match self.key() {
+                Some(key) => key.open(&notification.payload),
+                None => Err(Forged),
+            };
+            match opened {
+                Ok(marker) => self.marker(marker),
+                Err(forged) => self.metrics.forged(forged),
             }
             return;
         }
+        let mut state = self.lock();
+        let State { mode, tracker } = &mut *state;
         let pos = tracker.place();
         match mode {
             Mode::Standby(buffer) => {
@@ -201,17 +266,36 @@ impl NotificationSink for StreamSink {
     }
 }
 
+/// What the leader's marker task needs.
+pub struct MarkerTask {
+    /// Where to NOTIFY.
+    pub db: PgConfig,
+    /// The marker channel.
+    pub channel: String,
+    /// The coordinators' key markers are signed with.
+    pub key: Arc<MarkerKey>,
+    /// This term's fencing epoch.
+    pub epoch: u64,
+    /// Time between markers.
+    pub every: Duration,
+    /// This term's lease.
+    pub lease: Arc<Lease>,
+    /// Metrics.
+    pub metrics: StandbyMetrics,
+}
+
 /// The leader's marker task: marker `(epoch, 0)` at once, then one every
 /// `every`, while the lease holds, until `term` ends.
-pub async fn emit_markers(
-    db: PgConfig,
-    channel: String,
-    epoch: u64,
-    every: Duration,
-    lease: Arc<Lease>,
-    metrics: StandbyMetrics,
-    term: CancellationToken,
-) {
+pub async fn emit_markers(task: MarkerTask, term: CancellationToken) {
+    let MarkerTask {
+        db,
+        channel,
+        key,
+        epoch,
+        every,
+        lease,
+        metrics,
+    } = task;
     let mut n = 0u64;
     let mut client = None;
     let mut tick = pgws_service::time::every(every);
@@ -226,7 +310,7 @@ pub async fn emit_markers(
                     sent_ms: pgws_protocol::clock::unix_now().as_millis() as u64,
                 };
                 match c
-                    .execute("SELECT pg_notify($1, $2)", &[&channel, &marker.payload()])
+                    .execute("SELECT pg_notify($1, $2)", &[&channel, &key.sign(&marker)])
                     .await
                 {
                     Ok(_) => {
@@ -267,6 +351,56 @@ async fn connect(db: &PgConfig, term: &CancellationToken) -> Option<tokio_postgr
     Some(client)
 }
 
+/// Why the marker key could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum MarkerKeyError {
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The system gave no random bytes.
+    #[error("no random bytes for a new marker key")]
+    Random,
+    /// The key was deleted between writing and reading it.
+    #[error("the marker key vanished from Redis")]
+    Vanished,
+}
+
+/// The coordinators' marker key from Redis, made (random) by the first
+/// coordinator that finds none.
+pub async fn marker_key(
+    redis: &mut RedisClient,
+    keys: &KeySpace,
+) -> Result<String, MarkerKeyError> {
+    let fresh = MarkerKey::generate().map_err(|_| MarkerKeyError::Random)?;
+    let _: Option<String> = redis::cmd("SET")
+        .arg(keys.marker_key())
+        .arg(&fresh)
+        .arg("NX")
+        .query_async(redis)
+        .await?;
+    let stored: Option<String> = redis::cmd("GET")
+        .arg(keys.marker_key())
+        .query_async(redis)
+        .await?;
+    stored.ok_or(MarkerKeyError::Vanished)
+}
+
+/// The stream position of the leader's last published notification, as
+/// recorded in `{p}:progress`.
+pub async fn progress(
+    redis: &mut RedisClient,
+    keys: &KeySpace,
+) -> redis::RedisResult<Option<(StreamPos, u64)>> {
+    let text: Option<String> = redis::cmd("GET")
+        .arg(keys.progress())
+        .query_async(redis)
+        .await?;
+    Ok(text.and_then(|text| {
+        let (pos, ms) = text.rsplit_once(' ')?;
+        Some((StreamPos::parse(pos)?, ms.parse().ok()?))
+    }))
+}
+
 /// What a new leader needs to know about its predecessor.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Predecessor {
@@ -282,20 +416,13 @@ pub async fn predecessor(
     redis: &mut RedisClient,
     keys: &KeySpace,
 ) -> redis::RedisResult<Predecessor> {
-    let progress: Option<String> = redis::cmd("GET")
-        .arg(keys.progress())
-        .query_async(redis)
-        .await?;
+    let progress = progress(redis, keys).await?;
     let continuity: Vec<Option<u64>> = redis::cmd("HMGET")
         .arg(keys.continuity())
         .arg("t")
         .arg("s")
         .query_async(redis)
         .await?;
-    let progress = progress.and_then(|text| {
-        let (pos, ms) = text.rsplit_once(' ')?;
-        Some((StreamPos::parse(pos)?, ms.parse().ok()?))
-    });
     let continuity = match continuity.as_slice() {
         [Some(term), Some(session)] => Some(Continuity {
             term: *term,

@@ -5,14 +5,22 @@
 //! (commit) order, identical payloads folded the same way. What no
 //! notification carries is a position: a payload alone cannot say where it
 //! stands (the same text may be notified a thousand times). So the leader
-//! notifies **markers** — `<fencing epoch>:<counter>:<unix ms>` on the
-//! marker channel, every `PGWS_MARKER_INTERVAL` — and every listener counts
+//! notifies **markers** — `<fencing epoch>:<counter>:<unix ms>:<tag>` on
+//! the marker channel, every `PGWS_MARKER_INTERVAL` — and every listener counts
 //! the notifications after the last marker it saw: a notification's
 //! [`StreamPos`] is `(marker, index)`, the same for every listener that saw
 //! that marker. Markers of one leader are committed one after another, so
 //! their counters follow stream order; a later leader's epoch is larger.
 //! A marker that would take the position backwards (a deposed leader's,
 //! committed late) is ignored.
+//!
+//! Anyone who may NOTIFY may notify on the marker channel, so a marker
+//! carries an HMAC-SHA256 `tag` under a secret only the coordinators
+//! know ([`MarkerKey`], kept in Redis): a payload without a valid tag is
+//! not a marker (counted and ignored by the listener's sink). Without
+//! it, one forged marker with a huge epoch would make every later
+//! position look older than the forged one, and a new leader would skip
+//! live notifications as "already published".
 //!
 //! The leader records, per channel, the position of the last notification
 //! it published (the publish script skips anything at or before it) and,
@@ -45,19 +53,86 @@ pub struct Marker {
 }
 
 impl Marker {
-    /// The payload notified for this marker.
-    pub fn payload(&self) -> String {
+    /// The signed text: the three numbers.
+    fn text(&self) -> String {
         format!("{}:{}:{}", self.id.epoch, self.id.n, self.sent_ms)
     }
 
-    /// Parse a marker payload; `None` for anything else.
-    pub fn parse(payload: &[u8]) -> Option<Marker> {
-        let [epoch, n, sent_ms] = three_numbers(std::str::from_utf8(payload).ok()?, ':')?;
+    /// The three numbers of a marker's signed text.
+    fn parse_text(text: &str) -> Option<Marker> {
+        let [epoch, n, sent_ms] = three_numbers(text, ':')?;
         Some(Marker {
             id: MarkerId { epoch, n },
             sent_ms,
         })
     }
+}
+
+/// The coordinators' shared secret that signs markers: 32 random bytes,
+/// kept in Redis (`{p}:marker-key`, made by the first coordinator that
+/// finds none), so no configuration is needed and no database role can
+/// forge a marker.
+pub struct MarkerKey {
+    key: ring::hmac::Key,
+    /// The secret as stored (to notice that Redis holds another one).
+    text: String,
+}
+
+impl MarkerKey {
+    /// A key from the stored secret text (hex).
+    pub fn new(text: &str) -> MarkerKey {
+        MarkerKey {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, text.as_bytes()),
+            text: text.to_string(),
+        }
+    }
+
+    /// A fresh random secret as stored (64 hex digits).
+    pub fn generate() -> Result<String, ring::error::Unspecified> {
+        let bytes: [u8; 32] = ring::rand::generate(&ring::rand::SystemRandom::new())?.expose();
+        Ok(hex(&bytes))
+    }
+
+    /// The secret as stored.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The payload notified for `marker`: its numbers and their tag.
+    pub fn sign(&self, marker: &Marker) -> String {
+        let text = marker.text();
+        let tag = ring::hmac::sign(&self.key, text.as_bytes());
+        format!("{text}:{}", hex(tag.as_ref()))
+    }
+
+    /// The marker of a payload whose tag is valid under this key.
+    pub fn open(&self, payload: &[u8]) -> Result<Marker, Forged> {
+        let text = std::str::from_utf8(payload).map_err(|_| Forged)?;
+        let (signed, tag) = text.rsplit_once(':').ok_or(Forged)?;
+        let tag = unhex(tag).ok_or(Forged)?;
+        ring::hmac::verify(&self.key, signed.as_bytes(), &tag).map_err(|_| Forged)?;
+        Marker::parse_text(signed).ok_or(Forged)
+    }
+}
+
+/// A payload on the marker channel that is not a marker signed with the
+/// coordinators' key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a marker signed with the coordinators' key")]
+pub struct Forged;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 /// Exactly three unsigned numbers separated by `sep`.
@@ -211,6 +286,20 @@ impl StandbyBuffer {
         self.markers.front().map(|(m, _)| *m)
     }
 
+    /// Whether the buffer holds everything after `progress`: its first
+    /// placed entry is at or before it (the buffer is one unbroken run of
+    /// the stream since it was last cleared). With no progress recorded
+    /// any buffer will do. The election's readiness test, in O(1).
+    pub fn reaches_back(&self, progress: Option<StreamPos>) -> bool {
+        let Some(progress) = progress else {
+            return true;
+        };
+        self.entries
+            .iter()
+            .find_map(|e| e.pos)
+            .is_some_and(|first| first <= progress)
+    }
+
     /// Take the entries from `from` on.
     pub fn take_from(&mut self, from: usize) -> Vec<Buffered> {
         let taken = self.entries.drain(from.min(self.entries.len())..).collect();
@@ -344,14 +433,38 @@ mod tests {
 
     #[test]
     fn markers_and_positions_round_trip() {
+        let key = MarkerKey::new(&MarkerKey::generate().expect("random"));
         let m = marker(1_795_838_085_123, 42);
-        assert_eq!(Marker::parse(m.payload().as_bytes()), Some(m));
-        for bad in ["", "1:2", "1:2:3:4", "a:b:c", "{\"channel\":\"x\"}"] {
-            assert_eq!(Marker::parse(bad.as_bytes()), None, "{bad:?}");
+        assert_eq!(key.open(key.sign(&m).as_bytes()), Ok(m));
+        for bad in [
+            "",
+            "1:2",
+            "1:2:3:4",
+            "a:b:c",
+            "{\"channel\":\"x\"}",
+            "1:2:3:zz",
+            "1:2:3:0",
+        ] {
+            assert_eq!(key.open(bad.as_bytes()), Err(Forged), "{bad:?}");
         }
         let p = pos(3, 9);
         assert_eq!(StreamPos::parse(&p.to_string()), Some(p));
         assert!(pos(3, 9) < pos(4, 1) && pos(4, 1) < pos(4, 2));
+    }
+
+    #[test]
+    fn a_marker_is_only_accepted_with_the_coordinators_tag() {
+        let key = MarkerKey::new(&MarkerKey::generate().expect("random"));
+        let other = MarkerKey::new(&MarkerKey::generate().expect("random"));
+        let genuine = key.sign(&marker(7, 1));
+        // The forgery of issue 20: a bare huge marker, as any role could
+        // NOTIFY it.
+        assert_eq!(key.open(b"9000000000000000:0:0"), Err(Forged));
+        // Signed with another key, or altered after signing.
+        assert_eq!(key.open(other.sign(&marker(7, 1)).as_bytes()), Err(Forged));
+        let altered = genuine.replacen('7', "9000000000000000", 1);
+        assert_eq!(key.open(altered.as_bytes()), Err(Forged));
+        assert!(key.open(genuine.as_bytes()).is_ok());
     }
 
     #[test]
@@ -368,6 +481,12 @@ mod tests {
     fn a_buffer_that_does_not_reach_back_is_a_gap() {
         let b = fed(&["m1", "a", "b", "m2", "c", "d", "e"], 3);
         assert_eq!(b.len(), 3);
+        assert!(!b.reaches_back(Some(pos(1, 1))));
+        assert!(b.reaches_back(Some(pos(2, 1))) && b.reaches_back(None));
+        assert!(
+            !fed(&["x", "y"], 10).reaches_back(Some(pos(1, 1))),
+            "nothing placed: started after the last marker"
+        );
         assert!(matches!(
             plan(&b, Some(pos(1, 1)), true),
             Plan::Gap { from: 0, .. }

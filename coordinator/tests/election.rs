@@ -1,7 +1,11 @@
 //! The election, observed from Redis and PostgreSQL: one leader, one LISTEN
 //! connection, its epoch on every republished message, and hand-over when
-//! it goes.
+//! it goes; and, at the script, the standby readiness that decides who
+//! may take a free lock.
 
+use pgws_coordinator::election::{Attempt, Election, Readiness};
+use pgws_protocol::keys::KeySpace;
+use pgws_service::redis_client::{RedisClient, RedisConfig, TlsFiles};
 use pgws_testkit::cluster::{listen_backends, wait_listen_backends, Cluster, TTL};
 use pgws_testkit::republished::{next, subscribe};
 use pgws_testkit::*;
@@ -90,4 +94,138 @@ async fn after_kill_9_the_standby_takes_over_within_the_ttl() {
     assert!(took <= TTL + Duration::from_secs(1), "took {took:?}");
     assert_eq!(c.leader_except(&[leader]).await, 1 - leader);
     wait_listen_backends(&db().await, &c.listen_channel, 1).await;
+}
+
+/// Issue 20, hole 1, at the script: a candidate whose buffer cannot fill
+/// the gap leaves a free lock to a capable one while that one is alive
+/// (its entry lives one ttl after its last attempt), takes it once the
+/// capable one is gone, and takes it at once when forcing (its deferral
+/// bound ran out).
+#[tokio::test]
+async fn a_candidate_that_cannot_fill_the_gap_defers_to_a_capable_one_while_it_lives() {
+    let keys = KeySpace::new(&unique("pgws-ready"));
+    let config = RedisConfig::parse(&redis_url(), false, TlsFiles::default()).expect("url");
+    let redis = RedisClient::connect(&config, None, Some(Duration::from_secs(5)))
+        .await
+        .expect("redis");
+    let ttl = Duration::from_millis(1000);
+    let candidate = |id: &str| Election::new(redis.clone(), keys.clone(), id.into(), ttl);
+    let (mut holder, mut capable, mut late) =
+        (candidate("holder"), candidate("capable"), candidate("late"));
+    assert!(matches!(
+        holder.try_acquire(Readiness::Plain).await,
+        Ok(Attempt::Won(_))
+    ));
+    assert_eq!(
+        capable.try_acquire(Readiness::Capable).await.ok(),
+        Some(Attempt::Held)
+    );
+    let capable_seen = Instant::now();
+    assert_eq!(
+        late.try_acquire(Readiness::Waiting).await.ok(),
+        Some(Attempt::Held),
+        "a held lock is just held"
+    );
+    assert_eq!(holder.release().await.ok(), Some(true));
+    assert_eq!(
+        late.try_acquire(Readiness::Waiting).await.ok(),
+        Some(Attempt::Deferred),
+        "a free lock is left to the capable standby"
+    );
+    // The capable standby stops attempting (it died): one ttl after its
+    // last attempt, the late candidate is no longer held back.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match late.try_acquire(Readiness::Waiting).await.ok() {
+            Some(Attempt::Won(_)) => break,
+            Some(Attempt::Deferred) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "deferred forever");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        capable_seen.elapsed() >= ttl - Duration::from_millis(100),
+        "took the lock {:?} after the capable one's last attempt",
+        capable_seen.elapsed()
+    );
+    assert_eq!(late.release().await.ok(), Some(true));
+    // Forcing: taken even while a capable standby is alive.
+    assert!(matches!(
+        holder.try_acquire(Readiness::Plain).await,
+        Ok(Attempt::Won(_))
+    ));
+    assert_eq!(
+        capable.try_acquire(Readiness::Capable).await.ok(),
+        Some(Attempt::Held)
+    );
+    assert_eq!(holder.release().await.ok(), Some(true));
+    assert!(matches!(
+        late.try_acquire(Readiness::Forcing).await,
+        Ok(Attempt::Won(_))
+    ));
+    let _: () = redis::cmd("DEL")
+        .arg(keys.leader())
+        .arg(keys.epoch())
+        .arg(keys.standbys())
+        .query_async(&mut redis.clone())
+        .await
+        .expect("DEL");
+}
+
+/// The deferral is bounded: with a capable standby that never takes the
+/// lock (a phantom entry that does not expire), a replacement whose buffer
+/// cannot fill the gap takes over after `3 × PGWS_LEADER_TTL` anyway, and
+/// says so — a gap honestly reported beats no leader.
+#[tokio::test]
+async fn a_deferring_candidate_takes_the_lock_anyway_after_its_bound() {
+    let env = vec![
+        ("PGWS_STANDBY_LISTEN".to_string(), "true".to_string()),
+        ("PGWS_MARKER_INTERVAL".to_string(), "50".to_string()),
+    ];
+    let mut c = Cluster::start_full(&redis_url(), false, env, 1, 0).await;
+    c.coordinators[0]
+        .wait_metric("pgws_stream_markers_heard_total", 2.0)
+        .await;
+    let mut rx = subscribe(&c.redis_url, &c.prefix, "chat").await;
+    let db = db().await;
+    c.notify(&db, "chat", "recorded").await;
+    next(&mut rx).await;
+    let keys = KeySpace::new(&c.prefix);
+    let mut redis = redis::Client::open(redis_url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: () = redis::cmd("ZADD")
+        .arg(keys.standbys())
+        .arg(u64::MAX >> 12)
+        .arg("phantom")
+        .query_async(&mut redis)
+        .await
+        .expect("ZADD");
+    c.coordinators[0].signal("KILL");
+    c.coordinators[0].wait_exit(WAIT).await;
+    let killed = Instant::now();
+    c.add_coordinator().await;
+    let next_leader = c.leader_except(&[0]).await;
+    let took = killed.elapsed();
+    let m = c.coordinators[next_leader].metrics().await;
+    assert_eq!(metric_value(&m, "pgws_election_deferred_total"), 1.0);
+    assert_eq!(
+        metric_value(&m, "pgws_election_deferral_expired_total"),
+        1.0
+    );
+    assert!(
+        took >= TTL * 3,
+        "took over after {took:?}, before the bound"
+    );
+    c.coordinators[next_leader]
+        .wait_metric("pgws_takeovers_total{outcome=\"gap\"}", 1.0)
+        .await;
+    let _: () = redis::cmd("DEL")
+        .arg(keys.standbys())
+        .query_async(&mut redis)
+        .await
+        .expect("DEL");
 }

@@ -24,13 +24,21 @@
 //! has moved on. And it skips (offset `-2`) a message whose stream
 //! position is not after the channel's last published one, so a new leader
 //! replaying the notifications its predecessor may not have published
-//! never publishes one twice.
+//! never publishes one twice. Given the fencing epoch key, it also
+//! refuses (offset `-3`) a whole batch whose epoch is not the current
+//! one, read atomically with the append: a deposed leader's batch in
+//! flight while the lock moved lands nowhere, not even on channels its
+//! successor has not written yet.
 
 use crate::position::{ChannelState, Continuity};
 
 /// The leader's publish script, for a batch of notifications.
 ///
-/// * `KEYS`: per notification, its channel's state key then history key.
+/// * `KEYS`: optionally first the fencing epoch key (`{p}:epoch`: an odd
+///   number of keys says it is there), then per notification its
+///   channel's state key then history key. A Redis Cluster cannot take
+///   the epoch key with a channel's keys (other slots): there the check
+///   below is the per-channel fence alone.
 /// * `ARGV[1..7]`: the continuity's term and session (the epoch the
 ///   messages get), the leader's fencing epoch, history size, history ttl
 ///   (ms), channel-state ttl (ms), publish command (`PUBLISH`, or
@@ -47,7 +55,10 @@ use crate::position::{ChannelState, Continuity};
 /// when it does not follow the channel's newest. A NOTIFY on a channel the
 /// outbox numbers starts a sequence of its own (a new base).
 ///
-/// Returns each notification's offset; -1 where it was fenced (the
+/// Returns each notification's offset; -3 for every notification when the
+/// epoch key was given and its value is not the leader's fencing epoch
+/// (the lock moved while the batch was in flight: nothing is written or
+/// published); -1 where it was fenced (the
 /// channel was last written by a leader with a larger fencing epoch), -2
 /// where it was already published (its stream position is at or before
 /// the channel's last published one: a new leader resuming where its
@@ -63,12 +74,21 @@ local term, session, fence = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV
 local size, ttl, state_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local publish = ARGV[7]
 local DURABLE = 9007199254740991
+-- With the fencing epoch key first: a batch of any epoch but the current
+-- one (a deposed leader's, in flight while the lock moved) is refused whole.
+local first = #KEYS % 2
+local count = (#KEYS - first) / 2
+if first == 1 and tonumber(redis.call('GET', KEYS[1]) or '-1') ~= fence then
+  local refused = {}
+  for i = 1, count do refused[i] = -3 end
+  return refused
+end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 -- Each channel's state is read once per batch and written once at the end.
 local states, touched, offsets = {}, {}, {}
-for i = 1, #KEYS / 2 do
-  local skey, hkey = KEYS[2 * i - 1], KEYS[2 * i]
+for i = 1, count do
+  local skey, hkey = KEYS[first + 2 * i - 1], KEYS[first + 2 * i]
   local a = 7 + 5 * (i - 1)
   local st = states[skey]
   if not st then

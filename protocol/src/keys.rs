@@ -10,10 +10,12 @@
 //! | name | type | what |
 //! |---|---|---|
 //! | `{p}:leader` | string, PX ttl | the coordinator lock: the holder's node id |
-//! | `{p}:epoch` | integer | fencing epoch: `max(previous + 1, Redis time in ms)` at every acquisition |
+//! | `{p}:epoch` | integer | fencing epoch: `max(previous + 1, Redis time in ms)` at every acquisition; on a single Redis the publish script reads it and refuses a batch of any other epoch |
 //! | `{p}:writes` | stream | writers' envelopes waiting for NOTIFY (field `m`, channel `c`, optional traceparent `t`) |
 //! | `{p}:appended:<gateway>:<n>` | integer, PX 30 s | how many messages of a gateway's append batch `n` went in: written with the batch, read before a retry so that a retry never appends twice |
 //! | `{p}:progress` | string `"<marker epoch> <counter> <index>"` | the NOTIFY-stream position of the leader's last published notification (`PGWS_STANDBY_LISTEN`): where a successor resumes |
+//! | `{p}:marker-key` | string, no ttl | the coordinators' secret that signs stream markers (64 hex digits, made by the first coordinator that finds none): a role that may NOTIFY cannot forge a marker |
+//! | `{p}:standbys` | sorted set, member node id, score expiry (Redis ms) | standbys whose buffer reaches back to `{p}:progress` (`PGWS_STANDBY_LISTEN`): while one is alive, a standby whose buffer does not defers in the election |
 //! | `{p}:continuity` | hash `t`, `s`, `ttl` | the current [continuity](crate::position::Continuity) (term, session) and the channel-state ttl (ms); written by the leader, only ever moved forward |
 //! | `p:msg:<channel>` | pub/sub channel | notifications for one websocket channel |
 //! | `{p:msg:<channel>}:s` | string, PX ttl | the channel's offsets and epoch ([`crate::history`]) |
@@ -79,6 +81,16 @@ impl KeySpace {
     /// notification (with standby listening).
     pub fn progress(&self) -> String {
         format!("{{{}}}:progress", self.prefix)
+    }
+
+    /// The coordinators' secret that signs stream markers.
+    pub fn marker_key(&self) -> String {
+        format!("{{{}}}:marker-key", self.prefix)
+    }
+
+    /// The standbys able to take over without a gap, with their expiry.
+    pub fn standbys(&self) -> String {
+        format!("{{{}}}:standbys", self.prefix)
     }
 
     /// The key of websocket `channel`'s offsets and epoch.
