@@ -17,6 +17,7 @@
 //!   frames; [`v2`] — a protocol v2 client.
 //! * [`db`] — the shared PostgreSQL: clients, NOTIFY, LISTEN.
 //! * [`pg_server`] — private PostgreSQL servers (TLS-only, standbys).
+//! * [`proxy`] — a TCP proxy that delays or partitions, for fault tests.
 //! * [`redis_server`] — private Redis servers: plain, TLS, Cluster,
 //!   Sentinel.
 //! * [`republished`] — what coordinators republish on Redis, decoded.
@@ -32,6 +33,7 @@ pub mod names;
 pub mod pg_server;
 pub mod ports;
 pub mod process;
+pub mod proxy;
 pub mod raw;
 pub mod redis_server;
 pub mod republished;
