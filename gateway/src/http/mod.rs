@@ -178,7 +178,7 @@ where
 async fn handle(req: Request<Incoming>, state: Arc<HttpState>) -> Response<Body> {
     if fastwebsockets::upgrade::is_upgrade_request(&req) {
         let upgraded = if req.method() == Method::GET {
-            upgrade(req, &state)
+            upgrade(req, &state).await
         } else {
             Err(Refusal::UpgradeNotGet)
         };
@@ -196,7 +196,7 @@ async fn handle(req: Request<Incoming>, state: Arc<HttpState>) -> Response<Body>
     }
 }
 
-fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Body>, Refusal> {
+async fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Body>, Refusal> {
     if state.sessions.shutdown.is_cancelled() {
         return Err(Refusal::ShuttingDown);
     }
@@ -219,27 +219,7 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
         "pgws.handshake",
         channel = target.channel.as_deref().unwrap_or("")
     );
-    let _entered = span.enter();
-    let keys = &state.sessions.keys;
-    let verify =
-        |token: &str| tracing::info_span!("pgws.jwt_verify").in_scope(|| keys.verify(token));
-    // v1: a grant for the URL's channel (or the claims'); v2: permissions
-    // for what the socket may subscribe to, or none yet — the token may
-    // come in the first frame.
-    let session = if target.v2 {
-        let permissions = match target.token.as_deref() {
-            Some(token) => Some(auth::permissions(verify(token)?)?),
-            None => None,
-        };
-        Session::V2(permissions)
-    } else {
-        let token = target.token.as_deref().ok_or(Refusal::MissingToken)?;
-        Session::V1(auth::authorize(
-            verify(token)?,
-            target.channel.as_deref(),
-            &state.sessions.meta,
-        )?)
-    };
+    let session = span.in_scope(|| authorize(&target, state))?;
     let slot =
         Slot::acquire(&state.sessions, state.max_connections).ok_or(Refusal::TooManyConnections)?;
     // The upgraded connection is taken from hyper directly: fastwebsockets
@@ -255,6 +235,17 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
                 format!("Bad websocket request: {e}\n"),
             ))
         }
+    };
+    // A v1 reader is on its channels, its subscriptions in effect, before
+    // the socket opens (a refusal takes it off them again).
+    let session = match session {
+        Session::V1(grant, None) => {
+            let joined = session::join(&state.sessions, &grant)
+                .await
+                .map_err(|_| Refusal::SubscriptionUnavailable)?;
+            Session::V1(grant, Some(joined))
+        }
+        other => other,
     };
     let (mut parts, _) = response.into_parts();
     if let Some(protocol) = target
@@ -272,7 +263,10 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade did not complete"),
         };
         match session {
-            Session::V1(grant) => session::run(io, grant, sessions, slot).await,
+            Session::V1(grant, Some(joined)) => {
+                session::run(io, grant, joined, sessions, slot).await
+            }
+            Session::V1(_, None) => {}
             Session::V2(permissions) => session::run_v2(io, permissions, sessions, slot).await,
         }
     });
@@ -282,9 +276,36 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
     ))
 }
 
+/// Verify the token: what the socket may do.
+fn authorize(target: &request::Target, state: &HttpState) -> Result<Session, Refusal> {
+    let keys = &state.sessions.keys;
+    let verify =
+        |token: &str| tracing::info_span!("pgws.jwt_verify").in_scope(|| keys.verify(token));
+    // v1: a grant for the URL's channel (or the claims'); v2: permissions
+    // for what the socket may subscribe to, or none yet — the token may
+    // come in the first frame.
+    let session = if target.v2 {
+        let permissions = match target.token.as_deref() {
+            Some(token) => Some(auth::permissions(verify(token)?)?),
+            None => None,
+        };
+        Session::V2(permissions)
+    } else {
+        let token = target.token.as_deref().ok_or(Refusal::MissingToken)?;
+        let grant = auth::authorize(
+            verify(token)?,
+            target.channel.as_deref(),
+            &state.sessions.meta,
+        )?;
+        Session::V1(grant, None)
+    };
+    Ok(session)
+}
+
 /// What an accepted upgrade becomes.
 enum Session {
-    V1(auth::Grant),
+    /// v1: its grant, and (once joined) its place in the hub.
+    V1(auth::Grant, Option<session::Joined>),
     V2(Option<auth::Permissions>),
 }
 
