@@ -272,3 +272,59 @@ async fn the_queue_of_subscription_changes_is_bounded_and_refusals_are_counted()
     let reply = client.subscribe(&unique("after"), None).await;
     assert!(reply.get("error").is_none(), "{reply}");
 }
+
+/// Poll `series` on `gateway` until it equals `want`.
+async fn wait_exactly(gateway: &Server, series: &str, want: f64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = gateway.metric(series).await;
+        if v == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed at {v}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_v1_reader_whose_subscription_is_not_confirmed_is_refused_and_leaves_nothing() {
+    let (c, gateway, proxy) = distant_cluster(&[]).await;
+    let db = db().await;
+    proxy.partition();
+    wait_exactly(&gateway, "pgws_redis_up", 0.0).await;
+
+    // Redis cannot confirm: after its 5 s the upgrade is refused, and the
+    // reader is off its channel again (nothing registered, nothing queued).
+    let channel = unique("unconfirmed");
+    let url = gateway.url(&format!("{channel}/{}", reader_token()));
+    let started = Instant::now();
+    let (status, body) = refused(&url).await;
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Subscription unavailable"), "{body}");
+    assert!(took >= Duration::from_secs(4), "refused after {took:?}");
+    assert_eq!(
+        gateway
+            .metric(r#"pgws_bus_subscriptions_refused_total{reason="unconfirmed"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gateway
+            .metric(r#"pgws_connections_refused_total{reason="subscription_unavailable"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(gateway.metric("pgws_channels").await, 0.0);
+    assert_eq!(gateway.metric("pgws_redis_subscription_queue").await, 0.0);
+
+    // Redis back: the same socket opens, subscribed.
+    proxy.heal();
+    wait_exactly(&gateway, "pgws_redis_up", 1.0).await;
+    let mut v1 = connect(&url).await;
+    c.notify(&db, &channel, "now").await;
+    assert_eq!(payload_of(&next_text(&mut v1).await), "now");
+}

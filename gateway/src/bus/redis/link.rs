@@ -149,10 +149,12 @@ impl Link {
     }
 }
 
-/// (Un)subscribe `channels`: one command per [`CHUNK`] channels, all in
-/// flight together on the multiplexed connection.
+/// (Un)subscribe `channels`: one command per [`CHUNK`] channels (one per
+/// channel on a Redis Cluster, where each goes to its shard), all in flight
+/// together on the multiplexed connection.
 async fn change(client: &RedisClient, channels: &[String], subscribe: bool) -> RedisResult<()> {
-    let calls = channels.chunks(CHUNK).map(|chunk| {
+    let chunk = if client.is_cluster() { 1 } else { CHUNK };
+    let calls = channels.chunks(chunk).map(|chunk| {
         let mut client = client.clone();
         async move {
             if subscribe {

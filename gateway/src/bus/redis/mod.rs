@@ -196,6 +196,9 @@ impl Bus for RedisBus {
     fn unsubscribe(&self, channel: &str) {
         // Never refused: no more unsubscribes than subscribed channels.
         let _ = self.plan.request(self.keys.channel(channel), false);
+        self.metrics
+            .queued
+            .set(self.plan.pending_subscribes() as i64);
     }
 
     fn confirm(&self) -> BusFuture<'_, Result<(), BusError>> {
