@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// The body of every response this server writes: a buffer, or a file
 /// streamed in chunks.
@@ -219,7 +220,7 @@ async fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Respon
         "pgws.handshake",
         channel = target.channel.as_deref().unwrap_or("")
     );
-    let session = span.in_scope(|| authorize(&target, state))?;
+    let authorized = span.in_scope(|| authorize(&target, state))?;
     let slot =
         Slot::acquire(&state.sessions, state.max_connections).ok_or(Refusal::TooManyConnections)?;
     // The upgraded connection is taken from hyper directly: fastwebsockets
@@ -238,14 +239,15 @@ async fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Respon
     };
     // A v1 reader is on its channels, its subscriptions in effect, before
     // the socket opens (a refusal takes it off them again).
-    let session = match session {
-        Session::V1(grant, None) => {
+    let session = match authorized {
+        Authorized::V1(grant) => {
             let joined = session::join(&state.sessions, &grant)
+                .instrument(span)
                 .await
                 .map_err(|_| Refusal::SubscriptionUnavailable)?;
-            Session::V1(grant, Some(joined))
+            Session::V1(grant, joined)
         }
-        other => other,
+        Authorized::V2(permissions) => Session::V2(permissions),
     };
     let (mut parts, _) = response.into_parts();
     if let Some(protocol) = target
@@ -263,10 +265,7 @@ async fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Respon
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade did not complete"),
         };
         match session {
-            Session::V1(grant, Some(joined)) => {
-                session::run(io, grant, joined, sessions, slot).await
-            }
-            Session::V1(_, None) => {}
+            Session::V1(grant, joined) => session::run(io, grant, joined, sessions, slot).await,
             Session::V2(permissions) => session::run_v2(io, permissions, sessions, slot).await,
         }
     });
@@ -277,7 +276,7 @@ async fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Respon
 }
 
 /// Verify the token: what the socket may do.
-fn authorize(target: &request::Target, state: &HttpState) -> Result<Session, Refusal> {
+fn authorize(target: &request::Target, state: &HttpState) -> Result<Authorized, Refusal> {
     let keys = &state.sessions.keys;
     let verify =
         |token: &str| tracing::info_span!("pgws.jwt_verify").in_scope(|| keys.verify(token));
@@ -289,7 +288,7 @@ fn authorize(target: &request::Target, state: &HttpState) -> Result<Session, Ref
             Some(token) => Some(auth::permissions(verify(token)?)?),
             None => None,
         };
-        Session::V2(permissions)
+        Authorized::V2(permissions)
     } else {
         let token = target.token.as_deref().ok_or(Refusal::MissingToken)?;
         let grant = auth::authorize(
@@ -297,15 +296,21 @@ fn authorize(target: &request::Target, state: &HttpState) -> Result<Session, Ref
             target.channel.as_deref(),
             &state.sessions.meta,
         )?;
-        Session::V1(grant, None)
+        Authorized::V1(grant)
     };
     Ok(session)
 }
 
+/// What a verified token allows.
+enum Authorized {
+    V1(auth::Grant),
+    V2(Option<auth::Permissions>),
+}
+
 /// What an accepted upgrade becomes.
 enum Session {
-    /// v1: its grant, and (once joined) its place in the hub.
-    V1(auth::Grant, Option<session::Joined>),
+    /// v1: its grant, and its place in the hub (subscriptions confirmed).
+    V1(auth::Grant, session::Joined),
     V2(Option<auth::Permissions>),
 }
 
