@@ -106,11 +106,15 @@ pub enum Refusal {
     /// `PGWS_MAX_PENDING_CONNECTIONS` connections are not yet upgraded.
     #[error("Too many pending connections")]
     TooManyPending,
+    /// Cluster mode: a v1 reader's Redis subscription could not be queued
+    /// (`PGWS_REDIS_SUBSCRIPTION_QUEUE`) or was not confirmed within 5 s.
+    #[error("Subscription unavailable, try again later")]
+    SubscriptionUnavailable,
 }
 
 impl Refusal {
     /// Every kind of refusal (an empty message stands for a token error's).
-    pub fn all() -> [Refusal; 12] {
+    pub fn all() -> [Refusal; 13] {
         [
             Refusal::MissingToken,
             Refusal::TokenExpired,
@@ -124,6 +128,7 @@ impl Refusal {
             Refusal::ShuttingDown,
             Refusal::UpgradeNotGet,
             Refusal::TooManyPending,
+            Refusal::SubscriptionUnavailable,
         ]
     }
 
@@ -139,9 +144,10 @@ impl Refusal {
             | Refusal::NoAllowedChannels
             | Refusal::OriginNotAllowed => StatusCode::FORBIDDEN,
             Refusal::UpgradeNotGet => StatusCode::METHOD_NOT_ALLOWED,
-            Refusal::TooManyConnections | Refusal::ShuttingDown | Refusal::TooManyPending => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Refusal::TooManyConnections
+            | Refusal::ShuttingDown
+            | Refusal::TooManyPending
+            | Refusal::SubscriptionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -160,6 +166,7 @@ impl Refusal {
             Refusal::ShuttingDown => "shutting_down",
             Refusal::UpgradeNotGet => "method_not_allowed",
             Refusal::TooManyPending => "too_many_pending",
+            Refusal::SubscriptionUnavailable => "subscription_unavailable",
         }
     }
 }

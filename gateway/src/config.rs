@@ -66,6 +66,7 @@ pgws_service::vars! {
     REDIS_CERT_FILE = "PGWS_REDIS_CERT_FILE", None, "PEM client certificate for `rediss://` (with PGWS_REDIS_KEY_FILE).";
     REDIS_KEY_FILE = "PGWS_REDIS_KEY_FILE", None, "PEM private key of PGWS_REDIS_CERT_FILE.";
     REDIS_PREFIX = "PGWS_REDIS_PREFIX", Some("pgws"), "Prefix of every Redis key and channel.";
+    REDIS_SUBSCRIPTION_QUEUE = "PGWS_REDIS_SUBSCRIPTION_QUEUE", Some("10000"), "Cluster mode: most channels whose Redis subscription may wait to be applied; beyond it a new channel's first reader is refused (v2 error 503, v1 HTTP 503).";
     WRITE_STREAM_MAX_LEN = "PGWS_WRITE_STREAM_MAX_LEN", Some("100000"), "Cluster mode: most writes waiting in the Redis stream; beyond it writers get 1013.";
 }
 
@@ -163,6 +164,10 @@ impl Config {
                 stream_max_len: positive(
                     sources.parsed(WRITE_STREAM_MAX_LEN, "a number of messages")?,
                     WRITE_STREAM_MAX_LEN,
+                )?,
+                subscription_queue: positive(
+                    sources.parsed(REDIS_SUBSCRIPTION_QUEUE, "a number of channels")?,
+                    REDIS_SUBSCRIPTION_QUEUE,
                 )?,
             }),
             None => Backend::Standalone(Box::new(database_config(sources)?)),

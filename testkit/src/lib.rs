@@ -18,6 +18,7 @@
 //! * [`db`] — the shared PostgreSQL: clients, NOTIFY, LISTEN.
 //! * [`outbox`] — a database per test, senders' ledger, the delivery checker.
 //! * [`pg_server`] — private PostgreSQL servers (TLS-only, standbys).
+//! * [`proxy`] — a TCP proxy that delays or partitions, for fault tests.
 //! * [`redis_server`] — private Redis servers: plain, TLS, Cluster,
 //!   Sentinel.
 //! * [`republished`] — what coordinators republish on Redis, decoded.
@@ -40,6 +41,7 @@ pub mod outbox;
 pub mod pg_server;
 pub mod ports;
 pub mod process;
+pub mod proxy;
 pub mod raw;
 pub mod redis_server;
 pub mod republished;

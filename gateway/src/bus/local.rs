@@ -245,9 +245,15 @@ impl Bus for LocalBus {
     }
 
     // Every notification already reaches this process.
-    fn subscribe(&self, _channel: &str) {}
+    fn subscribe(&self, _channel: &str) -> Result<(), BusError> {
+        Ok(())
+    }
 
     fn unsubscribe(&self, _channel: &str) {}
+
+    fn confirm(&self) -> BusFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Read under the lock the router records under: nothing to wait for.
     fn recover<'a>(

@@ -6,7 +6,10 @@
 //! * **Out:** [`Bus::publish`] queues a writer's envelope for NOTIFY.
 //! * [`Bus::subscribe`] / [`Bus::unsubscribe`] are called on a channel's
 //!   first and after its last local reader, so a cross-node bus subscribes
-//!   only to what this node reads.
+//!   only to what this node reads. A subscribe may be refused (the cluster
+//!   bus bounds what waits for Redis), and [`Bus::confirm`] tells a new
+//!   reader when its subscription is in effect: a reader is live only
+//!   after both.
 //! * **Positions:** every notification arrives with its place in its
 //!   channel's sequence (`pgws_protocol::position`), assigned where
 //!   notifications enter the system — this process in standalone mode,
@@ -160,6 +163,10 @@ pub enum BusError {
     /// learnt in time (cluster mode).
     #[error("the outcome of the write is unknown")]
     Unknown,
+    /// Too many subscription changes already wait for Redis
+    /// (`PGWS_REDIS_SUBSCRIPTION_QUEUE`): the reader is refused.
+    #[error("too many subscriptions wait for Redis (PGWS_REDIS_SUBSCRIPTION_QUEUE)")]
+    SubscriptionQueueFull,
 }
 
 /// A future a bus returns.
@@ -180,10 +187,17 @@ pub trait Bus: Send + Sync {
 
     /// `channel` got its first local reader. Must not block (it is called
     /// under the registry's lock, to keep subscribe/unsubscribe in order).
-    fn subscribe(&self, channel: &str);
+    /// `Err(SubscriptionQueueFull)`: refused, the reader must not be added.
+    fn subscribe(&self, channel: &str) -> Result<(), BusError>;
 
     /// `channel` lost its last local reader. Must not block.
     fn unsubscribe(&self, channel: &str);
+
+    /// Resolves once every subscription asked for so far is in effect (in
+    /// cluster mode: confirmed by Redis); `Err(Unavailable)` when that
+    /// does not happen within [`redis::RECOVER_TIMEOUT`]. A v1 reader waits
+    /// for this before its socket is opened.
+    fn confirm(&self) -> BusFuture<'_, Result<(), BusError>>;
 
     /// Where `channel` stands, and — with `since` — what a reader missed.
     /// Call after the reader is in the registry: once this resolves, every

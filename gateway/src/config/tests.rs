@@ -203,6 +203,10 @@ fn a_redis_url_selects_cluster_mode_without_database() {
     };
     assert_eq!(cluster.keys.prefix(), "test");
     assert_eq!(cluster.stream_max_len, 100_000);
+    assert_eq!(
+        cluster.subscription_queue,
+        crate::bus::redis::DEFAULT_SUBSCRIPTION_QUEUE
+    );
     let e = load(&[(REDIS_URL, "localhost:6379")]).expect_err("not a URL");
     assert_eq!(e.variable, REDIS_URL);
 }

@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// The body of every response this server writes: a buffer, or a file
 /// streamed in chunks.
@@ -178,7 +179,7 @@ where
 async fn handle(req: Request<Incoming>, state: Arc<HttpState>) -> Response<Body> {
     if fastwebsockets::upgrade::is_upgrade_request(&req) {
         let upgraded = if req.method() == Method::GET {
-            upgrade(req, &state)
+            upgrade(req, &state).await
         } else {
             Err(Refusal::UpgradeNotGet)
         };
@@ -196,7 +197,7 @@ async fn handle(req: Request<Incoming>, state: Arc<HttpState>) -> Response<Body>
     }
 }
 
-fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Body>, Refusal> {
+async fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Body>, Refusal> {
     if state.sessions.shutdown.is_cancelled() {
         return Err(Refusal::ShuttingDown);
     }
@@ -219,27 +220,7 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
         "pgws.handshake",
         channel = target.channel.as_deref().unwrap_or("")
     );
-    let _entered = span.enter();
-    let keys = &state.sessions.keys;
-    let verify =
-        |token: &str| tracing::info_span!("pgws.jwt_verify").in_scope(|| keys.verify(token));
-    // v1: a grant for the URL's channel (or the claims'); v2: permissions
-    // for what the socket may subscribe to, or none yet — the token may
-    // come in the first frame.
-    let session = if target.v2 {
-        let permissions = match target.token.as_deref() {
-            Some(token) => Some(auth::permissions(verify(token)?)?),
-            None => None,
-        };
-        Session::V2(permissions)
-    } else {
-        let token = target.token.as_deref().ok_or(Refusal::MissingToken)?;
-        Session::V1(auth::authorize(
-            verify(token)?,
-            target.channel.as_deref(),
-            &state.sessions.meta,
-        )?)
-    };
+    let authorized = span.in_scope(|| authorize(&target, state))?;
     let slot =
         Slot::acquire(&state.sessions, state.max_connections).ok_or(Refusal::TooManyConnections)?;
     // The upgraded connection is taken from hyper directly: fastwebsockets
@@ -255,6 +236,18 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
                 format!("Bad websocket request: {e}\n"),
             ))
         }
+    };
+    // A v1 reader is on its channels, its subscriptions in effect, before
+    // the socket opens (a refusal takes it off them again).
+    let session = match authorized {
+        Authorized::V1(grant) => {
+            let joined = session::join(&state.sessions, &grant)
+                .instrument(span)
+                .await
+                .map_err(|_| Refusal::SubscriptionUnavailable)?;
+            Session::V1(grant, joined)
+        }
+        Authorized::V2(permissions) => Session::V2(permissions),
     };
     let (mut parts, _) = response.into_parts();
     if let Some(protocol) = target
@@ -272,7 +265,7 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade did not complete"),
         };
         match session {
-            Session::V1(grant) => session::run(io, grant, sessions, slot).await,
+            Session::V1(grant, joined) => session::run(io, grant, joined, sessions, slot).await,
             Session::V2(permissions) => session::run_v2(io, permissions, sessions, slot).await,
         }
     });
@@ -282,9 +275,42 @@ fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Bod
     ))
 }
 
+/// Verify the token: what the socket may do.
+fn authorize(target: &request::Target, state: &HttpState) -> Result<Authorized, Refusal> {
+    let keys = &state.sessions.keys;
+    let verify =
+        |token: &str| tracing::info_span!("pgws.jwt_verify").in_scope(|| keys.verify(token));
+    // v1: a grant for the URL's channel (or the claims'); v2: permissions
+    // for what the socket may subscribe to, or none yet — the token may
+    // come in the first frame.
+    let session = if target.v2 {
+        let permissions = match target.token.as_deref() {
+            Some(token) => Some(auth::permissions(verify(token)?)?),
+            None => None,
+        };
+        Authorized::V2(permissions)
+    } else {
+        let token = target.token.as_deref().ok_or(Refusal::MissingToken)?;
+        let grant = auth::authorize(
+            verify(token)?,
+            target.channel.as_deref(),
+            &state.sessions.meta,
+        )?;
+        Authorized::V1(grant)
+    };
+    Ok(session)
+}
+
+/// What a verified token allows.
+enum Authorized {
+    V1(auth::Grant),
+    V2(Option<auth::Permissions>),
+}
+
 /// What an accepted upgrade becomes.
 enum Session {
-    V1(auth::Grant),
+    /// v1: its grant, and its place in the hub (subscriptions confirmed).
+    V1(auth::Grant, session::Joined),
     V2(Option<auth::Permissions>),
 }
 

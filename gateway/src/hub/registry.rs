@@ -64,6 +64,23 @@ impl Registry {
     /// Add `subscriber` to `channel`; `on_first` runs, under the shard's
     /// lock, when it is the channel's first reader.
     pub fn insert(&self, channel: &str, subscriber: Subscriber, on_first: impl FnOnce()) {
+        let added: Result<(), std::convert::Infallible> =
+            self.try_insert(channel, subscriber, || {
+                on_first();
+                Ok(())
+            });
+        let Ok(()) = added;
+    }
+
+    /// [`Registry::insert`], unless `on_first` refuses: then nothing is
+    /// added and its error is returned (the bus could not take the
+    /// channel's subscription).
+    pub fn try_insert<E>(
+        &self,
+        channel: &str,
+        subscriber: Subscriber,
+        on_first: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut shard = self
             .shard(channel)
             .write()
@@ -71,13 +88,14 @@ impl Registry {
         let entry = match shard.get_mut(channel) {
             Some(entry) => entry,
             None => {
-                on_first();
+                on_first()?;
                 shard.entry(Arc::from(channel)).or_default()
             }
         };
         entry.position.insert(subscriber.id, entry.members.len());
         entry.members.push(Arc::new(subscriber));
         entry.snapshot = None;
+        Ok(())
     }
 
     /// Remove socket `id` from `channel`; `on_last` runs, under the shard's

@@ -11,11 +11,14 @@
 //!   bounded send queue;
 //! * [`v2`] is protocol v2: commands, subscriptions, recovery.
 //!
-//! This module starts a socket of either protocol: for v1 it registers the
-//! socket's channels with the hub (telling the bus on a channel's first
-//! and after its last reader) — a v2 socket registers each channel as it
-//! subscribes — runs the socket, and emits the meta channel's
-//! `ConnectionOpen` / `ConnectionClose` events.
+//! This module starts a socket of either protocol: for v1, [`join`]
+//! registers the socket's channels with the hub (telling the bus on a
+//! channel's first and after its last reader) and waits until the bus
+//! confirms the subscriptions — before the upgrade is answered, so an open
+//! v1 socket always has its subscription in effect, and a refused one is
+//! told 503 — a v2 socket registers each channel as it subscribes; then it
+//! runs the socket, and emits the meta channel's `ConnectionOpen` /
+//! `ConnectionClose` events.
 
 mod assemble;
 mod context;
@@ -39,7 +42,7 @@ pub mod fuzzing {
 }
 
 use crate::auth::{Grant, Permissions};
-use crate::bus::Delivery;
+use crate::bus::{BusError, Delivery};
 use crate::hub::{SessionControl, SessionId, Subscriber};
 use pgws_protocol::clock;
 use pgws_protocol::envelope::{ClaimsJson, Event};
@@ -50,18 +53,87 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-/// Run one upgraded v1 websocket to its end.
-pub async fn run<S>(io: S, mut grant: Grant, ctx: Arc<SessionContext>, slot: Slot)
+/// A v1 reader on its channels, its subscriptions confirmed by the bus.
+/// Dropping it takes the reader off its channels again — also when the
+/// upgrade is abandoned before the socket runs.
+pub struct Joined {
+    queue: mpsc::Receiver<Arc<Delivery>>,
+    control: Arc<SessionControl>,
+    membership: Membership,
+}
+
+/// The channels a v1 socket is registered on.
+struct Membership {
+    ctx: Arc<SessionContext>,
+    id: SessionId,
+    channels: Vec<String>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let ctx = &self.ctx;
+        for channel in &self.channels {
+            ctx.hub.registry.remove(channel, self.id, || {
+                ctx.metrics.channels.dec();
+                ctx.bus.unsubscribe(channel);
+            });
+        }
+    }
+}
+
+/// Put a v1 socket's reader on its channels and wait until the bus has
+/// them in effect. `Err`: the bus refused a channel or did not confirm in
+/// time, and the socket must not open (nothing stays registered).
+pub async fn join(ctx: &Arc<SessionContext>, grant: &Grant) -> Result<Joined, BusError> {
+    let id = SessionId(ctx.next_id.fetch_add(1, Ordering::Relaxed));
+    let control = Arc::new(SessionControl::default());
+    // Empty and closed for a write-only socket: the registry holds the
+    // only senders.
+    let (queue_tx, queue) = mpsc::channel(ctx.limits.send_queue);
+    let mut membership = Membership {
+        ctx: ctx.clone(),
+        id,
+        channels: Vec::new(),
+    };
+    if grant.mode.can_read() {
+        for channel in &grant.channels {
+            let subscriber = Subscriber {
+                id,
+                queue: queue_tx.clone(),
+                control: control.clone(),
+            };
+            // Under the registry's lock: the bus sees first/last in order.
+            ctx.hub.registry.try_insert(channel, subscriber, || {
+                ctx.bus.subscribe(channel)?;
+                ctx.metrics.channels.inc();
+                Ok(())
+            })?;
+            membership.channels.push(channel.clone());
+        }
+        ctx.bus.confirm().await?;
+    }
+    Ok(Joined {
+        queue,
+        control,
+        membership,
+    })
+}
+
+/// Run one upgraded v1 websocket, [`join`]ed, to its end.
+pub async fn run<S>(io: S, mut grant: Grant, joined: Joined, ctx: Arc<SessionContext>, slot: Slot)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let id = SessionId(ctx.next_id.fetch_add(1, Ordering::Relaxed));
+    let Joined {
+        queue,
+        control,
+        membership,
+    } = joined;
+    let id = membership.id;
     // Envelopes need the claims only as JSON text: keep that, free the map.
     let claims = ClaimsJson::new(&std::mem::take(&mut grant.claims));
     let open_gauge = ctx.metrics.open(grant.mode.as_str());
     open_gauge.inc();
-    let control = Arc::new(SessionControl::default());
-    let queue = subscribe(&ctx, &grant, id, &control);
     tracing::debug!(session = id.0, mode = grant.mode.as_str(), channels = ?grant.channels, "websocket open");
     meta::event(&ctx, Event::ConnectionOpen, &grant.channels, &claims).await;
 
@@ -86,7 +158,7 @@ where
     .await;
     let (grant, claims) = (&writer.grant, &writer.claims);
 
-    unsubscribe(&ctx, grant, id);
+    drop(membership);
     open_gauge.dec();
     ctx.metrics.closed(finished.end.label());
     tracing::debug!(
@@ -163,41 +235,4 @@ pub async fn run_v2<S>(
         v2.meta_event(Event::ConnectionClose).await;
     }
     drop(slot);
-}
-
-/// Put a reader on its channels; returns its send queue (empty and closed
-/// for a write-only socket: the registry holds the only senders).
-fn subscribe(
-    ctx: &SessionContext,
-    grant: &Grant,
-    id: SessionId,
-    control: &Arc<SessionControl>,
-) -> mpsc::Receiver<Arc<Delivery>> {
-    let (queue_tx, queue_rx) = mpsc::channel(ctx.limits.send_queue);
-    if grant.mode.can_read() {
-        for channel in &grant.channels {
-            let subscriber = Subscriber {
-                id,
-                queue: queue_tx.clone(),
-                control: control.clone(),
-            };
-            // Under the registry's lock: the bus sees first/last in order.
-            ctx.hub.registry.insert(channel, subscriber, || {
-                ctx.metrics.channels.inc();
-                ctx.bus.subscribe(channel);
-            });
-        }
-    }
-    queue_rx
-}
-
-fn unsubscribe(ctx: &SessionContext, grant: &Grant, id: SessionId) {
-    if grant.mode.can_read() {
-        for channel in &grant.channels {
-            ctx.hub.registry.remove(channel, id, || {
-                ctx.metrics.channels.dec();
-                ctx.bus.unsubscribe(channel);
-            });
-        }
-    }
 }

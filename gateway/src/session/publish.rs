@@ -86,7 +86,7 @@ pub async fn on_message(rc: Arc<Writer>, message: String) -> Result<(), CloseRea
             .await
         {
             Ok(()) => {}
-            Err(e @ (BusError::Full | BusError::Unavailable)) => {
+            Err(e @ (BusError::Full | BusError::Unavailable | BusError::SubscriptionQueueFull)) => {
                 metrics.rejected(Rejection::QueueFull);
                 tracing::warn!(
                     session = rc.session.0,

@@ -1,32 +1,24 @@
-//! The Redis connection's life: connect with backoff, apply subscribe and
-//! unsubscribe requests in the order the registry made them, ping every
-//! [`HEALTH_EVERY`] for readiness, and re-subscribe everything wanted after
-//! a disconnection (a Redis restart, or a Sentinel failover to a new
+//! The Redis connection's life: connect with backoff, apply the
+//! subscription [`Plan`] — everything pending at once, pipelined — ping
+//! every [`HEALTH_EVERY`] for readiness, and re-subscribe everything wanted
+//! after a disconnection (a Redis restart, or a Sentinel failover to a new
 //! master). Pushes do not pass through here (see [`super::inbound`]), so a
-//! subscription round trip — one per channel on a Redis Cluster — never
-//! holds deliveries up.
+//! subscription round trip never holds deliveries up; and since a round
+//! trip carries every change made while the previous one was in flight,
+//! churn cannot build a backlog of round trips (`docs/architecture.md`,
+//! "How the Redis bus subscribes").
 
 use super::inbound::Inbound;
 use super::metrics::RedisBusMetrics;
+use super::plan::{Plan, CHUNK};
+use futures_util::future::join_all;
 use pgws_service::backoff::Backoff;
 use pgws_service::redis_client::{describe_error, RedisClient, RedisConfig, RESPONSE_TIMEOUT};
-use std::collections::HashSet;
+use redis::RedisResult;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-
-/// A change of what this node subscribes to, in registry order.
-pub enum Subscription {
-    /// Subscribe to this Redis channel.
-    Add(String),
-    /// Unsubscribe from it.
-    Remove(String),
-    /// Answer once every request before this one is in effect in Redis
-    /// (a subscription's reader waits for it before reading history).
-    Confirm(oneshot::Sender<()>),
-}
 
 /// How often the connection is pinged for readiness.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
@@ -43,48 +35,30 @@ pub struct Link {
     pub up: Arc<AtomicBool>,
     /// Where the connection's pushes go.
     pub inbound: Arc<Inbound>,
-    /// Redis channels some local socket reads.
-    pub wanted: HashSet<String>,
-    /// Confirmations waiting until the subscriptions are back in effect.
-    pub confirming: Vec<oneshot::Sender<()>>,
+    /// What to subscribe to, shared with the bus handle.
+    pub plan: Arc<Plan>,
 }
 
 impl Link {
-    /// Run until `stop` (or until the bus handles are gone).
-    pub async fn run(
-        mut self,
-        mut ops: mpsc::UnboundedReceiver<Subscription>,
-        stop: CancellationToken,
-    ) {
-        let Some(mut client) = self.connect(&mut ops, &stop).await else {
+    /// Run until `stop`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let Some(mut client) = self.connect(&stop).await else {
             return;
         };
         *self.slot.write().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
-        let mut synced = self.resubscribe(&mut client).await;
-        if synced {
-            self.confirm_waiting();
-        }
+        let mut synced = self.resync(&client).await;
         let mut health = tokio::time::interval(HEALTH_EVERY);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let resync = self.inbound.resync.clone();
+        let plan = self.plan.clone();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                op = ops.recv() => match op {
-                    Some(Subscription::Confirm(reply)) => {
-                        if synced {
-                            let _ = reply.send(());
-                        } else {
-                            self.confirming.push(reply);
-                        }
-                    }
-                    Some(op) => {
-                        if !self.apply(&mut client, op).await {
-                            synced = false;
-                        }
-                    }
-                    None => break,
-                },
+                // While not synced, changes wait for the re-subscription,
+                // which takes them too.
+                _ = plan.changed(), if synced => {
+                    synced = self.apply(&client).await;
+                }
                 // The connection dropped: re-subscribe everything once Redis
                 // answers again — possibly on a new master (Sentinel).
                 _ = resync.notified() => synced = false,
@@ -92,12 +66,9 @@ impl Link {
                     let alive = ping(&mut client).await;
                     self.set_up(alive);
                     if alive && !synced {
-                        synced = self.resubscribe(&mut client).await;
+                        synced = self.resync(&client).await;
                     } else if !alive {
                         synced = false;
-                    }
-                    if synced {
-                        self.confirm_waiting();
                     }
                 }
             }
@@ -106,12 +77,8 @@ impl Link {
         *self.slot.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// Connect with backoff, keeping track of wanted channels meanwhile.
-    async fn connect(
-        &mut self,
-        ops: &mut mpsc::UnboundedReceiver<Subscription>,
-        stop: &CancellationToken,
-    ) -> Option<RedisClient> {
+    /// Connect with backoff (changes meanwhile wait in the plan).
+    async fn connect(&mut self, stop: &CancellationToken) -> Option<RedisClient> {
         let mut backoff = Backoff::new();
         loop {
             let handler = self.inbound.handler();
@@ -124,70 +91,55 @@ impl Link {
                 Err(e) => {
                     let delay = backoff.next_delay().min(Duration::from_secs(5));
                     tracing::warn!(error = %describe_error(&e), retry_in_ms = delay.as_millis() as u64, "cannot connect to Redis");
-                    let retry = tokio::time::sleep(delay);
-                    tokio::pin!(retry);
-                    loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => return None,
-                            _ = &mut retry => break,
-                            op = ops.recv() => match op {
-                                Some(Subscription::Add(c)) => { self.wanted.insert(c); }
-                                Some(Subscription::Remove(c)) => { self.wanted.remove(&c); }
-                                Some(Subscription::Confirm(reply)) => self.confirming.push(reply),
-                                None => return None,
-                            },
-                        }
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
         }
     }
 
-    /// Apply one request; false when Redis refused it (retried later).
-    async fn apply(&mut self, client: &mut RedisClient, op: Subscription) -> bool {
-        let result = match op {
-            Subscription::Add(channel) => {
-                let r = client.subscribe(std::slice::from_ref(&channel)).await;
-                self.wanted.insert(channel);
-                r
-            }
-            Subscription::Remove(channel) => {
-                let r = client.unsubscribe(std::slice::from_ref(&channel)).await;
-                self.wanted.remove(&channel);
-                r
-            }
-            Subscription::Confirm(reply) => {
-                let _ = reply.send(());
-                Ok(())
-            }
-        };
-        self.metrics.subscriptions.set(self.wanted.len() as i64);
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "subscription change failed: will retry when Redis answers");
-        }
-        result.is_ok()
+    /// Apply everything pending; false when Redis refused (the whole plan
+    /// is applied again when it answers).
+    async fn apply(&mut self, client: &RedisClient) -> bool {
+        let batch = self.plan.take();
+        let (left, joined) = tokio::join!(
+            change(client, &batch.unsubscribe, false),
+            change(client, &batch.subscribe, true)
+        );
+        self.settle(left.and(joined), batch.ticket, "subscription change")
     }
 
-    /// Subscribe to everything wanted (idempotent); true on success.
-    async fn resubscribe(&mut self, client: &mut RedisClient) -> bool {
-        self.metrics.subscriptions.set(self.wanted.len() as i64);
-        if self.wanted.is_empty() {
-            return true;
-        }
-        let channels: Vec<String> = self.wanted.iter().cloned().collect();
-        match client.subscribe(&channels).await {
-            Ok(()) => true,
+    /// Subscribe to everything wanted (idempotent), and apply what is
+    /// pending; true on success.
+    async fn resync(&mut self, client: &RedisClient) -> bool {
+        let batch = self.plan.take();
+        let wanted = self.plan.wanted();
+        let (left, joined) = tokio::join!(
+            change(client, &batch.unsubscribe, false),
+            change(client, &wanted, true)
+        );
+        self.settle(left.and(joined), batch.ticket, "re-subscribing")
+    }
+
+    /// After a batch: confirm its readers, or log the failure.
+    fn settle(&self, result: RedisResult<()>, ticket: u64, what: &str) -> bool {
+        self.metrics
+            .subscriptions
+            .set(self.plan.wanted_len() as i64);
+        self.metrics
+            .queued
+            .set(self.plan.pending_subscribes() as i64);
+        match result {
+            Ok(()) => {
+                self.plan.applied(ticket);
+                true
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "re-subscribing failed");
+                tracing::warn!(error = %e, "{what} failed: will retry when Redis answers");
                 false
             }
-        }
-    }
-
-    /// The subscriptions are in effect: answer whoever waits for that.
-    fn confirm_waiting(&mut self) {
-        for reply in self.confirming.drain(..) {
-            let _ = reply.send(());
         }
     }
 
@@ -195,6 +147,24 @@ impl Link {
         self.up.store(up, Ordering::Release);
         self.metrics.up.set(i64::from(up));
     }
+}
+
+/// (Un)subscribe `channels`: one command per [`CHUNK`] channels (one per
+/// channel on a Redis Cluster, where each goes to its shard), all in flight
+/// together on the multiplexed connection.
+async fn change(client: &RedisClient, channels: &[String], subscribe: bool) -> RedisResult<()> {
+    let chunk = if client.is_cluster() { 1 } else { CHUNK };
+    let calls = channels.chunks(chunk).map(|chunk| {
+        let mut client = client.clone();
+        async move {
+            if subscribe {
+                client.subscribe(chunk).await
+            } else {
+                client.unsubscribe(chunk).await
+            }
+        }
+    });
+    join_all(calls).await.into_iter().collect()
 }
 
 async fn ping(client: &mut RedisClient) -> bool {

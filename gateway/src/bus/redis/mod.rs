@@ -7,9 +7,12 @@
 //!   bounded queue to one delivery task, which drops (and counts) anything
 //!   from an older fencing epoch than the newest it has seen — a deposed
 //!   leader — and calls fan-out.
-//! * **Subscriptions** ([`link`]): the connection's life — connect with
-//!   backoff, subscribe and unsubscribe in the registry's order, ping for
-//!   readiness, re-subscribe after a disconnection.
+//! * **Subscriptions** ([`plan`], [`link`]): the registry's requests are
+//!   coalesced per channel (the latest desired state wins) in a bounded
+//!   plan, which the link applies — everything pending in one round trip —
+//!   on the connection it keeps alive (connect with backoff, ping for
+//!   readiness, re-subscribe after a disconnection). A reader is confirmed
+//!   once the round trip carrying its change has returned.
 //! * **History** ([`history`]): a new subscription waits until this node's
 //!   Redis subscription to its channel is confirmed, then reads the
 //!   channel's position and what the client missed.
@@ -25,17 +28,19 @@ mod history;
 mod inbound;
 mod link;
 mod metrics;
+mod plan;
 
 use super::{Bus, BusError, BusFuture, Inbox, Lifecycle, Readiness, Recovered, Started};
 use appender::{Append, Appender, APPEND_QUEUE};
 use inbound::Inbound;
-use link::{Link, Subscription};
+use link::Link;
 use metrics::RedisBusMetrics;
 use pgws_protocol::keys::KeySpace;
 use pgws_protocol::position::Since;
 use pgws_service::redis_client::{RedisClient, RedisConfig};
+use plan::Plan;
+pub use plan::DEFAULT_LIMIT as DEFAULT_SUBSCRIPTION_QUEUE;
 use prometheus::Registry;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -52,11 +57,15 @@ pub struct RedisBusConfig {
     pub keys: KeySpace,
     /// `PGWS_WRITE_STREAM_MAX_LEN`.
     pub stream_max_len: usize,
+    /// `PGWS_REDIS_SUBSCRIPTION_QUEUE`: most channels whose subscription
+    /// may wait for Redis.
+    pub subscription_queue: usize,
 }
 
 /// The handle sessions use.
 pub struct RedisBus {
-    ops: mpsc::UnboundedSender<Subscription>,
+    plan: Arc<Plan>,
+    metrics: RedisBusMetrics,
     keys: KeySpace,
     appends: mpsc::Sender<Append>,
     up: Arc<AtomicBool>,
@@ -76,7 +85,7 @@ pub fn start(
     registry: &Registry,
 ) -> prometheus::Result<Started> {
     let metrics = RedisBusMetrics::register(registry)?;
-    let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+    let plan = Arc::new(Plan::new(config.subscription_queue));
     let (appends_tx, appends_rx) = mpsc::channel(APPEND_QUEUE);
     let slot = Arc::new(RwLock::new(None));
     let up = Arc::new(AtomicBool::new(false));
@@ -95,26 +104,26 @@ pub fn start(
     );
     let link = Link {
         config: config.redis,
-        metrics,
+        metrics: metrics.clone(),
         slot: slot.clone(),
         up: up.clone(),
         inbound,
-        wanted: HashSet::new(),
-        confirming: Vec::new(),
+        plan: plan.clone(),
     };
     let stop = CancellationToken::new();
     let running = {
         let stop = stop.clone();
         tokio::spawn(async move {
             let appending = tokio::spawn(appender.run(appends_rx));
-            link.run(ops_rx, stop).await;
+            link.run(stop).await;
             appending.abort();
             delivering.abort();
         })
     };
     Ok(Started {
         bus: Arc::new(RedisBus {
-            ops: ops_tx,
+            plan,
+            metrics,
             keys: config.keys,
             appends: appends_tx,
             up,
@@ -128,6 +137,29 @@ pub fn start(
             background: vec![running],
         },
     })
+}
+
+impl RedisBus {
+    /// Wait until every subscription asked for so far is in effect, at
+    /// most until `deadline`.
+    async fn confirm_until(&self, deadline: Instant) -> Result<(), BusError> {
+        let ticket = self.plan.ticket();
+        tokio::time::timeout_at(deadline.into(), self.plan.confirmed(ticket))
+            .await
+            .map_err(|_| {
+                self.refuse(
+                    "unconfirmed",
+                    "Redis did not confirm the subscription in time",
+                );
+                BusError::Unavailable
+            })
+    }
+
+    /// A reader refused for `reason`: one log line, one count.
+    fn refuse(&self, reason: &'static str, detail: &str) {
+        self.metrics.refused.with_label_values(&[reason]).inc();
+        tracing::debug!(reason, detail, "subscription refused");
+    }
 }
 
 impl Bus for RedisBus {
@@ -161,14 +193,27 @@ impl Bus for RedisBus {
         })
     }
 
-    fn subscribe(&self, channel: &str) {
-        let _ = self.ops.send(Subscription::Add(self.keys.channel(channel)));
+    fn subscribe(&self, channel: &str) -> Result<(), BusError> {
+        let queued = self.plan.request(self.keys.channel(channel), true);
+        self.metrics
+            .queued
+            .set(self.plan.pending_subscribes() as i64);
+        queued.map_err(|full| {
+            self.refuse("queue_full", &full.to_string());
+            BusError::SubscriptionQueueFull
+        })
     }
 
     fn unsubscribe(&self, channel: &str) {
-        let _ = self
-            .ops
-            .send(Subscription::Remove(self.keys.channel(channel)));
+        // Never refused: no more unsubscribes than subscribed channels.
+        let _ = self.plan.request(self.keys.channel(channel), false);
+        self.metrics
+            .queued
+            .set(self.plan.pending_subscribes() as i64);
+    }
+
+    fn confirm(&self) -> BusFuture<'_, Result<(), BusError>> {
+        Box::pin(self.confirm_until(Instant::now() + RECOVER_TIMEOUT))
     }
 
     fn recover<'a>(
@@ -177,17 +222,14 @@ impl Bus for RedisBus {
         since: Option<&'a Since>,
     ) -> BusFuture<'a, Result<Recovered, BusError>> {
         Box::pin(async move {
-            let work = async {
-                let (reply, confirmed) = tokio::sync::oneshot::channel();
-                self.ops
-                    .send(Subscription::Confirm(reply))
-                    .map_err(|_| BusError::Closed)?;
-                confirmed.await.map_err(|_| BusError::Closed)?;
+            let deadline = Instant::now() + RECOVER_TIMEOUT;
+            self.confirm_until(deadline).await?;
+            let read = async {
                 let client = self.slot.read().unwrap_or_else(|p| p.into_inner()).clone();
                 let mut client = client.ok_or(BusError::Unavailable)?;
                 history::read(&mut client, &self.keys, channel, since).await
             };
-            tokio::time::timeout(RECOVER_TIMEOUT, work)
+            tokio::time::timeout_at(deadline.into(), read)
                 .await
                 .unwrap_or(Err(BusError::Unavailable))
         })

@@ -171,3 +171,31 @@ fn under_churn_the_callbacks_track_the_registry() {
         );
     }
 }
+
+#[test]
+fn a_refused_first_reader_is_not_added_and_the_next_one_asks_again() {
+    let r = Registry::default();
+    let asked = Mutex::new(0);
+    let refuse = || {
+        *asked.lock().expect("lock") += 1;
+        Err("queue full")
+    };
+    assert_eq!(
+        r.try_insert("chat", subscriber(1), refuse),
+        Err("queue full")
+    );
+    assert!(r.readers("chat").is_empty(), "nothing registered");
+    // No reader, so the next one is the first again: the bus is asked.
+    assert_eq!(
+        r.try_insert("chat", subscriber(2), refuse),
+        Err("queue full")
+    );
+    assert_eq!(*asked.lock().expect("lock"), 2);
+    r.try_insert("chat", subscriber(3), || Ok::<(), &str>(()))
+        .expect("accepted");
+    // Not the first any more: the bus is not asked, so it cannot refuse.
+    r.try_insert("chat", subscriber(4), refuse)
+        .expect("joins the existing subscription");
+    assert_eq!(ids(&r.readers("chat")), vec![3, 4]);
+    assert_eq!(*asked.lock().expect("lock"), 2);
+}

@@ -43,6 +43,10 @@ use tokio::sync::mpsc;
 /// A publish on its way to the bus: the command id and the outcome.
 pub type PublishFuture = Pin<Box<dyn Future<Output = (u64, Result<(), BusError>)> + Send>>;
 
+/// The error reason when the bus refuses a channel's subscription.
+const QUEUE_FULL: &str =
+    "Too many subscriptions wait for Redis (PGWS_REDIS_SUBSCRIPTION_QUEUE): try again later";
+
 /// A recovery on its way back from the bus.
 type RecoveryFuture = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
@@ -201,7 +205,9 @@ impl V2 {
         let channel: Arc<str> = Arc::from(channel);
         // In the registry first, then ask where the channel stands: every
         // message after the answer reaches this socket.
-        self.register(&channel);
+        if self.register(&channel).is_err() {
+            return self.error(out, id, ErrorCode::Unavailable, QUEUE_FULL);
+        }
         self.subs.begin(channel.clone(), id);
         let bus = self.ctx.bus.clone();
         self.recoveries.push(Box::pin(async move {
@@ -215,18 +221,22 @@ impl V2 {
         }));
     }
 
-    fn register(&self, channel: &str) {
+    /// Put this socket on `channel`, unless the bus refuses the channel's
+    /// subscription.
+    fn register(&self, channel: &str) -> Result<(), BusError> {
         let subscriber = Subscriber {
             id: self.session,
             queue: self.queue.clone(),
             control: self.control.clone(),
         };
         let ctx = &self.ctx;
-        ctx.hub.registry.insert(channel, subscriber, || {
+        ctx.hub.registry.try_insert(channel, subscriber, || {
+            ctx.bus.subscribe(channel)?;
             ctx.metrics.channels.inc();
-            ctx.bus.subscribe(channel);
-        });
+            Ok(())
+        })?;
         ctx.metrics.v2.subscriptions.inc();
+        Ok(())
     }
 
     fn unregister(&self, channel: &str) {
@@ -369,9 +379,10 @@ impl V2 {
             }
             Err(e) => {
                 let reason = match e {
-                    BusError::Full | BusError::Unavailable | BusError::Closed => {
-                        "Not sent: try again later"
-                    }
+                    BusError::Full
+                    | BusError::Unavailable
+                    | BusError::Closed
+                    | BusError::SubscriptionQueueFull => "Not sent: try again later",
                     BusError::Unknown => {
                         "Sent, but not confirmed in time: it may or may not be delivered"
                     }
