@@ -55,7 +55,7 @@ pgws_service::vars! {
     HISTORY_SIZE = "PGWS_HISTORY_SIZE", Some("100"), "Standalone: messages of history kept per channel in memory, for recovery (protocol v2); `0` keeps offsets but no history. In cluster mode the coordinator's setting applies.";
     HISTORY_TTL = "PGWS_HISTORY_TTL", Some("300"), "Standalone: seconds a message stays in history. In cluster mode the coordinator's setting applies.";
     CHANNEL_STATE_TTL = "PGWS_CHANNEL_STATE_TTL", Some("86400"), "Standalone: seconds a channel's offsets and epoch are kept after its last message. In cluster mode the coordinator's setting applies.";
-    HISTORY_MAX_CHANNELS = "PGWS_HISTORY_MAX_CHANNELS", Some("100000"), "Standalone: most channels whose offsets and history are kept; beyond it the least recently active are forgotten (their next message starts a new epoch).";
+    HISTORY_MAX_CHANNELS = "PGWS_HISTORY_MAX_CHANNELS", Some("100000"), "Standalone: most channels whose offsets and history are kept; beyond it empty states go first, then a message (never a subscription) forgets the least recently active (their next message starts a new epoch).";
     REDIS_URL = "PGWS_REDIS_URL", None, "Cluster mode: the Redis URL (`redis://`, `rediss://`; comma-separated seeds for a Redis Cluster; `redis+sentinel://host:26379,…/<master>` behind Sentinel). Unset: standalone mode.";
     REDIS_CLUSTER = "PGWS_REDIS_CLUSTER", Some("false"), "The Redis is a Redis Cluster (sharded pub/sub).";
     REDIS_CA_FILE = "PGWS_REDIS_CA_FILE", None, "PEM file of CA certificates trusted for `rediss://`, in addition to the system's.";

@@ -13,9 +13,11 @@
 //! * [`subscriptions`] — which channels the socket reads and where each
 //!   stands: held-back deliveries during recovery, duplicates skipped.
 //! * [`rate`] — the per-socket command rate limit.
+//! * [`refresh`] — what a `refresh` token may change.
 
 pub mod connect;
 mod rate;
+mod refresh;
 mod subscriptions;
 
 use super::context::SessionContext;
@@ -33,6 +35,7 @@ use pgws_protocol::limits::NOTIFY_PAYLOAD_MAX;
 use pgws_protocol::position::{Position, Since};
 use pgws_protocol::v2::{self, Command, ErrorCode, ParseError, Subscribed};
 use rate::TokenBucket;
+use refresh::Identity;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -64,9 +67,19 @@ pub enum Effect {
     Close(CloseReason, String),
 }
 
+/// What the meta channel's `ConnectionOpen` said about the socket; its
+/// `ConnectionClose` says the same, whatever refreshes came between.
+struct Opened {
+    channels: Vec<String>,
+    claims: ClaimsJson,
+}
+
 /// One v2 socket's state.
 pub struct V2 {
     permissions: Permissions,
+    /// The first token's `sub` and `iss`: a refresh must name the same.
+    identity: Identity,
+    opened: Opened,
     /// The token's `exp`, as an instant (computed once per token).
     expires_at: Option<Instant>,
     claims: ClaimsJson,
@@ -91,9 +104,16 @@ impl V2 {
         ctx: Arc<SessionContext>,
     ) -> V2 {
         let mut permissions = permissions;
+        let identity = Identity::of(&permissions.claims);
         let claims = ClaimsJson::new(&std::mem::take(&mut permissions.claims));
+        let opened = Opened {
+            channels: permissions.claimed_channels().to_vec(),
+            claims: claims.clone(),
+        };
         V2 {
             expires_at: permissions.expires_at.map(clock::instant_of_unix_seconds),
+            identity,
+            opened,
             permissions,
             claims,
             subs: Subscriptions::new(ctx.limits.send_queue),
@@ -167,10 +187,7 @@ impl V2 {
                 Effect::Done
             }
             Command::Publish { id, channel, data } => self.publish(out, id, &channel, &data),
-            Command::Refresh { id, token } => {
-                self.refresh(out, id, &token);
-                Effect::Done
-            }
+            Command::Refresh { id, token } => self.refresh(out, id, &token),
             Command::Ping { id } => {
                 out.text(v2::reply(id, None).as_bytes());
                 Effect::Done
@@ -381,7 +398,10 @@ impl V2 {
         }
     }
 
-    fn refresh(&mut self, out: &mut FrameWriter, id: u64, token: &str) {
+    /// A new token: in force at once, or an error reply (an invalid one;
+    /// the old token stays), or the socket closes (3011: not a
+    /// continuation of this connection, see [`refresh`]).
+    fn refresh(&mut self, out: &mut FrameWriter, id: u64, token: &str) -> Effect {
         let granted = self.ctx.keys.verify(token).and_then(auth::permissions);
         let mut permissions = match granted {
             Ok(p) => p,
@@ -391,9 +411,18 @@ impl V2 {
                 } else {
                     ErrorCode::Forbidden
                 };
-                return self.error(out, id, code, &refusal.to_string());
+                self.error(out, id, code, &refusal.to_string());
+                return Effect::Done;
             }
         };
+        if let Err(why) = refresh::check(&self.identity, &self.permissions, &permissions) {
+            tracing::info!(
+                session = self.session.0,
+                ?why,
+                "refresh refused: closing 3011"
+            );
+            return Effect::Close(CloseReason::RefreshRefused, why.reason().to_string());
+        }
         self.claims = ClaimsJson::new(&std::mem::take(&mut permissions.claims));
         self.expires_at = permissions.expires_at.map(clock::instant_of_unix_seconds);
         self.permissions = permissions;
@@ -407,6 +436,7 @@ impl V2 {
             }
         }
         out.text(v2::reply(id, None).as_bytes());
+        Effect::Done
     }
 
     /// The socket is ending: leave every channel.
@@ -420,8 +450,8 @@ impl V2 {
     /// so it can be spawned).
     pub fn meta_event(&self, event: Event) -> impl Future<Output = ()> + Send + 'static {
         let ctx = self.ctx.clone();
-        let channels = self.permissions.claimed_channels().to_vec();
-        let claims = self.claims.clone();
+        let channels = self.opened.channels.clone();
+        let claims = self.opened.claims.clone();
         async move { super::meta::event(&ctx, event, &channels, &claims).await }
     }
 }
