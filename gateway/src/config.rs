@@ -51,6 +51,7 @@ pgws_service::vars! {
     LOG_LEVEL = "PGWS_LOG_LEVEL", Some("info"), "A tracing filter: `info`, `debug`, `pgws_gateway=debug,info` …";
     CONNECT_TIMEOUT = "PGWS_CONNECT_TIMEOUT", Some("5000"), "Protocol v2: milliseconds a socket opened without a token has to send its `connect` frame; then close 4408.";
     MAX_SUBSCRIPTIONS = "PGWS_MAX_SUBSCRIPTIONS", Some("128"), "Protocol v2: most channels one socket may subscribe to; beyond it, error 429.";
+    REPLAY_MAX_BYTES = "PGWS_REPLAY_MAX_BYTES", Some("1048576"), "Protocol v2: replay payload bytes one socket may be owed at once (over its recovering subscriptions); a recovery that would exceed it answers `recovered:false`.";
     COMMAND_RATE = "PGWS_COMMAND_RATE", Some("100"), "Protocol v2: commands per second one socket may send (bursts of as many); beyond it, error 429.";
     HISTORY_SIZE = "PGWS_HISTORY_SIZE", Some("100"), "Standalone: messages of history kept per channel in memory, for recovery (protocol v2); `0` keeps offsets but no history. In cluster mode the coordinator's setting applies.";
     HISTORY_TTL = "PGWS_HISTORY_TTL", Some("300"), "Standalone: seconds a message stays in history. In cluster mode the coordinator's setting applies.";
@@ -105,6 +106,8 @@ pub struct SessionLimits {
     pub max_subscriptions: usize,
     /// v2: commands per second per socket.
     pub command_rate: u32,
+    /// v2: replay payload bytes one socket may be owed at once.
+    pub replay_max_bytes: usize,
 }
 
 /// Where notifications come from and writes go.
@@ -221,6 +224,10 @@ impl Config {
                     sources.parsed(COMMAND_RATE, "a number of commands per second")?,
                     COMMAND_RATE,
                 )? as u32,
+                replay_max_bytes: positive(
+                    sources.parsed(REPLAY_MAX_BYTES, "a number of bytes")?,
+                    REPLAY_MAX_BYTES,
+                )?,
             },
             shutdown_timeout: sources.millis(SHUTDOWN_TIMEOUT)?.unwrap_or_default(),
             log: LogConfig::from_sources(sources)?,

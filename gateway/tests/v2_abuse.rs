@@ -157,3 +157,154 @@ async fn a_refresh_keeps_the_identity_and_never_widens_or_the_socket_closes_with
         .await;
     assert_eq!(refusals, refused.len() as f64);
 }
+
+/// A v2 socket that reads nothing: a receive buffer of a few KiB, the
+/// upgrade, one `subscribe` with `since`, then silence.
+async fn silent_subscriber(gw: &Server, token: &str, subscribe: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(gw.addr).await.expect("connect");
+    let request = format!(
+        "GET /{token} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: {}\r\n\r\n",
+        pgws_protocol::v2::SUBPROTOCOL
+    );
+    stream.write_all(request.as_bytes()).await.expect("upgrade");
+    let mut head = Vec::new();
+    while raw::find(&head, b"\r\n\r\n").is_none() {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .expect("head in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed during the upgrade");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let frame = raw::client_frame(true, 1, subscribe.as_bytes());
+    stream.write_all(&frame).await.expect("subscribe");
+    stream
+}
+
+/// The gateway's RSS (KiB) at its highest over a few samples: the moment
+/// every answer has been written into buffers is not observable from here.
+async fn peak_rss_kib(gw: &Server) -> u64 {
+    let mut peak = 0;
+    for _ in 0..10 {
+        peak = peak.max(gw.rss_kib());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    peak
+}
+
+#[tokio::test]
+async fn a_large_replay_to_sockets_that_do_not_read_is_held_within_the_flush_bound() {
+    const SOCKETS: usize = 64;
+    const MESSAGES: u64 = 100;
+    let gw = Server::gateway()
+        .env("PGWS_HISTORY_SIZE", "200")
+        .env("PGWS_SEND_TIMEOUT", "60000")
+        .start()
+        .await;
+    let chat = unique("chat");
+    let db = db().await;
+    // ~7.9 KB of NOTIFY payload, mostly escaped quotes: each doubles again
+    // in a v2 frame's JSON string.
+    let pad = "\\\"".repeat(3900);
+    let payload = |n: u64| format!(r#"{{"channel":"{chat}","n":{n},"pad":"{pad}"}}"#);
+    assert!(payload(MESSAGES).len() < 7999);
+    let mut reader = V2::connect(&gw.url(&token(json!({"mode": "r"})))).await;
+    let start = Pos::of(&reader.subscribe(&chat, None).await);
+    for n in 1..=MESSAGES {
+        notify(&db, &gw.listen_channel, &payload(n)).await;
+    }
+    assert_eq!(
+        reader.read_messages(MESSAGES as usize).await.len(),
+        MESSAGES as usize
+    );
+    drop(reader);
+
+    let subscribe = json!({"type": "subscribe", "id": 1, "channel": chat,
+        "since": {"epoch": start.epoch, "offset": 0}})
+    .to_string();
+    let read_token = token(json!({"mode": "r"}));
+    // One reading client first, so that what the allocator keeps after a
+    // replay is in the baseline.
+    let mut warm = V2::connect(&gw.url(&read_token)).await;
+    warm.send_text(&subscribe).await;
+    let reply = warm.reply_to(1).await;
+    assert_eq!(reply["replayed"], MESSAGES, "{reply}");
+    assert_eq!(
+        warm.read_messages(MESSAGES as usize).await.len(),
+        MESSAGES as usize
+    );
+    let before = peak_rss_kib(&gw).await;
+
+    let mut silent = Vec::new();
+    for _ in 0..SOCKETS {
+        silent.push(silent_subscriber(&gw, &read_token, &subscribe).await);
+    }
+    gw.wait_metric(
+        "pgws_v2_recoveries_total{outcome=\"recovered\"}",
+        1.0 + SOCKETS as f64,
+    )
+    .await;
+    let held = peak_rss_kib(&gw).await.saturating_sub(before);
+    let per_socket = held as f64 / SOCKETS as f64;
+    println!("{SOCKETS} silent sockets during a {MESSAGES}-message replay: +{held} KiB, {per_socket:.0} KiB each");
+    assert!(
+        per_socket < 200.0,
+        "a socket that does not read holds {per_socket:.0} KiB of replay"
+    );
+    drop(silent);
+}
+
+#[tokio::test]
+async fn a_replay_over_the_socket_byte_bound_is_answered_not_recovered_and_counted() {
+    let gw = Server::gateway()
+        .env("PGWS_HISTORY_SIZE", "50")
+        .env("PGWS_REPLAY_MAX_BYTES", "20000")
+        .start()
+        .await;
+    let chat = unique("chat");
+    let db = db().await;
+    let pad = "x".repeat(3000);
+    let payload = |n: u64| format!(r#"{{"channel":"{chat}","n":{n},"pad":"{pad}"}}"#);
+    let mut reader = V2::connect(&gw.url(&token(json!({"mode": "r"})))).await;
+    let start = Pos::of(&reader.subscribe(&chat, None).await);
+    for n in 1..=10 {
+        notify(&db, &gw.listen_channel, &payload(n)).await;
+    }
+    assert_eq!(reader.read_messages(10).await.len(), 10);
+    let since = |offset| Pos {
+        epoch: start.epoch.clone(),
+        offset,
+    };
+
+    // Ten messages of ~3 KB: over 20,000 bytes.
+    let mut late = V2::connect(&gw.url(&token(json!({"mode": "r"})))).await;
+    let reply = late.subscribe(&chat, Some(&since(0))).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(
+        gw.metric("pgws_v2_recoveries_total{outcome=\"too_large\"}")
+            .await,
+        1.0
+    );
+    // Four fit, and are replayed.
+    let mut recent = V2::connect(&gw.url(&token(json!({"mode": "r"})))).await;
+    let reply = recent.subscribe(&chat, Some(&since(6))).await;
+    assert_eq!(reply["replayed"], 4, "{reply}");
+    let got: Vec<u64> = recent.read_messages(4).await.iter().map(|m| m.0).collect();
+    assert_eq!(got, vec![7, 8, 9, 10]);
+    let bytes = gw.metric("pgws_v2_replayed_bytes_total").await;
+    assert_eq!(
+        bytes,
+        (7..=10).map(|n| payload(n).len()).sum::<usize>() as f64
+    );
+}

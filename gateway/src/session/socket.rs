@@ -68,6 +68,10 @@ impl Proto {
     fn recovering(&self) -> bool {
         matches!(self, Proto::V2(v2) if v2.recovering())
     }
+
+    fn catching_up(&self) -> bool {
+        matches!(self, Proto::V2(v2) if v2.catching_up())
+    }
 }
 
 /// What the socket task needs besides the connection.
@@ -263,6 +267,14 @@ where
                 answer = next_answer(&mut self.sc.proto), if self.sc.proto.recovering() => {
                     if let Proto::V2(v2) = &mut self.sc.proto {
                         v2.on_answer(answer, &mut self.out);
+                    }
+                    Step::Continue
+                }
+                // A replay, a flush's worth per turn: the turn's flush
+                // below waits for the client before the next.
+                _ = std::future::ready(()), if self.sc.proto.catching_up() => {
+                    if let Proto::V2(v2) = &mut self.sc.proto {
+                        v2.write_owed(&mut self.out);
                     }
                     Step::Continue
                 }

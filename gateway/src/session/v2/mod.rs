@@ -21,9 +21,9 @@ mod refresh;
 mod subscriptions;
 
 use super::context::SessionContext;
-use super::outbound::FrameWriter;
+use super::outbound::{FrameWriter, FLUSH_AT};
 use crate::auth::{self, Permissions};
-use crate::bus::{BusError, Delivery, Recovered};
+use crate::bus::{BusError, Delivery, Recovered, Replayed};
 use crate::hub::{SessionControl, SessionId, Subscriber};
 use crate::metrics::RecoveryOutcome;
 use futures_util::stream::FuturesUnordered;
@@ -32,7 +32,7 @@ use pgws_protocol::clock;
 use pgws_protocol::close::CloseReason;
 use pgws_protocol::envelope::{self, ClaimsJson, Event};
 use pgws_protocol::limits::NOTIFY_PAYLOAD_MAX;
-use pgws_protocol::position::{Position, Since};
+use pgws_protocol::position::Since;
 use pgws_protocol::v2::{self, Command, ErrorCode, ParseError, Subscribed};
 use rate::TokenBucket;
 use refresh::Identity;
@@ -40,7 +40,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
-use subscriptions::{Subscriptions, Verdict};
+use subscriptions::{Owed, Subscriptions, Verdict};
 use tokio::sync::mpsc;
 
 /// A publish on its way to the bus: the command id and the outcome.
@@ -295,12 +295,9 @@ impl V2 {
                 );
             }
         };
-        let replayed = recovered.replay.as_ref().map(|r| r.len() as u64);
+        let (replay, outcome) = self.bounded(recovered.replay);
+        let replayed = replay.as_ref().map(|r| r.len() as u64);
         if with_since {
-            let outcome = match replayed {
-                Some(_) => RecoveryOutcome::Recovered,
-                None => RecoveryOutcome::NotRecovered,
-            };
             self.ctx
                 .metrics
                 .v2
@@ -314,21 +311,67 @@ impl V2 {
             }),
         );
         out.text(reply.as_bytes());
-        for entry in recovered.replay.iter().flatten() {
-            let position = Position {
-                epoch: recovered.position.epoch,
-                offset: entry.offset,
-            };
-            let data = String::from_utf8_lossy(&entry.payload);
-            out.text(&v2::message(&channel, Some(&position), &data));
+        // The replay and what was held back follow from the next turns,
+        // a flush bound at a time ([`V2::write_owed`]).
+        self.subs.answer(
+            &channel,
+            command,
+            recovered.position,
+            replay.unwrap_or_default(),
+        );
+    }
+
+    /// `replay`, unless it does not fit in what the socket may still owe
+    /// (`PGWS_REPLAY_MAX_BYTES` of payload): then none, answered
+    /// `recovered:false` as for trimmed history.
+    fn bounded(&self, replay: Option<Vec<Replayed>>) -> (Option<Vec<Replayed>>, RecoveryOutcome) {
+        let Some(replay) = replay else {
+            return (None, RecoveryOutcome::NotRecovered);
+        };
+        let bytes: usize = replay.iter().map(|e| e.payload.len()).sum();
+        let room = self
+            .ctx
+            .limits
+            .replay_max_bytes
+            .saturating_sub(self.subs.owed_bytes());
+        if bytes > room {
+            tracing::info!(
+                session = self.session.0,
+                bytes,
+                room,
+                "replay over PGWS_REPLAY_MAX_BYTES: answered recovered:false"
+            );
+            return (None, RecoveryOutcome::TooLarge);
         }
-        let follow = self
-            .subs
-            .go_live(&channel, command, recovered.position)
-            .unwrap_or_default();
-        for delivery in follow {
-            out.text(delivery.v2_frame());
+        (Some(replay), RecoveryOutcome::Recovered)
+    }
+
+    /// Whether subscriptions owe replayed or held-back frames.
+    pub fn catching_up(&self) -> bool {
+        self.subs.catching_up()
+    }
+
+    /// Write what catching-up subscriptions owe until the buffer holds a
+    /// flush's worth ([`FLUSH_AT`]): a replay goes out across turns, so a
+    /// client that does not read holds one flush of it, not all of it.
+    pub fn write_owed(&mut self, out: &mut FrameWriter) {
+        let mut bytes = 0;
+        while out.pending() < FLUSH_AT {
+            match self.subs.next_owed() {
+                Some(Owed::Replayed {
+                    channel,
+                    position,
+                    payload,
+                }) => {
+                    bytes += payload.len();
+                    let data = String::from_utf8_lossy(&payload);
+                    out.text(&v2::message(&channel, Some(&position), &data));
+                }
+                Some(Owed::Delivery(delivery)) => out.text(delivery.v2_frame()),
+                None => break,
+            }
         }
+        self.ctx.metrics.v2.replayed_bytes.inc_by(bytes as u64);
     }
 
     /// A delivery from the send queue: written, skipped, or held back.
