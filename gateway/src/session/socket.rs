@@ -20,8 +20,11 @@
 //! The loop speaks both protocols ([`Proto`]): a v1 socket's messages are
 //! published to its channels and its deliveries written verbatim; a v2
 //! socket's messages are commands ([`super::v2`]), its deliveries pass its
-//! subscriptions' filter, and one more branch takes the bus's answers to
-//! its subscriptions' recoveries. A v2 socket opened without a token
+//! subscriptions' filter, one more branch takes the bus's answers to
+//! its subscriptions' recoveries, and another writes what an answered
+//! recovery owes (its replay, then the messages held back meanwhile) a
+//! flush's worth ([`FLUSH_AT`]) per turn: a client that does not read
+//! holds one flush of a replay in its buffer, not the whole of it. A v2 socket opened without a token
 //! starts [`Proto::Connecting`]: its first message must be `connect`,
 //! before `PGWS_CONNECT_TIMEOUT`.
 
