@@ -41,6 +41,7 @@ pgws_service::vars! {
     MAX_PENDING_CONNECTIONS = "PGWS_MAX_PENDING_CONNECTIONS", Some("1024"), "Most connections open and not yet upgraded (TLS handshakes, HTTP requests); beyond it: 503 and close.";
     SEND_QUEUE_SIZE = "PGWS_SEND_QUEUE_SIZE", Some("1024"), "Messages queued for one socket before it is closed as a slow consumer (3008).";
     WRITE_QUEUE_SIZE = "PGWS_WRITE_QUEUE_SIZE", Some("10000"), "Client messages queued for NOTIFY per pool connection before writers wait.";
+    SOCKET_SEND_BUFFER = "PGWS_SOCKET_SEND_BUFFER", Some("0"), "Bytes of kernel send buffer per accepted connection (SO_SNDBUF; Linux doubles it); `0` leaves the kernel's autotuning (up to net.ipv4.tcp_wmem's maximum).";
     SEND_TIMEOUT = "PGWS_SEND_TIMEOUT", Some("10000"), "Milliseconds one frame may take to write to a socket before it is dropped as stuck.";
     WRITE_TIMEOUT = "PGWS_WRITE_TIMEOUT", Some("5000"), "Milliseconds a writer waits for room in a full NOTIFY queue before close 1013.";
     PING_INTERVAL = "PGWS_PING_INTERVAL", Some("30"), "Seconds between pings; a peer silent for two intervals is dropped. `0` disables.";
@@ -142,6 +143,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Most connections not yet upgraded.
     pub max_pending_connections: usize,
+    /// SO_SNDBUF of accepted connections; `None`: the kernel's autotuning.
+    pub socket_send_buffer: Option<usize>,
     /// Origin allow-list; `None` allows any.
     pub allowed_origins: Option<Vec<String>>,
     /// Per-socket limits.
@@ -194,6 +197,12 @@ impl Config {
                 sources.parsed(MAX_PENDING_CONNECTIONS, "a number of connections")?,
                 MAX_PENDING_CONNECTIONS,
             )?,
+            socket_send_buffer: match sources
+                .parsed::<usize>(SOCKET_SEND_BUFFER, "a number of bytes")?
+            {
+                0 => None,
+                bytes => Some(bytes),
+            },
             allowed_origins: sources.get(ALLOWED_ORIGINS).map(|list| {
                 list.split(',')
                     .map(|o| o.trim().trim_end_matches('/').to_string())

@@ -192,15 +192,22 @@ async fn silent_subscriber(gw: &Server, token: &str, subscribe: &str) -> tokio::
     stream
 }
 
-/// The gateway's RSS (KiB) at its highest over a few samples: the moment
-/// every answer has been written into buffers is not observable from here.
-async fn peak_rss_kib(gw: &Server) -> u64 {
-    let mut peak = 0;
-    for _ in 0..10 {
-        peak = peak.max(gw.rss_kib());
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    peak
+/// The send queues (bytes sent or queued, not acknowledged) of the server
+/// ends of established connections to `port` (`/proc/net/tcp`) that have
+/// any: the client's window is closed, so the gateway's write is stuck.
+fn stalled_on_server(port: u16) -> Vec<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let established = *fields.get(3)? == "01";
+            let tx = u64::from_str_radix(fields.get(4)?.split(':').next()?, 16).ok()?;
+            (local_port == port && established && tx > 0).then_some(tx)
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -210,6 +217,7 @@ async fn a_large_replay_to_sockets_that_do_not_read_is_held_within_the_flush_bou
     let gw = Server::gateway()
         .env("PGWS_HISTORY_SIZE", "200")
         .env("PGWS_SEND_TIMEOUT", "60000")
+        .env("PGWS_SOCKET_SEND_BUFFER", "65536")
         .start()
         .await;
     let chat = unique("chat");
@@ -244,7 +252,7 @@ async fn a_large_replay_to_sockets_that_do_not_read_is_held_within_the_flush_bou
         warm.read_messages(MESSAGES as usize).await.len(),
         MESSAGES as usize
     );
-    let before = peak_rss_kib(&gw).await;
+    let before = gw.rss_kib();
 
     let mut silent = Vec::new();
     for _ in 0..SOCKETS {
@@ -255,12 +263,33 @@ async fn a_large_replay_to_sockets_that_do_not_read_is_held_within_the_flush_bou
         1.0 + SOCKETS as f64,
     )
     .await;
-    let held = peak_rss_kib(&gw).await.saturating_sub(before);
+    // Every socket's write is stuck on its closed window: whatever the
+    // gateway encoded for it is held now.
+    let deadline = std::time::Instant::now() + WAIT;
+    while stalled_on_server(gw.addr.port()).len() < SOCKETS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} writes stalled",
+            stalled_on_server(gw.addr.port()).len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let held = gw.rss_kib().saturating_sub(before);
+    let in_kernel: u64 = stalled_on_server(gw.addr.port()).iter().sum();
     let per_socket = held as f64 / SOCKETS as f64;
-    println!("{SOCKETS} silent sockets during a {MESSAGES}-message replay: +{held} KiB, {per_socket:.0} KiB each");
+    let kernel_per_socket = in_kernel as f64 / 1024.0 / SOCKETS as f64;
+    println!(
+        "{SOCKETS} silent sockets during a {MESSAGES}-message replay: +{held} KiB RSS, \
+         {per_socket:.0} KiB each; {kernel_per_socket:.0} KiB each in the kernel's send queues"
+    );
     assert!(
         per_socket < 200.0,
         "a socket that does not read holds {per_socket:.0} KiB of replay"
+    );
+    // SO_SNDBUF 64 KiB, which Linux doubles.
+    assert!(
+        kernel_per_socket <= 256.0,
+        "the kernel holds {kernel_per_socket:.0} KiB per socket"
     );
     drop(silent);
 }

@@ -33,7 +33,7 @@ use pgws_protocol::close::CloseReason;
 use pgws_protocol::envelope::{self, ClaimsJson, Event};
 use pgws_protocol::limits::NOTIFY_PAYLOAD_MAX;
 use pgws_protocol::position::Since;
-use pgws_protocol::v2::{self, Command, ErrorCode, ParseError, Subscribed};
+use pgws_protocol::v2::{self, Command, ErrorCode, ParseError, Subscribed, MAX_CHANNEL_NAME};
 use rate::TokenBucket;
 use refresh::Identity;
 use std::future::Future;
@@ -355,6 +355,9 @@ impl V2 {
     /// flush's worth ([`FLUSH_AT`]): a replay goes out across turns, so a
     /// client that does not read holds one flush of it, not all of it.
     pub fn write_owed(&mut self, out: &mut FrameWriter) {
+        // A flush and the frame that crosses it: a channel name and a
+        // payload every byte of which JSON may escape as `\u00XX`.
+        out.reserve_total(FLUSH_AT + MAX_CHANNEL_NAME + 6 * NOTIFY_PAYLOAD_MAX + 128);
         let mut bytes = 0;
         while out.pending() < FLUSH_AT {
             match self.subs.next_owed() {
