@@ -7,7 +7,10 @@
 //! or awaits: a command either answers at once (written into the socket's
 //! frame buffer) or starts work the socket polls — a recovery (many may
 //! run at once, one per channel) or a publish (one at a time, in order,
-//! through the socket's write queue, as v1 messages are).
+//! through the socket's write queue, as v1 messages are). An answered
+//! recovery's replay is not written with its reply: the socket asks for
+//! it a flush's worth per turn ([`V2::write_owed`]), within
+//! `PGWS_REPLAY_MAX_BYTES` owed per socket.
 //!
 //! * [`connect`] — the `connect` frame, for a socket opened without a token.
 //! * [`subscriptions`] — which channels the socket reads and where each
