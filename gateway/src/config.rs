@@ -41,6 +41,7 @@ pgws_service::vars! {
     MAX_PENDING_CONNECTIONS = "PGWS_MAX_PENDING_CONNECTIONS", Some("1024"), "Most connections open and not yet upgraded (TLS handshakes, HTTP requests); beyond it: 503 and close.";
     SEND_QUEUE_SIZE = "PGWS_SEND_QUEUE_SIZE", Some("1024"), "Messages queued for one socket before it is closed as a slow consumer (3008).";
     WRITE_QUEUE_SIZE = "PGWS_WRITE_QUEUE_SIZE", Some("10000"), "Client messages queued for NOTIFY per pool connection before writers wait.";
+    SOCKET_SEND_BUFFER = "PGWS_SOCKET_SEND_BUFFER", Some("0"), "Bytes of kernel send buffer per accepted connection (SO_SNDBUF; Linux doubles it); `0` leaves the kernel's autotuning (up to net.ipv4.tcp_wmem's maximum).";
     SEND_TIMEOUT = "PGWS_SEND_TIMEOUT", Some("10000"), "Milliseconds one frame may take to write to a socket before it is dropped as stuck.";
     WRITE_TIMEOUT = "PGWS_WRITE_TIMEOUT", Some("5000"), "Milliseconds a writer waits for room in a full NOTIFY queue before close 1013.";
     PING_INTERVAL = "PGWS_PING_INTERVAL", Some("30"), "Seconds between pings; a peer silent for two intervals is dropped. `0` disables.";
@@ -51,11 +52,12 @@ pgws_service::vars! {
     LOG_LEVEL = "PGWS_LOG_LEVEL", Some("info"), "A tracing filter: `info`, `debug`, `pgws_gateway=debug,info` …";
     CONNECT_TIMEOUT = "PGWS_CONNECT_TIMEOUT", Some("5000"), "Protocol v2: milliseconds a socket opened without a token has to send its `connect` frame; then close 4408.";
     MAX_SUBSCRIPTIONS = "PGWS_MAX_SUBSCRIPTIONS", Some("128"), "Protocol v2: most channels one socket may subscribe to; beyond it, error 429.";
+    REPLAY_MAX_BYTES = "PGWS_REPLAY_MAX_BYTES", Some("1048576"), "Protocol v2: replay payload bytes one socket may be owed at once (over its recovering subscriptions); a recovery that would exceed it answers `recovered:false`.";
     COMMAND_RATE = "PGWS_COMMAND_RATE", Some("100"), "Protocol v2: commands per second one socket may send (bursts of as many); beyond it, error 429.";
     HISTORY_SIZE = "PGWS_HISTORY_SIZE", Some("100"), "Standalone: messages of history kept per channel in memory, for recovery (protocol v2); `0` keeps offsets but no history. In cluster mode the coordinator's setting applies.";
     HISTORY_TTL = "PGWS_HISTORY_TTL", Some("300"), "Standalone: seconds a message stays in history. In cluster mode the coordinator's setting applies.";
     CHANNEL_STATE_TTL = "PGWS_CHANNEL_STATE_TTL", Some("86400"), "Standalone: seconds a channel's offsets and epoch are kept after its last message. In cluster mode the coordinator's setting applies.";
-    HISTORY_MAX_CHANNELS = "PGWS_HISTORY_MAX_CHANNELS", Some("100000"), "Standalone: most channels whose offsets and history are kept; beyond it the least recently active are forgotten (their next message starts a new epoch).";
+    HISTORY_MAX_CHANNELS = "PGWS_HISTORY_MAX_CHANNELS", Some("100000"), "Standalone: most channels whose offsets and history are kept; beyond it empty states go first, then a message (never a subscription) forgets the least recently active (their next message starts a new epoch).";
     OUTBOX = "PGWS_OUTBOX", Some("false"), "Standalone: also read the durable outbox (`SELECT pgws.send(payload)` in the application's transaction); in cluster mode the coordinator's setting applies.";
     OUTBOX_MIGRATE = "PGWS_OUTBOX_MIGRATE", Some("true"), "With PGWS_OUTBOX: create the `pgws` schema when missing; `false` only checks and refuses to start, naming postgres/sql/outbox.sql for a DBA to apply.";
     OUTBOX_RETENTION = "PGWS_OUTBOX_RETENTION", Some("3600"), "With PGWS_OUTBOX: seconds a delivered outbox row is kept (the history a restart recovers from); at least 1.";
@@ -110,6 +112,8 @@ pub struct SessionLimits {
     pub max_subscriptions: usize,
     /// v2: commands per second per socket.
     pub command_rate: u32,
+    /// v2: replay payload bytes one socket may be owed at once.
+    pub replay_max_bytes: usize,
 }
 
 /// Where notifications come from and writes go.
@@ -144,6 +148,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Most connections not yet upgraded.
     pub max_pending_connections: usize,
+    /// SO_SNDBUF of accepted connections; `None`: the kernel's autotuning.
+    pub socket_send_buffer: Option<usize>,
     /// Origin allow-list; `None` allows any.
     pub allowed_origins: Option<Vec<String>>,
     /// Per-socket limits.
@@ -200,6 +206,12 @@ impl Config {
                 sources.parsed(MAX_PENDING_CONNECTIONS, "a number of connections")?,
                 MAX_PENDING_CONNECTIONS,
             )?,
+            socket_send_buffer: match sources
+                .parsed::<usize>(SOCKET_SEND_BUFFER, "a number of bytes")?
+            {
+                0 => None,
+                bytes => Some(bytes),
+            },
             allowed_origins: sources.get(ALLOWED_ORIGINS).map(|list| {
                 list.split(',')
                     .map(|o| o.trim().trim_end_matches('/').to_string())
@@ -230,6 +242,10 @@ impl Config {
                     sources.parsed(COMMAND_RATE, "a number of commands per second")?,
                     COMMAND_RATE,
                 )? as u32,
+                replay_max_bytes: positive(
+                    sources.parsed(REPLAY_MAX_BYTES, "a number of bytes")?,
+                    REPLAY_MAX_BYTES,
+                )?,
             },
             shutdown_timeout: sources.millis(SHUTDOWN_TIMEOUT)?.unwrap_or_default(),
             log: LogConfig::from_sources(sources)?,

@@ -60,13 +60,17 @@ pub enum RecoveryOutcome {
     NotRecovered,
     /// The bus could not answer (Redis unavailable): error 503.
     Failed,
+    /// The replay would exceed `PGWS_REPLAY_MAX_BYTES`: answered
+    /// `recovered:false`.
+    TooLarge,
 }
 
 impl RecoveryOutcome {
-    const ALL: [RecoveryOutcome; 3] = [
+    const ALL: [RecoveryOutcome; 4] = [
         RecoveryOutcome::Recovered,
         RecoveryOutcome::NotRecovered,
         RecoveryOutcome::Failed,
+        RecoveryOutcome::TooLarge,
     ];
 
     fn label(self) -> &'static str {
@@ -74,6 +78,7 @@ impl RecoveryOutcome {
             RecoveryOutcome::Recovered => "recovered",
             RecoveryOutcome::NotRecovered => "not_recovered",
             RecoveryOutcome::Failed => "failed",
+            RecoveryOutcome::TooLarge => "too_large",
         }
     }
 }
@@ -90,6 +95,8 @@ pub struct V2Metrics {
     recoveries: IntCounterVec,
     /// Messages replayed from history.
     pub replayed: IntCounter,
+    /// Payload bytes replayed from history, counted as written.
+    pub replayed_bytes: IntCounter,
 }
 
 impl V2Metrics {
@@ -125,6 +132,10 @@ impl V2Metrics {
                 "pgws_v2_replayed_messages_total",
                 "Messages replayed from history to recovering v2 subscriptions",
             )?,
+            replayed_bytes: IntCounter::new(
+                "pgws_v2_replayed_bytes_total",
+                "Payload bytes replayed from history to recovering v2 subscriptions, counted as written",
+            )?,
         };
         registry.register(Box::new(m.sockets.clone()))?;
         registry.register(Box::new(m.commands.clone()))?;
@@ -132,6 +143,7 @@ impl V2Metrics {
         registry.register(Box::new(m.subscriptions.clone()))?;
         registry.register(Box::new(m.recoveries.clone()))?;
         registry.register(Box::new(m.replayed.clone()))?;
+        registry.register(Box::new(m.replayed_bytes.clone()))?;
         for command in [
             "connect",
             "subscribe",

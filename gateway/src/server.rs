@@ -90,6 +90,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         allowed_origins: config.allowed_origins,
         max_connections: config.max_connections,
         max_pending: config.max_pending_connections,
+        send_buffer: config.socket_send_buffer,
         pending: Arc::default(),
     });
     let stop_accepting = CancellationToken::new();

@@ -48,11 +48,14 @@ pub enum CloseReason {
     ConnectForbidden,
     /// v2: no `connect` frame within `PGWS_CONNECT_TIMEOUT`.
     ConnectTimeout,
+    /// v2: a `refresh` token that names another identity (`sub`, `iss`) or
+    /// allows more than the socket's token (mode, channels, no `exp`).
+    RefreshRefused,
 }
 
 impl CloseReason {
     /// Every reason, for tables and metrics initialisation.
-    pub const ALL: [CloseReason; 17] = [
+    pub const ALL: [CloseReason; 18] = [
         CloseReason::Normal,
         CloseReason::GoingAway,
         CloseReason::ProtocolError,
@@ -70,6 +73,7 @@ impl CloseReason {
         CloseReason::ConnectUnauthorized,
         CloseReason::ConnectForbidden,
         CloseReason::ConnectTimeout,
+        CloseReason::RefreshRefused,
     ];
 
     /// The close code sent in the close frame.
@@ -92,6 +96,7 @@ impl CloseReason {
             CloseReason::ConnectUnauthorized => 4401,
             CloseReason::ConnectForbidden => 4403,
             CloseReason::ConnectTimeout => 4408,
+            CloseReason::RefreshRefused => 3011,
         }
     }
 
@@ -115,6 +120,7 @@ impl CloseReason {
             CloseReason::ConnectUnauthorized => "Invalid token",
             CloseReason::ConnectForbidden => "Not allowed",
             CloseReason::ConnectTimeout => "No connect frame in time",
+            CloseReason::RefreshRefused => "Refresh refused",
         }
     }
 
@@ -138,6 +144,7 @@ impl CloseReason {
             CloseReason::ConnectUnauthorized => "connect_unauthorized",
             CloseReason::ConnectForbidden => "connect_forbidden",
             CloseReason::ConnectTimeout => "connect_timeout",
+            CloseReason::RefreshRefused => "refresh_refused",
         }
     }
 

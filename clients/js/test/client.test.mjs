@@ -139,3 +139,25 @@ test('a silent connection is detected by ping and replaced', async (t) => {
   gw.child.kill('SIGCONT');
   await until(() => client.state === 'connected', 15000, 'reconnected');
 });
+
+test('a refresh token for another identity closes with 3011 and the client reconnects as it', async (t) => {
+  const gw = await startGateway();
+  t.after(() => gw.stop());
+  const subs = [];
+  const getToken = () => {
+    const sub = subs.length === 0 ? 'alice' : 'mallory';
+    subs.push(sub);
+    return token({ mode: 'r', sub, exp: now() + 3 });
+  };
+  const client = new Client(gw.url, { token: getToken, refreshBefore: 2500, ...fast });
+  t.after(() => client.close());
+  const disconnects = [];
+  client.on('disconnected', (info) => disconnects.push(info));
+  client.on('error', () => {});
+  client.connect();
+  await until(() => disconnects.length >= 1, 15000, 'the refresh as mallory to be refused');
+  assert.equal(disconnects[0].code, 3011);
+  assert.match(disconnects[0].reason, /another sub/);
+  await until(() => client.state === 'connected' && subs.length >= 3, 15000, 'reconnected');
+  assert.deepEqual(subs.slice(0, 3), ['alice', 'mallory', 'mallory']);
+});

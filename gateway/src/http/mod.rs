@@ -63,6 +63,10 @@ pub struct HttpState {
     pub max_connections: usize,
     /// `PGWS_MAX_PENDING_CONNECTIONS`.
     pub max_pending: usize,
+    /// `PGWS_SOCKET_SEND_BUFFER`: what the kernel may hold for a client
+    /// that does not read, beside the socket's one flush (`None`: the
+    /// kernel's autotuning).
+    pub send_buffer: Option<usize>,
     /// Connections accepted and not yet upgraded (or closed).
     pub pending: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -121,6 +125,11 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        if let Some(bytes) = state.send_buffer {
+            if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(bytes) {
+                tracing::debug!(%peer, error = %e, "SO_SNDBUF not set");
+            }
+        }
         let Some(pending) = Pending::acquire(&state) else {
             state.sessions.metrics.refused(&Refusal::TooManyPending);
             tracing::debug!(%peer, "too many pending connections: refused");

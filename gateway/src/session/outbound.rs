@@ -46,6 +46,13 @@ impl FrameWriter {
         self.push(true, OpCode::Close, &payload);
     }
 
+    /// Make room for `total` bytes in all at once, so a burst that is
+    /// known to come does not grow the buffer step by step (each step a
+    /// copy, and a freed block left behind).
+    pub fn reserve_total(&mut self, total: usize) {
+        self.buf.reserve(total.saturating_sub(self.buf.len()));
+    }
+
     /// Bytes queued and not yet written.
     pub fn pending(&self) -> usize {
         self.buf.len()

@@ -20,8 +20,11 @@
 //! The loop speaks both protocols ([`Proto`]): a v1 socket's messages are
 //! published to its channels and its deliveries written verbatim; a v2
 //! socket's messages are commands ([`super::v2`]), its deliveries pass its
-//! subscriptions' filter, and one more branch takes the bus's answers to
-//! its subscriptions' recoveries. A v2 socket opened without a token
+//! subscriptions' filter, one more branch takes the bus's answers to
+//! its subscriptions' recoveries, and another writes what an answered
+//! recovery owes (its replay, then the messages held back meanwhile) a
+//! flush's worth ([`FLUSH_AT`]) per turn: a client that does not read
+//! holds one flush of a replay in its buffer, not the whole of it. A v2 socket opened without a token
 //! starts [`Proto::Connecting`]: its first message must be `connect`,
 //! before `PGWS_CONNECT_TIMEOUT`.
 
@@ -67,6 +70,10 @@ impl Proto {
 
     fn recovering(&self) -> bool {
         matches!(self, Proto::V2(v2) if v2.recovering())
+    }
+
+    fn catching_up(&self) -> bool {
+        matches!(self, Proto::V2(v2) if v2.catching_up())
     }
 }
 
@@ -263,6 +270,14 @@ where
                 answer = next_answer(&mut self.sc.proto), if self.sc.proto.recovering() => {
                     if let Proto::V2(v2) = &mut self.sc.proto {
                         v2.on_answer(answer, &mut self.out);
+                    }
+                    Step::Continue
+                }
+                // A replay, a flush's worth per turn: the turn's flush
+                // below waits for the client before the next.
+                _ = std::future::ready(()), if self.sc.proto.catching_up() => {
+                    if let Proto::V2(v2) = &mut self.sc.proto {
+                        v2.write_owed(&mut self.out);
                     }
                     Step::Continue
                 }

@@ -13,9 +13,17 @@
 //!   `Bytes` the sockets were sent: no copy); reads ignore those older
 //!   than `PGWS_HISTORY_TTL`, and a sweep every [`SWEEP_EVERY`] drops them
 //!   and forgets channels quiet for `PGWS_CHANNEL_STATE_TTL`.
-//! * At most `PGWS_HISTORY_MAX_CHANNELS` channels are tracked; beyond, the
-//!   tenth least recently active are forgotten at once (counted in
-//!   `pgws_history_evicted_total`): their next message starts a new epoch.
+//! * At most `PGWS_HISTORY_MAX_CHANNELS` channels are tracked. A read
+//!   (a subscription) of an unknown channel keeps an **empty** state — no
+//!   message yet, so the first one keeps the epoch the reader was told —
+//!   and empty states go first when the bound is reached: all of them at
+//!   once. Only a message makes room by forgetting the tenth least
+//!   recently active channels (counted in `pgws_history_evicted_total`;
+//!   their next message starts a new epoch). A read never does: with the
+//!   bound full of channels that carried messages, it is answered from a
+//!   state it does not keep (`pgws_history_untracked_reads_total`). So
+//!   readers of made-up names cannot push out the history of real, quiet
+//!   channels (issue #18, item 4).
 
 use crate::bus::{Recovered, Replayed};
 use bytes::Bytes;
@@ -36,6 +44,7 @@ pub struct HistoryMetrics {
     channels: IntGauge,
     messages: IntGauge,
     evicted: IntCounter,
+    untracked: IntCounter,
 }
 
 impl HistoryMetrics {
@@ -54,7 +63,12 @@ impl HistoryMetrics {
                 "pgws_history_evicted_total",
                 "Channel states forgotten early because PGWS_HISTORY_MAX_CHANNELS was reached",
             )?,
+            untracked: IntCounter::new(
+                "pgws_history_untracked_reads_total",
+                "Subscriptions answered from a channel state not kept, because PGWS_HISTORY_MAX_CHANNELS was full of channels that carried messages",
+            )?,
         };
+        registry.register(Box::new(m.untracked.clone()))?;
         registry.register(Box::new(m.channels.clone()))?;
         registry.register(Box::new(m.messages.clone()))?;
         registry.register(Box::new(m.evicted.clone()))?;
@@ -73,7 +87,8 @@ struct Channel {
     entries: VecDeque<Entry>,
     /// When its last message came (for the channel-state ttl).
     touched: Instant,
-    /// Its place in the order of activity (unique; for eviction).
+    /// Its place in the order of activity (unique; for eviction); `0`
+    /// while empty: created by a read, no message yet.
     recency: u64,
 }
 
@@ -86,6 +101,15 @@ struct Channels {
     last_recency: u64,
     /// Entries over all channels.
     messages: usize,
+}
+
+/// Why a channel state is about to be created.
+#[derive(Clone, Copy)]
+enum Need {
+    /// A subscription reads an unknown channel.
+    ForRead,
+    /// A message arrived on an unknown channel.
+    ForMessage,
 }
 
 /// Offsets and history of every channel this process has seen.
@@ -148,6 +172,9 @@ impl History {
                 channels.messages -= old.entries.len();
             }
         }
+        if !channels.map.contains_key(channel) {
+            self.make_room(channels, Need::ForMessage);
+        }
         let ch = self.channel(channels, channel, continuity, now);
         // This process's continuity only moves forward: never fenced.
         let position = ch.state.advance(continuity).ok()?;
@@ -188,6 +215,9 @@ impl History {
         let channels = &mut *guard;
         let recency = channels.last_recency + 1;
         channels.last_recency = recency;
+        if !channels.map.contains_key(channel) {
+            self.make_room(channels, Need::ForMessage);
+        }
         let ch = self.channel(channels, channel, self.continuity(), now);
         let same = ch.state.epoch() == position.epoch;
         if same && position.offset <= ch.state.offset {
@@ -238,9 +268,15 @@ impl History {
     pub fn read(&self, channel: &str, since: Option<&Since>) -> Recovered {
         let continuity = self.continuity();
         let now = Instant::now();
-        let mut channels = self.lock();
+        let mut guard = self.lock();
+        let channels = &mut *guard;
+        if !channels.map.contains_key(channel) && !self.make_room(channels, Need::ForRead) {
+            self.metrics.untracked.inc();
+            let state = ChannelState::new(Self::next_base(channels), continuity);
+            return Recovered::decide(&state, since, Vec::new());
+        }
         let key: Arc<str> = Arc::from(channel);
-        let ch = self.channel(&mut channels, &key, continuity, now);
+        let ch = self.channel(channels, &key, continuity, now);
         let state = ch.state.as_of(continuity);
         let entries = match since.map(|s| state.recovery(s)) {
             Some(Recovery::Replay { first, last }) if first <= last => {
@@ -260,8 +296,38 @@ impl History {
         Recovered::decide(&state, since, entries)
     }
 
-    /// The channel's entry, created (and the map kept under its bound) if
-    /// missing.
+    /// A base no channel of this process had: bases are unique.
+    fn next_base(channels: &mut Channels) -> u64 {
+        let base =
+            (pgws_protocol::clock::unix_now().as_millis() as u64).max(channels.last_base + 1);
+        channels.last_base = base;
+        base
+    }
+
+    /// Make room for one more channel if the map is at its bound: empty
+    /// states first, then — for a message only — the least recently
+    /// active. Whether there is room.
+    fn make_room(&self, channels: &mut Channels, need: Need) -> bool {
+        if channels.map.len() < self.max_channels {
+            return true;
+        }
+        let before = channels.map.len();
+        channels.map.retain(|_, c| c.recency != 0);
+        if channels.map.len() < before {
+            self.metrics.channels.set(channels.map.len() as i64);
+            return true;
+        }
+        match need {
+            Need::ForRead => false,
+            Need::ForMessage => {
+                self.evict(channels);
+                true
+            }
+        }
+    }
+
+    /// The channel's entry, created empty if missing (the caller made
+    /// room).
     fn channel<'c>(
         &self,
         channels: &'c mut Channels,
@@ -270,20 +336,14 @@ impl History {
         now: Instant,
     ) -> &'c mut Channel {
         if !channels.map.contains_key(name) {
-            if channels.map.len() >= self.max_channels {
-                self.evict(channels);
-            }
-            let base =
-                (pgws_protocol::clock::unix_now().as_millis() as u64).max(channels.last_base + 1);
-            channels.last_base = base;
-            channels.last_recency += 1;
+            let base = Self::next_base(channels);
             channels.map.insert(
                 name.clone(),
                 Channel {
                     state: ChannelState::new(base, continuity),
                     entries: VecDeque::new(),
                     touched: now,
-                    recency: channels.last_recency,
+                    recency: 0,
                 },
             );
             self.metrics.channels.set(channels.map.len() as i64);
@@ -426,5 +486,38 @@ mod tests {
         assert_eq!(h.metrics.evicted.get(), 1);
         assert!(!h.lock().map.contains_key("c0"), "the oldest went first");
         assert_eq!(h.read("c9", None).position, c9, "recent ones stay");
+    }
+
+    #[test]
+    fn reads_of_unknown_channels_never_push_out_one_that_carried_messages() {
+        let h = history(10, 10);
+        let quiet: Arc<str> = Arc::from("quiet");
+        let first = h.record(&quiet, &Bytes::from("m1")).expect("position");
+        h.record(&quiet, &Bytes::from("m2"));
+        for i in 0..100 {
+            h.read(&format!("junk{i}"), None);
+        }
+        assert!(h.lock().map.len() <= 10);
+        let r = h.read("quiet", Some(&since(&first)));
+        assert_eq!(
+            offsets(&r),
+            Some(vec![2]),
+            "the quiet channel's history stays"
+        );
+        assert_eq!(h.metrics.evicted.get(), 0);
+    }
+
+    #[test]
+    fn with_the_bound_full_of_active_channels_a_read_keeps_no_state() {
+        let h = history(1, 3);
+        for i in 0..3 {
+            h.record(&Arc::from(format!("c{i}")), &Bytes::from("m"));
+        }
+        let junk = h.read("junk", None);
+        assert_eq!(junk.position.offset, 0);
+        assert!(!h.lock().map.contains_key("junk"));
+        assert_eq!(h.metrics.untracked.get(), 1);
+        assert_eq!(h.lock().map.len(), 3, "nothing was evicted for a read");
+        assert_eq!(h.metrics.evicted.get(), 0);
     }
 }

@@ -7,21 +7,26 @@
 //! or awaits: a command either answers at once (written into the socket's
 //! frame buffer) or starts work the socket polls — a recovery (many may
 //! run at once, one per channel) or a publish (one at a time, in order,
-//! through the socket's write queue, as v1 messages are).
+//! through the socket's write queue, as v1 messages are). An answered
+//! recovery's replay is not written with its reply: the socket asks for
+//! it a flush's worth per turn ([`V2::write_owed`]), within
+//! `PGWS_REPLAY_MAX_BYTES` owed per socket.
 //!
 //! * [`connect`] — the `connect` frame, for a socket opened without a token.
 //! * [`subscriptions`] — which channels the socket reads and where each
 //!   stands: held-back deliveries during recovery, duplicates skipped.
 //! * [`rate`] — the per-socket command rate limit.
+//! * [`refresh`] — what a `refresh` token may change.
 
 pub mod connect;
 mod rate;
+mod refresh;
 mod subscriptions;
 
 use super::context::SessionContext;
-use super::outbound::FrameWriter;
+use super::outbound::{FrameWriter, FLUSH_AT};
 use crate::auth::{self, Permissions};
-use crate::bus::{BusError, Delivery, Recovered};
+use crate::bus::{BusError, Delivery, Recovered, Replayed};
 use crate::hub::{SessionControl, SessionId, Subscriber};
 use crate::metrics::RecoveryOutcome;
 use futures_util::stream::FuturesUnordered;
@@ -30,14 +35,15 @@ use pgws_protocol::clock;
 use pgws_protocol::close::CloseReason;
 use pgws_protocol::envelope::{self, ClaimsJson, Event};
 use pgws_protocol::limits::NOTIFY_PAYLOAD_MAX;
-use pgws_protocol::position::{Position, Since};
-use pgws_protocol::v2::{self, Command, ErrorCode, ParseError, Subscribed};
+use pgws_protocol::position::Since;
+use pgws_protocol::v2::{self, Command, ErrorCode, ParseError, Subscribed, MAX_CHANNEL_NAME};
 use rate::TokenBucket;
+use refresh::Identity;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
-use subscriptions::{Subscriptions, Verdict};
+use subscriptions::{Owed, Subscriptions, Verdict};
 use tokio::sync::mpsc;
 
 /// A publish on its way to the bus: the command id and the outcome.
@@ -68,9 +74,19 @@ pub enum Effect {
     Close(CloseReason, String),
 }
 
+/// What the meta channel's `ConnectionOpen` said about the socket; its
+/// `ConnectionClose` says the same, whatever refreshes came between.
+struct Opened {
+    channels: Vec<String>,
+    claims: ClaimsJson,
+}
+
 /// One v2 socket's state.
 pub struct V2 {
     permissions: Permissions,
+    /// The first token's `sub` and `iss`: a refresh must name the same.
+    identity: Identity,
+    opened: Opened,
     /// The token's `exp`, as an instant (computed once per token).
     expires_at: Option<Instant>,
     claims: ClaimsJson,
@@ -95,9 +111,16 @@ impl V2 {
         ctx: Arc<SessionContext>,
     ) -> V2 {
         let mut permissions = permissions;
+        let identity = Identity::of(&permissions.claims);
         let claims = ClaimsJson::new(&std::mem::take(&mut permissions.claims));
+        let opened = Opened {
+            channels: permissions.claimed_channels().to_vec(),
+            claims: claims.clone(),
+        };
         V2 {
             expires_at: permissions.expires_at.map(clock::instant_of_unix_seconds),
+            identity,
+            opened,
             permissions,
             claims,
             subs: Subscriptions::new(ctx.limits.send_queue),
@@ -171,10 +194,7 @@ impl V2 {
                 Effect::Done
             }
             Command::Publish { id, channel, data } => self.publish(out, id, &channel, &data),
-            Command::Refresh { id, token } => {
-                self.refresh(out, id, &token);
-                Effect::Done
-            }
+            Command::Refresh { id, token } => self.refresh(out, id, &token),
             Command::Ping { id } => {
                 out.text(v2::reply(id, None).as_bytes());
                 Effect::Done
@@ -288,12 +308,9 @@ impl V2 {
                 );
             }
         };
-        let replayed = recovered.replay.as_ref().map(|r| r.len() as u64);
+        let (replay, outcome) = self.bounded(recovered.replay);
+        let replayed = replay.as_ref().map(|r| r.len() as u64);
         if with_since {
-            let outcome = match replayed {
-                Some(_) => RecoveryOutcome::Recovered,
-                None => RecoveryOutcome::NotRecovered,
-            };
             self.ctx
                 .metrics
                 .v2
@@ -307,21 +324,70 @@ impl V2 {
             }),
         );
         out.text(reply.as_bytes());
-        for entry in recovered.replay.iter().flatten() {
-            let position = Position {
-                epoch: recovered.position.epoch,
-                offset: entry.offset,
-            };
-            let data = String::from_utf8_lossy(&entry.payload);
-            out.text(&v2::message(&channel, Some(&position), &data));
+        // The replay and what was held back follow from the next turns,
+        // a flush bound at a time ([`V2::write_owed`]).
+        self.subs.answer(
+            &channel,
+            command,
+            recovered.position,
+            replay.unwrap_or_default(),
+        );
+    }
+
+    /// `replay`, unless it does not fit in what the socket may still owe
+    /// (`PGWS_REPLAY_MAX_BYTES` of payload): then none, answered
+    /// `recovered:false` as for trimmed history.
+    fn bounded(&self, replay: Option<Vec<Replayed>>) -> (Option<Vec<Replayed>>, RecoveryOutcome) {
+        let Some(replay) = replay else {
+            return (None, RecoveryOutcome::NotRecovered);
+        };
+        let bytes: usize = replay.iter().map(|e| e.payload.len()).sum();
+        let room = self
+            .ctx
+            .limits
+            .replay_max_bytes
+            .saturating_sub(self.subs.owed_bytes());
+        if bytes > room {
+            tracing::info!(
+                session = self.session.0,
+                bytes,
+                room,
+                "replay over PGWS_REPLAY_MAX_BYTES: answered recovered:false"
+            );
+            return (None, RecoveryOutcome::TooLarge);
         }
-        let follow = self
-            .subs
-            .go_live(&channel, command, recovered.position)
-            .unwrap_or_default();
-        for delivery in follow {
-            out.text(delivery.v2_frame());
+        (Some(replay), RecoveryOutcome::Recovered)
+    }
+
+    /// Whether subscriptions owe replayed or held-back frames.
+    pub fn catching_up(&self) -> bool {
+        self.subs.catching_up()
+    }
+
+    /// Write what catching-up subscriptions owe until the buffer holds a
+    /// flush's worth ([`FLUSH_AT`]): a replay goes out across turns, so a
+    /// client that does not read holds one flush of it, not all of it.
+    pub fn write_owed(&mut self, out: &mut FrameWriter) {
+        // A flush and the frame that crosses it: a channel name and a
+        // payload every byte of which JSON may escape as `\u00XX`.
+        out.reserve_total(FLUSH_AT + MAX_CHANNEL_NAME + 6 * NOTIFY_PAYLOAD_MAX + 128);
+        let mut bytes = 0;
+        while out.pending() < FLUSH_AT {
+            match self.subs.next_owed() {
+                Some(Owed::Replayed {
+                    channel,
+                    position,
+                    payload,
+                }) => {
+                    bytes += payload.len();
+                    let data = String::from_utf8_lossy(&payload);
+                    out.text(&v2::message(&channel, Some(&position), &data));
+                }
+                Some(Owed::Delivery(delivery)) => out.text(delivery.v2_frame()),
+                None => break,
+            }
         }
+        self.ctx.metrics.v2.replayed_bytes.inc_by(bytes as u64);
     }
 
     /// A delivery from the send queue: written, skipped, or held back.
@@ -392,7 +458,10 @@ impl V2 {
         }
     }
 
-    fn refresh(&mut self, out: &mut FrameWriter, id: u64, token: &str) {
+    /// A new token: in force at once, or an error reply (an invalid one;
+    /// the old token stays), or the socket closes (3011: not a
+    /// continuation of this connection, see [`refresh`]).
+    fn refresh(&mut self, out: &mut FrameWriter, id: u64, token: &str) -> Effect {
         let granted = self.ctx.keys.verify(token).and_then(auth::permissions);
         let mut permissions = match granted {
             Ok(p) => p,
@@ -402,9 +471,18 @@ impl V2 {
                 } else {
                     ErrorCode::Forbidden
                 };
-                return self.error(out, id, code, &refusal.to_string());
+                self.error(out, id, code, &refusal.to_string());
+                return Effect::Done;
             }
         };
+        if let Err(why) = refresh::check(&self.identity, &self.permissions, &permissions) {
+            tracing::info!(
+                session = self.session.0,
+                ?why,
+                "refresh refused: closing 3011"
+            );
+            return Effect::Close(CloseReason::RefreshRefused, why.reason().to_string());
+        }
         self.claims = ClaimsJson::new(&std::mem::take(&mut permissions.claims));
         self.expires_at = permissions.expires_at.map(clock::instant_of_unix_seconds);
         self.permissions = permissions;
@@ -418,6 +496,7 @@ impl V2 {
             }
         }
         out.text(v2::reply(id, None).as_bytes());
+        Effect::Done
     }
 
     /// The socket is ending: leave every channel.
@@ -431,8 +510,8 @@ impl V2 {
     /// so it can be spawned).
     pub fn meta_event(&self, event: Event) -> impl Future<Output = ()> + Send + 'static {
         let ctx = self.ctx.clone();
-        let channels = self.permissions.claimed_channels().to_vec();
-        let claims = self.claims.clone();
+        let channels = self.opened.channels.clone();
+        let claims = self.opened.claims.clone();
         async move { super::meta::event(&ctx, event, &channels, &claims).await }
     }
 }

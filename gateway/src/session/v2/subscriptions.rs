@@ -4,16 +4,25 @@
 //! A subscription is **recovering** from the moment its reader is in the
 //! registry until the bus has answered where the channel stands (and what
 //! the client missed): live deliveries for it are held back meanwhile, at
-//! most [`Subscriptions::buffer_limit`] of them. Then it is **live**: a
-//! delivery at or before the newest position the client has been sent —
-//! the subscription's starting point, the last replayed or the last live
-//! message — is a duplicate and skipped; everything else is sent, in the
-//! order it arrives. That is the whole of "no gap, no duplicate" on this
-//! side (`docs/architecture.md`, "Recovery").
+//! most [`Subscriptions::buffer_limit`] of them. Once answered it is
+//! **catching up**: it owes the client the replay, then the held-back
+//! deliveries after the answer's position, and hands them out one frame at
+//! a time ([`Subscriptions::next_owed`]) so the socket writes them across
+//! turns, a flush bound at a time, never a whole replay into one buffer;
+//! live deliveries are still held back (same limit) behind them. Then it is
+//! **live**: a delivery at or before the newest position the client has
+//! been sent — the subscription's starting point, the last replayed or the
+//! last live message — is a duplicate and skipped; everything else is
+//! sent, in the order it arrives. That is the whole of "no gap, no
+//! duplicate" on this side (`docs/architecture.md`, "Recovery").
+//!
+//! The replay payload bytes still owed over all subscriptions are counted
+//! ([`Subscriptions::owed_bytes`]), for the socket's replay bound.
 
-use crate::bus::Delivery;
-use pgws_protocol::position::Position;
-use std::collections::HashMap;
+use crate::bus::{Delivery, Replayed};
+use bytes::Bytes;
+use pgws_protocol::position::{Epoch, Position};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// What to do with one delivery.
@@ -29,9 +38,37 @@ pub enum Verdict {
     Overflow,
 }
 
+/// One frame a catching-up subscription owes its client.
+pub enum Owed {
+    /// A message from history.
+    Replayed {
+        /// Its channel.
+        channel: Arc<str>,
+        /// Its position.
+        position: Position,
+        /// The NOTIFY payload.
+        payload: Bytes,
+    },
+    /// A live delivery that was held back.
+    Delivery(Arc<Delivery>),
+}
+
 enum State {
-    Recovering { held: Vec<Arc<Delivery>> },
-    Live { seen: Option<Position> },
+    Recovering {
+        held: VecDeque<Arc<Delivery>>,
+    },
+    CatchingUp {
+        /// History still to send, oldest first, in `epoch`.
+        replay: VecDeque<Replayed>,
+        epoch: Epoch,
+        /// Held back; sent after the replay unless at or before `seen`.
+        held: VecDeque<Arc<Delivery>>,
+        /// The answer's position, then the last held delivery sent.
+        seen: Option<Position>,
+    },
+    Live {
+        seen: Option<Position>,
+    },
 }
 
 struct Subscription {
@@ -44,6 +81,11 @@ struct Subscription {
 pub struct Subscriptions {
     by_channel: HashMap<Arc<str>, Subscription>,
     buffer_limit: usize,
+    /// Channels catching up, in the order their answers came (a channel
+    /// no longer catching up is skipped when reached).
+    catching_up: VecDeque<Arc<str>>,
+    /// Replay payload bytes not yet handed out.
+    owed_bytes: usize,
 }
 
 impl Subscriptions {
@@ -53,6 +95,8 @@ impl Subscriptions {
         Subscriptions {
             by_channel: HashMap::new(),
             buffer_limit,
+            catching_up: VecDeque::new(),
+            owed_bytes: 0,
         }
     }
 
@@ -78,14 +122,34 @@ impl Subscriptions {
             channel,
             Subscription {
                 command,
-                state: State::Recovering { held: Vec::new() },
+                state: State::Recovering {
+                    held: VecDeque::new(),
+                },
             },
         );
     }
 
     /// Forget `channel`; whether it was subscribed.
     pub fn remove(&mut self, channel: &str) -> bool {
-        self.by_channel.remove(channel).is_some()
+        match self.by_channel.remove(channel) {
+            Some(sub) => {
+                if let State::CatchingUp { replay, .. } = &sub.state {
+                    self.owed_bytes -= replay_bytes(replay);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Replay payload bytes answered and not yet handed out.
+    pub fn owed_bytes(&self) -> usize {
+        self.owed_bytes
+    }
+
+    /// Whether a subscription owes frames.
+    pub fn catching_up(&self) -> bool {
+        !self.catching_up.is_empty()
     }
 
     /// Whether `channel`'s subscription is the one command `command`
@@ -103,11 +167,11 @@ impl Subscriptions {
             return Verdict::Skip;
         };
         match &mut sub.state {
-            State::Recovering { held } => {
+            State::Recovering { held } | State::CatchingUp { held, .. } => {
                 if held.len() >= self.buffer_limit {
                     return Verdict::Overflow;
                 }
-                held.push(delivery.clone());
+                held.push_back(delivery.clone());
                 Verdict::Held
             }
             State::Live { seen } => admit(seen, delivery),
@@ -115,31 +179,106 @@ impl Subscriptions {
     }
 
     /// The recovery of `channel` by command `command` is answered: the
-    /// client has everything up to `position`. Returns the held deliveries
-    /// that follow it, in order — or `None` when that subscription is gone
-    /// (unsubscribed, or replaced by a later `subscribe`).
-    pub fn go_live(
+    /// client is owed `replay` (oldest first, in `position`'s epoch, up to
+    /// `position`), then what was held back after `position`. Whether that
+    /// subscription is still there (not unsubscribed, nor replaced by a
+    /// later `subscribe`).
+    pub fn answer(
         &mut self,
-        channel: &str,
+        channel: &Arc<str>,
         command: u64,
         position: Position,
-    ) -> Option<Vec<Arc<Delivery>>> {
-        let sub = self.by_channel.get_mut(channel)?;
-        if sub.command != command {
-            return None;
-        }
-        let State::Recovering { held } = &mut sub.state else {
-            return None;
+        replay: Vec<Replayed>,
+    ) -> bool {
+        let Some(sub) = self.by_channel.get_mut(channel) else {
+            return false;
         };
-        let held = std::mem::take(held);
-        let mut seen = Some(position);
-        let follow = held
-            .into_iter()
-            .filter(|d| admit(&mut seen, d) == Verdict::Send)
-            .collect();
-        sub.state = State::Live { seen };
-        Some(follow)
+        let State::Recovering { held } = &mut sub.state else {
+            return false;
+        };
+        if sub.command != command {
+            return false;
+        }
+        let replay = VecDeque::from(replay);
+        self.owed_bytes += replay_bytes(&replay);
+        sub.state = State::CatchingUp {
+            replay,
+            epoch: position.epoch,
+            held: std::mem::take(held),
+            seen: Some(position),
+        };
+        self.catching_up.push_back(channel.clone());
+        true
     }
+
+    /// The next frame a catching-up subscription owes, in order: a
+    /// subscription's replay, then its held deliveries, then it is live
+    /// and the next one's turn. `None` when nothing is owed.
+    pub fn next_owed(&mut self) -> Option<Owed> {
+        while let Some(channel) = self.catching_up.front() {
+            let owed = match self.by_channel.get_mut(channel) {
+                Some(sub) => owed_by(channel, &mut sub.state),
+                None => Step::Done,
+            };
+            match owed {
+                Step::Frame(owed) => {
+                    if let Owed::Replayed { payload, .. } = &owed {
+                        self.owed_bytes -= payload.len();
+                    }
+                    return Some(owed);
+                }
+                Step::Skipped => {}
+                Step::Done => {
+                    self.catching_up.pop_front();
+                }
+            }
+        }
+        None
+    }
+}
+
+/// What one step of a catching-up subscription gave.
+enum Step {
+    Frame(Owed),
+    /// A held delivery already sent (a duplicate).
+    Skipped,
+    /// Nothing more: it is live now (or was not catching up).
+    Done,
+}
+
+fn owed_by(channel: &Arc<str>, state: &mut State) -> Step {
+    let State::CatchingUp {
+        replay,
+        epoch,
+        held,
+        seen,
+    } = state
+    else {
+        return Step::Done;
+    };
+    if let Some(entry) = replay.pop_front() {
+        let position = Position {
+            epoch: *epoch,
+            offset: entry.offset,
+        };
+        return Step::Frame(Owed::Replayed {
+            channel: channel.clone(),
+            position,
+            payload: entry.payload,
+        });
+    }
+    if let Some(delivery) = held.pop_front() {
+        return match admit(seen, &delivery) {
+            Verdict::Send => Step::Frame(Owed::Delivery(delivery)),
+            _ => Step::Skipped,
+        };
+    }
+    *state = State::Live { seen: *seen };
+    Step::Done
+}
+
+fn replay_bytes(replay: &VecDeque<Replayed>) -> usize {
+    replay.iter().map(|e| e.payload.len()).sum()
 }
 
 /// Send `delivery` unless it is at or before `seen`; move `seen` on.
@@ -179,6 +318,35 @@ mod tests {
         ))
     }
 
+    /// Answer with no replay and take everything owed.
+    fn go_live(
+        subs: &mut Subscriptions,
+        channel: &str,
+        command: u64,
+        position: Position,
+    ) -> Option<Vec<Arc<Delivery>>> {
+        if !subs.answer(&Arc::from(channel), command, position, Vec::new()) {
+            return None;
+        }
+        let mut follow = Vec::new();
+        while let Some(owed) = subs.next_owed() {
+            match owed {
+                Owed::Delivery(d) => follow.push(d),
+                Owed::Replayed { .. } => panic!("nothing to replay"),
+            }
+        }
+        Some(follow)
+    }
+
+    fn replayed(offsets: std::ops::RangeInclusive<u64>) -> Vec<Replayed> {
+        offsets
+            .map(|offset| Replayed {
+                offset,
+                payload: bytes::Bytes::from(vec![b'x'; 10]),
+            })
+            .collect()
+    }
+
     fn offsets(ds: &[Arc<Delivery>]) -> Vec<u64> {
         ds.iter()
             .filter_map(|d| d.position.map(|p| p.offset))
@@ -197,7 +365,7 @@ mod tests {
                 Verdict::Held
             );
         }
-        let follow = subs.go_live("chat", 7, at(1, 1, 5)).expect("live");
+        let follow = go_live(&mut subs, "chat", 7, at(1, 1, 5)).expect("live");
         assert_eq!(offsets(&follow), vec![6, 7]);
         assert_eq!(
             subs.on_delivery(&delivery("chat", at(1, 1, 7))),
@@ -217,7 +385,7 @@ mod tests {
     fn a_new_run_of_the_same_sequence_is_not_sent_twice_and_a_new_base_is_sent() {
         let mut subs = Subscriptions::new(100);
         subs.begin(Arc::from("chat"), 1);
-        subs.go_live("chat", 1, at(1, 2, 10)).expect("live");
+        go_live(&mut subs, "chat", 1, at(1, 2, 10)).expect("live");
         assert_eq!(
             subs.on_delivery(&delivery("chat", at(1, 1, 10))),
             Verdict::Skip
@@ -234,9 +402,9 @@ mod tests {
         subs.begin(Arc::from("chat"), 1);
         assert!(subs.remove("chat"));
         subs.begin(Arc::from("chat"), 2);
-        assert!(subs.go_live("chat", 1, at(1, 1, 0)).is_none());
+        assert!(go_live(&mut subs, "chat", 1, at(1, 1, 0)).is_none());
         assert!(subs.is_recovering("chat", 2));
-        assert!(subs.go_live("chat", 2, at(1, 1, 0)).is_some());
+        assert!(go_live(&mut subs, "chat", 2, at(1, 1, 0)).is_some());
     }
 
     #[test]
@@ -253,5 +421,53 @@ mod tests {
             subs.on_delivery(&delivery("chat", at(1, 1, 3))),
             Verdict::Overflow
         );
+    }
+
+    /// The next owed frame's offset (held deliveries + 100).
+    fn take(subs: &mut Subscriptions) -> Option<u64> {
+        subs.next_owed().map(|owed| match owed {
+            Owed::Replayed { position, .. } => position.offset,
+            Owed::Delivery(d) => 100 + d.position.map_or(0, |p| p.offset),
+        })
+    }
+
+    #[test]
+    fn the_replay_is_handed_out_a_frame_at_a_time_before_what_was_held() {
+        let mut subs = Subscriptions::new(100);
+        let chat: Arc<str> = Arc::from("chat");
+        subs.begin(chat.clone(), 1);
+        subs.on_delivery(&delivery("chat", at(1, 1, 3)));
+        assert!(subs.answer(&chat, 1, at(1, 1, 3), replayed(1..=3)));
+        assert_eq!(subs.owed_bytes(), 30);
+        let mut sent = vec![take(&mut subs), take(&mut subs)];
+        // Arrives mid-replay: held behind it, not sent ahead of it.
+        assert_eq!(
+            subs.on_delivery(&delivery("chat", at(1, 1, 4))),
+            Verdict::Held
+        );
+        while let Some(o) = take(&mut subs) {
+            sent.push(Some(o));
+        }
+        assert_eq!(sent, vec![Some(1), Some(2), Some(3), Some(104)]);
+        assert_eq!(subs.owed_bytes(), 0);
+        assert!(!subs.catching_up());
+        assert_eq!(
+            subs.on_delivery(&delivery("chat", at(1, 1, 5))),
+            Verdict::Send
+        );
+    }
+
+    #[test]
+    fn leaving_while_catching_up_releases_what_was_owed() {
+        let mut subs = Subscriptions::new(100);
+        let chat: Arc<str> = Arc::from("chat");
+        subs.begin(chat.clone(), 1);
+        assert!(subs.answer(&chat, 1, at(1, 1, 5), replayed(1..=5)));
+        assert!(subs.next_owed().is_some());
+        assert_eq!(subs.owed_bytes(), 40);
+        assert!(subs.remove("chat"));
+        assert_eq!(subs.owed_bytes(), 0);
+        assert!(subs.next_owed().is_none());
+        assert!(!subs.catching_up());
     }
 }
