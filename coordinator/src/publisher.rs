@@ -490,7 +490,7 @@ impl Publisher {
                     source: 0,
                 };
                 let mut p = self.prepare_for(&channel, &notification, None, seq);
-                p.position = format!("D {} {}", m.base, m.offset);
+                p.position = format!("D {} {} {}", m.base, m.generation, m.offset);
                 p
             })
             .collect();

@@ -1,4 +1,4 @@
--- postgres-websockets: the durable outbox (schema version 1).
+-- postgres-websockets: the durable outbox (schema version 2).
 --
 -- Applied by pgws-gateway (standalone) or pgws-coordinator (cluster) at
 -- start when PGWS_OUTBOX=true, unless PGWS_OUTBOX_MIGRATE=false — then a DBA
@@ -22,9 +22,10 @@
 -- * pgws.send inserts the row; nothing is locked yet, so a long
 --   transaction holds nothing while it works.
 -- * At commit, a deferred constraint trigger runs once per transaction: it
---   takes the transaction's shard locks in ascending order (a channel
---   always maps to the same one of 16 shards; ascending order means no
---   deadlock), gives each channel's messages their offsets from
+--   locks the transaction's shards (rows of pgws.shards, FOR UPDATE: no
+--   other role can take them) in ascending order (a channel always maps to
+--   the same one of 16 shards; ascending order means no deadlock), gives
+--   each channel's messages their offsets from
 --   pgws.channels, and appends one row per channel to pgws.commits. The
 --   locks are held until the commit ends and a transaction becomes visible
 --   before it releases them, so within a shard commits.seq order is commit
@@ -32,13 +33,26 @@
 --   a transaction that commits late cannot be skipped.
 -- * The doorbell: NOTIFY pgws_outbox only when a reader is idle (waiting);
 --   a busy reader polls anyway, so under load no transaction pays for
---   NOTIFY's global commit lock.
+--   NOTIFY's global commit lock. Senders only *try* the doorbell's
+--   advisory locks: whatever holds them, no sender and no reader waits.
+--
+-- Applying this file to a database that already has this version changes
+-- nothing; the processes check the version first and apply it only when
+-- it is missing or older.
 
 BEGIN;
 SELECT pg_advisory_xact_lock(1885828979, -1);
 
-CREATE SCHEMA IF NOT EXISTS pgws;
-GRANT USAGE ON SCHEMA pgws TO PUBLIC;
+-- USAGE for every role once, when the schema is made: a REVOKE a DBA
+-- makes later is kept.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgws') THEN
+    CREATE SCHEMA pgws;
+    GRANT USAGE ON SCHEMA pgws TO PUBLIC;
+  END IF;
+END
+$$;
 
 CREATE TABLE IF NOT EXISTS pgws.meta (
   key text PRIMARY KEY,
@@ -80,12 +94,21 @@ CREATE TABLE IF NOT EXISTS pgws.commits (
 CREATE INDEX IF NOT EXISTS commits_shard_seq ON pgws.commits (shard, seq);
 CREATE INDEX IF NOT EXISTS commits_first_id ON pgws.commits (first_id);
 
+-- The shards, one row each: a committing transaction locks its shards'
+-- rows (FOR UPDATE), which only the schema's owner can do.
+CREATE TABLE IF NOT EXISTS pgws.shards (
+  shard int PRIMARY KEY
+);
+INSERT INTO pgws.shards SELECT generate_series(0, 15) ON CONFLICT DO NOTHING;
+
 -- Readers (their backend pids): a transaction rings the doorbell when one
--- of them is idle.
+-- of them is idle. `seqs` is how far each has read, per shard: pruning
+-- never passes the slowest live reader.
 CREATE TABLE IF NOT EXISTS pgws.readers (
   pid int PRIMARY KEY,
   since timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE pgws.readers ADD COLUMN IF NOT EXISTS seqs bigint[];
 
 -- Where a cluster's leader stands, per shard (standalone readers keep
 -- theirs in memory). `fence` is the writing leader's fencing epoch.
@@ -115,20 +138,28 @@ CREATE OR REPLACE FUNCTION pgws.send(payload text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   target text;
-  doc jsonb;
+  doc json;
 BEGIN
   IF payload IS NULL THEN
     RAISE EXCEPTION 'pgws.send: payload is NULL' USING ERRCODE = 'null_value_not_allowed';
   END IF;
+  -- Routing as the gateway routes a NOTIFY: a JSON object with exactly
+  -- one string "channel" (a repeated key goes to the fallback, as there).
+  -- PostgreSQL cannot hold \u0000 in text: a copy without it is parsed.
   IF left(ltrim(payload, E' \t\n\r'), 1) = '{' THEN
     BEGIN
-      doc := payload::jsonb;
-      IF jsonb_typeof(doc -> 'channel') = 'string' THEN
+      doc := replace(payload, '\u0000', '\u0020')::json;
+      IF json_typeof(doc -> 'channel') = 'string'
+         AND (SELECT count(*) FROM json_object_keys(doc) AS k WHERE k = 'channel') = 1 THEN
         target := doc ->> 'channel';
       END IF;
     EXCEPTION WHEN OTHERS THEN
       target := NULL; -- not JSON: the listen channel's namesake, as for NOTIFY
     END;
+  END IF;
+  IF octet_length(target) > 1024 THEN
+    RAISE EXCEPTION 'pgws.send: a channel name of % bytes (at most 1024)', octet_length(target)
+      USING ERRCODE = 'string_data_right_truncation';
   END IF;
   INSERT INTO pgws.outbox (channel, payload) VALUES (target, payload);
 END
@@ -159,7 +190,7 @@ BEGIN
      GROUP BY 1
      ORDER BY 2, 1
   LOOP
-    PERFORM pg_advisory_xact_lock(1885828979, r.shard);
+    PERFORM 1 FROM pgws.shards WHERE shard = r.shard FOR UPDATE;
     INSERT INTO pgws.channels AS c (channel, base, last_offset)
          VALUES (r.channel, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint, r.n)
     ON CONFLICT (channel) DO UPDATE SET last_offset = c.last_offset + excluded.last_offset
@@ -169,15 +200,22 @@ BEGIN
     upto := greatest(upto, r.last_id);
   END LOOP;
   PERFORM set_config('pgws.committed', upto::text, true);
-  -- The doorbell. The shared lock (…, 0) is held from here to the end of
-  -- the commit: a reader going idle takes it exclusively, so it waits for
-  -- every transaction that saw it busy and rang nothing.
-  PERFORM pg_advisory_xact_lock_shared(1885828980, 0);
-  FOR k IN SELECT pid FROM pgws.readers LOOP
-    IF pg_try_advisory_xact_lock_shared(1885828980, k.pid) THEN
-      ring := true;
-    END IF;
-  END LOOP;
+  -- The doorbell. (…, 0) is held shared from here to the end of the
+  -- commit: a reader going idle tries it exclusively and stays busy while
+  -- any transaction that may have seen it busy is still committing. A
+  -- reader's own key is free only while it is idle: tried and released at
+  -- once. Only tries: when (…, 0) cannot be had, ring anyway.
+  IF NOT pg_try_advisory_xact_lock_shared(1885828980, 0) THEN
+    ring := true;
+  ELSE
+    FOR k IN SELECT pid FROM pgws.readers LOOP
+      IF pg_try_advisory_lock_shared(1885828980, k.pid) THEN
+        PERFORM pg_advisory_unlock_shared(1885828980, k.pid);
+        ring := true;
+        EXIT;
+      END IF;
+    END LOOP;
+  END IF;
   IF ring THEN
     PERFORM pg_notify('pgws_outbox', '');
   END IF;
@@ -196,6 +234,7 @@ BEGIN
 END
 $$;
 
-INSERT INTO pgws.meta (key, value) VALUES ('schema_version', '1')
+INSERT INTO pgws.meta (key, value) VALUES ('generation', '0') ON CONFLICT DO NOTHING;
+INSERT INTO pgws.meta (key, value) VALUES ('schema_version', '2')
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 COMMIT;

@@ -48,9 +48,9 @@ use crate::position::{ChannelState, Continuity};
 ///   (`crate::republish::Header`), and its position in the NOTIFY stream
 ///   (`"<marker epoch> <marker counter> <index>"`, or empty when unknown).
 ///
-/// A notification from the durable outbox carries `"D <base> <offset>"`
+/// A notification from the durable outbox carries `"D <base> <generation> <offset>"`
 /// instead of a stream position: PostgreSQL numbered it, so it is kept at
-/// exactly that offset under the epoch `(base, DURABLE)` — skipped (-2)
+/// exactly that offset under the epoch `(base, DURABLE, generation)` — skipped (-2)
 /// when the channel already has it, and the channel starts over at it
 /// when it does not follow the channel's newest. A NOTIFY on a channel the
 /// outbox numbers starts a sequence of its own (a new base).
@@ -108,10 +108,10 @@ for i = 1, count do
   end
   local pe, pn, pi = string.match(ARGV[a + 5], '^(%d+) (%d+) (%d+)$')
   pe, pn, pi = tonumber(pe), tonumber(pn), tonumber(pi)
-  -- An outbox message: "D <base> <offset>", numbered in PostgreSQL.
-  local db, dof = string.match(ARGV[a + 5], '^D (%d+) (%d+)$')
-  db, dof = tonumber(db), tonumber(dof)
-  local ours = db and st.t == DURABLE and st.b == db
+  -- An outbox message: "D <base> <generation> <offset>", numbered in PostgreSQL.
+  local db, dgen, dof = string.match(ARGV[a + 5], '^D (%d+) (%d+) (%d+)$')
+  db, dgen, dof = tonumber(db), tonumber(dgen), tonumber(dof)
+  local ours = db and st.t == DURABLE and st.b == db and st.s == dgen
   local seen = (pe and st.pe > 0 and (pe < st.pe or (pe == st.pe and (pn < st.pn or (pn == st.pn and pi <= st.pi)))))
     or (ours and dof <= st.o)
   if fence < st.f then
@@ -128,7 +128,7 @@ for i = 1, count do
         -- is recoverable only from dof on.
         local start = dof
         if st.o == 0 then start = dof - 1 end
-        st.b, st.t, st.s, st.r, st.o = db, DURABLE, 0, start, dof - 1
+        st.b, st.t, st.s, st.r, st.o = db, DURABLE, dgen, start, dof - 1
         st.pe, st.pn, st.pi = 0, 0, 0
         redis.call('DEL', hkey)
       end

@@ -55,6 +55,20 @@ impl Continuity {
         term: (1 << 53) - 1,
         session: 0,
     };
+
+    /// The durable continuity in the outbox's `generation` (which moves on
+    /// when its database went back in time and reuses offsets).
+    pub const fn durable(generation: u64) -> Continuity {
+        Continuity {
+            term: Continuity::DURABLE.term,
+            session: generation,
+        }
+    }
+
+    /// Whether offsets of this continuity come from the durable outbox.
+    pub const fn is_durable(&self) -> bool {
+        self.term == Continuity::DURABLE.term
+    }
 }
 
 /// A channel's epoch: the opaque string clients hold and send back.

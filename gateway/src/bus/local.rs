@@ -318,7 +318,7 @@ impl Router {
         let position = Position {
             epoch: Epoch {
                 base: message.base,
-                continuity: Continuity::DURABLE,
+                continuity: Continuity::durable(message.generation),
             },
             offset: message.offset,
         };

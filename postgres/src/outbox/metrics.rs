@@ -23,6 +23,8 @@ pub struct OutboxMetrics {
     pub pruned: IntCounterVec,
     /// Times the reader found itself further behind than the retention.
     pub behind: IntCounter,
+    /// Times the database was found behind the reader (generation moved).
+    pub rewinds: IntCounter,
 }
 
 impl OutboxMetrics {
@@ -65,7 +67,12 @@ impl OutboxMetrics {
                 "pgws_outbox_behind_retention_total",
                 "Times the reader was further behind than PGWS_OUTBOX_RETENTION (nothing unread is pruned)",
             )?,
+            rewinds: IntCounter::new(
+                "pgws_outbox_rewinds_total",
+                "Times the outbox database was behind the reader (a failover to a lagging replica, a restore): the generation moved on",
+            )?,
         };
+        registry.register(Box::new(m.rewinds.clone()))?;
         registry.register(Box::new(m.up.clone()))?;
         registry.register(Box::new(m.lag.clone()))?;
         registry.register(Box::new(m.messages.clone()))?;

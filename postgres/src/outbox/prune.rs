@@ -2,8 +2,11 @@
 //! [`BATCH`] rows per statement, so no statement holds many row locks or
 //! runs long, and senders — who only insert — are never blocked.
 //!
-//! * A commit row goes once it is older than the retention *and* the
-//!   reader's cursor is past it: nothing unread is ever deleted.
+//! * A commit row goes once it is older than the retention *and* every
+//!   reader is past it — this one, every other live reader on the database
+//!   (their cursors noted in `pgws.readers`) and every cluster's saved
+//!   cursor (`pgws.cursors`): nothing unread is ever deleted. A cluster
+//!   taken out of service keeps its row until a DBA deletes it.
 //! * A message row goes once it is older than the retention and below the
 //!   first message of every remaining commit row (rows of rolled-back
 //!   transactions have none, and go by age alone). A transaction still
@@ -23,10 +26,19 @@ use tokio_util::sync::CancellationToken;
 /// Rows deleted per statement.
 pub const BATCH: i64 = 5000;
 
+/// Commit rows behind this reader (`$1` shards, `$2` its cursors), every
+/// live reader's recorded cursor and every saved cluster cursor, and older
+/// than `$3` seconds; at most `$4`.
 const COMMITS_SQL: &str = "\
+WITH floors AS (
+  SELECT k.shard, least(k.cur,
+           (SELECT min(r.seqs[k.shard + 1]) FROM pgws.readers r
+             WHERE r.seqs IS NOT NULL AND r.pid IN (SELECT pid FROM pg_stat_activity)),
+           (SELECT min(c.seqs[k.shard + 1]) FROM pgws.cursors c)) AS floor
+    FROM unnest($1::int[], $2::bigint[]) AS k(shard, cur))
 DELETE FROM pgws.commits WHERE seq IN (
   SELECT c.seq FROM pgws.commits c
-    JOIN unnest($1::int[], $2::bigint[]) AS k(shard, cur) ON c.shard = k.shard AND c.seq <= k.cur
+    JOIN floors f ON c.shard = f.shard AND c.seq <= f.floor
    WHERE c.committed_at < now() - make_interval(secs => $3)
    LIMIT $4)";
 

@@ -5,26 +5,40 @@
 //! # Busy, idle, and the doorbell
 //!
 //! A reader is *busy* while it holds its own advisory lock
-//! `(DOORBELL_LOCKS, pid)` exclusively, and *idle* (waiting) otherwise. A
-//! committing transaction (the SQL's `pgws.commit_sends`) holds
-//! `(DOORBELL_LOCKS, 0)` shared until its commit ends, and rings —
-//! `NOTIFY pgws_outbox` — only if it can take some reader's lock shared,
-//! i.e. only if a reader is idle. So under load, when the reader polls back
-//! to back, no transaction pays for NOTIFY's database-wide commit lock.
+//! `(DOORBELL_LOCKS, pid)` and polls back to back, and *idle* (waiting)
+//! otherwise. A committing transaction (the SQL's `pgws.commit_sends`)
+//! holds `(DOORBELL_LOCKS, 0)` shared until its commit ends, and rings —
+//! `NOTIFY pgws_outbox` — only if some reader's own lock is free, i.e. a
+//! reader is idle (or if it cannot have `(…, 0)` at all). So under load,
+//! when the reader polls back to back, no transaction pays for NOTIFY's
+//! database-wide commit lock.
 //!
-//! Going idle, the reader (1) releases its lock, (2) takes `(…, 0)`
-//! exclusively, which waits for every transaction that was committing
-//! while it was busy (they may have rung nothing), (3) releases it, (4)
-//! polls once more, and only then (5) waits for a doorbell or
-//! `PGWS_OUTBOX_POLL_INTERVAL`. Every commit is therefore seen by the poll
-//! in (4), or rings in (5): a transaction that checked the reader's lock
-//! before (1) is waited for in (2); one that checks after (1) finds it free
-//! and rings. Waking, the reader takes its lock again and polls, in one
-//! round trip: the doorbell is delivered after the ringing transaction
-//! committed, so the poll sees it; another that rang and is still
-//! committing rings again, or is waited for in (2) next time. The poll
-//! interval is a backstop (a doorbell lost with the connection), not the
-//! delivery path.
+//! Going idle, the reader (1) releases its lock, (2) *tries* `(…, 0)`
+//! exclusively: it is free only when no transaction that may have seen
+//! the reader busy (and rung nothing) is still committing; (3) releases
+//! it, (4) polls once more, and only then (5) waits for a doorbell or
+//! `PGWS_OUTBOX_POLL_INTERVAL`. When (2) fails the reader stays busy and
+//! polls again after a short pause that doubles up to [`BUSY_PAUSE_MAX`].
+//! Every commit is therefore seen by a poll after it, or rings in (5): a
+//! transaction that checked before (1) holds `(…, 0)` until it has
+//! committed, so (2) cannot succeed before that; one that checks after
+//! (1) finds the reader's lock free and rings. Woken, the reader takes its
+//! lock and polls in one round trip: the doorbell is delivered after the
+//! ringing transaction committed. No lock is ever waited for — neither by
+//! the reader nor by a sender — so a long transaction, a prepared one, or
+//! a role holding these advisory keys can slow the doorbell (more polls,
+//! more NOTIFYs) but never stop delivery. The poll interval is a backstop
+//! (a doorbell lost with the connection), not the delivery path.
+//!
+//! # A database that went back in time
+//!
+//! A failover to a replica that had not received the newest commits (or a
+//! restore) hands out the same commit sequence numbers and offsets again.
+//! When a shard's newest `seq` is below this reader's cursor, the reader
+//! bumps `pgws.meta.generation` (part of every outbox epoch: v2 clients
+//! resync instead of trusting offsets that now name other messages), logs
+//! it, counts `pgws_outbox_rewinds_total`, and follows the database from
+//! where it is.
 //!
 //! # Order and exactly once
 //!
@@ -42,12 +56,19 @@ use bytes::Bytes;
 use pgws_service::backoff::Backoff;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, Row, Statement};
 use tokio_util::sync::CancellationToken;
+
+/// The longest pause between polls while a committing transaction keeps
+/// the reader from going idle.
+pub const BUSY_PAUSE_MAX: Duration = Duration::from_millis(50);
+/// How often a reader records its cursor in `pgws.readers` (for pruning).
+const RECORD_EVERY: Duration = Duration::from_secs(1);
 
 /// One message read from the outbox.
 #[derive(Debug, Clone)]
@@ -59,6 +80,9 @@ pub struct OutboxMessage {
     pub payload: Bytes,
     /// The channel's epoch base (`pgws.channels.base`).
     pub base: u64,
+    /// The database's outbox generation (`pgws.meta`), moved on when the
+    /// database went back in time.
+    pub generation: u64,
     /// Its offset in the channel's sequence.
     pub offset: u64,
     /// Its commit row's shard and sequence number.
@@ -188,6 +212,7 @@ async fn prepare_once(config: &OutboxConfig, start: &Start) -> Result<Initial, O
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(db)?;
+    let generation = generation(&session.client).await.map_err(db)?;
     let mut cursors = newest(&session.client).await.map_err(db)?;
     let mut history = Vec::new();
     match start {
@@ -200,7 +225,7 @@ async fn prepare_once(config: &OutboxConfig, start: &Start) -> Result<Initial, O
                 .query(HISTORY_SQL, &[&within.as_secs_f64(), per_channel])
                 .await
                 .map_err(db)?;
-            history = messages(&rows);
+            history = messages(&rows, generation);
         }
         Start::Saved(name) => {
             let saved = session
@@ -211,6 +236,8 @@ async fn prepare_once(config: &OutboxConfig, start: &Start) -> Result<Initial, O
             if let Some(row) = saved {
                 let seqs: Vec<i64> = row.get(0);
                 for (i, seq) in seqs.into_iter().enumerate().take(cursors.seqs.len()) {
+                    // Never past the database (it may have gone back in
+                    // time): the reader's check then moves the generation.
                     cursors.seqs[i] = seq;
                 }
             }
@@ -218,6 +245,17 @@ async fn prepare_once(config: &OutboxConfig, start: &Start) -> Result<Initial, O
     }
     session.client.batch_execute("COMMIT").await.map_err(db)?;
     Ok(Initial { cursors, history })
+}
+
+/// The outbox's generation (`pgws.meta`).
+async fn generation(client: &Client) -> Result<u64, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT value::bigint FROM pgws.meta WHERE key = 'generation'",
+            &[],
+        )
+        .await?;
+    Ok(row.map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
 }
 
 /// Every shard's newest sequence number.
@@ -235,18 +273,22 @@ async fn newest(client: &Client) -> Result<Cursors, tokio_postgres::Error> {
     })
 }
 
-/// The newest `$2` commits per channel within `$1` seconds, with their
-/// messages (a commit holds at least one: enough for `$2` messages).
+/// The newest `$2` messages per channel committed within `$1` seconds.
+/// Payloads and channels are read as bytes: a database whose encoding
+/// let through bytes that are not UTF-8 does not stop the reader.
 const HISTORY_SQL: &str = "\
-SELECT c.seq, c.shard, c.channel, c.base, c.first_offset, o.payload,
-       floor(extract(epoch FROM c.committed_at) * 1000)::bigint
-  FROM (SELECT * FROM (SELECT c.*, row_number() OVER (PARTITION BY c.channel ORDER BY c.seq DESC) AS rn
-                         FROM pgws.commits c
-                        WHERE c.committed_at > now() - make_interval(secs => $1)) AS x
-         WHERE x.rn <= $2) AS c
-  JOIN pgws.outbox o ON o.xid = c.xid AND o.id BETWEEN c.first_id AND c.last_id
-                    AND coalesce(o.channel, '') = c.channel
- ORDER BY c.seq, o.id";
+SELECT x.seq, x.shard, x.channel, x.base, x.message_offset, x.payload, x.committed_ms
+  FROM (SELECT c.seq, c.shard, convert_to(c.channel, 'UTF8') AS channel, c.base, o.id,
+               c.first_offset + row_number() OVER (PARTITION BY c.seq ORDER BY o.id) - 1 AS message_offset,
+               o.payload::bytea AS payload,
+               floor(extract(epoch FROM c.committed_at) * 1000)::bigint AS committed_ms,
+               row_number() OVER (PARTITION BY c.channel ORDER BY c.seq DESC, o.id DESC) AS rn
+          FROM pgws.commits c
+          JOIN pgws.outbox o ON o.xid = c.xid AND o.id BETWEEN c.first_id AND c.last_id
+                            AND coalesce(o.channel, '') = c.channel
+         WHERE c.committed_at > now() - make_interval(secs => $1)) AS x
+ WHERE x.rn <= $2
+ ORDER BY x.seq, x.id";
 
 /// The next commits after the cursors (`$1` shards, `$2` their cursors),
 /// at most `$3`, with their messages in commit order.
@@ -257,36 +299,33 @@ WITH next AS (
     JOIN unnest($1::int[], $2::bigint[]) AS k(shard, cur) ON c.shard = k.shard AND c.seq > k.cur
    ORDER BY c.seq
    LIMIT $3)
-SELECT n.seq, n.shard, n.channel, n.base, n.first_offset, o.payload,
-       floor(extract(epoch FROM n.committed_at) * 1000)::bigint
+SELECT n.seq, n.shard, convert_to(n.channel, 'UTF8'), n.base,
+       n.first_offset + row_number() OVER (PARTITION BY n.seq ORDER BY o.id) - 1,
+       o.payload::bytea, floor(extract(epoch FROM n.committed_at) * 1000)::bigint
   FROM next n
   JOIN pgws.outbox o ON o.xid = n.xid AND o.id BETWEEN n.first_id AND n.last_id
                     AND coalesce(o.channel, '') = n.channel
  ORDER BY n.seq, o.id";
 
-/// Rows of [`POLL_SQL`] or [`HISTORY_SQL`] as messages: the rows of one
-/// commit take consecutive offsets from its first.
-fn messages(rows: &[Row]) -> Vec<OutboxMessage> {
-    let mut out: Vec<OutboxMessage> = Vec::with_capacity(rows.len());
-    for row in rows {
-        let seq: i64 = row.get(0);
-        let first_offset: i64 = row.get(4);
-        let offset = match out.last() {
-            Some(prev) if prev.seq == seq => prev.offset + 1,
-            _ => first_offset.max(0) as u64,
-        };
-        let payload: String = row.get(5);
-        out.push(OutboxMessage {
-            seq,
+/// Text that should be UTF-8, as it is or with U+FFFD for what is not.
+fn text_of(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Rows of [`POLL_SQL`] or [`HISTORY_SQL`] as messages.
+fn messages(rows: &[Row], generation: u64) -> Vec<OutboxMessage> {
+    rows.iter()
+        .map(|row| OutboxMessage {
+            seq: row.get(0),
             shard: row.get(1),
-            channel: row.get(2),
+            channel: text_of(row.get(2)),
             base: row.get::<_, i64>(3).max(0) as u64,
-            offset,
-            payload: Bytes::from(payload),
+            generation,
+            offset: row.get::<_, i64>(4).max(0) as u64,
+            payload: Bytes::from(text_of(row.get(5))),
             committed_at_ms: row.get(6),
-        });
-    }
-    out
+        })
+        .collect()
 }
 
 /// One connection: the client, and the task that drives it and turns
@@ -343,6 +382,10 @@ pub struct Reader {
     state: watch::Sender<ReaderState>,
     saved: Option<SavedCursor>,
     cursors: Arc<Mutex<Cursors>>,
+    /// The outbox generation the messages are read in.
+    generation: AtomicU64,
+    /// When the cursor was last noted in `pgws.readers`.
+    recorded: Mutex<Option<Instant>>,
     shutdown: CancellationToken,
 }
 
@@ -364,6 +407,8 @@ impl Reader {
             state,
             saved,
             cursors: Arc::new(Mutex::new(cursors)),
+            generation: AtomicU64::new(0),
+            recorded: Mutex::new(None),
             shutdown,
         };
         (reader, state_rx)
@@ -439,12 +484,12 @@ impl Reader {
             session
                 .client
                 .batch_execute(&format!(
-                    "SET lock_timeout = '500ms'; \
-                     DELETE FROM pgws.readers WHERE pid NOT IN (SELECT pid FROM pg_stat_activity); \
+                    "DELETE FROM pgws.readers WHERE pid NOT IN (SELECT pid FROM pg_stat_activity); \
                      INSERT INTO pgws.readers (pid) VALUES ({pid}) ON CONFLICT DO NOTHING; \
                      LISTEN {DOORBELL_CHANNEL}"
                 ))
                 .await?;
+            self.check_rewind(&session).await?;
             let poll = session.client.prepare(POLL_SQL).await?;
             Ok::<_, tokio_postgres::Error>((pid, poll))
         };
@@ -456,20 +501,33 @@ impl Reader {
         self.metrics.up.set(1);
         self.state.send_replace(ReaderState::Reading);
         let mut behind = false;
+        let mut pause = Duration::ZERO;
         if let Err(e) = self.busy(&session, pid).await {
             return e;
         }
         loop {
             // Busy: poll until a poll comes back empty.
             match self.poll_and_deliver(&session, &poll, &mut behind).await {
-                Ok(true) => continue,
+                Ok(true) => {
+                    pause = Duration::ZERO;
+                    continue;
+                }
                 Ok(false) => {}
                 Err(end) => return end,
             }
             // Idle: see the module documentation for why this order.
             match self.go_idle(&session, pid).await {
-                Ok(true) => {}
-                Ok(false) => continue, // a sender is committing: stay busy
+                Ok(true) => pause = Duration::ZERO,
+                Ok(false) => {
+                    // A transaction that may not have rung is still
+                    // committing: stay busy, polling after a pause.
+                    pause = (pause * 2).clamp(Duration::from_millis(1), BUSY_PAUSE_MAX);
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    continue;
+                }
                 Err(end) => return end,
             }
             let found = match self.poll_and_deliver(&session, &poll, &mut behind).await {
@@ -489,10 +547,7 @@ impl Reader {
                 _ = tokio::time::sleep(self.config.poll_interval) => {}
             }
             // Woken: take the lock and poll in one round trip (both are
-            // sent at once; the connection runs them in order). The poll
-            // sees the transaction that rang — a doorbell is delivered
-            // after its commit; one still committing rings again, or is
-            // waited for when the reader next goes idle.
+            // sent at once; the connection runs them in order).
             let (locked, polled) = tokio::join!(
                 self.busy(&session, pid),
                 self.poll_and_deliver(&session, &poll, &mut behind)
@@ -503,39 +558,95 @@ impl Reader {
         }
     }
 
-    /// Take this reader's lock: senders stop ringing, and the ones that
-    /// rang have finished committing.
-    async fn busy(&self, session: &Session, pid: i32) -> Result<(), SessionEnd> {
-        loop {
-            match session
-                .client
-                .execute("SELECT pg_advisory_lock($1, $2)", &[&DOORBELL_LOCKS, &pid])
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if is_lock_timeout(&e) => continue,
-                Err(e) => return Err(SessionEnd::Lost(pg::error_chain(&e))),
+    /// Compare the database with the cursors: a shard whose newest `seq`
+    /// is below its cursor means the database went back in time (a
+    /// failover to a replica behind, a restore). Then the generation moves
+    /// on and the cursors follow the database.
+    async fn check_rewind(&self, session: &Session) -> Result<(), tokio_postgres::Error> {
+        let newest = newest(&session.client).await?;
+        let mut cursors = self.current();
+        let behind: Vec<(i32, i64, i64)> = cursors
+            .shards
+            .iter()
+            .zip(&cursors.seqs)
+            .filter_map(|(shard, cursor)| {
+                let i = newest.shards.iter().position(|s| s == shard)?;
+                (newest.seqs[i] < *cursor).then_some((*shard, *cursor, newest.seqs[i]))
+            })
+            .collect();
+        if behind.is_empty() {
+            let generation = generation(&session.client).await?;
+            self.generation.store(generation, Ordering::Release);
+            return Ok(());
+        }
+        let row = session
+            .client
+            .query_one(
+                "INSERT INTO pgws.meta (key, value) VALUES ('generation', '1') \
+                 ON CONFLICT (key) DO UPDATE SET value = (pgws.meta.value::bigint + 1)::text \
+                 RETURNING value::bigint",
+                &[],
+            )
+            .await?;
+        let generation = row.get::<_, i64>(0).max(0) as u64;
+        self.generation.store(generation, Ordering::Release);
+        self.metrics.rewinds.inc();
+        tracing::error!(
+            generation,
+            shards = ?behind,
+            "the outbox database is behind this reader (a failover to a replica that had not received the newest commits, or a restore): what it lost is lost; its offsets are reused, so the outbox generation moves on and v2 clients resync"
+        );
+        for (i, shard) in cursors.shards.clone().iter().enumerate() {
+            if let Some(j) = newest.shards.iter().position(|s| s == shard) {
+                cursors.seqs[i] = cursors.seqs[i].min(newest.seqs[j]);
             }
         }
+        *self.cursors.lock().unwrap_or_else(|p| p.into_inner()) = cursors;
+        Ok(())
     }
 
-    /// Release this reader's lock, then wait for the senders that saw it
-    /// busy. `Ok(false)`: one of them is slow to commit (the lock timeout):
-    /// stay busy instead.
+    /// Take this reader's lock if it can (only a foreign holder of the key
+    /// can prevent it, which costs doorbells, not delivery): senders stop
+    /// ringing.
+    async fn busy(&self, session: &Session, pid: i32) -> Result<(), SessionEnd> {
+        session
+            .client
+            .execute(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&DOORBELL_LOCKS, &pid],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| SessionEnd::Lost(pg::error_chain(&e)))
+    }
+
+    /// Release this reader's lock, then try the senders' shared key:
+    /// `Ok(true)` when no sender that may have seen this reader busy is
+    /// still committing; `Ok(false)` otherwise (the reader's lock is taken
+    /// again: it stays busy).
     async fn go_idle(&self, session: &Session, pid: i32) -> Result<bool, SessionEnd> {
-        let sql = format!(
-            "SELECT pg_advisory_unlock({DOORBELL_LOCKS}, {pid}); \
-             SELECT pg_advisory_lock({DOORBELL_LOCKS}, 0); \
-             SELECT pg_advisory_unlock({DOORBELL_LOCKS}, 0)"
-        );
-        match session.client.batch_execute(&sql).await {
-            Ok(()) => Ok(true),
-            Err(e) if is_lock_timeout(&e) => {
-                self.busy(session, pid).await?;
-                Ok(false)
-            }
-            Err(e) => Err(SessionEnd::Lost(pg::error_chain(&e))),
+        let lost = |e: tokio_postgres::Error| SessionEnd::Lost(pg::error_chain(&e));
+        session
+            .client
+            .execute("SELECT pg_advisory_unlock_all()", &[])
+            .await
+            .map_err(lost)?;
+        let clear: bool = session
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1, 0)", &[&DOORBELL_LOCKS])
+            .await
+            .map_err(lost)?
+            .get(0);
+        if clear {
+            session
+                .client
+                .execute("SELECT pg_advisory_unlock($1, 0)", &[&DOORBELL_LOCKS])
+                .await
+                .map_err(lost)?;
+            return Ok(true);
         }
+        self.busy(session, pid).await?;
+        Ok(false)
     }
 
     /// One poll; what it found goes to the sink, then the cursors move.
@@ -556,7 +667,7 @@ impl Reader {
         if rows.is_empty() {
             return Ok(false);
         }
-        let batch = messages(&rows);
+        let batch = messages(&rows, self.generation.load(Ordering::Acquire));
         self.note_lag(&batch, behind);
         let mut backoff = Backoff::new();
         while let Err(why) = self.sink.deliver(&batch).await {
@@ -574,8 +685,32 @@ impl Reader {
             self.save(session, saved, &next).await?;
         }
         self.metrics.messages.inc_by(batch.len() as u64);
+        self.record(session, &next).await?;
         *self.cursors.lock().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(true)
+    }
+
+    /// Note how far this reader has read in `pgws.readers`, at most every
+    /// [`RECORD_EVERY`]: pruning never passes the slowest live reader (a
+    /// late record only makes pruning wait longer).
+    async fn record(&self, session: &Session, cursors: &Cursors) -> Result<(), SessionEnd> {
+        let now = Instant::now();
+        {
+            let mut last = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| now.duration_since(at) < RECORD_EVERY) {
+                return Ok(());
+            }
+            *last = Some(now);
+        }
+        session
+            .client
+            .execute(
+                "UPDATE pgws.readers SET seqs = $1 WHERE pid = pg_backend_pid()",
+                &[&cursors.seqs],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| SessionEnd::Lost(pg::error_chain(&e)))
     }
 
     /// Write a leader's cursor; a larger fencing epoch there means this
@@ -634,10 +769,6 @@ fn unix_millis() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,6 +778,7 @@ mod tests {
             channel: "c".into(),
             payload: Bytes::new(),
             base: 1,
+            generation: 0,
             offset: 1,
             shard,
             seq,

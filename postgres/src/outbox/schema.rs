@@ -7,11 +7,16 @@ use tokio_postgres::Client;
 /// `postgres/sql/outbox.sql`, the whole schema; idempotent.
 pub const SQL: &str = include_str!("../../sql/outbox.sql");
 /// The schema version this binary reads.
-pub const VERSION: &str = "1";
+pub const VERSION: &str = "2";
 
-/// Apply [`SQL`] (it takes an advisory lock, so concurrent starts apply it
-/// one after the other), then check the result.
+/// Apply [`SQL`] unless the database already has this version (then
+/// nothing is run: no lock is taken on tables senders use), then check the
+/// result. The file takes an advisory lock, so concurrent starts apply it
+/// one after the other.
 pub async fn migrate(client: &Client) -> Result<(), OutboxError> {
+    if version(client).await?.as_deref() == Some(VERSION) {
+        return Ok(());
+    }
     client
         .batch_execute(SQL)
         .await
@@ -59,9 +64,9 @@ mod tests {
 
     #[test]
     fn the_sql_and_the_reader_name_the_same_locks_and_channel() {
-        assert!(SQL.contains(&format!("pg_advisory_xact_lock({SHARD_LOCKS}, r.shard)")));
+        assert!(SQL.contains(&format!("pg_advisory_xact_lock({SHARD_LOCKS}, -1)")));
         assert!(SQL.contains(&format!(
-            "pg_advisory_xact_lock_shared({DOORBELL_LOCKS}, 0)"
+            "pg_try_advisory_xact_lock_shared({DOORBELL_LOCKS}, 0)"
         )));
         assert!(SQL.contains(&format!("pg_notify('{DOORBELL_CHANNEL}', '')")));
         assert!(SQL.contains(&format!("VALUES ('schema_version', '{VERSION}')")));

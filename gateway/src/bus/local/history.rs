@@ -164,7 +164,7 @@ impl History {
         let durable = channels
             .map
             .get(channel)
-            .is_some_and(|c| c.state.continuity == Continuity::DURABLE);
+            .is_some_and(|c| c.state.continuity.is_durable());
         if durable {
             // A NOTIFY on a channel the outbox numbers: a sequence of its
             // own, under a new base (the outbox's offsets are not ours).
