@@ -501,6 +501,12 @@ async fn stalled_tls_handshakes_hold_no_more_than_the_documented_bound() {
             "a handshake message over the limit was kept open"
         );
     }
+    let refused_grown = gw.rss_kib().saturating_sub(before);
+    assert!(
+        refused_grown <= 200 * PENDING_TLS_HANDSHAKE_KIB,
+        "{refused_grown} KiB left by 200 refused handshakes"
+    );
+    let before = gw.rss_kib();
     let mut held = Vec::new();
     for _ in 0..200 {
         let mut raw = common::raw::Raw::connect(gw.addr).await;
@@ -519,7 +525,7 @@ async fn stalled_tls_handshakes_hold_no_more_than_the_documented_bound() {
     }
     let grown = gw.rss_kib().saturating_sub(before);
     println!(
-        "400 stalled ClientHellos (200 refused, 200 held): +{grown} KiB, {:.1} KiB per held handshake",
+        "200 refused 64 KiB ClientHellos: +{refused_grown} KiB; 200 held 18 KB ones: +{grown} KiB, {:.1} KiB each",
         grown as f64 / 200.0
     );
     assert!(
