@@ -18,7 +18,7 @@ cd "$(dirname "$0")"
 source ../scripts/services.sh
 pgws_ensure_cargo
 
-TARGETS=(frames request claims token bus_message conninfo v2_commands)
+TARGETS=(frames request claims token bus_message conninfo v2_commands tls_stream sentinel_reply)
 [ $# -ge 1 ] && TARGETS=("$1")
 RUNS="${FUZZ_RUNS:-10000000}"
 TIME_LIMIT=""

@@ -12,6 +12,7 @@ pgws_service::vars! {
     REDIS_URL = "PGWS_REDIS_URL", None, "Redis URL (`redis://` or `rediss://host:6379`); for a cluster, comma-separated seed URLs; behind Sentinel, `redis+sentinel://host:26379,…/<master>`. Required.";
     REDIS_CLUSTER = "PGWS_REDIS_CLUSTER", Some("false"), "Talk to a Redis Cluster (sharded pub/sub, hash-tagged keys).";
     REDIS_CA_FILE = "PGWS_REDIS_CA_FILE", None, "PEM file of CA certificates trusted for `rediss://`, in addition to the system's.";
+    REDIS_CA_ONLY = "PGWS_REDIS_CA_ONLY", Some("false"), "Trust only PGWS_REDIS_CA_FILE for `rediss://` (and `rediss+sentinel://`), not the system's roots.";
     REDIS_CERT_FILE = "PGWS_REDIS_CERT_FILE", None, "PEM client certificate for `rediss://` (with PGWS_REDIS_KEY_FILE).";
     REDIS_KEY_FILE = "PGWS_REDIS_KEY_FILE", None, "PEM private key of PGWS_REDIS_CERT_FILE.";
     REDIS_PREFIX = "PGWS_REDIS_PREFIX", Some("pgws"), "Prefix of every Redis key and channel; clusters with different prefixes share a Redis safely.";
@@ -251,6 +252,7 @@ mod tests {
             (s.url, REDIS_URL),
             (s.cluster, REDIS_CLUSTER),
             (s.ca_file, REDIS_CA_FILE),
+            (s.ca_only, REDIS_CA_ONLY),
             (s.cert_file, REDIS_CERT_FILE),
             (s.key_file, REDIS_KEY_FILE),
             (s.prefix, REDIS_PREFIX),

@@ -65,6 +65,7 @@ pgws_service::vars! {
     REDIS_URL = "PGWS_REDIS_URL", None, "Cluster mode: the Redis URL (`redis://`, `rediss://`; comma-separated seeds for a Redis Cluster; `redis+sentinel://host:26379,…/<master>` behind Sentinel). Unset: standalone mode.";
     REDIS_CLUSTER = "PGWS_REDIS_CLUSTER", Some("false"), "The Redis is a Redis Cluster (sharded pub/sub).";
     REDIS_CA_FILE = "PGWS_REDIS_CA_FILE", None, "PEM file of CA certificates trusted for `rediss://`, in addition to the system's.";
+    REDIS_CA_ONLY = "PGWS_REDIS_CA_ONLY", Some("false"), "Trust only PGWS_REDIS_CA_FILE for `rediss://` (and `rediss+sentinel://`), not the system's roots.";
     REDIS_CERT_FILE = "PGWS_REDIS_CERT_FILE", None, "PEM client certificate for `rediss://` (with PGWS_REDIS_KEY_FILE).";
     REDIS_KEY_FILE = "PGWS_REDIS_KEY_FILE", None, "PEM private key of PGWS_REDIS_CERT_FILE.";
     REDIS_PREFIX = "PGWS_REDIS_PREFIX", Some("pgws"), "Prefix of every Redis key and channel.";

@@ -5,7 +5,7 @@
 mod common;
 
 use common::cluster::*;
-use common::redis_server::{RedisTls, SentinelDeployment};
+use common::redis_server::{RedisTls, Sentinel, SentinelDeployment};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
@@ -148,5 +148,86 @@ async fn behind_sentinel_a_master_failover_closes_no_socket_and_everything_resum
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
         assert_eq!(closed, 0.0, "a gateway closed sockets:\n{metrics}");
+    }
+}
+
+/// Sentinels named in `order`, each watching its own `mymaster`, all
+/// answering; the `redis+sentinel://` URL naming them in that order.
+async fn sentinels_naming(masters: &[u16]) -> (Vec<Sentinel>, String) {
+    let sentinels: Vec<Sentinel> = masters.iter().map(|&port| Sentinel::start(port)).collect();
+    for (sentinel, &port) in sentinels.iter().zip(masters) {
+        sentinel.wait_named(port).await;
+    }
+    let hosts: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let url = format!("redis+sentinel://{}/mymaster", hosts.join(","));
+    (sentinels, url)
+}
+
+/// The second review: the master was whatever the first answering
+/// sentinel named. A lying sentinel — listed first, so the old code
+/// followed it — is outvoted by the two that agree; when no master has a
+/// majority of the answers, none is followed, counted and logged.
+#[tokio::test]
+async fn a_lying_sentinel_is_outvoted_and_sentinels_that_disagree_are_refused() {
+    let honest = RedisServer::start(&[]).await;
+    let liar = RedisServer::start(&[]).await;
+    let other_liar = RedisServer::start(&[]).await;
+
+    let (_outvoted, url) = sentinels_naming(&[liar.port, honest.port, honest.port]).await;
+    let gw = Server::cluster_gateway(&url, &unique("pgws-test"), &unique("pgws-cl"))
+        .no_wait()
+        .start()
+        .await;
+    let connected = wait_log_line(&gw, "connected to the Redis master named by Sentinel").await;
+    assert!(
+        connected.contains(&format!("127.0.0.1:{}", honest.port)),
+        "the majority's master (port {}), not the liar's ({}): {connected}",
+        honest.port,
+        liar.port
+    );
+
+    let (_split, url) = sentinels_naming(&[liar.port, other_liar.port, honest.port]).await;
+    let gw = Server::cluster_gateway(&url, &unique("pgws-test"), &unique("pgws-cl"))
+        .no_wait()
+        .start()
+        .await;
+    gw.wait_metric(
+        "pgws_redis_sentinel_refusals_total{reason=\"no_majority\"}",
+        1.0,
+    )
+    .await;
+    let refused = wait_log_line(&gw, "the sentinels do not agree on the master").await;
+    assert!(
+        refused.contains("answered=3") && refused.contains("votes=1"),
+        "{refused}"
+    );
+    assert!(
+        !gw.log_text()
+            .contains("connected to the Redis master named by Sentinel"),
+        "no master followed:\n{}",
+        gw.log_text()
+    );
+    let (status, _) = http_get(gw.admin.expect("admin"), "/readyz")
+        .await
+        .expect("readyz");
+    assert_eq!(status, 503);
+}
+
+/// The first log line of `gw` containing `text`, waiting for it.
+async fn wait_log_line(gw: &Server, text: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(line) = gw.log_text().lines().find(|l| l.contains(text)) {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line {text:?}:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -323,7 +323,9 @@ pub struct Sentinel {
 }
 
 impl Sentinel {
-    fn start(master_port: u16) -> Sentinel {
+    /// A sentinel watching `127.0.0.1:master_port` as `mymaster` (not
+    /// waited for: see [`Sentinel::wait_named`]).
+    pub fn start(master_port: u16) -> Sentinel {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique("pgws-sentinel"));
         std::fs::create_dir_all(&dir).expect("sentinel dir");
@@ -348,6 +350,21 @@ impl Sentinel {
             .spawn()
             .expect("redis-server --sentinel");
         Sentinel { child, port, dir }
+    }
+
+    /// Wait until this sentinel answers and names `127.0.0.1:port` as
+    /// `mymaster`.
+    pub async fn wait_named(&self, port: u16) {
+        let deadline = Instant::now() + WAIT;
+        while self.master_info().get("port").map(String::as_str) != Some(port.to_string().as_str())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel on {} never answered",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `SENTINEL MASTER mymaster` as field → value.

@@ -18,6 +18,12 @@ export class PgwsError extends Error {
   readonly reason: string;
 }
 
+/** A publish refused before it was sent: too many (or too many bytes of) publishes wait for their reply. Code 429. */
+export class PublishQueueFullError extends PgwsError {
+  constructor(reason: string);
+  readonly code: 429;
+}
+
 /** Where a message stands in its channel. */
 export interface Position {
   epoch: string;
@@ -69,6 +75,12 @@ export interface ClientOptions {
   refreshBefore?: number;
   /** ms for a connection attempt to open and be accepted before retrying (default 10000). */
   connectTimeout?: number;
+  /** ms a connection must stay open before the backoff starts over (default 5000). */
+  healthyAfter?: number;
+  /** Publishes waiting for their reply at most (default 1000); beyond: PublishQueueFullError. */
+  maxPendingPublishes?: number;
+  /** Bytes of data in those publishes at most (default 1 MiB); beyond: PublishQueueFullError. */
+  maxPendingPublishBytes?: number;
 }
 
 export type ClientState = 'idle' | 'connecting' | 'connected' | 'disconnected' | 'closed';
@@ -76,6 +88,8 @@ export type ClientState = 'idle' | 'connecting' | 'connected' | 'disconnected' |
 export class Client {
   constructor(url: string, options: ClientOptions);
   readonly state: ClientState;
+  /** Reconnects since the last connection that stayed open `healthyAfter` ms. */
+  readonly attempt: number;
   connect(): this;
   close(): void;
   subscribe(channel: string, handlers?: SubscriptionHandlers): Subscription;

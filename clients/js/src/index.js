@@ -6,6 +6,8 @@
  * No dependencies. See README.md and docs/protocol.md ("Protocol v2").
  */
 
+const utf8 = new TextEncoder();
+
 /** The subprotocol the client offers. */
 export const SUBPROTOCOL = 'pgws.v2';
 
@@ -47,6 +49,20 @@ export class PgwsError extends Error {
     /** HTTP-like code: 400, 401, 403, 409, 413, 429, 503. */
     this.code = code;
     this.reason = reason;
+  }
+}
+
+/**
+ * A publish refused by the client itself, before anything was sent: too
+ * many publishes (or bytes) already wait for the server's reply
+ * (`maxPendingPublishes`, `maxPendingPublishBytes`). Code 429; retry once
+ * earlier publishes have settled.
+ */
+export class PublishQueueFullError extends PgwsError {
+  /** @param {string} reason */
+  constructor(reason) {
+    super(429, reason);
+    this.name = 'PublishQueueFullError';
   }
 }
 
@@ -142,6 +158,15 @@ export class Subscription extends Emitter {
  * @property {number} [refreshBefore] ms before `exp` to refresh (default 30000)
  * @property {number} [connectTimeout] ms for the socket to open and `connect`
  *   to be answered before trying again (default 10000)
+ * @property {number} [healthyAfter] ms a connection must stay open before the
+ *   backoff starts again from its first delay (default 5000): a server that
+ *   closes right after `connect` (draining, overloaded) is retried ever
+ *   more slowly, not every few hundred milliseconds
+ * @property {number} [maxPendingPublishes] publishes waiting for their reply
+ *   at most (default 1000); beyond it `publish` rejects with a
+ *   PublishQueueFullError
+ * @property {number} [maxPendingPublishBytes] bytes of `data` in those
+ *   publishes at most (default 1 MiB)
  */
 
 /**
@@ -155,7 +180,14 @@ export class Client extends Emitter {
     super();
     this.url = url;
     this.options = {
-      pingInterval: 20000, pingTimeout: 10000, refreshBefore: 30000, connectTimeout: 10000, ...options,
+      pingInterval: 20000,
+      pingTimeout: 10000,
+      refreshBefore: 30000,
+      connectTimeout: 10000,
+      healthyAfter: 5000,
+      maxPendingPublishes: 1000,
+      maxPendingPublishBytes: 1 << 20,
+      ...options,
     };
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
     if (!this.WebSocket) throw new Error('no WebSocket: pass options.WebSocket');
@@ -166,7 +198,10 @@ export class Client extends Emitter {
     /** @type {Map<number, {resolve: Function, reject: Function}>} */
     this.pending = new Map();
     this.nextId = 1;
+    /** Reconnects since the last connection that stayed healthy. */
     this.attempt = 0;
+    /** Publishes sent and not yet answered: how many, and their bytes. */
+    this.publishing = { count: 0, bytes: 0 };
     /** @type {any} */
     this.ws = null;
     this.timers = new Set();
@@ -202,12 +237,29 @@ export class Client extends Emitter {
 
   /**
    * Publish `data` on `channel`: resolves once the server queued it for
-   * NOTIFY, rejects with a PgwsError (503 while not connected).
+   * NOTIFY, rejects with a PgwsError (503 while not connected) or, when too
+   * many publishes already wait for their reply, a PublishQueueFullError
+   * (nothing sent).
    * @param {string} channel @param {string} data
    */
   publish(channel, data) {
     this.connect();
-    return this.request({ type: 'publish', channel, data });
+    const { maxPendingPublishes, maxPendingPublishBytes } = this.options;
+    const bytes = utf8.encode(String(data)).length;
+    const waiting = this.publishing;
+    if (waiting.count >= maxPendingPublishes) {
+      return Promise.reject(new PublishQueueFullError(`${waiting.count} publishes wait for their reply (maxPendingPublishes)`));
+    }
+    if (waiting.count > 0 && waiting.bytes + bytes > maxPendingPublishBytes) {
+      return Promise.reject(new PublishQueueFullError(`${waiting.bytes} bytes of publishes wait for their reply (maxPendingPublishBytes)`));
+    }
+    waiting.count++;
+    waiting.bytes += bytes;
+    const settled = () => {
+      waiting.count--;
+      waiting.bytes -= bytes;
+    };
+    return this.request({ type: 'publish', channel, data }, settled);
   }
 
   /** @param {Subscription} sub */
@@ -300,7 +352,11 @@ export class Client extends Emitter {
   /** @param {string} token */
   connected(token) {
     this.state = 'connected';
-    this.attempt = 0;
+    // The backoff starts over only once this connection has proved itself
+    // (the timer dies with the connection in teardown).
+    this.later(() => {
+      this.attempt = 0;
+    }, this.options.healthyAfter);
     this.emit('connected');
     for (const sub of this.subscriptions.values()) this.sendSubscribe(sub);
     this.keepAlive();

@@ -4,7 +4,7 @@
 // dead-connection check.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, PgwsError } from '../src/index.js';
+import { Client, PgwsError, PublishQueueFullError } from '../src/index.js';
 import { startGateway, token, unique, until, freePort } from './helpers.mjs';
 
 const now = () => Math.floor(Date.now() / 1000);
@@ -160,4 +160,50 @@ test('a refresh token for another identity closes with 3011 and the client recon
   assert.match(disconnects[0].reason, /another sub/);
   await until(() => client.state === 'connected' && subs.length >= 3, 15000, 'reconnected');
   assert.deepEqual(subs.slice(0, 3), ['alice', 'mallory', 'mallory']);
+});
+
+test('a server that closes right after connect is retried ever more slowly; a healthy connection resets the backoff', async (t) => {
+  const gw = await startGateway();
+  t.after(() => gw.stop());
+  // Tokens that expire within two seconds: the gateway closes each
+  // connection (3001) soon after accepting it, as a draining or overloaded
+  // server would.
+  let lifetime = 2;
+  const client = new Client(gw.url, {
+    token: () => token({ mode: 'r', exp: now() + lifetime }),
+    ...fast,
+    healthyAfter: 2500,
+    refreshBefore: -60000, // no refresh: each connection lives until its exp
+  });
+  t.after(() => client.close());
+  let cycles = 0;
+  client.on('disconnected', () => { cycles++; });
+  client.connect();
+  await until(() => cycles >= 3, 20000, 'three short-lived connections');
+  // Before the fix every `connect` reply reset the backoff: attempt was 1.
+  assert.ok(client.attempt >= 3, `attempt ${client.attempt} after ${cycles} short-lived connections`);
+  lifetime = 3600;
+  await until(() => client.state === 'connected' && client.attempt === 0, 20000, 'the backoff reset by a healthy connection');
+});
+
+test('publishes waiting for their reply are bounded, with a typed error and nothing sent', async (t) => {
+  const gw = await startGateway();
+  t.after(() => gw.stop());
+  const channel = unique('chat');
+  const client = new Client(gw.url, { token: token({ mode: 'rw' }), ...fast, maxPendingPublishes: 5, maxPendingPublishBytes: 1000 });
+  t.after(() => client.close());
+  const got = collect(client.subscribe(channel));
+  await until(() => got.subscribed.length === 1, 15000, 'subscribed');
+  // Sent in one turn: no reply can arrive in between.
+  const sent = Array.from({ length: 5 }, (_, i) => client.publish(channel, `m${i}`));
+  await assert.rejects(client.publish(channel, 'one too many'), (e) => e instanceof PublishQueueFullError && e instanceof PgwsError && e.code === 429);
+  await Promise.all(sent);
+  // Settled publishes free their places; bytes are bounded too.
+  const big = client.publish(channel, 'x'.repeat(900));
+  await assert.rejects(client.publish(channel, 'y'.repeat(200)), (e) => e instanceof PublishQueueFullError && /bytes/.test(e.reason));
+  await big;
+  await client.publish(channel, 'after');
+  await until(() => got.messages.length === 7, 15000, 'every accepted message');
+  assert.deepEqual(got.messages.map((m) => JSON.parse(m.data).payload), ['m0', 'm1', 'm2', 'm3', 'm4', 'x'.repeat(900), 'after']);
+  assert.equal(client.publishing.count, 0);
 });

@@ -218,6 +218,7 @@ fn the_shared_variables_are_the_standard_names() {
         (s.url, REDIS_URL),
         (s.cluster, REDIS_CLUSTER),
         (s.ca_file, REDIS_CA_FILE),
+        (s.ca_only, REDIS_CA_ONLY),
         (s.cert_file, REDIS_CERT_FILE),
         (s.key_file, REDIS_KEY_FILE),
         (s.prefix, REDIS_PREFIX),

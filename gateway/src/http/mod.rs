@@ -44,7 +44,8 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 /// Largest request head (request line and headers) read before answering
 /// 431: browsers send a few kilobytes, cookies included.
 pub const MAX_HEAD: usize = 32 * 1024;
-/// Time a client has to send a whole request head (and a TLS handshake).
+/// Time a client has from its TCP connection to the end of its first
+/// request head, a TLS handshake included (one deadline for both).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 const BANNER: &str = "postgres-websockets: open a websocket on /<channel>/<jwt> or /<jwt>\n";
@@ -141,11 +142,17 @@ pub async fn serve(
         let state = state.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
             match tls {
-                None => serve_connection(stream, state, pending).await,
+                None => serve_connection(stream, state, pending, HEAD_TIMEOUT).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, state, pending).await,
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            // What the handshake used is not given again.
+                            let left =
+                                deadline.saturating_duration_since(tokio::time::Instant::now());
+                            serve_connection(stream, state, pending, left).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -162,9 +169,14 @@ async fn refuse_pending(mut stream: tokio::net::TcpStream) {
 }
 
 /// Serve HTTP on one connection; `pending` is held until the connection is
-/// upgraded (hyper's future then completes) or closed.
-async fn serve_connection<S>(stream: S, state: Arc<HttpState>, pending: Pending)
-where
+/// upgraded (hyper's future then completes) or closed. A request head must
+/// arrive within `head_timeout` (what is left of [`HEAD_TIMEOUT`]).
+async fn serve_connection<S>(
+    stream: S,
+    state: Arc<HttpState>,
+    pending: Pending,
+    head_timeout: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
@@ -173,7 +185,7 @@ where
     });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
+        .header_read_timeout(head_timeout)
         .max_buf_size(MAX_HEAD)
         .max_header_size(MAX_HEAD)
         .serve_connection(TokioIo::new(stream), service)

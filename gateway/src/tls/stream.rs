@@ -11,6 +11,12 @@
 //! One function, [`TlsStream::advance`], drives rustls' state machine one
 //! state at a time; reading, writing, the handshake and shutdown are loops
 //! around it.
+//!
+//! What a peer can make a connection hold is bounded by [`MAX_INCOMING`]:
+//! the receive buffer grows by doubling but never past it (its capacity,
+//! not only its length), and plaintext is decrypted from at most that many
+//! bytes at a time. The stream runs over any [`Transport`] — a
+//! `TcpStream` in the server, memory in the fuzz target.
 
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
@@ -23,11 +29,17 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Bytes asked of the socket per read.
+/// The receive buffer's first size, allocated when the socket is readable.
 const READ_CHUNK: usize = 4096;
-/// The most TLS bytes held unprocessed: a full handshake message (rustls
-/// accepts up to 64 KiB) plus a record's framing.
-const MAX_INCOMING: usize = 0xffff + 1024;
+/// The most TLS bytes held unprocessed — the receive buffer's capacity
+/// never exceeds it: one record of the largest size TLS allows (5 bytes of
+/// header, 2^14 of plaintext, 2,048 of expansion). A client's handshake
+/// message must fit in it (a ClientHello is 0.5–2 KiB; this server asks
+/// for no client certificate), and after the handshake an incomplete
+/// record is always shorter. Before the handshake completes this is most
+/// of what an anonymous peer can make a connection hold
+/// (`docs/security.md`).
+pub const MAX_INCOMING: usize = 5 + (1 << 14) + 2048;
 /// The most plaintext encrypted per `poll_write` (a few full records).
 const MAX_WRITE: usize = 64 * 1024;
 
@@ -48,9 +60,31 @@ enum Step {
     Closed,
 }
 
-/// A TLS connection over a `TcpStream`, after its handshake.
-pub struct TlsStream {
-    tcp: TcpStream,
+/// What a TLS stream runs over: a byte stream that says when it is
+/// readable, so the receive buffer is allocated only once there are bytes.
+pub trait Transport: AsyncWrite + Unpin {
+    /// Ready when a read would not block (bytes, end of file or an error).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Read into `buf`'s spare capacity (the caller leaves some), never
+    /// beyond it; `WouldBlock` when nothing is there after all, `Ok(0)` at
+    /// end of file.
+    fn try_read_into(&self, buf: &mut Vec<u8>) -> io::Result<usize>;
+}
+
+impl Transport for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+
+    fn try_read_into(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        // With spare capacity a `Vec` hands out exactly that: no growth.
+        self.try_read_buf(buf)
+    }
+}
+
+/// A TLS connection over a [`Transport`], after its handshake.
+pub struct TlsStream<T = TcpStream> {
+    tcp: T,
     conn: UnbufferedServerConnection,
     /// TLS bytes received and not yet processed.
     incoming: Vec<u8>,
@@ -83,25 +117,32 @@ enum Failure {
 }
 
 /// Accept TLS on `tcp`: the whole handshake.
-pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
-    let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
-    let mut stream = TlsStream {
-        tcp,
-        conn,
-        incoming: Vec::new(),
-        plaintext: Vec::new(),
-        plaintext_at: 0,
-        outgoing: Vec::new(),
-        sent: 0,
-        read_closed: false,
-        close_queued: false,
-        failed: None,
-    };
+pub async fn accept<T: Transport>(config: Arc<ServerConfig>, tcp: T) -> io::Result<TlsStream<T>> {
+    let mut stream = TlsStream::new(config, tcp)?;
     if let Err(e) = poll_fn(|cx| stream.poll_handshake(cx)).await {
         stream.send_alert().await;
         return Err(e);
     }
     Ok(stream)
+}
+
+impl<T: Transport> TlsStream<T> {
+    /// A connection before its handshake.
+    fn new(config: Arc<ServerConfig>, tcp: T) -> io::Result<TlsStream<T>> {
+        let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
+        Ok(TlsStream {
+            tcp,
+            conn,
+            incoming: Vec::new(),
+            plaintext: Vec::new(),
+            plaintext_at: 0,
+            outgoing: Vec::new(),
+            sent: 0,
+            read_closed: false,
+            close_queued: false,
+            failed: None,
+        })
+    }
 }
 
 fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
@@ -213,7 +254,7 @@ fn turn(
     })
 }
 
-impl TlsStream {
+impl<T: Transport> TlsStream<T> {
     /// One turn of rustls' state machine; with `write`, encrypt (a prefix
     /// of) it if application data may be sent.
     ///
@@ -265,8 +306,8 @@ impl TlsStream {
         loop {
             // Wait without a buffer: allocate only once there are bytes.
             ready!(self.tcp.poll_read_ready(cx))?;
-            self.incoming.reserve(READ_CHUNK);
-            match self.tcp.try_read_buf(&mut self.incoming) {
+            make_room(&mut self.incoming);
+            match self.tcp.try_read_into(&mut self.incoming) {
                 Ok(0) => return Poll::Ready(Ok(false)),
                 Ok(_) => return Poll::Ready(Ok(true)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -320,7 +361,19 @@ impl TlsStream {
     }
 }
 
-impl AsyncRead for TlsStream {
+/// Leave spare capacity in `buf` (which holds less than [`MAX_INCOMING`])
+/// for the next read: doubling, but never to a capacity past
+/// [`MAX_INCOMING`] — `Vec::reserve` would double a nearly full buffer to
+/// twice the limit before the length check could refuse it.
+fn make_room(buf: &mut Vec<u8>) {
+    if buf.capacity() > buf.len() {
+        return;
+    }
+    let target = (buf.capacity() * 2).clamp(READ_CHUNK, MAX_INCOMING);
+    buf.reserve_exact(target - buf.len());
+}
+
+impl<T: Transport> AsyncRead for TlsStream<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -360,7 +413,7 @@ impl AsyncRead for TlsStream {
     }
 }
 
-impl AsyncWrite for TlsStream {
+impl<T: Transport> AsyncWrite for TlsStream<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -411,7 +464,7 @@ impl AsyncWrite for TlsStream {
     }
 }
 
-impl TlsStream {
+impl<T: Transport> TlsStream<T> {
     /// After a failed handshake, send the alert rustls queued (a client
     /// offering only TLS 1.1 learns "protocol version", not a reset);
     /// best effort, bounded.
@@ -627,5 +680,105 @@ mod tests {
             outcome.expect("server task").is_err(),
             "the handshake failed"
         );
+    }
+
+    /// Bytes given in advance, then either end of file or a stall (a peer
+    /// that sends no more and does not close); writes are taken and
+    /// dropped.
+    struct Memory {
+        input: Vec<u8>,
+        at: std::cell::Cell<usize>,
+        eof: bool,
+    }
+
+    impl Transport for Memory {
+        fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.at.get() < self.input.len() || self.eof {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn try_read_into(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+            let rest = &self.input[self.at.get()..];
+            let n = rest.len().min(buf.capacity() - buf.len()).min(1500);
+            if n == 0 && !self.eof {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            buf.extend_from_slice(&rest[..n]);
+            self.at.set(self.at.get() + n);
+            Ok(n)
+        }
+    }
+
+    impl AsyncWrite for Memory {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A handshake message announcing `len` bytes, `sent` of them sent, in
+    /// records of the largest plaintext size.
+    fn stalled_client_hello(len: usize, sent: usize) -> Vec<u8> {
+        let mut message = vec![
+            0x01,
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            0x03,
+            0x03,
+        ];
+        message.resize(sent, 0);
+        let mut records = Vec::new();
+        for chunk in message.chunks(1 << 14) {
+            records.extend_from_slice(&[0x16, 0x03, 0x01]);
+            records.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+            records.extend_from_slice(chunk);
+        }
+        records
+    }
+
+    /// The second review's 128 KiB: the receive buffer doubled past the
+    /// limit before the size check. Its capacity — what the allocator
+    /// holds — stays within `MAX_INCOMING` however a stalled handshake
+    /// message is sized, and one larger than the limit is refused.
+    #[test]
+    fn a_stalled_handshake_never_holds_more_than_max_incoming() {
+        let (config, _) = configs();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for (announced, sent) in [(0xfff0, 0xfff0), (0xfff0, MAX_INCOMING - 200), (4000, 3000)] {
+            let input = stalled_client_hello(announced, sent);
+            let total = input.len();
+            let memory = Memory {
+                input,
+                at: Default::default(),
+                eof: false,
+            };
+            let mut stream = TlsStream::new(config.clone(), memory).expect("connection");
+            let outcome = stream.poll_handshake(&mut cx);
+            assert!(
+                stream.incoming.capacity() <= MAX_INCOMING,
+                "{announced} announced, {sent} sent: {} bytes held",
+                stream.incoming.capacity()
+            );
+            match outcome {
+                Poll::Pending => assert!(total <= MAX_INCOMING, "{total} bytes buffered"),
+                Poll::Ready(result) => assert!(
+                    result.is_err() && total > MAX_INCOMING,
+                    "only a message over the limit fails ({total} bytes)"
+                ),
+            }
+        }
     }
 }

@@ -106,6 +106,10 @@ fn encode(s: &str) -> String {
 pub struct TlsFiles {
     /// Extra trusted roots (PEM), added to the operating system's.
     pub ca: Option<PathBuf>,
+    /// Trust only `ca`, not the operating system's roots
+    /// (`PGWS_REDIS_CA_ONLY`): a publicly trusted certificate for a host a
+    /// sentinel names then does not pass.
+    pub ca_only: bool,
     /// A client certificate and its key (PEM).
     pub client: Option<(PathBuf, PathBuf)>,
 }
@@ -190,6 +194,11 @@ impl RedisConfig {
             }
         };
         let config = RedisConfig { topology, tls };
+        if config.tls.ca_only && config.tls.ca.is_none() {
+            return Err(RedisConfigError::Tls(
+                "trusting only the given CA needs PGWS_REDIS_CA_FILE".into(),
+            ));
+        }
         if (config.tls.ca.is_some() || config.tls.client.is_some()) && !config.uses_tls() {
             return Err(RedisConfigError::Tls(
                 "certificate files are set but the URL is not rediss:// (TLS would not be used)"
@@ -219,7 +228,7 @@ impl RedisConfig {
         }
         let root_cert = match &self.tls.ca {
             None => None,
-            Some(path) => Some(roots_with_system(path)?),
+            Some(path) => Some(roots(path, !self.tls.ca_only)?),
         };
         let client_tls = match &self.tls.client {
             None => None,
@@ -288,6 +297,8 @@ pub struct RedisVars {
     pub cluster: &'static str,
     /// `PGWS_REDIS_CA_FILE`.
     pub ca_file: &'static str,
+    /// `PGWS_REDIS_CA_ONLY`.
+    pub ca_only: &'static str,
     /// `PGWS_REDIS_CERT_FILE`.
     pub cert_file: &'static str,
     /// `PGWS_REDIS_KEY_FILE`.
@@ -302,6 +313,7 @@ impl RedisVars {
         url: "PGWS_REDIS_URL",
         cluster: "PGWS_REDIS_CLUSTER",
         ca_file: "PGWS_REDIS_CA_FILE",
+        ca_only: "PGWS_REDIS_CA_ONLY",
         cert_file: "PGWS_REDIS_CERT_FILE",
         key_file: "PGWS_REDIS_KEY_FILE",
         prefix: "PGWS_REDIS_PREFIX",
@@ -325,8 +337,12 @@ impl RedisVars {
         };
         let tls = TlsFiles {
             ca: sources.get(self.ca_file).map(Into::into),
+            ca_only: sources.flag(self.ca_only)?,
             client,
         };
+        if tls.ca_only && tls.ca.is_none() {
+            return Err(err(self.ca_only, format!("needs {}", self.ca_file)));
+        }
         let blame = match (&tls.ca, &tls.client) {
             (Some(_), _) => self.ca_file,
             (None, Some(_)) => self.cert_file,
@@ -363,9 +379,9 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The redis crate replaces the system roots when it is given any: hand
-/// it the system's and the file's together.
-fn roots_with_system(path: &std::path::Path) -> Result<Vec<u8>, RedisConfigError> {
+/// The roots to hand the redis crate, which replaces the system roots when
+/// it is given any: the file's, and with `system` the system's too.
+fn roots(path: &std::path::Path, system: bool) -> Result<Vec<u8>, RedisConfigError> {
     let extra = std::fs::read(path)
         .map_err(|e| RedisConfigError::Tls(format!("{}: {e}", path.display())))?;
     let parsed: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&extra)
@@ -379,6 +395,9 @@ fn roots_with_system(path: &std::path::Path) -> Result<Vec<u8>, RedisConfigError
     }
     let mut bundle = extra;
     bundle.push(b'\n');
+    if !system {
+        return Ok(bundle);
+    }
     for cert in rustls_native_certs::load_native_certs().certs {
         bundle.extend_from_slice(&pem_certificate(cert.as_ref()));
     }
@@ -557,6 +576,7 @@ mod tests {
     fn certificate_files_need_tls_and_must_be_readable() {
         let files = TlsFiles {
             ca: Some("/nonexistent/ca.pem".into()),
+            ca_only: false,
             client: None,
         };
         assert!(
@@ -576,5 +596,47 @@ mod tests {
         assert_eq!(redact("redis://h:1"), "redis://h:1");
         let c = parse("redis+sentinel://u:secret@s1/m").expect("sentinel");
         assert!(!c.describe().contains("secret"));
+    }
+
+    /// `PGWS_REDIS_CA_ONLY`: the bundle handed to the client holds the
+    /// file's roots and nothing else (the redis crate then trusts only
+    /// those); without it the system's are added. It needs a CA file.
+    #[test]
+    fn trusting_only_the_given_ca_leaves_the_system_roots_out() {
+        let dir = std::env::temp_dir().join(format!("pgws-ca-only-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ca = dir.join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let roots = |ca_only| {
+            let files = TlsFiles {
+                ca: Some(ca.clone()),
+                ca_only,
+                client: None,
+            };
+            let config = RedisConfig::parse("rediss+sentinel://s1/m", false, files).expect("parse");
+            let bundle = config
+                .certificates()
+                .expect("read")
+                .and_then(|c| c.root_cert)
+                .expect("roots");
+            String::from_utf8_lossy(&bundle)
+                .matches("BEGIN CERTIFICATE")
+                .count()
+        };
+        assert_eq!(roots(true), 1, "only the file's root");
+        let system = rustls_native_certs::load_native_certs().certs.len();
+        assert_eq!(roots(false), 1 + system, "the file's and the system's");
+        let alone = TlsFiles {
+            ca: None,
+            ca_only: true,
+            client: None,
+        };
+        let e = RedisConfig::parse("rediss://h", false, alone).expect_err("no CA file");
+        assert!(e.to_string().contains("PGWS_REDIS_CA_FILE"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

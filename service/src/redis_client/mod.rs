@@ -18,6 +18,7 @@
 //! * [`config`] — URLs (single, cluster seeds, `redis+sentinel://`) and
 //!   TLS files.
 //! * [`sentinel`] — the master connection that follows failovers.
+//! * [`quorum`] — Sentinel replies, and the majority that picks a master.
 //! * [`push`] — where pub/sub messages go.
 //! * [`connect`] — connecting with backoff, for every reconnect loop.
 
@@ -25,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod connect;
 pub mod push;
+pub mod quorum;
 pub mod sentinel;
 
 pub use client::{describe_error, message_of, RedisClient, RESPONSE_TIMEOUT};

@@ -1,5 +1,8 @@
 //! A connection to a Sentinel-managed master that follows failovers.
 //!
+//! The master followed is the one more than half of the answering
+//! sentinels name ([`quorum`]), never the first answer alone.
+//!
 //! The redis crate's connection manager reconnects to the address it was
 //! built for; after a failover that address is dead, or worse, alive as a
 //! replica that accepts subscriptions and never delivers a message. So a
@@ -10,13 +13,15 @@
 //! re-subscribe on the new master. The watcher ends with the last clone.
 
 use super::config::SentinelSpec;
+use super::quorum::{self, Address, Verdict};
+use prometheus::{IntCounterVec, Opts};
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
 use redis::{
     Cmd, Pipeline, PushInfo, PushKind, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
 };
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, LazyLock, RwLock, Weak};
 use std::time::Duration;
 
 /// How often the sentinels are asked where the master is.
@@ -55,6 +60,7 @@ pub struct SentinelConnection {
 impl SentinelConnection {
     /// Find the master, connect, and start following it.
     pub async fn connect(recipe: Recipe) -> RedisResult<SentinelConnection> {
+        refusals(); // exported from the start, at zero
         let mut sentinels = Sentinels::new(&recipe);
         let master = sentinels.master().await?;
         let manager = connect_master(&recipe, &master).await?;
@@ -117,7 +123,7 @@ impl ConnectionLike for SentinelConnection {
     }
 }
 
-/// Connections to the sentinels, asked in order until one answers.
+/// Connections to the sentinels, all asked each time.
 struct Sentinels {
     spec: SentinelSpec,
     certificates: Option<TlsCertificates>,
@@ -133,57 +139,116 @@ impl Sentinels {
         }
     }
 
-    /// The master's address, from the first sentinel that knows it.
-    async fn master(&mut self) -> RedisResult<(String, u16)> {
-        let mut last = None;
-        for i in 0..self.spec.sentinels.len() {
-            match self.ask(i).await {
-                Ok(Some(addr)) => return Ok(addr),
-                Ok(None) => {
-                    last = Some(RedisError::from((
-                        redis::ErrorKind::Client,
-                        "the sentinel does not know this master",
-                        self.spec.master.clone(),
-                    )))
-                }
-                Err(e) => {
-                    self.connections[i] = None;
-                    last = Some(e);
-                }
+    /// The master more than half of the answering sentinels name
+    /// ([`quorum`]); a refusal is counted and logged.
+    async fn master(&mut self) -> RedisResult<Address> {
+        let (spec, certificates) = (&self.spec, &self.certificates);
+        let asks = self
+            .connections
+            .iter_mut()
+            .zip(&spec.sentinels)
+            .map(|(slot, node)| ask(spec, certificates, slot, node));
+        let mut answers = Vec::new();
+        let mut last_error = None;
+        for result in futures_util::future::join_all(asks).await {
+            match result {
+                Ok(answer) => answers.push(answer),
+                Err(e) => last_error = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| {
-            RedisError::from((redis::ErrorKind::Client, "no sentinel configured"))
-        }))
+        let verdict = quorum::elect(&answers);
+        if let Verdict::Master(master) = &verdict {
+            return Ok(master.clone());
+        }
+        refusals().with_label_values(&[verdict.reason()]).inc();
+        let error = match verdict {
+            Verdict::NoMajority { answered, votes } => {
+                tracing::warn!(
+                    master = %spec.master,
+                    answered,
+                    votes,
+                    answers = ?answers,
+                    "the sentinels do not agree on the master: none followed"
+                );
+                RedisError::from((
+                    redis::ErrorKind::Client,
+                    "no majority of the answering sentinels names one master",
+                    format!("{votes} of {answered} agree"),
+                ))
+            }
+            _ => {
+                tracing::debug!(master = %spec.master, "no sentinel answered");
+                last_error.unwrap_or_else(|| {
+                    RedisError::from((redis::ErrorKind::Client, "no sentinel configured"))
+                })
+            }
+        };
+        Err(error)
     }
+}
 
-    async fn ask(&mut self, i: usize) -> RedisResult<Option<(String, u16)>> {
-        if self.connections[i].is_none() {
-            let (host, port) = &self.spec.sentinels[i];
-            let url = self.spec.node_url(host, *port, true);
-            let client = match &self.certificates {
+/// Ask one sentinel (connecting first if needed; a failed connection is
+/// dropped, to be made again next time). A malformed reply counts as an
+/// answer naming no master: it can only make a majority harder to reach.
+async fn ask(
+    spec: &SentinelSpec,
+    certificates: &Option<TlsCertificates>,
+    slot: &mut Option<MultiplexedConnection>,
+    (host, port): &(String, u16),
+) -> RedisResult<Option<Address>> {
+    let connection = match slot {
+        Some(connection) => connection,
+        None => {
+            let url = spec.node_url(host, *port, true);
+            let client = match certificates {
                 Some(certs) => redis::Client::build_with_tls(url, certs.clone())?,
                 None => redis::Client::open(url)?,
             };
             let config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(ASK_TIMEOUT))
                 .set_response_timeout(Some(ASK_TIMEOUT));
-            self.connections[i] = Some(
+            slot.insert(
                 client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await?,
-            );
+            )
         }
-        let Some(connection) = self.connections[i].as_mut() else {
-            return Ok(None);
-        };
-        let reply: Option<(String, u16)> = redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg(&self.spec.master)
-            .query_async(connection)
-            .await?;
-        Ok(reply)
-    }
+    };
+    let reply: RedisResult<Value> = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(&spec.master)
+        .query_async(connection)
+        .await;
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(e) => {
+            *slot = None;
+            return Err(e);
+        }
+    };
+    Ok(quorum::master_address(&reply).unwrap_or_else(|e| {
+        tracing::debug!(sentinel = %format!("{host}:{port}"), error = %e, "a sentinel's reply is unusable");
+        None
+    }))
+}
+
+/// `pgws_redis_sentinel_refusals_total{reason}`: rounds in which no master
+/// was followed — `no_majority` (the answering sentinels disagree) or
+/// `no_answer`. Registered with the process-wide metrics.
+fn refusals() -> &'static IntCounterVec {
+    static REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        let counter = IntCounterVec::new(
+            Opts::new(
+                "pgws_redis_sentinel_refusals_total",
+                "Rounds of asking the sentinels that named no master to follow, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("a valid metric");
+        let _ = crate::panics::registry().register(Box::new(counter.clone()));
+        counter
+    });
+    &REFUSALS
 }
 
 /// A connection manager on `master`, which must say it is one.
@@ -228,10 +293,8 @@ async fn watch(shared: Weak<Shared>, mut sentinels: Sentinels, recipe: Recipe) {
         };
         let master = match sentinels.master().await {
             Ok(master) => master,
-            Err(e) => {
-                tracing::debug!(error = %e, "no sentinel answered");
-                continue;
-            }
+            // Counted and logged by `master`.
+            Err(_) => continue,
         };
         if master == current {
             continue;
