@@ -480,3 +480,180 @@ async fn postgres_restarts_fast_and_immediate_under_load_lose_nothing() {
     assert!(report.clean(), "{report}");
     assert!(ledger.committed(&ch) >= 150);
 }
+
+/// The outside review's findings, each a regression test.
+mod review {
+    use super::*;
+
+    /// A gateway whose doorbell matters: without one, a send would wait
+    /// for the 10 s poll.
+    fn slow_poll(db: &TestDb) -> ServerBuilder {
+        outbox_gateway(db).env("PGWS_OUTBOX_POLL_INTERVAL", "10000")
+    }
+
+    async fn within(ws: &mut Ws, want: &str, limit: Duration) {
+        let started = Instant::now();
+        let got = tokio::time::timeout(limit, next_text(ws))
+            .await
+            .unwrap_or_else(|_| panic!("{want} not delivered within {limit:?}"));
+        assert_eq!(got, want, "after {:?}", started.elapsed());
+    }
+
+    /// `SET CONSTRAINTS ALL IMMEDIATE` runs the commit trigger at the
+    /// statement: an open transaction then holds its shard and the
+    /// doorbell's shared key. Other channels must not wait for it.
+    #[tokio::test]
+    async fn an_open_immediate_transaction_does_not_hold_up_other_channels() {
+        let db = TestDb::create().await;
+        let gw = slow_poll(&db).start().await;
+        let (open_ch, other) = (unique("ob-open"), unique("ob-other"));
+        let mut reader = connect(&read_url(&gw, &other)).await;
+        let mut open_reader = connect(&read_url(&gw, &open_ch)).await;
+        let open = db.client().await;
+        open.batch_execute("BEGIN; SET CONSTRAINTS ALL IMMEDIATE")
+            .await
+            .expect("begin");
+        let held = payload(&open_ch, "held");
+        open.execute("SELECT pgws.send($1)", &[&held])
+            .await
+            .expect("send");
+        let client = db.client().await;
+        for i in 0..3 {
+            let p = payload(&other, &format!("free-{i}"));
+            client
+                .execute("SELECT pgws.send($1)", &[&p])
+                .await
+                .expect("send");
+            within(&mut reader, &p, Duration::from_secs(3)).await;
+        }
+        open.batch_execute("COMMIT").await.expect("commit");
+        within(&mut open_reader, &held, Duration::from_secs(3)).await;
+    }
+
+    /// Advisory locks need no privilege: a role holding the doorbell's
+    /// keys may cost doorbells, never delivery or a sender's commit.
+    #[tokio::test]
+    async fn a_role_holding_the_doorbell_keys_cannot_stop_delivery() {
+        let db = TestDb::create().await;
+        let gw = slow_poll(&db).start().await;
+        let ch = unique("ob-hostile");
+        let mut reader = connect(&read_url(&gw, &ch)).await;
+        let hostile = db.client().await;
+        hostile
+            .batch_execute(
+                "SELECT pg_advisory_lock(1885828980, 0); \
+                 SELECT pg_advisory_lock_shared(1885828980, pid) FROM pg_stat_activity \
+                  WHERE application_name = 'pgws outbox' AND datname = current_database()",
+            )
+            .await
+            .expect("take the keys");
+        let client = db.client().await;
+        for i in 0..3 {
+            let p = payload(&ch, &format!("through-{i}"));
+            tokio::time::timeout(
+                Duration::from_secs(3),
+                client.execute("SELECT pgws.send($1)", &[&p]),
+            )
+            .await
+            .expect("the send's commit is not held")
+            .expect("send");
+            within(&mut reader, &p, Duration::from_secs(3)).await;
+        }
+    }
+
+    /// Two readers on one database: one's pruning never deletes what the
+    /// other (paused) has not read.
+    #[tokio::test]
+    async fn pruning_never_passes_another_readers_unread_rows() {
+        let db = TestDb::create().await;
+        let a = outbox_gateway(&db)
+            .env("PGWS_OUTBOX_RETENTION", "1")
+            .start()
+            .await;
+        let b = outbox_gateway(&db).start().await;
+        let ch = unique("ob-two");
+        let mut ra = connect(&read_url(&a, &ch)).await;
+        let mut rb = connect(&read_url(&b, &ch)).await;
+        b.signal("STOP");
+        b.wait_stopped().await;
+        let client = db.client().await;
+        let sent: Vec<String> = (0..5).map(|i| payload(&ch, &format!("p-{i}"))).collect();
+        for p in &sent {
+            client
+                .execute("SELECT pgws.send($1)", &[p])
+                .await
+                .expect("send");
+        }
+        for p in &sent {
+            assert_eq!(&next_text(&mut ra).await, p);
+        }
+        // Two whole pruning passes of A after the rows aged past its
+        // retention.
+        let runs = a.metric("pgws_outbox_prune_runs_total").await;
+        a.wait_metric("pgws_outbox_prune_runs_total", runs + 3.0)
+            .await;
+        b.signal("CONT");
+        for p in &sent {
+            assert_eq!(&next_text(&mut rb).await, p, "B still gets it");
+        }
+    }
+
+    /// A start re-running the schema would queue behind an open sending
+    /// transaction, and every new send behind it.
+    #[tokio::test]
+    async fn a_start_does_not_wait_for_an_open_sending_transaction() {
+        let db = TestDb::create().await;
+        let first = outbox_gateway(&db).start().await;
+        let open = db.client().await;
+        open.batch_execute("BEGIN").await.expect("begin");
+        open.execute("SELECT pgws.send('{\"channel\":\"x\"}')", &[])
+            .await
+            .expect("send");
+        let second = tokio::time::timeout(
+            Duration::from_secs(10),
+            outbox_gateway(&db)
+                .env("PGWS_LISTEN_CHANNEL", first.listen_channel.clone())
+                .start(),
+        )
+        .await
+        .expect("started while the transaction is open");
+        let ch = unique("ob-late");
+        let mut reader = connect(&read_url(&second, &ch)).await;
+        let p = payload(&ch, "meanwhile");
+        db.client()
+            .await
+            .execute("SELECT pgws.send($1)", &[&p])
+            .await
+            .expect("send");
+        within(&mut reader, &p, Duration::from_secs(3)).await;
+        open.batch_execute("ROLLBACK").await.expect("rollback");
+    }
+
+    /// Routing as for a NOTIFY: `\u0000` elsewhere in the payload keeps the
+    /// channel; a repeated "channel" goes to the fallback.
+    #[tokio::test]
+    async fn routing_matches_notify_for_odd_json() {
+        let db = TestDb::create().await;
+        let gw = outbox_gateway(&db).start().await;
+        let ch = unique("ob-odd");
+        let mut reader = connect(&read_url(&gw, &ch)).await;
+        let mut fallback = connect(&read_url(&gw, &gw.listen_channel)).await;
+        let client = db.client().await;
+        let nul = format!(r#"{{"channel":"{ch}","s":"x\u0000y"}}"#);
+        let twice = format!(r#"{{"channel":"{ch}","channel":"{ch}"}}"#);
+        for p in [&nul, &twice] {
+            client
+                .execute("SELECT pgws.send($1)", &[p])
+                .await
+                .expect("send");
+        }
+        assert_eq!(next_text(&mut reader).await, nul);
+        assert_eq!(next_text(&mut fallback).await, twice);
+        let long = format!(r#"{{"channel":"{}"}}"#, "c".repeat(1100));
+        let refused = client.execute("SELECT pgws.send($1)", &[&long]).await;
+        assert!(
+            refused.is_err(),
+            "a channel over 1024 bytes is refused at the send"
+        );
+    }
+}

@@ -21,6 +21,8 @@ pub struct OutboxMetrics {
     pub refused: IntCounter,
     /// Rows pruned, by table.
     pub pruned: IntCounterVec,
+    /// Pruning passes that ran to the end.
+    pub prune_runs: IntCounter,
     /// Times the reader found itself further behind than the retention.
     pub behind: IntCounter,
     /// Times the database was found behind the reader (generation moved).
@@ -67,12 +69,17 @@ impl OutboxMetrics {
                 "pgws_outbox_behind_retention_total",
                 "Times the reader was further behind than PGWS_OUTBOX_RETENTION (nothing unread is pruned)",
             )?,
+            prune_runs: IntCounter::new(
+                "pgws_outbox_prune_runs_total",
+                "Pruning passes over the outbox tables that ran to the end",
+            )?,
             rewinds: IntCounter::new(
                 "pgws_outbox_rewinds_total",
                 "Times the outbox database was behind the reader (a failover to a lagging replica, a restore): the generation moved on",
             )?,
         };
         registry.register(Box::new(m.rewinds.clone()))?;
+        registry.register(Box::new(m.prune_runs.clone()))?;
         registry.register(Box::new(m.up.clone()))?;
         registry.register(Box::new(m.lag.clone()))?;
         registry.register(Box::new(m.messages.clone()))?;

@@ -105,6 +105,7 @@ pub async fn once(
             .with_label_values(&["commits"])
             .inc_by(commits);
         metrics.pruned.with_label_values(&["outbox"]).inc_by(outbox);
+        metrics.prune_runs.inc();
         if commits + outbox > 0 {
             tracing::debug!(commits, outbox, "outbox pruned");
         }

@@ -278,9 +278,9 @@ async fn newest(client: &Client) -> Result<Cursors, tokio_postgres::Error> {
 /// let through bytes that are not UTF-8 does not stop the reader.
 const HISTORY_SQL: &str = "\
 SELECT x.seq, x.shard, x.channel, x.base, x.message_offset, x.payload, x.committed_ms
-  FROM (SELECT c.seq, c.shard, convert_to(c.channel, 'UTF8') AS channel, c.base, o.id,
+  FROM (SELECT c.seq, c.shard, textsend(c.channel) AS channel, c.base, o.id,
                c.first_offset + row_number() OVER (PARTITION BY c.seq ORDER BY o.id) - 1 AS message_offset,
-               o.payload::bytea AS payload,
+               textsend(o.payload) AS payload,
                floor(extract(epoch FROM c.committed_at) * 1000)::bigint AS committed_ms,
                row_number() OVER (PARTITION BY c.channel ORDER BY c.seq DESC, o.id DESC) AS rn
           FROM pgws.commits c
@@ -299,9 +299,9 @@ WITH next AS (
     JOIN unnest($1::int[], $2::bigint[]) AS k(shard, cur) ON c.shard = k.shard AND c.seq > k.cur
    ORDER BY c.seq
    LIMIT $3)
-SELECT n.seq, n.shard, convert_to(n.channel, 'UTF8'), n.base,
+SELECT n.seq, n.shard, textsend(n.channel), n.base,
        n.first_offset + row_number() OVER (PARTITION BY n.seq ORDER BY o.id) - 1,
-       o.payload::bytea, floor(extract(epoch FROM n.committed_at) * 1000)::bigint
+       textsend(o.payload), floor(extract(epoch FROM n.committed_at) * 1000)::bigint
   FROM next n
   JOIN pgws.outbox o ON o.xid = n.xid AND o.id BETWEEN n.first_id AND n.last_id
                     AND coalesce(o.channel, '') = n.channel
@@ -481,13 +481,21 @@ impl Reader {
                 .query_one("SELECT pg_backend_pid()", &[])
                 .await?
                 .get(0);
+            // Registered with where it starts: pruning counts it from now.
             session
                 .client
                 .batch_execute(&format!(
                     "DELETE FROM pgws.readers WHERE pid NOT IN (SELECT pid FROM pg_stat_activity); \
-                     INSERT INTO pgws.readers (pid) VALUES ({pid}) ON CONFLICT DO NOTHING; \
                      LISTEN {DOORBELL_CHANNEL}"
                 ))
+                .await?;
+            session
+                .client
+                .execute(
+                    "INSERT INTO pgws.readers (pid, seqs) VALUES ($1, $2) \
+                     ON CONFLICT (pid) DO UPDATE SET seqs = excluded.seqs",
+                    &[&pid, &self.current().seqs],
+                )
                 .await?;
             self.check_rewind(&session).await?;
             let poll = session.client.prepare(POLL_SQL).await?;
