@@ -9,7 +9,7 @@ use pgws_protocol::history::PUBLISH_SCRIPT;
 use pgws_protocol::keys::KeySpace;
 use pgws_protocol::republish::Header;
 use pgws_testkit::cluster::{wait_listen_backends, Cluster};
-use pgws_testkit::fault_proxy::FaultProxy;
+use pgws_testkit::proxy::Proxy;
 use pgws_testkit::republished::subscribe;
 use pgws_testkit::*;
 use serde_json::json;
@@ -167,11 +167,11 @@ fn redis_addr() -> std::net::SocketAddr {
 /// successor's first message is the channel's first.
 #[tokio::test]
 async fn a_batch_held_in_the_network_while_the_lock_moves_lands_nowhere() {
-    let proxy = FaultProxy::start(redis_addr()).await;
+    let proxy = Proxy::start(redis_addr()).await.expect("proxy");
     let mut c = Cluster::start(&redis_url(), 0, 0).await;
     let through_proxy = c
         .coordinator_builder()
-        .env("PGWS_REDIS_URL", format!("redis://{}", proxy.addr))
+        .env("PGWS_REDIS_URL", format!("redis://{}", proxy.addr()))
         .start()
         .await;
     c.coordinators.push(through_proxy);

@@ -25,8 +25,6 @@
 //! * [`certs`] — a throw-away PKI.
 //! * [`checker`] — the fault-injection checker's per-reader invariants
 //!   (lost, duplicated, reordered; reused v2 offsets).
-//! * [`fault_proxy`] — a TCP proxy that holds or cuts one process's
-//!   traffic (network delay and partitions, for fencing and the nemesis).
 
 #![allow(missing_docs)]
 
@@ -34,7 +32,6 @@ pub mod certs;
 pub mod checker;
 pub mod cluster;
 pub mod db;
-pub mod fault_proxy;
 pub mod http;
 pub mod names;
 pub mod outbox;

@@ -20,6 +20,10 @@
 //!   order. Throughput is not limited (chunks in flight overlap), so a
 //!   delay models distance, not a slow link. A new delay applies to the
 //!   bytes read after it is set.
+//! * **Hold** keeps the bytes travelling upstream (client → target) from
+//!   [`Proxy::hold`] until [`Proxy::release`], then delivers them in order:
+//!   a request in flight for as long as a test likes (longer than a lock's
+//!   ttl). [`Proxy::wait_held`] says when a given request is among them.
 //! * **Partition** resets every proxied connection (both sides see a reset,
 //!   as after a peer's crash) and resets each new one as soon as it is
 //!   accepted, until [`Proxy::heal`]. The listening port stays the same
@@ -57,10 +61,14 @@ const IN_FLIGHT: usize = 256;
 const CHUNK: usize = 16 * 1024;
 
 /// What the proxy's tasks share with its handle.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     /// One-way delays: upstream, downstream.
     delays: Mutex<(Duration, Duration)>,
+    /// `true` while upstream bytes are held.
+    hold: watch::Sender<bool>,
+    /// What was read upstream while held (for [`Proxy::wait_held`]).
+    held: Mutex<Vec<u8>>,
     accepted: AtomicU64,
     refused: AtomicU64,
     live: AtomicU64,
@@ -93,7 +101,14 @@ impl Proxy {
     pub async fn start(target: SocketAddr) -> std::io::Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            delays: Mutex::default(),
+            hold: watch::channel(false).0,
+            held: Mutex::default(),
+            accepted: AtomicU64::default(),
+            refused: AtomicU64::default(),
+            live: AtomicU64::default(),
+        });
         let (partitioned, watching) = watch::channel(false);
         let accepting = tokio::spawn(accept(listener, target, shared.clone(), watching));
         Ok(Proxy {
@@ -123,6 +138,42 @@ impl Proxy {
         }
         if direction != Direction::Upstream {
             d.1 = delay;
+        }
+    }
+
+    /// Hold what clients send (upstream) until [`Proxy::release`].
+    pub fn hold(&self) {
+        self.shared
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.shared.hold.send_replace(true);
+    }
+
+    /// Deliver what was held, in order, and stop holding.
+    pub fn release(&self) {
+        self.shared.hold.send_replace(false);
+    }
+
+    /// Wait until `needle` is among the bytes held, within
+    /// [`crate::names::WAIT`].
+    pub async fn wait_held(&self, needle: &[u8]) {
+        let deadline = std::time::Instant::now() + crate::names::WAIT;
+        loop {
+            let seen = {
+                let held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+                held.windows(needle.len()).any(|w| w == needle)
+            };
+            if seen {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?} never reached the proxy",
+                String::from_utf8_lossy(needle)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -248,6 +299,13 @@ where
                 Ok(n) => n,
             };
             buf.truncate(n);
+            if upstream && *shared.hold.borrow() {
+                shared
+                    .held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&buf);
+            }
             let due = Instant::now() + shared.delay(upstream);
             if chunks.send((due, buf)).await.is_err() {
                 break;
@@ -255,8 +313,12 @@ where
         }
     };
     let writing = async move {
+        let mut hold = shared.hold.subscribe();
         while let Some((due, chunk)) = queued.recv().await {
             tokio::time::sleep_until(due).await;
+            if upstream && hold.wait_for(|held| !*held).await.is_err() {
+                return;
+            }
             if to.write_all(&chunk).await.is_err() {
                 return;
             }

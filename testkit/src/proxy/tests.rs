@@ -132,3 +132,31 @@ async fn dropping_the_proxy_ends_its_connections() {
     drop(proxy);
     assert!(ends(&mut s).await);
 }
+
+#[tokio::test]
+async fn held_bytes_arrive_in_order_only_after_release() {
+    let proxy = Proxy::start(echo_server().await).await.expect("proxy");
+    let mut s = TcpStream::connect(proxy.addr()).await.expect("connect");
+    assert_eq!(
+        round_trip(&mut s, b"before").await.expect("echo"),
+        b"before"
+    );
+    proxy.hold();
+    s.write_all(b"first ").await.expect("write");
+    s.write_all(b"second").await.expect("write");
+    proxy.wait_held(b"second").await;
+    let mut buf = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf))
+            .await
+            .is_err(),
+        "nothing passes while held"
+    );
+    proxy.release();
+    let mut got = vec![0u8; 12];
+    tokio::time::timeout(BOUND, s.read_exact(&mut got))
+        .await
+        .expect("released in time")
+        .expect("read");
+    assert_eq!(&got, b"first second");
+}
