@@ -69,7 +69,9 @@ CREATE TABLE IF NOT EXISTS pgws.outbox (
   payload text NOT NULL,
   created_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS outbox_xid ON pgws.outbox (xid);
+-- A transaction's rows, in order (the commit trigger, the reader).
+CREATE INDEX IF NOT EXISTS outbox_xid_id ON pgws.outbox (xid, id);
+DROP INDEX IF EXISTS pgws.outbox_xid;
 
 -- Each channel's sequence: when it was created (the epoch's base, in Unix
 -- milliseconds) and its newest offset. One row per channel ever sent on.

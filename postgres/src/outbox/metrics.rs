@@ -23,6 +23,8 @@ pub struct OutboxMetrics {
     pub pruned: IntCounterVec,
     /// Pruning passes that ran to the end.
     pub prune_runs: IntCounter,
+    /// VACUUMs run after large pruning passes.
+    pub vacuums: IntCounter,
     /// Times the reader found itself further behind than the retention.
     pub behind: IntCounter,
     /// Times the database was found behind the reader (generation moved).
@@ -73,6 +75,10 @@ impl OutboxMetrics {
                 "pgws_outbox_prune_runs_total",
                 "Pruning passes over the outbox tables that ran to the end",
             )?,
+            vacuums: IntCounter::new(
+                "pgws_outbox_vacuums_total",
+                "VACUUMs of the outbox tables after a pruning pass of 10,000 rows or more",
+            )?,
             rewinds: IntCounter::new(
                 "pgws_outbox_rewinds_total",
                 "Times the outbox database was behind the reader (a failover to a lagging replica, a restore): the generation moved on",
@@ -80,6 +86,7 @@ impl OutboxMetrics {
         };
         registry.register(Box::new(m.rewinds.clone()))?;
         registry.register(Box::new(m.prune_runs.clone()))?;
+        registry.register(Box::new(m.vacuums.clone()))?;
         registry.register(Box::new(m.up.clone()))?;
         registry.register(Box::new(m.lag.clone()))?;
         registry.register(Box::new(m.messages.clone()))?;

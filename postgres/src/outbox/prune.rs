@@ -12,6 +12,10 @@
 //!   transactions have none, and go by age alone). A transaction still
 //!   running is invisible to the delete, so its rows stay.
 //!
+//! * After a pass that deleted at least [`VACUUM_AFTER`] rows the two
+//!   tables are vacuumed (`SKIP_LOCKED`), so their size stays flat where
+//!   autovacuum is off or behind.
+//!
 //! `pgws.channels` is kept: one row per channel ever sent on, so a channel
 //! keeps its epoch for as long as the database does.
 
@@ -25,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Rows deleted per statement.
 pub const BATCH: i64 = 5000;
+/// Rows pruned in one pass after which the tables are vacuumed.
+pub const VACUUM_AFTER: u64 = 10_000;
 
 /// Commit rows behind this reader (`$1` shards, `$2` its cursors), every
 /// live reader's recorded cursor and every saved cluster cursor, and older
@@ -106,6 +112,16 @@ pub async fn once(
             .inc_by(commits);
         metrics.pruned.with_label_values(&["outbox"]).inc_by(outbox);
         metrics.prune_runs.inc();
+        if commits + outbox >= VACUUM_AFTER {
+            // Where autovacuum is off (or slow), deleted rows would never
+            // make room: vacuum these two tables after a large pass. It
+            // takes no lock senders wait for; without ownership PostgreSQL
+            // skips it with a warning.
+            client
+                .batch_execute("VACUUM (SKIP_LOCKED) pgws.commits, pgws.outbox")
+                .await?;
+            metrics.vacuums.inc();
+        }
         if commits + outbox > 0 {
             tracing::debug!(commits, outbox, "outbox pruned");
         }

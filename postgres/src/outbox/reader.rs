@@ -291,21 +291,31 @@ SELECT x.seq, x.shard, x.channel, x.base, x.message_offset, x.payload, x.committ
  ORDER BY x.seq, x.id";
 
 /// The next commits after the cursors (`$1` shards, `$2` their cursors),
-/// at most `$3`, with their messages in commit order.
+/// at most `$3`, with their messages in commit order. Each step is an
+/// index range scan whatever the table's statistics say (a server with
+/// autovacuum off never analyzes them): per shard the commits after its
+/// cursor on `(shard, seq)`, then each commit's messages on `(xid, id)`.
 const POLL_SQL: &str = "\
 WITH next AS (
   SELECT c.seq, c.shard, c.xid, c.channel, c.base, c.first_offset, c.first_id, c.last_id, c.committed_at
-    FROM pgws.commits c
-    JOIN unnest($1::int[], $2::bigint[]) AS k(shard, cur) ON c.shard = k.shard AND c.seq > k.cur
+    FROM unnest($1::int[], $2::bigint[]) AS k(shard, cur)
+    CROSS JOIN LATERAL (
+      SELECT * FROM pgws.commits c
+       WHERE c.shard = k.shard AND c.seq > k.cur
+       ORDER BY c.seq
+       LIMIT $3) AS c
    ORDER BY c.seq
    LIMIT $3)
-SELECT n.seq, n.shard, textsend(n.channel), n.base,
-       n.first_offset + row_number() OVER (PARTITION BY n.seq ORDER BY o.id) - 1,
-       textsend(o.payload), floor(extract(epoch FROM n.committed_at) * 1000)::bigint
+SELECT n.seq, n.shard, textsend(n.channel), n.base, n.first_offset + m.idx - 1,
+       textsend(m.payload), floor(extract(epoch FROM n.committed_at) * 1000)::bigint
   FROM next n
-  JOIN pgws.outbox o ON o.xid = n.xid AND o.id BETWEEN n.first_id AND n.last_id
-                    AND coalesce(o.channel, '') = n.channel
- ORDER BY n.seq, o.id";
+  CROSS JOIN LATERAL (
+    SELECT o.id, o.payload, row_number() OVER (ORDER BY o.id) AS idx
+      FROM pgws.outbox o
+     WHERE o.xid = n.xid AND o.id BETWEEN n.first_id AND n.last_id
+       AND coalesce(o.channel, '') = n.channel
+     OFFSET 0) AS m
+ ORDER BY n.seq, m.id";
 
 /// Text that should be UTF-8, as it is or with U+FFFD for what is not.
 fn text_of(bytes: Vec<u8>) -> String {
