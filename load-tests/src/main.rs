@@ -87,6 +87,10 @@ enum Scenario {
         batch: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// With `--send outbox`: the reading gateway's admin address,
+        /// whose `pgws_outbox_messages_total` counts what arrived.
+        #[arg(long)]
+        outbox_metrics: Option<std::net::SocketAddr>,
     },
     /// One channel read by many sockets across several generator
     /// processes (see `load-tests/sockets-100k.sh`): `--sockets N` reads,
@@ -194,7 +198,8 @@ async fn main() -> anyhow::Result<()> {
             publishers,
             batch,
             seconds,
-        } => ceiling::ceiling(&c, publishers, batch, seconds).await?,
+            outbox_metrics,
+        } => ceiling::ceiling(&c, publishers, batch, seconds, outbox_metrics).await?,
         Scenario::Writers {
             writers,
             rate,

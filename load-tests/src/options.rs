@@ -47,11 +47,21 @@ pub struct Common {
     /// (subscribe command, message frames with offsets).
     #[arg(long, global = true, default_value = "v1", value_parser = ["v1", "v2"])]
     pub protocol: String,
+    /// How notifications are published: `notify` (`pg_notify` on the
+    /// listen channel) or `outbox` (`SELECT pgws.send(payload)`, the
+    /// durable outbox; the gateway needs `PGWS_OUTBOX=true`).
+    #[arg(long, global = true, default_value = "notify", value_parser = ["notify", "outbox"])]
+    pub send: String,
 }
 
 impl Common {
     /// Whether sockets speak protocol v2.
     pub fn v2(&self) -> bool {
         self.protocol == "v2"
+    }
+
+    /// Whether notifications go through the durable outbox.
+    pub fn outbox(&self) -> bool {
+        self.send == "outbox"
     }
 }

@@ -27,6 +27,7 @@ impl Report {
     pub(crate) fn new(scenario: &'static str, c: &Common) -> Report {
         let mut fields = Map::new();
         fields.insert("label".into(), json!(c.label));
+        fields.insert("send".into(), json!(c.send));
         Report { scenario, fields }
     }
 
@@ -184,7 +185,9 @@ pub(crate) fn latency_fields(report: &mut Report, h: &Histogram<u64>) {
 }
 
 /// Notify `channel_of(seq)` `rate` times a second for `seconds`, with
-/// payloads of about `size` bytes carrying the sequence and send time.
+/// payloads of about `size` bytes carrying the sequence and send time;
+/// one autocommitted transaction each, `pg_notify` or (`--send outbox`)
+/// `pgws.send`.
 pub(crate) async fn publish(
     c: &Common,
     rate: u64,
@@ -192,8 +195,26 @@ pub(crate) async fn publish(
     size: usize,
     channel_of: impl Fn(u64) -> String,
 ) -> anyhow::Result<u64> {
+    Ok(publish_timed(c, rate, seconds, size, channel_of).await?.0)
+}
+
+/// As [`publish`], also returning how long each autocommitted statement
+/// took the publisher (microseconds): the transaction's own cost, commit
+/// and WAL flush included.
+pub(crate) async fn publish_timed(
+    c: &Common,
+    rate: u64,
+    seconds: u64,
+    size: usize,
+    channel_of: impl Fn(u64) -> String,
+) -> anyhow::Result<(u64, Histogram<u64>)> {
+    let mut took = Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let client = db(c).await?;
-    let statement = client.prepare("SELECT pg_notify($1, $2)").await?;
+    let statement = if c.outbox() {
+        client.prepare("SELECT pgws.send($1)").await?
+    } else {
+        client.prepare("SELECT pg_notify($1, $2)").await?
+    };
     let total = rate * seconds;
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let mut tick = tokio::time::interval(period);
@@ -212,12 +233,18 @@ pub(crate) async fn publish(
                 ),
             );
         }
-        client
-            .execute(&statement, &[&c.listen_channel, &payload])
-            .await?;
+        let at = Instant::now();
+        if c.outbox() {
+            client.execute(&statement, &[&payload]).await?;
+        } else {
+            client
+                .execute(&statement, &[&c.listen_channel, &payload])
+                .await?;
+        }
+        let _ = took.record(at.elapsed().as_micros() as u64);
         progress("notifying", seq as usize, total as usize);
     }
-    Ok(total)
+    Ok((total, took))
 }
 
 pub(crate) struct Readers {
@@ -329,7 +356,7 @@ async fn notify_scenario(
     let readers_per_channel = readers / channels;
     let group = start_readers(sockets);
     let mark = CpuMark::now(c);
-    let sent = publish(c, rate, seconds, size, |seq| {
+    let (sent, took) = publish_timed(c, rate, seconds, size, |seq| {
         format!("{tag}-{}", seq as usize % channels)
     })
     .await?;
@@ -356,6 +383,12 @@ async fn notify_scenario(
         ((elapsed - published_in) * 10.0).round() / 10.0,
     );
     latency_fields(&mut report, &latency);
+    for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+        report.set(
+            &format!("send_statement_{name}_ms"),
+            took.value_at_quantile(q) as f64 / 1000.0,
+        );
+    }
     let per = |cpu: f64| (cpu * 1e6 / received.max(1) as f64 * 100.0).round() / 100.0;
     report.set("server_cpu_us_per_delivery", per(server_cpu));
     report.set("postgres_cpu_us_per_delivery", per(pg_cpu));
