@@ -472,6 +472,10 @@ fn unread_bytes(port: u16) -> u64 {
 
 /// Documented in docs/security.md ("Before a token is checked").
 const PENDING_TLS_HANDSHAKE_KIB: u64 = 24;
+/// RSS grows in the allocator's segments, not byte by byte: a run on a
+/// loaded machine measured 6 MiB where 4.1 were the handshakes' own. The
+/// review's 128–163 KiB per handshake (25–32 MiB for 200) still fails.
+const ALLOCATOR_SLACK_KIB: u64 = 4096;
 
 /// The second review: a stalled near-64 KiB ClientHello held 128 KiB (the
 /// receive buffer doubled before the size check), 165 MiB at the pending
@@ -503,7 +507,7 @@ async fn stalled_tls_handshakes_hold_no_more_than_the_documented_bound() {
     }
     let refused_grown = gw.rss_kib().saturating_sub(before);
     assert!(
-        refused_grown <= 200 * PENDING_TLS_HANDSHAKE_KIB,
+        refused_grown <= 200 * PENDING_TLS_HANDSHAKE_KIB + ALLOCATOR_SLACK_KIB,
         "{refused_grown} KiB left by 200 refused handshakes"
     );
     let before = gw.rss_kib();
@@ -529,7 +533,7 @@ async fn stalled_tls_handshakes_hold_no_more_than_the_documented_bound() {
         grown as f64 / 200.0
     );
     assert!(
-        grown <= 200 * PENDING_TLS_HANDSHAKE_KIB,
+        grown <= 200 * PENDING_TLS_HANDSHAKE_KIB + ALLOCATOR_SLACK_KIB,
         "{grown} KiB for 200 stalled handshakes: over {PENDING_TLS_HANDSHAKE_KIB} KiB each"
     );
     drop(held);
