@@ -8,7 +8,10 @@
 #      Redis Cluster, HAProxy, Prometheus),
 #   3. the JavaScript client's tests (node's runner, against real gateways),
 #   4. static checks of the Helm chart, compose file and deploy configs,
-#   5. the chat page in headless Chromium through HAProxy, including a
+#   5. the container image: built with buildah from the debug binaries,
+#      run (/readyz, a websocket receiving a NOTIFY), checked (non-root, no
+#      shell, size) — scripts/test-image.sh,
+#   6. the chat page in headless Chromium through HAProxy, including a
 #      rolling restart of every gateway under it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,5 +38,7 @@ node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || node_ws=(--ex
 node "${node_ws[@]}" --test clients/js/test/
 echo "== deploy checks" >&2
 bash scripts/test-deploy.sh
+echo "== image" >&2
+bash scripts/test-image.sh
 echo "== browser" >&2
 bash scripts/test-browser.sh
