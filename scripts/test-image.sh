@@ -41,8 +41,14 @@ echo "image built in $(( $(date +%s) - start )) s (base cached after the first r
 
 ctr=$(bh from --pull-never "$tag")
 run_pid=""
+# buildah run does not pass SIGTERM on to the process it runs: end the
+# processes this script started, deepest first, by their ids.
+descendants() { local child; for child in $(ps -o pid= --ppid "$1"); do descendants "$child"; echo "$child"; done; }
 cleanup() {
-  [ -n "$run_pid" ] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null
+  if [ -n "$run_pid" ]; then
+    for pid in $(descendants "$run_pid") "$run_pid"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait "$run_pid" 2>/dev/null || true
+  fi
   bh rm "$ctr" >/dev/null 2>&1 || true
   bh rmi "$tag" >/dev/null 2>&1 || true
   rm -rf dist
