@@ -10,6 +10,8 @@
 #   * the image runs as 10001:10001 and has no shell,
 #   * `buildah run --network host` starts pgws-gateway from the image against
 #     the local PostgreSQL: /readyz answers and a websocket receives a NOTIFY,
+#   * the chart's `helm test` script (helm/files/websocket-test.js) opens a
+#     websocket on it,
 #   * its size is printed (and recorded in docs/operations.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,6 +94,8 @@ check "the image's gateway answers /readyz" ready
 node_ws=()
 node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || node_ws=(--experimental-websocket)
 check "a websocket through the image receives a NOTIFY" node "${node_ws[@]}" --no-warnings tests/image/notify.mjs "$port" "$listen" "$db"
+check "the chart's helm test script opens a websocket on the image's gateway" \
+  env PGWS_URL="ws://127.0.0.1:$port" node "${node_ws[@]}" --no-warnings helm/files/websocket-test.js
 rm -f ".tmp/image-gateway-$$.log"
 echo "image: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
