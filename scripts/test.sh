@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 source scripts/services.sh
 source scripts/tools.sh
 pgws_ensure_cargo
-pgws_ensure_postgres
+if [ -z "${PGWS_TEST_DB_URI:-}" ]; then pgws_ensure_postgres; fi
 pgws_ensure_redis
 pgws_ensure_debs
 
@@ -32,7 +32,8 @@ echo "== cargo test" >&2
 cargo build --locked --workspace --bins
 cargo test --locked --workspace --no-fail-fast -- --test-threads "${PGWS_TEST_THREADS:-4}"
 echo "== JavaScript client" >&2
-# Node 20 has the WebSocket global behind a flag; 22 and later have it.
+# Node 20 has the WebSocket global behind a flag; 22 and later have it
+# (pgws_ensure_debs checked the version and said how to get a newer one).
 node_ws=()
 node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || node_ws=(--experimental-websocket)
 node "${node_ws[@]}" --test clients/js/test/
