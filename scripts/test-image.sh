@@ -36,6 +36,8 @@ if [ ! -x "target/$profile/pgws-gateway" ]; then
   cargo build --locked "${release[@]}" -p pgws-gateway -p pgws-coordinator
 fi
 start=$(date +%s)
+had_dist=0
+[ -d dist ] && had_dist=1
 bash scripts/image.sh stage "$profile"
 bash scripts/image.sh base
 PGWS_BASE_IMAGE=localhost/pgws-base:bookworm bash scripts/image.sh build "$tag"
@@ -53,7 +55,8 @@ cleanup() {
   fi
   bh rm "$ctr" >/dev/null 2>&1 || true
   bh rmi "$tag" >/dev/null 2>&1 || true
-  rm -rf dist
+  # dist/ staged by someone else (for docker compose) is theirs to keep.
+  [ "$had_dist" = 1 ] || rm -rf dist
 }
 trap cleanup EXIT
 
