@@ -14,7 +14,9 @@ source scripts/services.sh
 
 BIN=target/release
 SECRET=reallyreallyreallyreallyverysafe
-DB=postgres://postgres@127.0.0.1:5432/postgres
+# PGWS_DB_URI overrides the local PostgreSQL (see scripts/services.sh for a
+# server that asks for a password).
+DB="${PGWS_DB_URI:-postgres://postgres@127.0.0.1:5432/postgres}"
 REDIS=redis://127.0.0.1:6379
 pids=()
 declare -A PID_BY_ADMIN_PORT=()
@@ -24,8 +26,10 @@ declare -A PID_BY_ADMIN_PORT=()
 pgws_load_setup() {
   RUN_TAG="$1-$$"; shift
   pgws_ensure_cargo
-  pgws_ensure_postgres
+  if [ -z "${PGWS_DB_URI:-}" ]; then pgws_ensure_postgres; fi
   pgws_ensure_redis
+  command -v curl >/dev/null 2>&1 || { echo "curl is missing (Debian/Ubuntu: apt-get install curl)" >&2; return 1; }
+  command -v python3 >/dev/null 2>&1 || { echo "python3 is missing (Debian/Ubuntu: apt-get install python3)" >&2; return 1; }
   local packages=()
   for p in "$@"; do packages+=(-p "$p"); done
   cargo build --release --locked "${packages[@]}"

@@ -1,11 +1,25 @@
 # Sourced by the scripts: make sure the local PostgreSQL (and Redis, when
-# asked) are running, starting or installing them when they are not.
+# asked) are running, starting or installing them when they are not. Each
+# step says what it does; a server that was already running is never
+# reconfigured unless PGWS_ALLOW_PG_TRUST=1 asks for it.
+
+# Tell how to point the scripts at a PostgreSQL that asks for a password.
+pgws_postgres_password_hint() {
+  echo "PostgreSQL on 127.0.0.1:5432 refuses user postgres without a password. Either:" >&2
+  echo "  * give a connection string: PGWS_DB_URI='postgres://user:password@127.0.0.1:5432/db' $0" >&2
+  echo "    (scripts/test.sh: PGWS_TEST_DB_URI; a password can also come from ~/.pgpass or PGPASSWORD)," >&2
+  echo "  * or let the script add 'host all postgres 127.0.0.1/32 trust' to pg_hba.conf and reload:" >&2
+  echo "    PGWS_ALLOW_PG_TRUST=1 $0" >&2
+}
 
 pgws_ensure_postgres() {
+  local installed=0
   if command -v pg_isready >/dev/null 2>&1 && pg_isready -h 127.0.0.1 -p 5432 -q; then
-    return 0
+    pgws_postgres_trust "$installed"
+    return
   fi
   if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    installed=1
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
       echo "PostgreSQL is not installed: installing it with apt-get" >&2
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
@@ -27,15 +41,26 @@ pgws_ensure_postgres() {
     echo "PostgreSQL did not start on 127.0.0.1:5432" >&2
     return 1
   fi
-  if ! psql "postgres://postgres@127.0.0.1:5432/postgres" -Atqc 'select 1' >/dev/null 2>&1; then
-    echo "PostgreSQL refuses postgres@127.0.0.1 without a password: allowing trust on loopback" >&2
-    for hba in /etc/postgresql/*/main/pg_hba.conf; do
-      sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
-    done
-    for version in $(ls /etc/postgresql); do
-      pg_ctlcluster --skip-systemctl-redirect "$version" main reload 2>/dev/null || true
-    done
+  pgws_postgres_trust "$installed"
+}
+
+# The scripts connect as postgres without a password over TCP. A server this
+# script installed is configured for that (and says so); one that was there
+# already only with PGWS_ALLOW_PG_TRUST=1, else the hint above and failure.
+pgws_postgres_trust() {
+  local installed=$1
+  psql "postgres://postgres@127.0.0.1:5432/postgres" -Atqc 'select 1' >/dev/null 2>&1 && return 0
+  if [ "$installed" != 1 ] && [ "${PGWS_ALLOW_PG_TRUST:-0}" != 1 ]; then
+    pgws_postgres_password_hint
+    return 1
   fi
+  echo "adding 'host all postgres 127.0.0.1/32 trust' to the top of pg_hba.conf and reloading PostgreSQL" >&2
+  for hba in /etc/postgresql/*/main/pg_hba.conf; do
+    sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
+  done
+  for version in $(ls /etc/postgresql); do
+    pg_ctlcluster --skip-systemctl-redirect "$version" main reload 2>/dev/null || true
+  done
 }
 
 pgws_ensure_redis() {

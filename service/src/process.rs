@@ -80,6 +80,18 @@ pub struct ConfigFileArg {
     pub config: Option<std::path::PathBuf>,
 }
 
+/// Parse the command line of a binary whose `--help` ends with the table
+/// of the variables it reads ([`crate::config::help_table`]).
+pub fn parse_args<A: clap::Parser>(vars: &'static [Var]) -> A {
+    let command = A::command().after_long_help(crate::config::help_table(vars));
+    let command = command.after_help("Environment variables: see --help for the full list.");
+    let matches = command.get_matches();
+    match A::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    }
+}
+
 /// Exit code for a configuration error (sysexits' EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
 
