@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use pgws_testkit::raw::stalled_client_hello;
 use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 use std::sync::Arc;
@@ -429,27 +430,6 @@ async fn wss_carries_bursts_both_ways_in_order_and_closes_cleanly() {
     )
     .await;
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// A handshake message announcing `len` bytes of which `sent` are sent, in
-/// records of the largest plaintext size: a ClientHello that never ends.
-fn stalled_client_hello(len: usize, sent: usize) -> Vec<u8> {
-    let mut message = vec![
-        0x01,
-        (len >> 16) as u8,
-        (len >> 8) as u8,
-        len as u8,
-        0x03,
-        0x03,
-    ];
-    message.resize(sent, 0);
-    let mut records = Vec::new();
-    for chunk in message.chunks(1 << 14) {
-        records.extend_from_slice(&[0x16, 0x03, 0x01]);
-        records.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
-        records.extend_from_slice(chunk);
-    }
-    records
 }
 
 /// Bytes the kernel holds for `port`'s server-side sockets that the

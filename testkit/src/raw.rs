@@ -141,3 +141,24 @@ fn close_frame(bytes: &[u8]) -> Option<(u16, String)> {
     }
     None
 }
+
+/// A TLS handshake message announcing `len` bytes of which `sent` are sent,
+/// in records of the largest plaintext size: a ClientHello that never ends.
+pub fn stalled_client_hello(len: usize, sent: usize) -> Vec<u8> {
+    let mut message = vec![
+        0x01,
+        (len >> 16) as u8,
+        (len >> 8) as u8,
+        len as u8,
+        0x03,
+        0x03,
+    ];
+    message.resize(sent, 0);
+    let mut records = Vec::new();
+    for chunk in message.chunks(1 << 14) {
+        records.extend_from_slice(&[0x16, 0x03, 0x01]);
+        records.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+        records.extend_from_slice(chunk);
+    }
+    records
+}

@@ -543,6 +543,7 @@ impl<T: Transport> TlsStream<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgws_testkit::raw::stalled_client_hello;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -726,27 +727,6 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
-    }
-
-    /// A handshake message announcing `len` bytes, `sent` of them sent, in
-    /// records of the largest plaintext size.
-    fn stalled_client_hello(len: usize, sent: usize) -> Vec<u8> {
-        let mut message = vec![
-            0x01,
-            (len >> 16) as u8,
-            (len >> 8) as u8,
-            len as u8,
-            0x03,
-            0x03,
-        ];
-        message.resize(sent, 0);
-        let mut records = Vec::new();
-        for chunk in message.chunks(1 << 14) {
-            records.extend_from_slice(&[0x16, 0x03, 0x01]);
-            records.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
-            records.extend_from_slice(chunk);
-        }
-        records
     }
 
     /// The second review's 128 KiB: the receive buffer doubled past the
