@@ -12,10 +12,12 @@
 //! `--outbox-metrics`. Both modes record the WAL written
 //! (`pg_current_wal_lsn()` before and after: the whole cluster's, so other
 //! databases' writes in the same seconds count too) and the database's
-//! committed transactions (`pg_stat_database.xact_commit`).
+//! committed transactions (`pg_stat_database.xact_commit`). With
+//! `--with-write` each transaction also inserts a row (`crate::send`).
 
 use crate::options::Common;
 use crate::scenarios::{count_notifies, db, CpuMark, Report};
+use crate::send::Sender;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -89,40 +91,16 @@ async fn publisher(
     committed: &AtomicU64,
 ) -> anyhow::Result<()> {
     let client = db(c).await?;
-    let (one, many) = if c.outbox() {
-        (
-            client.prepare("SELECT pgws.send($1)").await?,
-            client
-                .prepare("SELECT pgws.send(p) FROM unnest($1::text[]) AS t(p)")
-                .await?,
-        )
-    } else {
-        (
-            client.prepare("SELECT pg_notify($1, $2)").await?,
-            client
-                .prepare("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS t(p)")
-                .await?,
-        )
-    };
+    let sender = Sender::prepare(c, &client).await?;
     let payload = |n: u64| format!("{{\"channel\":\"{tag}-{p}\",\"payload\":\"{tag} {p} {n}\"}}");
     let mut n = 0u64;
     while Instant::now() < deadline {
         let count = batch.max(1) as u64;
-        if count == 1 && c.outbox() {
-            client.execute(&one, &[&payload(n)]).await?;
-        } else if count == 1 {
-            client
-                .execute(&one, &[&c.listen_channel, &payload(n)])
-                .await?;
+        if count == 1 {
+            sender.one(&client, &payload(n)).await?;
         } else {
             let payloads: Vec<String> = (n..n + count).map(payload).collect();
-            if c.outbox() {
-                client.execute(&many, &[&payloads]).await?;
-            } else {
-                client
-                    .execute(&many, &[&c.listen_channel, &payloads])
-                    .await?;
-            }
+            sender.many(&client, &payloads).await?;
         }
         n += count;
         committed.fetch_add(count, Ordering::Relaxed);

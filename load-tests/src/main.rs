@@ -18,6 +18,7 @@ mod options;
 mod proc;
 mod recover;
 mod scenarios;
+mod send;
 mod soak;
 
 use clap::{Parser, Subcommand};

@@ -52,6 +52,11 @@ pub struct Common {
     /// durable outbox; the gateway needs `PGWS_OUTBOX=true`).
     #[arg(long, global = true, default_value = "notify", value_parser = ["notify", "outbox"])]
     pub send: String,
+    /// Each publishing transaction also inserts one row of its own (into
+    /// `pgws_load_app`, made if missing), as an application's transaction
+    /// does: its commit then flushes WAL, with `pg_notify` too.
+    #[arg(long, global = true)]
+    pub with_write: bool,
 }
 
 impl Common {

@@ -4,6 +4,7 @@
 use crate::client::{self, now_ns, ReaderStats, Ws};
 use crate::options::Common;
 use crate::proc;
+use crate::send::Sender;
 use fastwebsockets::{Frame, OpCode, Payload};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
@@ -210,11 +211,7 @@ pub(crate) async fn publish_timed(
 ) -> anyhow::Result<(u64, Histogram<u64>)> {
     let mut took = Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let client = db(c).await?;
-    let statement = if c.outbox() {
-        client.prepare("SELECT pgws.send($1)").await?
-    } else {
-        client.prepare("SELECT pg_notify($1, $2)").await?
-    };
+    let sender = Sender::prepare(c, &client).await?;
     let total = rate * seconds;
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let mut tick = tokio::time::interval(period);
@@ -234,13 +231,7 @@ pub(crate) async fn publish_timed(
             );
         }
         let at = Instant::now();
-        if c.outbox() {
-            client.execute(&statement, &[&payload]).await?;
-        } else {
-            client
-                .execute(&statement, &[&c.listen_channel, &payload])
-                .await?;
-        }
+        sender.one(&client, &payload).await?;
         let _ = took.record(at.elapsed().as_micros() as u64);
         progress("notifying", seq as usize, total as usize);
     }

@@ -1,4 +1,4 @@
--- postgres-websockets: the durable outbox (schema version 2).
+-- postgres-websockets: the durable outbox (schema version 3).
 --
 -- Applied by pgws-gateway (standalone) or pgws-coordinator (cluster) at
 -- start when PGWS_OUTBOX=true, unless PGWS_OUTBOX_MIGRATE=false — then a DBA
@@ -164,26 +164,27 @@ BEGIN
       USING ERRCODE = 'string_data_right_truncation';
   END IF;
   INSERT INTO pgws.outbox (channel, payload) VALUES (target, payload);
+  -- A SERIALIZABLE transaction's shards, for its commit to lock in
+  -- ascending order (pgws.number_send): a bit each, transaction-local.
+  IF current_setting('transaction_isolation') = 'serializable' THEN
+    PERFORM set_config('pgws.shards',
+      (coalesce(nullif(current_setting('pgws.shards', true), ''), '0')::int
+        | (1 << pgws.shard_of(coalesce(target, ''))))::text, true);
+  END IF;
 END
 $$;
 
--- At commit (deferred): offsets, commit rows, the doorbell. Once per
--- transaction; the rows it covered are remembered in pgws.committed.
-CREATE OR REPLACE FUNCTION pgws.commit_sends() RETURNS trigger
+-- The transaction's new rows (ids above `done`): offsets from
+-- pgws.channels and one commit row per channel, shards locked in ascending
+-- order. Returns the newest id covered. Called by pgws.commit_sends only.
+CREATE OR REPLACE FUNCTION pgws.number_sends(me xid8, done bigint) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-  me xid8 := pg_current_xact_id();
-  done bigint := coalesce(nullif(current_setting('pgws.committed', true), ''), '0')::bigint;
   upto bigint := done;
   r record;
-  k record;
   newest bigint;
   channel_base bigint;
-  ring boolean := false;
 BEGIN
-  IF NEW.id <= done THEN
-    RETURN NULL;
-  END IF;
   FOR r IN
     SELECT coalesce(o.channel, '') AS channel, pgws.shard_of(coalesce(o.channel, '')) AS shard,
            count(*) AS n, min(o.id) AS first_id, max(o.id) AS last_id
@@ -201,7 +202,90 @@ BEGIN
          VALUES (r.shard, me, r.channel, channel_base, newest - r.n + 1, r.first_id, r.last_id);
     upto := greatest(upto, r.last_id);
   END LOOP;
+  RETURN upto;
+END
+$$;
+REVOKE ALL ON FUNCTION pgws.number_sends(xid8, bigint) FROM PUBLIC;
+
+-- The same for one row (`sent_id`, on `sent_channel`): SERIALIZABLE transactions
+-- number their sends row by row, from the trigger's NEW, because reading
+-- pgws.outbox back (as pgws.number_sends does) takes predicate locks that
+-- every concurrent sender's insert conflicts with — most of them would
+-- fail. The first row locks every shard the transaction sent on (recorded
+-- by pgws.send in pgws.shards), in ascending order, so two transactions
+-- never wait for each other's shards crosswise. One commit row per message.
+CREATE OR REPLACE FUNCTION pgws.number_send(me xid8, sent_id bigint, sent_channel text, first boolean)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  target text := coalesce(sent_channel, '');
+  bits int := coalesce(nullif(current_setting('pgws.shards', true), ''), '0')::int
+              | (1 << pgws.shard_of(target));
+  newest bigint;
+  channel_base bigint;
+BEGIN
+  IF first THEN
+    PERFORM 1 FROM pgws.shards s WHERE bits & (1 << s.shard) <> 0 ORDER BY s.shard FOR UPDATE;
+  ELSE
+    PERFORM 1 FROM pgws.shards s WHERE s.shard = pgws.shard_of(target) FOR UPDATE;
+  END IF;
+  INSERT INTO pgws.channels AS c (channel, base, last_offset)
+       VALUES (target, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint, 1)
+  ON CONFLICT (channel) DO UPDATE SET last_offset = c.last_offset + 1
+    RETURNING c.last_offset, c.base INTO newest, channel_base;
+  INSERT INTO pgws.commits (shard, xid, channel, base, first_offset, first_id, last_id)
+       VALUES (pgws.shard_of(target), me, target, channel_base, newest, sent_id, sent_id);
+  RETURN sent_id;
+END
+$$;
+REVOKE ALL ON FUNCTION pgws.number_send(xid8, bigint, text, boolean) FROM PUBLIC;
+
+-- At commit (deferred): offsets, commit rows, the doorbell. Once per
+-- transaction (per row when SERIALIZABLE); the rows covered are
+-- remembered in pgws.committed.
+--
+-- A REPEATABLE READ or SERIALIZABLE transaction sees pgws.channels as of
+-- its snapshot: when a transaction that committed after that snapshot
+-- sent on one of its channels, the offset cannot be taken without a
+-- serialization failure. It fails with SQLSTATE 40001 (as any such
+-- transaction that updates a row concurrently updated) and says so; the
+-- application retries it, or sends from READ COMMITTED, where this never
+-- happens.
+CREATE OR REPLACE FUNCTION pgws.commit_sends() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  me xid8 := pg_current_xact_id();
+  done bigint := coalesce(nullif(current_setting('pgws.committed', true), ''), '0')::bigint;
+  upto bigint;
+  cause text;
+  k record;
+  ring boolean := false;
+BEGIN
+  IF NEW.id <= done THEN
+    RETURN NULL;
+  END IF;
+  IF current_setting('transaction_isolation') = 'read committed' THEN
+    upto := pgws.number_sends(me, done);
+  ELSE
+    BEGIN
+      IF current_setting('transaction_isolation') = 'serializable' THEN
+        upto := pgws.number_send(me, NEW.id, NEW.channel, done = 0);
+      ELSE
+        upto := pgws.number_sends(me, done);
+      END IF;
+    EXCEPTION WHEN serialization_failure THEN
+      GET STACKED DIAGNOSTICS cause = MESSAGE_TEXT;
+      RAISE EXCEPTION 'pgws.send: this % transaction could not number its sends: %',
+          upper(current_setting('transaction_isolation')), cause
+        USING ERRCODE = 'serialization_failure',
+              DETAIL = 'Another transaction sent on one of its channels after its snapshot was taken.',
+              HINT = 'Retry the transaction, as for any serialization failure, or call pgws.send from a READ COMMITTED transaction.';
+    END;
+  END IF;
   PERFORM set_config('pgws.committed', upto::text, true);
+  IF done > 0 THEN
+    RETURN NULL; -- a later row: the first one tried the doorbell
+  END IF;
   -- The doorbell. (…, 0) is held shared from here to the end of the
   -- commit: a reader going idle tries it exclusively and stays busy while
   -- any transaction that may have seen it busy is still committing. A
@@ -237,6 +321,8 @@ END
 $$;
 
 INSERT INTO pgws.meta (key, value) VALUES ('generation', '0') ON CONFLICT DO NOTHING;
-INSERT INTO pgws.meta (key, value) VALUES ('schema_version', '2')
-ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+-- Never moved back by an older file applied by hand.
+INSERT INTO pgws.meta AS m (key, value) VALUES ('schema_version', '3')
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+  WHERE m.value !~ '^[0-9]+$' OR m.value::int < excluded.value::int;
 COMMIT;

@@ -6,15 +6,18 @@ use tokio_postgres::Client;
 
 /// `postgres/sql/outbox.sql`, the whole schema; idempotent.
 pub const SQL: &str = include_str!("../../sql/outbox.sql");
-/// The schema version this binary reads.
-pub const VERSION: &str = "2";
+/// The schema version this binary reads: it also reads any newer one
+/// (versions only add, and only change function bodies compatibly), so in
+/// a rolling upgrade the old processes keep reading what a new one
+/// migrated, and never move it back.
+pub const VERSION: &str = "3";
 
-/// Apply [`SQL`] unless the database already has this version (then
-/// nothing is run: no lock is taken on tables senders use), then check the
-/// result. The file takes an advisory lock, so concurrent starts apply it
-/// one after the other.
+/// Apply [`SQL`] unless the database already has this version or a newer
+/// one (then nothing is run: no lock is taken on tables senders use), then
+/// check the result. The file takes an advisory lock, so concurrent starts
+/// apply it one after the other.
 pub async fn migrate(client: &Client) -> Result<(), OutboxError> {
-    if version(client).await?.as_deref() == Some(VERSION) {
+    if is_current(version(client).await?.as_deref()) {
         return Ok(());
     }
     client
@@ -27,7 +30,7 @@ pub async fn migrate(client: &Client) -> Result<(), OutboxError> {
 /// The schema is there, at [`VERSION`].
 pub async fn check(client: &Client) -> Result<(), OutboxError> {
     let found = version(client).await?;
-    if found.as_deref() == Some(VERSION) {
+    if is_current(found.as_deref()) {
         return Ok(());
     }
     Err(OutboxError::NotMigrated {
@@ -37,6 +40,15 @@ pub async fn check(client: &Client) -> Result<(), OutboxError> {
         },
         expected: VERSION,
     })
+}
+
+/// `found` is [`VERSION`] or newer.
+fn is_current(found: Option<&str>) -> bool {
+    let number = |v: &str| v.parse::<u32>().ok();
+    match (found.and_then(number), number(VERSION)) {
+        (Some(found), Some(ours)) => found >= ours,
+        _ => false,
+    }
 }
 
 async fn version(client: &Client) -> Result<Option<String>, OutboxError> {
@@ -61,6 +73,15 @@ async fn version(client: &Client) -> Result<Option<String>, OutboxError> {
 mod tests {
     use super::*;
     use crate::outbox::config::{DOORBELL_CHANNEL, DOORBELL_LOCKS, SHARD_LOCKS};
+
+    #[test]
+    fn a_newer_schema_is_current_and_an_older_or_odd_one_is_not() {
+        assert!(is_current(Some(VERSION)));
+        assert!(is_current(Some("99")));
+        assert!(!is_current(Some("2")));
+        assert!(!is_current(Some("x")));
+        assert!(!is_current(None));
+    }
 
     #[test]
     fn the_sql_and_the_reader_name_the_same_locks_and_channel() {
