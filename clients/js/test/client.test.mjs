@@ -4,7 +4,7 @@
 // dead-connection check.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, PgwsError, PublishQueueFullError } from '../src/index.js';
+import { Client, PgwsError, PublishQueueFullError, NotConnectedError } from '../src/index.js';
 import { startGateway, token, unique, until, freePort } from './helpers.mjs';
 
 const now = () => Math.floor(Date.now() / 1000);
@@ -34,19 +34,65 @@ test('publish resolves once queued, and the message comes back to a subscriber',
   assert.equal(got.messages[0].position.offset, 1);
 });
 
-test('errors are PgwsErrors with the server\'s code; nothing is sent while disconnected', async (t) => {
+test('errors are PgwsErrors with the server\'s code; a publish waits for the connection only readyTimeout ms', async (t) => {
   const gw = await startGateway();
   t.after(() => gw.stop());
   const client = new Client(gw.url, { token: token({ mode: 'rw', channels: ['mine'] }), ...fast });
   t.after(() => client.close());
-  const offline = new Client(gw.url, { token: token({ mode: 'rw' }), ...fast });
-  await assert.rejects(offline.publish('mine', 'x'), (e) => e instanceof PgwsError && e.code === 503);
+  // Nothing listens there: the publish waits, then rejects; nothing sent.
+  const offline = new Client(`ws://127.0.0.1:${await freePort()}/`, { token: token({ mode: 'rw' }), ...fast, readyTimeout: 300 });
+  const started = Date.now();
+  await assert.rejects(offline.publish('mine', 'x'), (e) => e instanceof NotConnectedError && e instanceof PgwsError && e.code === 503 && /readyTimeout/.test(e.reason));
+  assert.ok(Date.now() - started >= 290, 'waited readyTimeout');
+  assert.equal(offline.publishing.count, 0);
+  assert.notEqual(offline.state, 'connected');
   offline.close();
-  client.connect();
-  await until(() => client.state === 'connected', 15000, 'connected');
+  await assert.rejects(offline.publish('mine', 'x'), (e) => e instanceof NotConnectedError && /closed/.test(e.reason));
   await assert.rejects(client.publish('theirs', 'x'), (e) => e instanceof PgwsError && e.code === 403);
   await assert.rejects(client.publish('mine', 'x'.repeat(9000)), (e) => e.code === 413);
-  await client.publish('mine', 'ok');
+  const reply = await client.publish('mine', 'ok');
+  assert.equal(reply.type, 'reply');
+  assert.equal(typeof reply.id, 'number');
+});
+
+test('publish right after subscribe waits for the connection and the subscription: the subscriber gets it', async (t) => {
+  const gw = await startGateway();
+  t.after(() => gw.stop());
+  const channel = unique('chat');
+  const client = new Client(gw.url, { token: token({ mode: 'rw' }), ...fast });
+  t.after(() => client.close());
+  const got = collect(client.subscribe(channel));
+  assert.equal(client.state, 'connecting');
+  // Sent in one turn, before any connection: they go out in this order.
+  const replies = await Promise.all(['one', 'two', 'three'].map((m) => client.publish(channel, m)));
+  assert.equal(got.subscribed.length, 1, 'subscribed before the publishes were answered');
+  assert.deepEqual(replies.map((r) => r.type), ['reply', 'reply', 'reply']);
+  await until(() => got.messages.length === 3, 15000, 'the three messages');
+  assert.deepEqual(got.messages.map((m) => JSON.parse(m.data).payload), ['one', 'two', 'three']);
+  await client.ready();
+});
+
+test('a publish made while the gateway is down is sent once it is up (within readyTimeout)', async (t) => {
+  const port = await freePort();
+  const channel = unique('chat');
+  const client = new Client(`ws://127.0.0.1:${port}/`, { token: token({ mode: 'rw' }), ...fast, readyTimeout: 20000 });
+  t.after(() => client.close());
+  let connecting = 0;
+  client.on('connecting', () => { connecting++; });
+  const published = client.publish(channel, 'late');
+  const ready = client.ready();
+  await until(() => connecting >= 2, 15000, 'failed attempts (nothing listens yet)');
+  const gw = await startGateway({ port });
+  t.after(() => gw.stop());
+  const listener = new Client(gw.url, { token: token({ mode: 'r' }), ...fast });
+  t.after(() => listener.close());
+  const got = collect(listener.subscribe(channel));
+  await listener.ready();
+  assert.equal((await published).type, 'reply');
+  await ready;
+  assert.equal(client.state, 'connected');
+  await client.publish(channel, 'now');
+  await until(() => got.messages.some((m) => JSON.parse(m.data).payload === 'now'), 15000, 'the second message');
 });
 
 test('after a dropped connection the subscription recovers exactly what it missed', async (t) => {
