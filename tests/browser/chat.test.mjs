@@ -1,6 +1,7 @@
 // The example chat page in a real browser, through HAProxy in front of the
 // local cluster (deploy/local-cluster.sh): two pages on different gateways
-// talk to each other, and a pg_notify reaches both. Run by
+// talk to each other, a pg_notify reaches both, and a page with a token
+// the gateways refuse stops (a terminal close) and says so. Run by
 // scripts/test-browser.sh, which starts and stops the cluster.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -40,7 +41,7 @@ async function joinChat(browser, name) {
   return { page, gateway };
 }
 
-test('two browsers on different gateways chat, and pg_notify reaches both', async () => {
+test('two browsers on different gateways chat, pg_notify reaches both, and a refused token stops a page', async () => {
   const browser = await chromium.launch({
     executablePath: '/usr/bin/chromium',
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -66,6 +67,18 @@ test('two browsers on different gateways chat, and pg_notify reaches both', asyn
     }
     mkdirSync(shots, { recursive: true });
     await bob.page.screenshot({ path: `${shots}/chat.png` });
+
+    // A token the gateways refuse (signed with another secret): the page's
+    // client stops at the terminal close (4401) instead of retrying, and
+    // says so.
+    const mallory = await browser.newPage();
+    await mallory.goto(lb + '/');
+    await mallory.fill('#channel', channel);
+    await mallory.fill('#secret', 'not-the-secret-not-the-secret-00');
+    await mallory.click('#connect');
+    await mallory.waitForSelector('#log li:has-text("stopped: 4401")', { timeout: 10000 });
+    assert.equal(await mallory.textContent('#status'), 'failed');
+    assert.equal(await mallory.evaluate(() => window.pgwsStats.connects), 0);
   } finally {
     await browser.close();
   }

@@ -569,8 +569,10 @@ export class Client extends Emitter {
     this.later(() => {
       this.attempt = 0;
     }, this.options.healthyAfter);
-    this.emit('connected');
+    // Subscribes first: a command made by a `connected` listener waits
+    // for them, like any other.
     for (const sub of this.subscriptions.values()) this.sendSubscribe(sub);
+    this.emit('connected');
     this.keepAlive();
     this.scheduleRefresh(token, 0);
     this.flush();
