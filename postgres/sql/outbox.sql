@@ -176,15 +176,29 @@ $$;
 
 -- The transaction's new rows (ids above `done`): offsets from
 -- pgws.channels and one commit row per channel, shards locked in ascending
--- order. Returns the newest id covered. Called by pgws.commit_sends only.
-CREATE OR REPLACE FUNCTION pgws.number_sends(me xid8, done bigint) RETURNS bigint
+-- order. `upto`: the newest id covered. With `announce`, `bell` is what
+-- the doorbell carries so that an idle reader delivers without a poll —
+-- every commit row with its messages and the shard's previous seq (read
+-- under the shard's lock, by a READ COMMITTED statement: every earlier
+-- commit of the shard is visible), or NULL when it would not fit in a
+-- notification. Called by pgws.commit_sends only. The format, per commit
+-- row (read by postgres/src/outbox/bell.rs):
+--   1 <shard> <seq> <prev seq> <base> <first offset> <committed ms> <n> <channel bytes>\n
+--   <channel>, then n times: <payload bytes>\n<payload>
+DROP FUNCTION IF EXISTS pgws.number_sends(xid8, bigint);
+CREATE OR REPLACE FUNCTION pgws.number_sends(me xid8, done bigint, announce boolean,
+                                             OUT upto bigint, OUT bell text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-  upto bigint := done;
   r record;
   newest bigint;
   channel_base bigint;
+  seq_now bigint;
+  prev bigint;
+  at timestamptz := clock_timestamp();
 BEGIN
+  upto := done;
+  bell := CASE WHEN announce THEN '' END;
   FOR r IN
     SELECT coalesce(o.channel, '') AS channel, pgws.shard_of(coalesce(o.channel, '')) AS shard,
            count(*) AS n, min(o.id) AS first_id, max(o.id) AS last_id
@@ -195,17 +209,34 @@ BEGIN
   LOOP
     PERFORM 1 FROM pgws.shards WHERE shard = r.shard FOR UPDATE;
     INSERT INTO pgws.channels AS c (channel, base, last_offset)
-         VALUES (r.channel, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint, r.n)
+         VALUES (r.channel, floor(extract(epoch FROM at) * 1000)::bigint, r.n)
     ON CONFLICT (channel) DO UPDATE SET last_offset = c.last_offset + excluded.last_offset
       RETURNING c.last_offset, c.base INTO newest, channel_base;
-    INSERT INTO pgws.commits (shard, xid, channel, base, first_offset, first_id, last_id)
-         VALUES (r.shard, me, r.channel, channel_base, newest - r.n + 1, r.first_id, r.last_id);
+    IF bell IS NOT NULL THEN
+      prev := (SELECT max(c.seq) FROM pgws.commits c WHERE c.shard = r.shard);
+    END IF;
+    INSERT INTO pgws.commits (shard, xid, channel, base, first_offset, first_id, last_id, committed_at)
+         VALUES (r.shard, me, r.channel, channel_base, newest - r.n + 1, r.first_id, r.last_id, at)
+      RETURNING seq INTO seq_now;
+    IF bell IS NOT NULL AND r.n <= 64 AND octet_length(bell) < 7900 THEN
+      bell := bell || concat_ws(' ', '1', r.shard, seq_now, coalesce(prev, -1), channel_base,
+                                newest - r.n + 1, floor(extract(epoch FROM at) * 1000)::bigint,
+                                r.n, octet_length(r.channel)) || E'\n' || r.channel
+              || (SELECT string_agg(octet_length(o.payload) || E'\n' || o.payload, '' ORDER BY o.id)
+                    FROM pgws.outbox o
+                   WHERE o.xid = me AND o.id BETWEEN r.first_id AND r.last_id
+                     AND coalesce(o.channel, '') = r.channel);
+    ELSE
+      bell := NULL;
+    END IF;
     upto := greatest(upto, r.last_id);
   END LOOP;
-  RETURN upto;
+  IF octet_length(bell) >= 7900 THEN
+    bell := NULL; -- NOTIFY takes less than 8000 bytes: a plain ring
+  END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION pgws.number_sends(xid8, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgws.number_sends(xid8, bigint, boolean) FROM PUBLIC;
 
 -- The same for one row (`sent_id`, on `sent_channel`): SERIALIZABLE transactions
 -- number their sends row by row, from the trigger's NEW, because reading
@@ -256,7 +287,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   me xid8 := pg_current_xact_id();
   done bigint := coalesce(nullif(current_setting('pgws.committed', true), ''), '0')::bigint;
+  isolation text := current_setting('transaction_isolation');
   upto bigint;
+  bell text;
   cause text;
   k record;
   ring boolean := false;
@@ -264,45 +297,54 @@ BEGIN
   IF NEW.id <= done THEN
     RETURN NULL;
   END IF;
-  IF current_setting('transaction_isolation') = 'read committed' THEN
-    upto := pgws.number_sends(me, done);
+  IF done = 0 THEN
+    -- The doorbell, tried once per transaction. (…, 0) is held shared
+    -- from here to the end of the commit: a reader going idle tries it
+    -- exclusively and stays busy while any transaction that may have seen
+    -- it busy is still committing. A reader's own key is free only while
+    -- it is idle: tried and released at once. Only tries: when (…, 0)
+    -- cannot be had, ring anyway.
+    IF NOT pg_try_advisory_xact_lock_shared(1885828980, 0) THEN
+      ring := true;
+    ELSE
+      FOR k IN SELECT pid FROM pgws.readers LOOP
+        IF pg_try_advisory_lock_shared(1885828980, k.pid) THEN
+          PERFORM pg_advisory_unlock_shared(1885828980, k.pid);
+          ring := true;
+          EXIT;
+        END IF;
+      END LOOP;
+    END IF;
+    PERFORM set_config('pgws.rang', ring::text, true);
+  END IF;
+  IF isolation = 'read committed' THEN
+    -- The bell carries the messages only where the reader reads the
+    -- notification's text byte for byte as the rows' (UTF-8).
+    SELECT n.upto, n.bell INTO upto, bell
+      FROM pgws.number_sends(me, done, ring AND current_setting('server_encoding') = 'UTF8') AS n;
   ELSE
     BEGIN
-      IF current_setting('transaction_isolation') = 'serializable' THEN
+      IF isolation = 'serializable' THEN
         upto := pgws.number_send(me, NEW.id, NEW.channel, done = 0);
       ELSE
-        upto := pgws.number_sends(me, done);
+        upto := (pgws.number_sends(me, done, false)).upto;
       END IF;
     EXCEPTION WHEN serialization_failure THEN
       GET STACKED DIAGNOSTICS cause = MESSAGE_TEXT;
       RAISE EXCEPTION 'pgws.send: this % transaction could not number its sends: %',
-          upper(current_setting('transaction_isolation')), cause
+          upper(isolation), cause
         USING ERRCODE = 'serialization_failure',
               DETAIL = 'Another transaction sent on one of its channels after its snapshot was taken.',
               HINT = 'Retry the transaction, as for any serialization failure, or call pgws.send from a READ COMMITTED transaction.';
     END;
   END IF;
   PERFORM set_config('pgws.committed', upto::text, true);
-  IF done > 0 THEN
-    RETURN NULL; -- a later row: the first one tried the doorbell
-  END IF;
-  -- The doorbell. (…, 0) is held shared from here to the end of the
-  -- commit: a reader going idle tries it exclusively and stays busy while
-  -- any transaction that may have seen it busy is still committing. A
-  -- reader's own key is free only while it is idle: tried and released at
-  -- once. Only tries: when (…, 0) cannot be had, ring anyway.
-  IF NOT pg_try_advisory_xact_lock_shared(1885828980, 0) THEN
-    ring := true;
-  ELSE
-    FOR k IN SELECT pid FROM pgws.readers LOOP
-      IF pg_try_advisory_lock_shared(1885828980, k.pid) THEN
-        PERFORM pg_advisory_unlock_shared(1885828980, k.pid);
-        ring := true;
-        EXIT;
-      END IF;
-    END LOOP;
-  END IF;
-  IF ring THEN
+  IF bell IS NOT NULL THEN
+    PERFORM pg_notify('pgws_outbox', bell);
+  ELSIF (done = 0 AND ring)
+     OR (done > 0 AND isolation = 'read committed' AND current_setting('pgws.rang', true) = 'true') THEN
+    -- A plain ring: the reader polls. (Rows numbered after the first
+    -- time — sent by a later deferred trigger — were not in its bell.)
     PERFORM pg_notify('pgws_outbox', '');
   END IF;
   RETURN NULL;

@@ -15,6 +15,8 @@ pub struct OutboxMetrics {
     pub polls: IntCounter,
     /// Doorbells heard (a transaction committed while the reader waited).
     pub doorbells: IntCounter,
+    /// Messages delivered from a doorbell's bell, without a poll.
+    pub rung: IntCounter,
     /// Reader connections lost and made again.
     pub reconnects: IntCounter,
     /// Batches the sink refused (handed over again after a pause).
@@ -51,6 +53,10 @@ impl OutboxMetrics {
             doorbells: IntCounter::new(
                 "pgws_outbox_doorbells_total",
                 "Doorbells heard: a transaction with pgws.send committed while the reader waited",
+            )?,
+            rung: IntCounter::new(
+                "pgws_outbox_rung_messages_total",
+                "Outbox messages delivered from the doorbell notification itself, without a poll",
             )?,
             reconnects: IntCounter::new(
                 "pgws_outbox_reconnects_total",
@@ -91,6 +97,7 @@ impl OutboxMetrics {
         registry.register(Box::new(m.lag.clone()))?;
         registry.register(Box::new(m.messages.clone()))?;
         registry.register(Box::new(m.polls.clone()))?;
+        registry.register(Box::new(m.rung.clone()))?;
         registry.register(Box::new(m.doorbells.clone()))?;
         registry.register(Box::new(m.reconnects.clone()))?;
         registry.register(Box::new(m.refused.clone()))?;

@@ -16,15 +16,21 @@
 //! * [`schema`] — applying or checking the SQL at start.
 //! * [`reader`] — the poll loop, woken by the doorbell, and what it hands
 //!   over ([`OutboxMessage`], [`OutboxSink`]).
+//! * [`bell`] — what the doorbell carries, so an idle reader delivers
+//!   without a poll.
+//! * [`message`] — [`OutboxMessage`], what the reader hands over.
 //! * [`prune`] — deleting what is older than the retention, in batches.
 //! * [`metrics`] — `pgws_outbox_*`.
 
+pub mod bell;
 pub mod config;
+pub mod message;
 pub mod metrics;
 pub mod prune;
 pub mod reader;
 pub mod schema;
 
 pub use config::*;
+pub use message::OutboxMessage;
 pub use metrics::OutboxMetrics;
-pub use reader::{Initial, OutboxMessage, OutboxSink, Reader, ReaderState};
+pub use reader::{Initial, OutboxSink, Reader, ReaderState};

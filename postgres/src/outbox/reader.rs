@@ -49,7 +49,9 @@
 //! failure (the leader's publish script and the standalone history both
 //! drop an offset they already have).
 
+use super::bell;
 use super::config::{OutboxConfig, OutboxError, DOORBELL_CHANNEL, DOORBELL_LOCKS, READER_APP_NAME};
+pub use super::message::OutboxMessage;
 use super::metrics::OutboxMetrics;
 use crate::pg::{self, PgConfig};
 use bytes::Bytes;
@@ -67,31 +69,13 @@ use tokio_util::sync::CancellationToken;
 /// The longest pause between polls while a committing transaction keeps
 /// the reader from going idle.
 pub const BUSY_PAUSE_MAX: Duration = Duration::from_millis(50);
+/// Bells kept while the reader is busy or slow to look (beyond: a poll).
+const BELLS_KEPT: usize = 64;
+/// More bells than this at one wake-up: the rate is up, so the reader
+/// polls and turns busy (senders stop paying for NOTIFY).
+const BELLS_AT_ONCE: usize = 8;
 /// How often a reader records its cursor in `pgws.readers` (for pruning).
 const RECORD_EVERY: Duration = Duration::from_secs(1);
-
-/// One message read from the outbox.
-#[derive(Debug, Clone)]
-pub struct OutboxMessage {
-    /// The payload's `"channel"`; empty for a payload without one (it goes
-    /// to the channel named like the listen channel, as a NOTIFY would).
-    pub channel: String,
-    /// What the application passed to `pgws.send`, verbatim.
-    pub payload: Bytes,
-    /// The channel's epoch base (`pgws.channels.base`).
-    pub base: u64,
-    /// The database's outbox generation (`pgws.meta`), moved on when the
-    /// database went back in time.
-    pub generation: u64,
-    /// Its offset in the channel's sequence.
-    pub offset: u64,
-    /// Its commit row's shard and sequence number.
-    pub shard: i32,
-    /// See `shard`.
-    pub seq: i64,
-    /// When its transaction committed (Unix milliseconds).
-    pub committed_at_ms: i64,
-}
 
 /// A future the sink returns.
 pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
@@ -338,11 +322,50 @@ fn messages(rows: &[Row], generation: u64) -> Vec<OutboxMessage> {
         .collect()
 }
 
-/// One connection: the client, and the task that drives it and turns
-/// doorbell notifications into [`Notify`] permits.
+/// What the connection's driver heard since the reader last looked.
+#[derive(Debug, Default)]
+struct Heard {
+    /// Bells that carried commits, in the order they came.
+    bells: Vec<String>,
+    /// A plain ring came, or more bells than are kept: only a poll will do.
+    plain: bool,
+}
+
+/// The doorbell: notifications heard on the reader's connection, and the
+/// wake-up for a reader waiting for them.
+#[derive(Debug, Default)]
+struct Doorbell {
+    wake: Notify,
+    heard: Mutex<Heard>,
+}
+
+impl Doorbell {
+    fn ring(&self, payload: &str) {
+        {
+            let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+            if payload.is_empty() || heard.bells.len() >= BELLS_KEPT {
+                heard.plain = true;
+                heard.bells.clear();
+            } else if !heard.plain {
+                heard.bells.push(payload.to_owned());
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// What was heard, forgotten here. Before a poll: whatever a bell heard
+    /// so far carries, that poll reads too (a notification comes after its
+    /// transaction committed).
+    fn take(&self) -> Heard {
+        std::mem::take(&mut *self.heard.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// One connection: the client, and the task that drives it and hands
+/// doorbell notifications to the [`Doorbell`].
 struct Session {
     client: Client,
-    doorbell: Arc<Notify>,
+    doorbell: Arc<Doorbell>,
     driver: JoinHandle<String>,
 }
 
@@ -357,12 +380,12 @@ impl Session {
         let (client, mut connection) = pg::connect(db, READER_APP_NAME)
             .await
             .map_err(|e| OutboxError::Database(e.to_string()))?;
-        let doorbell = Arc::new(Notify::new());
-        let ring = doorbell.clone();
+        let doorbell = Arc::new(Doorbell::default());
+        let heard = doorbell.clone();
         let driver = tokio::spawn(async move {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(_))) => ring.notify_one(),
+                    Some(Ok(AsyncMessage::Notification(n))) => heard.ring(n.payload()),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return pg::error_chain(&e),
                     None => return "connection closed".to_string(),
@@ -558,11 +581,25 @@ impl Reader {
                 }
                 continue;
             }
-            self.metrics.lag.set(0.0);
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
-                _ = session.doorbell.notified() => self.metrics.doorbells.inc(),
-                _ = tokio::time::sleep(self.config.poll_interval) => {}
+            // Idle: bells that continue the cursors are delivered as they
+            // come; anything else (a plain ring, a gap, a burst, the poll
+            // interval) wakes the reader to poll.
+            loop {
+                self.metrics.lag.set(0.0);
+                let rung = tokio::select! {
+                    _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
+                    _ = session.doorbell.wake.notified() => true,
+                    _ = tokio::time::sleep(self.config.poll_interval) => false,
+                };
+                if !rung {
+                    break;
+                }
+                self.metrics.doorbells.inc();
+                match self.deliver_bells(&session, &mut behind).await {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(end) => return end,
+                }
             }
             // Woken: take the lock and poll in one round trip (both are
             // sent at once; the connection runs them in order).
@@ -675,6 +712,7 @@ impl Reader {
         poll: &Statement,
         behind: &mut bool,
     ) -> Result<bool, SessionEnd> {
+        session.doorbell.take();
         let cursors = self.current();
         self.metrics.polls.inc();
         let rows = session
@@ -686,9 +724,63 @@ impl Reader {
             return Ok(false);
         }
         let batch = messages(&rows, self.generation.load(Ordering::Acquire));
-        self.note_lag(&batch, behind);
+        self.hand_over(session, cursors, &batch, behind).await?;
+        Ok(true)
+    }
+
+    /// Deliver what the bells heard carry, if every commit row in them
+    /// continues its shard's cursor (see [`bell`]): `Ok(true)`, the reader
+    /// stays idle. `Ok(false)`: it must poll instead.
+    async fn deliver_bells(
+        &self,
+        session: &Session,
+        behind: &mut bool,
+    ) -> Result<bool, SessionEnd> {
+        let heard = session.doorbell.take();
+        if heard.plain || heard.bells.len() > BELLS_AT_ONCE {
+            return Ok(false);
+        }
+        let cursors = self.current();
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut next = cursors.clone();
+        let mut batch = Vec::new();
+        for text in &heard.bells {
+            let Some(rungs) = bell::parse(text, generation) else {
+                return Ok(false);
+            };
+            for rung in rungs {
+                let Some(i) = next.shards.iter().position(|s| *s == rung.shard) else {
+                    return Ok(false);
+                };
+                if rung.seq <= next.seqs[i] {
+                    continue; // a poll read it already
+                }
+                if rung.prev != next.seqs[i] {
+                    return Ok(false); // something of the shard in between
+                }
+                next.seqs[i] = rung.seq;
+                batch.extend(rung.messages);
+            }
+        }
+        if !batch.is_empty() {
+            self.hand_over(session, cursors, &batch, behind).await?;
+            self.metrics.rung.inc_by(batch.len() as u64);
+        }
+        Ok(true)
+    }
+
+    /// Hand `batch` (read after `cursors`) to the sink until it takes it,
+    /// then move the cursors (saved first, for a cluster's leader).
+    async fn hand_over(
+        &self,
+        session: &Session,
+        cursors: Cursors,
+        batch: &[OutboxMessage],
+        behind: &mut bool,
+    ) -> Result<(), SessionEnd> {
+        self.note_lag(batch, behind);
         let mut backoff = Backoff::new();
-        while let Err(why) = self.sink.deliver(&batch).await {
+        while let Err(why) = self.sink.deliver(batch).await {
             self.metrics.refused.inc();
             let delay = backoff.next_delay().min(Duration::from_secs(5));
             tracing::warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "outbox batch not taken: retrying");
@@ -698,14 +790,14 @@ impl Reader {
             }
         }
         let mut next = cursors;
-        next.advance(&batch);
+        next.advance(batch);
         if let Some(saved) = &self.saved {
             self.save(session, saved, &next).await?;
         }
         self.metrics.messages.inc_by(batch.len() as u64);
         self.record(session, &next).await?;
         *self.cursors.lock().unwrap_or_else(|p| p.into_inner()) = next;
-        Ok(true)
+        Ok(())
     }
 
     /// Note how far this reader has read in `pgws.readers`, at most every
