@@ -2,11 +2,13 @@
 # The durable outbox beside NOTIFY, in one run (issue #19, items 3-5):
 #   1. latency: `spread` published with pg_notify and with pgws.send (one
 #      per autocommitted transaction), same rate and sockets, alternated
-#      twice, against one standalone gateway with PGWS_OUTBOX=true; then
+#      twice, alone in their transaction and beside a row of application
+#      data (`--with-write`, the usual application transaction), against one standalone gateway with PGWS_OUTBOX=true; then
 #      with the doorbell gone (the reader's row removed from pgws.readers,
 #      so no sender rings): the delay is bounded by the poll interval;
 #   2. writers: `notify-ceiling` with pg_notify and with pgws.send, 1, 4, 16
-#      and 64 sessions, 1 and 100 sends per transaction; WAL bytes per send;
+#      and 64 sessions, 1 and 100 sends per transaction, alone and with a
+#      row of application data per transaction; WAL bytes per send;
 #      outbox arrivals counted by the gateway's pgws_outbox_messages_total;
 #   3. the database's price: with PGWS_OUTBOX_RETENTION=30, pgws.send at a
 #      steady rate, table sizes, dead tuples, (auto)vacuum counts and
@@ -18,6 +20,7 @@
 # end), so the shared one is untouched. Bounded: about 12 minutes.
 #   load-tests/outbox.sh            (results in .tmp/outbox/)
 #   STEADY=60 load-tests/outbox.sh  shorter steady-rate phases (seconds)
+#   PHASES="latency writers" load-tests/outbox.sh   only these phases
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source load-tests/lib.sh
@@ -25,6 +28,8 @@ OUT="${OUT:-.tmp/outbox}"
 mkdir -p "$OUT"
 pgws_load_setup pgws-obench pgws-gateway pgws-load
 STEADY="${STEADY:-120}"
+PHASES="${PHASES:-latency writers price}"
+phase_on() { [[ " $PHASES " == *" $1 "* ]]; }
 RESULTS="$OUT/results.jsonl"
 PRICE="$OUT/price.jsonl"
 : > "$RESULTS"
@@ -55,32 +60,43 @@ export PGWS_OUTBOX=true
 CH="$RUN_TAG"
 
 # --- 1. latency --------------------------------------------------------------
+if phase_on latency; then
 restart_gateway
 SPREAD=(spread --readers 5000 --channels 1000 --rate 2000 --seconds 10 --listen-channel "$CH" --url 127.0.0.1:3700 --pid "$SA")
 for round in 1 2; do
-  load "${SPREAD[@]}" --label "latency-$round" --send notify
-  polls=$(metric 3701 pgws_outbox_polls_total); bells=$(metric 3701 pgws_outbox_doorbells_total)
-  load "${SPREAD[@]}" --label "latency-$round" --send outbox
-  echo "{\"scenario\":\"reader\",\"label\":\"latency-$round\",\"polls\":$(($(metric 3701 pgws_outbox_polls_total) - polls)),\"doorbells\":$(($(metric 3701 pgws_outbox_doorbells_total) - bells))}" | tee -a "$RESULTS"
+  for write in "" --with-write; do
+    label="latency-$round${write:+-with-write}"
+    load "${SPREAD[@]}" --label "$label" --send notify $write
+    polls=$(metric 3701 pgws_outbox_polls_total); bells=$(metric 3701 pgws_outbox_doorbells_total)
+    rung=$(metric 3701 pgws_outbox_rung_messages_total)
+    load "${SPREAD[@]}" --label "$label" --send outbox $write
+    echo "{\"scenario\":\"reader\",\"label\":\"$label\",\"polls\":$(($(metric 3701 pgws_outbox_polls_total) - polls)),\"doorbells\":$(($(metric 3701 pgws_outbox_doorbells_total) - bells)),\"rung_messages\":$(($(metric 3701 pgws_outbox_rung_messages_total) - rung))}" | tee -a "$RESULTS"
+  done
 done
 # The doorbell gone: no reader listed, so no sender rings; the reader
 # polls every PGWS_OUTBOX_POLL_INTERVAL (1,000 ms by default).
 q "DELETE FROM pgws.readers"
 load spread --readers 1000 --channels 100 --rate 100 --seconds 10 --listen-channel "$CH" \
   --url 127.0.0.1:3700 --pid "$SA" --label no-doorbell --send outbox
+fi
 
 # --- 2. writers --------------------------------------------------------------
+if phase_on writers; then
 restart_gateway
-for batch in 1 100; do
-  for p in 1 4 16 64; do
-    load notify-ceiling --publishers "$p" --batch "$batch" --seconds 5 --listen-channel "$CH" \
-      --pid "$SA" --label writers --send notify
-    load notify-ceiling --publishers "$p" --batch "$batch" --seconds 5 --listen-channel "$CH" \
-      --pid "$SA" --label writers --send outbox --outbox-metrics 127.0.0.1:3701
+for write in "" --with-write; do
+  for batch in 1 100; do
+    for p in 1 4 16 64; do
+      load notify-ceiling --publishers "$p" --batch "$batch" --seconds 5 --listen-channel "$CH" \
+        --pid "$SA" --label "writers${write:+-with-write}" --send notify $write
+      load notify-ceiling --publishers "$p" --batch "$batch" --seconds 5 --listen-channel "$CH" \
+        --pid "$SA" --label "writers${write:+-with-write}" --send outbox $write --outbox-metrics 127.0.0.1:3701
+    done
   done
 done
+fi
 
 # --- 3. the database's price -------------------------------------------------
+if ! phase_on price; then echo "results in $RESULTS" >&2; exit 0; fi
 export PGWS_OUTBOX_RETENTION=30
 restart_gateway
 sample() { # phase label
