@@ -661,6 +661,94 @@ mod review {
         assert_eq!(got, want, "after {:?}", started.elapsed());
     }
 
+    /// Until the reader is idle — its own doorbell key free, as a sender
+    /// tries it, on three tries 10 ms apart (going idle, it frees the key
+    /// a few milliseconds before its last poll): a send then rings.
+    async fn wait_idle(client: &tokio_postgres::Client) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut free = 0;
+        loop {
+            let idle: bool = client
+                .query_one(
+                    "SELECT coalesce(bool_or(pg_try_advisory_lock_shared(1885828980, pid)), false) FROM pgws.readers",
+                    &[],
+                )
+                .await
+                .expect("try")
+                .get(0);
+            client
+                .batch_execute("SELECT pg_advisory_unlock_all()")
+                .await
+                .expect("unlock");
+            free = if idle { free + 1 } else { 0 };
+            if free == 3 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the reader never went idle");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// An idle reader delivers from the doorbell's bell, without a poll;
+    /// a bell any role can NOTIFY — here one that claims the shard's next
+    /// commit, far ahead — is not signed with the outbox's key: it delivers
+    /// nothing, moves no cursor (what is sent after it arrives), and is
+    /// counted.
+    #[tokio::test]
+    async fn bells_deliver_without_a_poll_and_a_forged_one_delivers_and_skips_nothing() {
+        let db = TestDb::create().await;
+        let gw = slow_poll(&db).start().await;
+        let channel = unique("bell");
+        let mut ws = connect(&read_url(&gw, &channel)).await;
+        let client = db.client().await;
+        let first = payload(&channel, "first");
+        client
+            .execute("SELECT pgws.send($1)", &[&first])
+            .await
+            .expect("send");
+        within(&mut ws, &first, Duration::from_secs(5)).await;
+        for n in 0..5 {
+            wait_idle(&client).await;
+            let p = payload(&channel, &format!("rung-{n}"));
+            client
+                .execute("SELECT pgws.send($1)", &[&p])
+                .await
+                .expect("send");
+            within(&mut ws, &p, Duration::from_secs(5)).await;
+        }
+        assert_eq!(
+            gw.metric("pgws_outbox_rung_messages_total").await,
+            5.0,
+            "each send to an idle reader was delivered from its bell"
+        );
+
+        let row = client
+            .query_one(
+                "SELECT shard, max(seq) FROM pgws.commits WHERE shard = pgws.shard_of($1) GROUP BY shard",
+                &[&channel],
+            )
+            .await
+            .expect("cursor");
+        let (shard, seq): (i32, i64) = (row.get(0), row.get(1));
+        let forged_rows = format!(
+            "1 {shard} {} {seq} 1 1000 1 1 {}\n{channel}7\nforged!",
+            seq + 1_000_000,
+            channel.len()
+        );
+        let forged = format!("{}\n{forged_rows}", "00".repeat(32));
+        client
+            .execute("SELECT pg_notify('pgws_outbox', $1)", &[&forged])
+            .await
+            .expect("notify");
+        gw.wait_metric("pgws_outbox_forged_bells_total", 1.0).await;
+        let after = payload(&channel, "after");
+        client
+            .execute("SELECT pgws.send($1)", &[&after])
+            .await
+            .expect("send");
+        within(&mut ws, &after, Duration::from_secs(5)).await;
+    }
+
     /// `SET CONSTRAINTS ALL IMMEDIATE` runs the commit trigger at the
     /// statement: an open transaction then holds its shard and the
     /// doorbell's shared key. Other channels must not wait for it.

@@ -121,6 +121,36 @@ CREATE TABLE IF NOT EXISTS pgws.cursors (
   updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- The bells' signing key (HMAC-SHA256; pgws.number_sends): any role may
+-- NOTIFY pgws_outbox, so the reader takes only what this key signed. `k`
+-- is the key, `ik`/`ok` the key padded to SHA-256's block and XORed with
+-- HMAC's inner and outer pads. Private to the owner, like every table here.
+CREATE TABLE IF NOT EXISTS pgws.bell_key (
+  one boolean PRIMARY KEY DEFAULT true CHECK (one),
+  k bytea NOT NULL,
+  ik bytea NOT NULL,
+  ok bytea NOT NULL
+);
+DO $$
+DECLARE
+  k bytea := decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex');
+  padded bytea;
+  ik bytea;
+  ok bytea;
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pgws.bell_key) THEN
+    padded := k || decode(repeat('00', 64 - octet_length(k)), 'hex');
+    ik := padded;
+    ok := padded;
+    FOR i IN 0..63 LOOP
+      ik := set_byte(ik, i, get_byte(padded, i) # 54);  -- 0x36
+      ok := set_byte(ok, i, get_byte(padded, i) # 92);  -- 0x5c
+    END LOOP;
+    INSERT INTO pgws.bell_key (k, ik, ok) VALUES (k, ik, ok);
+  END IF;
+END
+$$;
+
 -- Pruning deletes old rows in small batches, so the tables stay small
 -- between autovacuum runs that start early.
 ALTER TABLE pgws.outbox SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 10000,
@@ -181,7 +211,8 @@ $$;
 -- every commit row with its messages and the shard's previous seq (read
 -- under the shard's lock, by a READ COMMITTED statement: every earlier
 -- commit of the shard is visible), or NULL when it would not fit in a
--- notification. Called by pgws.commit_sends only. The format, per commit
+-- notification. Called by pgws.commit_sends only. The format: the rows'
+-- HMAC-SHA256 under pgws.bell_key in hex and a newline, then per commit
 -- row (read by postgres/src/outbox/bell.rs):
 --   1 <shard> <seq> <prev seq> <base> <first offset> <committed ms> <n> <channel bytes>\n
 --   <channel>, then n times: <payload bytes>\n<payload>
@@ -218,7 +249,7 @@ BEGIN
     INSERT INTO pgws.commits (shard, xid, channel, base, first_offset, first_id, last_id, committed_at)
          VALUES (r.shard, me, r.channel, channel_base, newest - r.n + 1, r.first_id, r.last_id, at)
       RETURNING seq INTO seq_now;
-    IF bell IS NOT NULL AND r.n <= 64 AND octet_length(bell) < 7900 THEN
+    IF bell IS NOT NULL AND r.n <= 64 AND octet_length(bell) < 7800 THEN
       bell := bell || concat_ws(' ', '1', r.shard, seq_now, coalesce(prev, -1), channel_base,
                                 newest - r.n + 1, floor(extract(epoch FROM at) * 1000)::bigint,
                                 r.n, octet_length(r.channel)) || E'\n' || r.channel
@@ -231,8 +262,12 @@ BEGIN
     END IF;
     upto := greatest(upto, r.last_id);
   END LOOP;
-  IF octet_length(bell) >= 7900 THEN
+  IF octet_length(bell) >= 7800 THEN
     bell := NULL; -- NOTIFY takes less than 8000 bytes: a plain ring
+  ELSIF bell IS NOT NULL THEN
+    -- Signed: "<HMAC-SHA256 in hex>\n<rows>".
+    bell := (SELECT encode(sha256(b.ok || sha256(b.ik || convert_to(bell, 'UTF8'))), 'hex')
+              FROM pgws.bell_key b) || E'\n' || bell;
   END IF;
 END
 $$;

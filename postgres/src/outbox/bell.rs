@@ -10,7 +10,15 @@
 //! does not parse, one that does not continue a cursor — makes the reader
 //! poll, as it did before bells carried anything.
 //!
-//! Format, per commit row, concatenated:
+//! Any role that may connect may `NOTIFY pgws_outbox`, so a bell is
+//! signed: HMAC-SHA256 under the key in `pgws.bell_key`, which only the
+//! schema's owner (and the reader, which reads the outbox tables) can read.
+//! An unsigned or wrongly signed bell is only a plain ring (a poll). A
+//! replayed one is harmless: its rows are at or below the cursor, or its
+//! previous `seq` is not the cursor.
+//!
+//! Format: the signature in hex, a newline, then per commit row,
+//! concatenated:
 //!
 //! ```text
 //! 1 <shard> <seq> <prev seq> <base> <first offset> <committed ms> <n> <channel bytes>\n
@@ -19,6 +27,44 @@
 
 use super::message::OutboxMessage;
 use bytes::Bytes;
+use ring::hmac;
+
+/// Why a bell gives no rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRows {
+    /// A plain ring (empty).
+    Plain,
+    /// Not signed with the outbox's key.
+    Forged,
+    /// Signed, but not in the format (a newer writer?).
+    Malformed,
+}
+
+/// The signing key, from `pgws.bell_key.k`.
+pub fn key(k: &[u8]) -> hmac::Key {
+    hmac::Key::new(hmac::HMAC_SHA256, k)
+}
+
+/// The commit rows of a signed bell, messages stamped with `generation`.
+pub fn open(bell: &str, key: &hmac::Key, generation: u64) -> Result<Vec<Rung>, NoRows> {
+    if bell.is_empty() {
+        return Err(NoRows::Plain);
+    }
+    let (tag, rows) = bell.split_once('\n').ok_or(NoRows::Forged)?;
+    let tag = unhex(tag).ok_or(NoRows::Forged)?;
+    hmac::verify(key, rows.as_bytes(), &tag).map_err(|_| NoRows::Forged)?;
+    parse(rows, generation).ok_or(NoRows::Malformed)
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
 
 /// One commit row read from a bell.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,9 +79,9 @@ pub struct Rung {
     pub messages: Vec<OutboxMessage>,
 }
 
-/// The commit rows a bell carries, messages stamped with `generation`;
-/// `None` for a plain ring or anything that does not parse.
-pub fn parse(bell: &str, generation: u64) -> Option<Vec<Rung>> {
+/// The commit rows of a bell's body (after the signature), messages
+/// stamped with `generation`; `None` for anything that does not parse.
+fn parse(bell: &str, generation: u64) -> Option<Vec<Rung>> {
     if bell.is_empty() {
         return None;
     }
@@ -145,6 +191,40 @@ mod tests {
         let rungs = parse(bell, 0).expect("parses");
         assert_eq!(rungs[0].messages[0].channel, "çà");
         assert_eq!(rungs[0].messages[0].payload.as_ref(), "héllo".as_bytes());
+    }
+
+    fn signed(rows: &str, k: &[u8]) -> String {
+        let tag = hmac::sign(&key(k), rows.as_bytes());
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{hex}\n{rows}")
+    }
+
+    #[test]
+    fn only_a_bell_signed_with_the_key_opens() {
+        let k = b"0123456789abcdef0123456789abcdef";
+        let rungs = open(&signed(TWO, k), &key(k), 1).expect("opens");
+        assert_eq!(rungs.len(), 2);
+        assert_eq!(open("", &key(k), 1), Err(NoRows::Plain));
+        assert_eq!(
+            open(&signed(TWO, b"another key"), &key(k), 1),
+            Err(NoRows::Forged)
+        );
+        assert_eq!(open(TWO, &key(k), 1), Err(NoRows::Forged), "unsigned");
+        let tampered = signed(TWO, k).replace("58233", "99999");
+        assert_eq!(open(&tampered, &key(k), 1), Err(NoRows::Forged));
+        assert_eq!(open(&signed("1 2", k), &key(k), 1), Err(NoRows::Malformed));
+    }
+
+    /// The signature PostgreSQL computed (psql, `pgws.bell_key` of a test
+    /// database) is the HMAC-SHA256 this side checks.
+    #[test]
+    fn the_sql_signature_is_hmac_sha256() {
+        let k: Vec<u8> =
+            unhex("766be10f23cb4b14b15559a780a7a799d2a336bbf5194da59b78512bd8d3857e").expect("hex");
+        let bell = "1fdb8fabf8262685f5083d03a2a4d3200bc2e316a0899a5a96e2fedca606d3d6\n\
+1 10 58238 58237 1796301849753 5 1796303871007 1 4\nfast26\n{\"channel\":\"fast\",\"p\":\"x\"}";
+        let rungs = open(bell, &key(&k), 0).expect("opens");
+        assert_eq!(rungs[0].messages[0].offset, 5);
     }
 
     #[test]

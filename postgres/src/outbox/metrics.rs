@@ -17,6 +17,8 @@ pub struct OutboxMetrics {
     pub doorbells: IntCounter,
     /// Messages delivered from a doorbell's bell, without a poll.
     pub rung: IntCounter,
+    /// Doorbell notifications not signed with the outbox's key.
+    pub forged: IntCounter,
     /// Reader connections lost and made again.
     pub reconnects: IntCounter,
     /// Batches the sink refused (handed over again after a pause).
@@ -58,6 +60,10 @@ impl OutboxMetrics {
                 "pgws_outbox_rung_messages_total",
                 "Outbox messages delivered from the doorbell notification itself, without a poll",
             )?,
+            forged: IntCounter::new(
+                "pgws_outbox_forged_bells_total",
+                "Notifications on the outbox doorbell not signed with the outbox's key (sent by another role; ignored)",
+            )?,
             reconnects: IntCounter::new(
                 "pgws_outbox_reconnects_total",
                 "Times the outbox reader's connection was lost and made again",
@@ -98,6 +104,7 @@ impl OutboxMetrics {
         registry.register(Box::new(m.messages.clone()))?;
         registry.register(Box::new(m.polls.clone()))?;
         registry.register(Box::new(m.rung.clone()))?;
+        registry.register(Box::new(m.forged.clone()))?;
         registry.register(Box::new(m.doorbells.clone()))?;
         registry.register(Box::new(m.reconnects.clone()))?;
         registry.register(Box::new(m.refused.clone()))?;

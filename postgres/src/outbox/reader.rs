@@ -58,7 +58,7 @@ use bytes::Bytes;
 use pgws_service::backoff::Backoff;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -367,6 +367,8 @@ struct Session {
     client: Client,
     doorbell: Arc<Doorbell>,
     driver: JoinHandle<String>,
+    /// A forged bell was logged on this connection.
+    forged_seen: AtomicBool,
 }
 
 impl Drop for Session {
@@ -396,6 +398,7 @@ impl Session {
             client,
             doorbell,
             driver,
+            forged_seen: AtomicBool::new(false),
         })
     }
 }
@@ -532,10 +535,15 @@ impl Reader {
                 .await?;
             self.check_rewind(&session).await?;
             let poll = session.client.prepare(POLL_SQL).await?;
-            Ok::<_, tokio_postgres::Error>((pid, poll))
+            let key: Vec<u8> = session
+                .client
+                .query_one("SELECT k FROM pgws.bell_key", &[])
+                .await?
+                .get(0);
+            Ok::<_, tokio_postgres::Error>((pid, poll, bell::key(&key)))
         };
-        let (pid, poll) = match setup.await {
-            Ok(pair) => pair,
+        let (pid, poll, key) = match setup.await {
+            Ok(set) => set,
             Err(e) => return lost(e),
         };
         tracing::info!(pid, "reading the outbox");
@@ -595,7 +603,7 @@ impl Reader {
                     break;
                 }
                 self.metrics.doorbells.inc();
-                match self.deliver_bells(&session, &mut behind).await {
+                match self.deliver_bells(&session, &key, &mut behind).await {
                     Ok(true) => continue,
                     Ok(false) => break,
                     Err(end) => return end,
@@ -734,6 +742,7 @@ impl Reader {
     async fn deliver_bells(
         &self,
         session: &Session,
+        key: &ring::hmac::Key,
         behind: &mut bool,
     ) -> Result<bool, SessionEnd> {
         let heard = session.doorbell.take();
@@ -745,8 +754,14 @@ impl Reader {
         let mut next = cursors.clone();
         let mut batch = Vec::new();
         for text in &heard.bells {
-            let Some(rungs) = bell::parse(text, generation) else {
-                return Ok(false);
+            let rungs = match bell::open(text, key, generation) {
+                Ok(rungs) => rungs,
+                Err(why) => {
+                    if why == bell::NoRows::Forged {
+                        self.note_forged(session);
+                    }
+                    return Ok(false);
+                }
             };
             for rung in rungs {
                 let Some(i) = next.shards.iter().position(|s| *s == rung.shard) else {
@@ -849,6 +864,18 @@ impl Reader {
             return Err(SessionEnd::Fenced);
         }
         Ok(())
+    }
+
+    /// A bell not signed with the outbox's key: some role that may NOTIFY
+    /// sent it. Counted; logged once per connection (it costs a poll).
+    fn note_forged(&self, session: &Session) {
+        self.metrics.forged.inc();
+        if !session.forged_seen.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                channel = DOORBELL_CHANNEL,
+                "a notification on the outbox doorbell was not signed with the outbox's key (another role sent it): ignored; further ones on this connection are only counted"
+            );
+        }
     }
 
     fn note_lag(&self, batch: &[OutboxMessage], behind: &mut bool) {
