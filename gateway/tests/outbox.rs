@@ -749,6 +749,98 @@ mod review {
         within(&mut ws, &after, Duration::from_secs(5)).await;
     }
 
+    /// The commit trigger's state set for the whole session (as `SET`,
+    /// `ALTER ROLE … SET` or a pooler's leftover would) is not the
+    /// transaction's: the send is delivered, not silently swallowed.
+    #[tokio::test]
+    async fn a_session_level_trigger_setting_does_not_swallow_sends() {
+        let db = TestDb::create().await;
+        let gw = slow_poll(&db).start().await;
+        let channel = unique("session-set");
+        let mut ws = connect(&read_url(&gw, &channel)).await;
+        let client = db.client().await;
+        client
+            .batch_execute(
+                "SET pgws.committed = '9223372036854775807'; SET pgws.rang = 'true'; SET pgws.shards = '0'",
+            )
+            .await
+            .expect("set");
+        let p = payload(&channel, "still-sent");
+        client
+            .batch_execute(&format!(
+                "BEGIN; SELECT pgws.send('{p}'); COMMIT; BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT pgws.send('{p}'); COMMIT"
+            ))
+            .await
+            .expect("send");
+        within(&mut ws, &p, Duration::from_secs(5)).await;
+        within(&mut ws, &p, Duration::from_secs(5)).await;
+    }
+
+    /// A database at an older schema (no signing key) is migrated at start
+    /// and its bells work; the key is the owner's alone — a role with
+    /// `pg_read_all_data` (which could otherwise sign bells) reads no row.
+    #[tokio::test]
+    async fn an_older_schema_is_migrated_and_the_bell_key_is_the_owners_alone() {
+        let db = TestDb::create().await;
+        let client = db.client().await;
+        client
+            .batch_execute(pgws_postgres::outbox::schema::SQL)
+            .await
+            .expect("schema");
+        client
+            .batch_execute(
+                "DROP TABLE pgws.bell_key; UPDATE pgws.meta SET value = '3' WHERE key = 'schema_version'",
+            )
+            .await
+            .expect("make it older");
+        let gw = slow_poll(&db).start().await;
+        let channel = unique("migrated");
+        let mut ws = connect(&read_url(&gw, &channel)).await;
+        let version: String = client
+            .query_one(
+                "SELECT value FROM pgws.meta WHERE key = 'schema_version'",
+                &[],
+            )
+            .await
+            .expect("version")
+            .get(0);
+        assert_eq!(version, pgws_postgres::outbox::schema::VERSION);
+        for n in 0..3 {
+            wait_idle(&client).await;
+            let p = payload(&channel, &format!("m{n}"));
+            client
+                .execute("SELECT pgws.send($1)", &[&p])
+                .await
+                .expect("send");
+            within(&mut ws, &p, Duration::from_secs(5)).await;
+        }
+        assert!(gw.metric("pgws_outbox_rung_messages_total").await >= 1.0);
+
+        let role = format!("pgws_reader_{}", std::process::id());
+        client
+            .batch_execute(&format!(
+                "CREATE ROLE {role} LOGIN IN ROLE pg_read_all_data"
+            ))
+            .await
+            .expect("role");
+        let mut config: tokio_postgres::Config = db.uri.parse().expect("uri");
+        config.user(&role);
+        let (other, conn) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect as the reading role");
+        tokio::spawn(conn);
+        let keys = other.query("SELECT k FROM pgws.bell_key", &[]).await;
+        let commits = other.query("SELECT 1 FROM pgws.commits LIMIT 1", &[]).await;
+        drop(other);
+        client
+            .batch_execute(&format!("DROP ROLE {role}"))
+            .await
+            .expect("drop role");
+        assert_eq!(keys.expect("readable table").len(), 0, "no key row");
+        assert_eq!(commits.expect("the role reads everything else").len(), 1);
+    }
+
     /// `SET CONSTRAINTS ALL IMMEDIATE` runs the commit trigger at the
     /// statement: an open transaction then holds its shard and the
     /// doorbell's shared key. Other channels must not wait for it.

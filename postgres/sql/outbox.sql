@@ -1,4 +1,4 @@
--- postgres-websockets: the durable outbox (schema version 3).
+-- postgres-websockets: the durable outbox (schema version 4).
 --
 -- Applied by pgws-gateway (standalone) or pgws-coordinator (cluster) at
 -- start when PGWS_OUTBOX=true, unless PGWS_OUTBOX_MIGRATE=false — then a DBA
@@ -14,7 +14,9 @@
 -- transaction; `payload` is what they would pass to pg_notify on the
 -- listen channel. A role that publishes needs USAGE on schema pgws (granted
 -- to PUBLIC below) and EXECUTE on pgws.send (PostgreSQL's default); the
--- tables stay private to the owner.
+-- tables stay private to the owner. (What commits while a reader is idle
+-- is carried by the doorbell's NOTIFY pgws_outbox, which any role may
+-- LISTEN to — as it may to pg_notify on the listen channel.)
 --
 -- How it keeps commit order without a global lock (docs/architecture.md,
 -- "The durable outbox"):
@@ -131,6 +133,9 @@ CREATE TABLE IF NOT EXISTS pgws.bell_key (
   ik bytea NOT NULL,
   ok bytea NOT NULL
 );
+-- No role but the owner reads it (not even pg_read_all_data; the
+-- SECURITY DEFINER functions run as the owner).
+ALTER TABLE pgws.bell_key ENABLE ROW LEVEL SECURITY;
 DO $$
 DECLARE
   k bytea := decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex');
@@ -163,6 +168,21 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 16 $$;
 
 CREATE OR REPLACE FUNCTION pgws.shard_of(channel text) RETURNS int
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT hashtext(channel) & 15 $$;
+
+-- Transaction-local state of the commit trigger (pgws.committed,
+-- pgws.rang, pgws.shards), stored as "<xid>:<value>": a value set for the
+-- session (SET, ALTER ROLE … SET, PGOPTIONS, a pooler's leftover) or by
+-- another transaction is not this transaction's, and reads as NULL.
+CREATE OR REPLACE FUNCTION pgws.mine(setting text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT CASE WHEN split_part(v, ':', 1) = pg_current_xact_id()::text
+              THEN substr(v, strpos(v, ':') + 1) END
+    FROM current_setting(setting, true) AS v
+$$;
+CREATE OR REPLACE FUNCTION pgws.set_mine(setting text, value text) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT set_config(setting, pg_current_xact_id()::text || ':' || value, true);
+$$;
 
 -- Publish `payload` when the calling transaction commits; routed by its
 -- "channel" field like a NOTIFY on the listen channel. No 8000-byte limit.
@@ -197,9 +217,8 @@ BEGIN
   -- A SERIALIZABLE transaction's shards, for its commit to lock in
   -- ascending order (pgws.number_send): a bit each, transaction-local.
   IF current_setting('transaction_isolation') = 'serializable' THEN
-    PERFORM set_config('pgws.shards',
-      (coalesce(nullif(current_setting('pgws.shards', true), ''), '0')::int
-        | (1 << pgws.shard_of(coalesce(target, ''))))::text, true);
+    PERFORM pgws.set_mine('pgws.shards',
+      (coalesce(pgws.mine('pgws.shards')::int, 0) | (1 << pgws.shard_of(coalesce(target, ''))))::text);
   END IF;
 END
 $$;
@@ -214,7 +233,7 @@ $$;
 -- notification. Called by pgws.commit_sends only. The format: the rows'
 -- HMAC-SHA256 under pgws.bell_key in hex and a newline, then per commit
 -- row (read by postgres/src/outbox/bell.rs):
---   1 <shard> <seq> <prev seq> <base> <first offset> <committed ms> <n> <channel bytes>\n
+--   2 <generation> <shard> <seq> <prev seq> <base> <first offset> <committed ms> <n> <channel bytes>\n
 --   <channel>, then n times: <payload bytes>\n<payload>
 DROP FUNCTION IF EXISTS pgws.number_sends(xid8, bigint);
 CREATE OR REPLACE FUNCTION pgws.number_sends(me xid8, done bigint, announce boolean,
@@ -226,19 +245,25 @@ DECLARE
   channel_base bigint;
   seq_now bigint;
   prev bigint;
-  at timestamptz := clock_timestamp();
+  at timestamptz;
+  generation text;
 BEGIN
   upto := done;
-  bell := CASE WHEN announce THEN '' END;
+  IF announce THEN
+    bell := '';
+    generation := (SELECT m.value FROM pgws.meta m WHERE m.key = 'generation');
+  END IF;
   FOR r IN
     SELECT coalesce(o.channel, '') AS channel, pgws.shard_of(coalesce(o.channel, '')) AS shard,
-           count(*) AS n, min(o.id) AS first_id, max(o.id) AS last_id
+           count(*) AS n, min(o.id) AS first_id, max(o.id) AS last_id,
+           sum(octet_length(o.payload)) AS bytes
       FROM pgws.outbox o
      WHERE o.xid = me AND o.id > done
      GROUP BY 1
      ORDER BY 2, 1
   LOOP
     PERFORM 1 FROM pgws.shards WHERE shard = r.shard FOR UPDATE;
+    at := clock_timestamp(); -- under the lock: commit times grow with seq
     INSERT INTO pgws.channels AS c (channel, base, last_offset)
          VALUES (r.channel, floor(extract(epoch FROM at) * 1000)::bigint, r.n)
     ON CONFLICT (channel) DO UPDATE SET last_offset = c.last_offset + excluded.last_offset
@@ -249,8 +274,9 @@ BEGIN
     INSERT INTO pgws.commits (shard, xid, channel, base, first_offset, first_id, last_id, committed_at)
          VALUES (r.shard, me, r.channel, channel_base, newest - r.n + 1, r.first_id, r.last_id, at)
       RETURNING seq INTO seq_now;
-    IF bell IS NOT NULL AND r.n <= 64 AND octet_length(bell) < 7800 THEN
-      bell := bell || concat_ws(' ', '1', r.shard, seq_now, coalesce(prev, -1), channel_base,
+    IF bell IS NOT NULL AND r.n <= 64
+       AND octet_length(bell) + octet_length(r.channel) + r.bytes + 24 * r.n + 128 < 7800 THEN
+      bell := bell || concat_ws(' ', '2', generation, r.shard, seq_now, coalesce(prev, -1), channel_base,
                                 newest - r.n + 1, floor(extract(epoch FROM at) * 1000)::bigint,
                                 r.n, octet_length(r.channel)) || E'\n' || r.channel
               || (SELECT string_agg(octet_length(o.payload) || E'\n' || o.payload, '' ORDER BY o.id)
@@ -285,7 +311,7 @@ RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   target text := coalesce(sent_channel, '');
-  bits int := coalesce(nullif(current_setting('pgws.shards', true), ''), '0')::int
+  bits int := coalesce(pgws.mine('pgws.shards')::int, 0)
               | (1 << pgws.shard_of(target));
   newest bigint;
   channel_base bigint;
@@ -321,7 +347,7 @@ CREATE OR REPLACE FUNCTION pgws.commit_sends() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   me xid8 := pg_current_xact_id();
-  done bigint := coalesce(nullif(current_setting('pgws.committed', true), ''), '0')::bigint;
+  done bigint := coalesce(pgws.mine('pgws.committed')::bigint, 0);
   isolation text := current_setting('transaction_isolation');
   upto bigint;
   bell text;
@@ -350,7 +376,7 @@ BEGIN
         END IF;
       END LOOP;
     END IF;
-    PERFORM set_config('pgws.rang', ring::text, true);
+    PERFORM pgws.set_mine('pgws.rang', ring::text);
   END IF;
   IF isolation = 'read committed' THEN
     -- The bell carries the messages only where the reader reads the
@@ -373,11 +399,11 @@ BEGIN
               HINT = 'Retry the transaction, as for any serialization failure, or call pgws.send from a READ COMMITTED transaction.';
     END;
   END IF;
-  PERFORM set_config('pgws.committed', upto::text, true);
+  PERFORM pgws.set_mine('pgws.committed', upto::text);
   IF bell IS NOT NULL THEN
     PERFORM pg_notify('pgws_outbox', bell);
   ELSIF (done = 0 AND ring)
-     OR (done > 0 AND isolation = 'read committed' AND current_setting('pgws.rang', true) = 'true') THEN
+     OR (done > 0 AND isolation = 'read committed' AND pgws.mine('pgws.rang') = 'true') THEN
     -- A plain ring: the reader polls. (Rows numbered after the first
     -- time — sent by a later deferred trigger — were not in its bell.)
     PERFORM pg_notify('pgws_outbox', '');
@@ -399,7 +425,7 @@ $$;
 
 INSERT INTO pgws.meta (key, value) VALUES ('generation', '0') ON CONFLICT DO NOTHING;
 -- Never moved back by an older file applied by hand.
-INSERT INTO pgws.meta AS m (key, value) VALUES ('schema_version', '3')
+INSERT INTO pgws.meta AS m (key, value) VALUES ('schema_version', '4')
 ON CONFLICT (key) DO UPDATE SET value = excluded.value
   WHERE m.value !~ '^[0-9]+$' OR m.value::int < excluded.value::int;
 COMMIT;

@@ -21,7 +21,7 @@
 //! concatenated:
 //!
 //! ```text
-//! 1 <shard> <seq> <prev seq> <base> <first offset> <committed ms> <n> <channel bytes>\n
+//! 2 <generation> <shard> <seq> <prev seq> <base> <first offset> <committed ms> <n> <channel bytes>\n
 //! <channel> then n times: <payload bytes>\n<payload>
 //! ```
 
@@ -36,7 +36,8 @@ pub enum NoRows {
     Plain,
     /// Not signed with the outbox's key.
     Forged,
-    /// Signed, but not in the format (a newer writer?).
+    /// Signed, but not in the format (a newer writer?), or from another
+    /// outbox generation (a replay from before a rewind).
     Malformed,
 }
 
@@ -45,7 +46,7 @@ pub fn key(k: &[u8]) -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, k)
 }
 
-/// The commit rows of a signed bell, messages stamped with `generation`.
+/// The commit rows of a signed bell of this `generation`.
 pub fn open(bell: &str, key: &hmac::Key, generation: u64) -> Result<Vec<Rung>, NoRows> {
     if bell.is_empty() {
         return Err(NoRows::Plain);
@@ -79,8 +80,8 @@ pub struct Rung {
     pub messages: Vec<OutboxMessage>,
 }
 
-/// The commit rows of a bell's body (after the signature), messages
-/// stamped with `generation`; `None` for anything that does not parse.
+/// The commit rows of a bell's body (after the signature) written in
+/// `generation`; `None` for anything else.
 fn parse(bell: &str, generation: u64) -> Option<Vec<Rung>> {
     if bell.is_empty() {
         return None;
@@ -102,9 +103,14 @@ fn parse_one(input: &[u8], generation: u64) -> Option<(Rung, &[u8])> {
         .split(' ')
         .map(|f| f.parse().ok())
         .collect::<Option<_>>()?;
-    let [1, shard, seq, prev, base, first_offset, committed_ms, n, channel_len] = fields[..] else {
+    let [2, written_in, shard, seq, prev, base, first_offset, committed_ms, n, channel_len] =
+        fields[..]
+    else {
         return None;
     };
+    if u64::try_from(written_in).ok()? != generation {
+        return None;
+    }
     let channel = take(&mut rest, channel_len)?;
     let channel = String::from_utf8(channel.to_vec()).ok()?;
     let mut messages = Vec::with_capacity(usize::try_from(n).ok()?.min(64));
@@ -155,8 +161,8 @@ mod tests {
     use super::*;
 
     /// A bell as `pgws.number_sends` writes it (the shape seen from psql).
-    const TWO: &str = "1 10 58233 58232 1796301849753 2 1796301849772 2 4\nfast24\n{\"channel\":\"fast\",\"p\":2}3\nx\ny\
-1 13 58234 -1 1796301849772 1 1796301849772 1 0\n5\nplain";
+    const TWO: &str = "2 7 10 58233 58232 1796301849753 2 1796301849772 2 4\nfast24\n{\"channel\":\"fast\",\"p\":2}3\nx\ny\
+2 7 13 58234 -1 1796301849772 1 1796301849772 1 0\n5\nplain";
 
     #[test]
     fn a_bell_gives_its_commit_rows_with_their_messages_in_order() {
@@ -187,7 +193,7 @@ mod tests {
 
     #[test]
     fn multibyte_text_is_counted_in_bytes() {
-        let bell = "1 0 5 4 1 1 1 1 4\nçà6\nhéllo";
+        let bell = "2 0 0 5 4 1 1 1 1 4\nçà6\nhéllo";
         let rungs = parse(bell, 0).expect("parses");
         assert_eq!(rungs[0].messages[0].channel, "çà");
         assert_eq!(rungs[0].messages[0].payload.as_ref(), "héllo".as_bytes());
@@ -202,17 +208,22 @@ mod tests {
     #[test]
     fn only_a_bell_signed_with_the_key_opens() {
         let k = b"0123456789abcdef0123456789abcdef";
-        let rungs = open(&signed(TWO, k), &key(k), 1).expect("opens");
+        let rungs = open(&signed(TWO, k), &key(k), 7).expect("opens");
         assert_eq!(rungs.len(), 2);
-        assert_eq!(open("", &key(k), 1), Err(NoRows::Plain));
+        assert_eq!(open("", &key(k), 7), Err(NoRows::Plain));
         assert_eq!(
-            open(&signed(TWO, b"another key"), &key(k), 1),
+            open(&signed(TWO, k), &key(k), 8),
+            Err(NoRows::Malformed),
+            "a bell of another generation (replayed from before a rewind)"
+        );
+        assert_eq!(
+            open(&signed(TWO, b"another key"), &key(k), 7),
             Err(NoRows::Forged)
         );
-        assert_eq!(open(TWO, &key(k), 1), Err(NoRows::Forged), "unsigned");
+        assert_eq!(open(TWO, &key(k), 7), Err(NoRows::Forged), "unsigned");
         let tampered = signed(TWO, k).replace("58233", "99999");
-        assert_eq!(open(&tampered, &key(k), 1), Err(NoRows::Forged));
-        assert_eq!(open(&signed("1 2", k), &key(k), 1), Err(NoRows::Malformed));
+        assert_eq!(open(&tampered, &key(k), 7), Err(NoRows::Forged));
+        assert_eq!(open(&signed("2 7", k), &key(k), 7), Err(NoRows::Malformed));
     }
 
     /// The signature PostgreSQL computed (psql, `pgws.bell_key` of a test
@@ -221,10 +232,10 @@ mod tests {
     fn the_sql_signature_is_hmac_sha256() {
         let k: Vec<u8> =
             unhex("766be10f23cb4b14b15559a780a7a799d2a336bbf5194da59b78512bd8d3857e").expect("hex");
-        let bell = "1fdb8fabf8262685f5083d03a2a4d3200bc2e316a0899a5a96e2fedca606d3d6\n\
-1 10 58238 58237 1796301849753 5 1796303871007 1 4\nfast26\n{\"channel\":\"fast\",\"p\":\"x\"}";
+        let bell = "9ce8e04ed3c64a18672f2e91e876cfe1dd6c0d1293240c2fbd7e3bffc96e8911\n\
+2 0 10 58239 58238 1796301849753 6 1796305396387 1 4\nfast26\n{\"channel\":\"fast\",\"p\":\"x\"}";
         let rungs = open(bell, &key(&k), 0).expect("opens");
-        assert_eq!(rungs[0].messages[0].offset, 5);
+        assert_eq!(rungs[0].messages[0].offset, 6);
     }
 
     #[test]
@@ -232,12 +243,14 @@ mod tests {
         for bell in [
             "",
             "2 1 2 3 4 5 6 1 0\n1\nx",
-            "1 1 2 3 4 5 6 1 0\n9\nx",
-            "1 1 2 3 4 5 6 2 0\n1\nx",
-            "1 1 2 3 4 5\n",
-            "1 a 2 3 4 5 6 1 0\n1\nx",
-            "1 1 2 3 4 5 6 1 9\nab",
-            "1 1 2 3 4 -5 6 1 0\n1\nx",
+            "2 0 1 2 3 4 5 6 1 0\n9\nx",
+            "2 0 1 2 3 4 5 6 2 0\n1\nx",
+            "2 0 1 2 3 4 5\n",
+            "2 0 a 2 3 4 5 6 1 0\n1\nx",
+            "2 0 1 2 3 4 5 6 1 9\nab",
+            "2 0 1 2 3 4 -5 6 1 0\n1\nx",
+            "2 1 1 2 3 4 5 6 1 0\n1\nx",
+            "1 1 2 3 4 5 6 1 0\n1\nx",
         ] {
             assert_eq!(parse(bell, 0), None, "{bell:?}");
         }
