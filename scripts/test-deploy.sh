@@ -59,6 +59,7 @@ sys.exit(0 if admitted else 'the helm test pod cannot reach the gateways: ' + st
 examples="$out/docs-examples"
 rm -rf "$examples"
 check "docs/operations.md has helm examples" sh -c "python3 scripts/helm-examples.py docs/operations.md '$examples' >/dev/null"
+check "helm/README.md has helm examples" sh -c "python3 scripts/helm-examples.py helm/README.md '$examples' >/dev/null"
 for example in "$examples"/*.yaml; do
   [ -e "$example" ] || continue
   name=$(basename "$example" .yaml)
