@@ -63,7 +63,7 @@ check "helm/README.md has helm examples" sh -c "python3 scripts/helm-examples.py
 for example in "$examples"/*.yaml; do
   [ -e "$example" ] || continue
   name=$(basename "$example" .yaml)
-  check "docs example '$name' renders with the schema and validates" sh -c "helm template pgws helm -f '$example' > '$examples/$name.rendered' && kubernetes-validate --strict '$examples/$name.rendered' >/dev/null"
+  check "docs example '$name' lints, renders with the schema and validates" sh -c "helm lint --strict --quiet helm -f '$example' >/dev/null && helm template pgws helm -f '$example' > '$examples/$name.rendered' && kubernetes-validate --strict '$examples/$name.rendered' >/dev/null"
 done
 check "chart alert rules are deploy/prometheus/alerts.yml" cmp -s deploy/prometheus/alerts.yml helm/files/alerts.yml
 check "promtool check rules" promtool check rules deploy/prometheus/alerts.yml
