@@ -19,6 +19,7 @@ check "helm lint --strict (defaults)" helm lint --strict helm -f helm/ci/default
 check "helm lint --strict (all features)" helm lint --strict helm -f helm/ci/all-features-values.yaml
 check "helm template (defaults)" sh -c "helm template pgws helm -f helm/ci/default-values.yaml > '$out/default.yaml'"
 check "helm template (all features)" sh -c "helm template pgws helm -f helm/ci/all-features-values.yaml > '$out/all.yaml'"
+check "the chart packages as the release packages it, and the package renders with its alerts and helm test" sh -c "rm -rf '$out/package' && helm package helm --destination '$out/package' >/dev/null && helm template pgws '$out/package'/pgws-*.tgz -f helm/ci/default-values.yaml --set metrics.prometheusRule.enabled=true | grep -q 'PgwsSplitLeadership' && helm template pgws '$out/package'/pgws-*.tgz -f helm/ci/default-values.yaml | grep -q 'helm test: open a websocket'"
 check "helm refuses missing secrets" sh -c "! helm template pgws helm >/dev/null 2>&1"
 check "helm lint --strict (managed services)" helm lint --strict helm -f helm/ci/managed-values.yaml
 check "helm template (managed services)" sh -c "helm template pgws helm -f helm/ci/managed-values.yaml > '$out/managed.yaml'"
