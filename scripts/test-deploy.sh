@@ -78,6 +78,14 @@ anchors = {'runbook-' + h.lower() for h in re.findall(r'^### Runbook: (\w+)$', o
 missing = [a for a in alerts if 'runbook-' + a.lower() not in urls or 'runbook-' + a.lower() not in anchors]
 sys.exit('no runbook: ' + ', '.join(missing) if missing else 0)"
 check "promtool check config" promtool check config --syntax-only deploy/prometheus/prometheus.yml
+check "docs: every 'docker compose up --build' says to stage the binaries first (the Dockerfile compiles nothing)" python3 -c "
+import pathlib, re, sys
+bad = []
+for path in ['README.md', *map(str, pathlib.Path('docs').glob('*.md')), 'docker-compose.yml']:
+    for para in re.split(r'\n\s*\n', pathlib.Path(path).read_text()):
+        if re.search(r'docker\s+compose\s+up\s+--build', para) and 'image.sh stage' not in para:
+            bad.append(path + ': ' + para.strip()[:80])
+sys.exit('\n'.join(bad) if bad else 0)"
 check "docker compose config" docker-compose -f docker-compose.yml config -q
 check "haproxy -c" env PGWS_LB_BIND=127.0.0.1:3000 PGWS_GATEWAY_1=127.0.0.1:1 PGWS_GATEWAY_2=127.0.0.1:2 PGWS_GATEWAY_3=127.0.0.1:3 PGWS_GATEWAY_1_ADMIN_PORT=4 PGWS_GATEWAY_2_ADMIN_PORT=5 PGWS_GATEWAY_3_ADMIN_PORT=6 haproxy -c -q -f deploy/haproxy/haproxy.cfg
 check "the chart's default image is where the release publishes (ghcr.io/<Chart.yaml home>, the workflow's IMAGE)" python3 -c "
