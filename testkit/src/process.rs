@@ -30,6 +30,8 @@ pub struct Server {
     pub admin: Option<SocketAddr>,
     pub listen_channel: String,
     log: Arc<Mutex<Vec<String>>>,
+    /// The log reader reached the end of the process's stderr.
+    log_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Environment for a server under test.
@@ -98,6 +100,8 @@ impl ServerBuilder {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
+        let log_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = log_done.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -106,6 +110,7 @@ impl ServerBuilder {
                 }
                 sink.lock().expect("log lock").push(line);
             }
+            done.store(true, std::sync::atomic::Ordering::Release);
         });
         let mut gateway = Server {
             child,
@@ -113,6 +118,7 @@ impl ServerBuilder {
             admin: None,
             listen_channel,
             log,
+            log_done,
         };
         let deadline = Instant::now() + WAIT;
         loop {
@@ -335,6 +341,12 @@ impl Server {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Its last lines: read to the end of its stderr.
+                while !self.log_done.load(std::sync::atomic::Ordering::Acquire)
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 return status;
             }
             assert!(

@@ -30,6 +30,16 @@
 //! more NOTIFYs) but never stop delivery. The poll interval is a backstop
 //! (a doorbell lost with the connection), not the delivery path.
 //!
+//! # Bells, and when to stop being rung
+//!
+//! An idle reader delivers what a signed bell carries without a poll
+//! ([`bell`]). But every ringing sender pays NOTIFY's database-wide lock
+//! across its commit's WAL flush, which serializes them: when bells come
+//! faster than one per [`BELL_GAP`], the reader turns busy, and a busy
+//! reader stays busy (polling every [`LINGER_PAUSE`]) until its polls have
+//! found nothing for [`BUSY_LINGER`]. So a trickle is delivered at NOTIFY's
+//! latency, and a steady rate never rings.
+//!
 //! # A database that went back in time
 //!
 //! A failover to a replica that had not received the newest commits (or a
@@ -71,9 +81,18 @@ use tokio_util::sync::CancellationToken;
 pub const BUSY_PAUSE_MAX: Duration = Duration::from_millis(50);
 /// Bells kept while the reader is busy or slow to look (beyond: a poll).
 const BELLS_KEPT: usize = 64;
-/// More bells than this at one wake-up: the rate is up, so the reader
-/// polls and turns busy (senders stop paying for NOTIFY).
+/// More bells than this at one wake-up: the reader polls instead.
 const BELLS_AT_ONCE: usize = 8;
+/// Two bells closer than this (or several at one wake-up): the rate is up,
+/// so the reader turns busy and senders stop paying for NOTIFY's
+/// database-wide commit lock (held across each commit's WAL flush, it
+/// serializes every ringing transaction).
+const BELL_GAP: Duration = Duration::from_millis(10);
+/// A busy reader stays busy while it found something this recently,
+/// polling every [`LINGER_PAUSE`]: under a steady rate no sender rings.
+const BUSY_LINGER: Duration = Duration::from_millis(50);
+/// See [`BUSY_LINGER`].
+const LINGER_PAUSE: Duration = Duration::from_millis(1);
 /// How often a reader records its cursor in `pgws.readers` (for pruning).
 const RECORD_EVERY: Duration = Duration::from_secs(1);
 
@@ -558,15 +577,26 @@ impl Reader {
         if let Err(e) = self.busy(&session, pid).await {
             return e;
         }
+        // When the reader last found something: while that is recent it
+        // stays busy (see BUSY_LINGER).
+        let mut active = Instant::now();
         loop {
-            // Busy: poll until a poll comes back empty.
+            // Busy: poll until polls come back empty for BUSY_LINGER.
             match self.poll_and_deliver(&session, &poll, &mut behind).await {
                 Ok(true) => {
                     pause = Duration::ZERO;
+                    active = Instant::now();
                     continue;
                 }
                 Ok(false) => {}
                 Err(end) => return end,
+            }
+            if active.elapsed() < BUSY_LINGER {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
+                    _ = tokio::time::sleep(LINGER_PAUSE) => {}
+                }
+                continue;
             }
             // Idle: see the module documentation for why this order.
             match self.go_idle(&session, pid).await {
@@ -611,8 +641,17 @@ impl Reader {
                     .deliver_bells(&session, key.as_ref(), &mut behind)
                     .await
                 {
-                    Ok(true) => continue,
-                    Ok(false) => break,
+                    // One bell, the previous one a while ago: stay idle.
+                    Ok(Some(1)) if active.elapsed() >= BELL_GAP => active = Instant::now(),
+                    Ok(Some(0)) => {}
+                    // Bells come fast: each cost its sender NOTIFY's
+                    // database-wide lock, held across its commit's WAL
+                    // flush. Turn busy: they stop ringing.
+                    Ok(Some(_)) => {
+                        active = Instant::now();
+                        break;
+                    }
+                    Ok(None) => break,
                     Err(end) => return end,
                 }
             }
@@ -744,20 +783,20 @@ impl Reader {
     }
 
     /// Deliver what the bells heard carry, if every commit row in them
-    /// continues its shard's cursor (see [`bell`]): `Ok(true)`, the reader
-    /// stays idle. `Ok(false)`: it must poll instead.
+    /// continues its shard's cursor (see [`bell`]): `Ok(Some(bells))`.
+    /// `Ok(None)`: the reader must poll instead.
     async fn deliver_bells(
         &self,
         session: &Session,
         key: Option<&ring::hmac::Key>,
         behind: &mut bool,
-    ) -> Result<bool, SessionEnd> {
+    ) -> Result<Option<usize>, SessionEnd> {
         let heard = session.doorbell.take();
         let Some(key) = key else {
-            return Ok(false);
+            return Ok(None);
         };
         if heard.plain || heard.bells.len() > BELLS_AT_ONCE {
-            return Ok(false);
+            return Ok(None);
         }
         let cursors = self.current();
         let generation = self.generation.load(Ordering::Acquire);
@@ -770,18 +809,18 @@ impl Reader {
                     if why == bell::NoRows::Forged {
                         self.note_forged(session);
                     }
-                    return Ok(false);
+                    return Ok(None);
                 }
             };
             for rung in rungs {
                 let Some(i) = next.shards.iter().position(|s| *s == rung.shard) else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 if rung.seq <= next.seqs[i] {
                     continue; // a poll read it already
                 }
                 if rung.prev != next.seqs[i] {
-                    return Ok(false); // something of the shard in between
+                    return Ok(None); // something of the shard in between
                 }
                 next.seqs[i] = rung.seq;
                 batch.extend(rung.messages);
@@ -791,7 +830,7 @@ impl Reader {
             self.hand_over(session, cursors, &batch, behind).await?;
             self.metrics.rung.inc_by(batch.len() as u64);
         }
-        Ok(true)
+        Ok(Some(heard.bells.len()))
     }
 
     /// Hand `batch` (read after `cursors`) to the sink until it takes it,
