@@ -508,7 +508,10 @@ mod tests {
                 r#"{"type":"subscribe","id":2,"channel":"c","echo":0}"#,
                 "Invalid echo: expected true or false",
             ),
-            (r#"{"type":"presence","id":2}"#, "Missing or invalid channel"),
+            (
+                r#"{"type":"presence","id":2}"#,
+                "Missing or invalid channel",
+            ),
         ] {
             assert_eq!(
                 parse(bad),

@@ -98,9 +98,7 @@ impl Delivery {
     /// The payload's [`fingerprint`], computed on first use, for echo
     /// suppression (`crate::hub::echo`).
     pub fn origin(&self) -> u64 {
-        *self
-            .origin
-            .get_or_init(|| fingerprint(&self.payload))
+        *self.origin.get_or_init(|| fingerprint(&self.payload))
     }
 
     /// The protocol v2 `message` frame's text, encoded on first use.

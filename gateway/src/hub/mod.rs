@@ -66,7 +66,10 @@ impl Inbox for Hub {
     /// Fan-out: the same `Arc` to every reader's queue, no lock held while
     /// sending (the registry hands out a snapshot).
     fn deliver(&self, channel: &str, delivery: Arc<Delivery>) {
-        let _order = self.order(channel).lock().unwrap_or_else(|p| p.into_inner());
+        let _order = self
+            .order(channel)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let readers = self.registry.readers(channel);
         if readers.is_empty() {
             if delivery.presence.is_none() {

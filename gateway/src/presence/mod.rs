@@ -22,8 +22,8 @@ pub mod redis;
 pub mod store;
 
 use crate::bus::Delivery;
-use crate::hub::{Hub, SessionId};
 use crate::bus::Inbox;
+use crate::hub::{Hub, SessionId};
 use pgws_protocol::presence::{Change, Member};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use serde_json::{Map, Value};

@@ -160,11 +160,17 @@ impl RedisPresence {
         let mut client = self.client()?;
         let key = self.keys.presence_clients(channel);
         let query = async {
-            let count: u64 = redis::cmd("HLEN").arg(&key).query_async(&mut client).await?;
+            let count: u64 = redis::cmd("HLEN")
+                .arg(&key)
+                .query_async(&mut client)
+                .await?;
             if count > max as u64 {
                 return Ok(Err(PresenceError::TooMany(count)));
             }
-            let values: Vec<Vec<u8>> = redis::cmd("HVALS").arg(&key).query_async(&mut client).await?;
+            let values: Vec<Vec<u8>> = redis::cmd("HVALS")
+                .arg(&key)
+                .query_async(&mut client)
+                .await?;
             Ok::<_, redis::RedisError>(Ok(values
                 .iter()
                 .filter_map(|v| presence::stored_entry(v))
@@ -296,13 +302,23 @@ async fn apply(shared: &Shared, client: &mut RedisClient, op: Op, cancel: &Cance
             change,
             edge,
         } => {
-            retry(cancel, || write(shared, client.clone(), &channel, &member, change, edge)).await;
+            retry(cancel, || {
+                write(shared, client.clone(), &channel, &member, change, edge)
+            })
+            .await;
         }
         Op::Resync => {
             shared.metrics.resyncs.inc();
             for (channel, member) in shared.store.all() {
                 retry(cancel, || {
-                    write(shared, client.clone(), &channel, &member, Change::Join, true)
+                    write(
+                        shared,
+                        client.clone(),
+                        &channel,
+                        &member,
+                        Change::Join,
+                        true,
+                    )
                 })
                 .await;
             }

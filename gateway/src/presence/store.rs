@@ -92,9 +92,8 @@ impl Store {
     /// `(clients, users)` of `channel`.
     pub fn stats(&self, channel: &str) -> (u64, u64) {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(channel).map_or((0, 0), |e| {
-            (e.members.len() as u64, e.users.len() as u64)
-        })
+        map.get(channel)
+            .map_or((0, 0), |e| (e.members.len() as u64, e.users.len() as u64))
     }
 
     /// Every `(channel, member)`.

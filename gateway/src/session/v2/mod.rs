@@ -48,9 +48,9 @@ use pgws_protocol::presence::Member;
 use pgws_protocol::v2::{
     self, Command, ErrorCode, ParseError, SubscribeOptions, Subscribed, MAX_CHANNEL_NAME,
 };
-use std::collections::HashSet;
 use rate::TokenBucket;
 use refresh::Identity;
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -295,15 +295,13 @@ impl V2 {
         };
         self.recoveries.push(Box::pin(async move {
             let result = if stats {
-                presence
-                    .stats(&channel)
-                    .await
-                    .map(|(clients, users)| pgws_protocol::presence::stats_reply(id, clients, users))
+                presence.stats(&channel).await.map(|(clients, users)| {
+                    pgws_protocol::presence::stats_reply(id, clients, users)
+                })
             } else {
-                presence
-                    .list(&channel)
-                    .await
-                    .map(|entries| pgws_protocol::presence::list_reply(id, entries.iter().map(String::as_str)))
+                presence.list(&channel).await.map(|entries| {
+                    pgws_protocol::presence::list_reply(id, entries.iter().map(String::as_str))
+                })
             };
             let result = result.map_err(|e| {
                 let code = match e {
@@ -368,7 +366,8 @@ impl V2 {
     /// Put this socket on `channel`, unless the bus refuses the channel's
     /// subscription.
     fn register(&self, channel: &str, options: SubscribeOptions) -> Result<(), BusError> {
-        let mut subscriber = Subscriber::new(self.session, self.queue.clone(), self.control.clone());
+        let mut subscriber =
+            Subscriber::new(self.session, self.queue.clone(), self.control.clone());
         subscriber.presence_events = options.presence;
         subscriber.echo = (!options.echo).then(|| self.echoes.clone());
         let ctx = &self.ctx;
