@@ -251,8 +251,14 @@ async fn a_socket_that_asks_for_no_echo_does_not_get_its_own_messages() {
     other
         .request(json!({"type": "publish", "channel": chat, "data": "theirs"}))
         .await;
+    // In place of its own message: an `echo` frame, its offset only.
+    let echo = quiet.next_frame().await;
+    assert_eq!(echo["type"], "echo", "{echo}");
+    assert_eq!(echo["offset"], 1, "{echo}");
+    assert!(echo.get("data").is_none());
     let m = quiet.next_message().await;
     assert!(m["data"].as_str().unwrap_or("").contains("theirs"), "{m}");
+    assert_eq!(m["offset"], 2);
     assert_eq!(gw.metric("pgws_echo_suppressed_total").await, 1.0);
 
     // v1: `?echo=false`.

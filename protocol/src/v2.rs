@@ -348,6 +348,20 @@ pub fn message(channel: &str, position: Option<&Position>, data: &str) -> Vec<u8
     out
 }
 
+/// An `echo` frame: in place of a message this socket published itself on
+/// a subscription with `"echo":false` — its position without its data, so
+/// the client's offsets stay contiguous.
+pub fn echo(channel: &str, position: Option<&Position>) -> Vec<u8> {
+    let mut out = br#"{"type":"echo","channel":"#.to_vec();
+    push_json_string(&mut out, channel);
+    if let Some(p) = position {
+        let tail = format!(r#","epoch":"{}","offset":{}"#, p.epoch, p.offset);
+        out.extend_from_slice(tail.as_bytes());
+    }
+    out.push(b'}');
+    out
+}
+
 /// A success reply, with the result fields of a subscribe when given.
 pub fn reply(id: u64, subscribed: Option<&Subscribed>) -> String {
     let mut out = format!(r#"{{"type":"reply","id":{id}"#);

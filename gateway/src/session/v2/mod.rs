@@ -369,7 +369,6 @@ impl V2 {
         let mut subscriber =
             Subscriber::new(self.session, self.queue.clone(), self.control.clone());
         subscriber.presence_events = options.presence;
-        subscriber.echo = (!options.echo).then(|| self.echoes.clone());
         let ctx = &self.ctx;
         ctx.hub.registry.try_insert(channel, subscriber, || {
             ctx.bus.subscribe(channel)?;
@@ -526,7 +525,7 @@ impl V2 {
                     let data = String::from_utf8_lossy(&payload);
                     out.text(&v2::message(&channel, Some(&position), &data));
                 }
-                Some(Owed::Delivery(delivery)) => out.text(delivery.v2_frame()),
+                Some(Owed::Delivery(delivery)) => self.write_delivery(&delivery, out),
                 None => break,
             }
         }
@@ -542,11 +541,26 @@ impl V2 {
     ) -> Result<bool, CloseReason> {
         match self.subs.on_delivery(delivery) {
             Verdict::Send => {
-                out.text(delivery.v2_frame());
+                self.write_delivery(delivery, out);
                 Ok(true)
             }
             Verdict::Skip | Verdict::Held => Ok(false),
             Verdict::Overflow => Err(CloseReason::SlowConsumer),
+        }
+    }
+
+    /// A delivery's frame — or, for a message this socket published on a
+    /// subscription with `"echo":false`, an `echo` frame: its position
+    /// without its data, so the client's offsets stay contiguous.
+    fn write_delivery(&self, delivery: &Delivery, out: &mut FrameWriter) {
+        let own = delivery.presence.is_none()
+            && self.no_echo.contains(&delivery.channel)
+            && self.echoes.take(delivery.origin());
+        if own {
+            self.ctx.metrics.echo_suppressed.inc();
+            out.text(&v2::echo(&delivery.channel, delivery.position.as_ref()));
+        } else {
+            out.text(delivery.v2_frame());
         }
     }
 
