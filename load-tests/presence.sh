@@ -17,7 +17,8 @@ n() { python3 -c "import sys; print(max(1, int(round($1 * $SCALE))))"; }
 RESULTS="$OUT/results.jsonl"
 : > "$RESULTS"
 export PGWS_WORKER_THREADS="${PGWS_WORKER_THREADS:-1}"
-export PGWS_PRESENCE=true PGWS_PRESENCE_MAX_LIST=10000
+# One socket asks every query back to back: lift the per-socket command rate.
+export PGWS_PRESENCE=true PGWS_PRESENCE_MAX_LIST=10000 PGWS_COMMAND_RATE=100000
 load() { "$BIN/pgws-load" --json "$@" | tee -a "$RESULTS"; }
 
 CH="p-$RUN_TAG"
