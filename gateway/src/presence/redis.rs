@@ -20,8 +20,8 @@
 //! * **Queries** read the channel's hashes: `HLEN` then `HGETALL` for
 //!   `presence`, `HLEN` of both for `presence_stats`.
 
+use super::shared::{PresenceError, PresenceMetrics};
 use super::store::Store;
-use super::{PresenceError, PresenceMetrics};
 use pgws_protocol::keys::KeySpace;
 use pgws_protocol::presence::{self, Change, Member};
 use pgws_service::redis_client::{connect_with_backoff, RedisClient, RedisConfig};
