@@ -42,6 +42,8 @@ export PGWS_REDIS_PREFIX="pgws-browser-$$"
 export PGWS_LISTEN_CHANNEL="pgws-browser-$$"
 export PGWS_DB_URI="${PGWS_DB_URI:-postgres://postgres@127.0.0.1:5432/postgres}"
 export CHAT_CHANNEL="chat-$$"
+# tests/browser/presence.test.mjs: presence on every gateway.
+export PGWS_PRESENCE=true
 export SCREENSHOT_DIR="$PWD/.tmp/screenshots"
 export PLAYWRIGHT_DIR="$PGWS_TOOLS/npm-playwright/node_modules"
 

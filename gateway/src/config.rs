@@ -70,6 +70,10 @@ pgws_service::vars! {
     REDIS_KEY_FILE = "PGWS_REDIS_KEY_FILE", None, "PEM private key of PGWS_REDIS_CERT_FILE.";
     REDIS_PREFIX = "PGWS_REDIS_PREFIX", Some("pgws"), "Prefix of every Redis key and channel.";
     REDIS_SUBSCRIPTION_QUEUE = "PGWS_REDIS_SUBSCRIPTION_QUEUE", Some("10000"), "Cluster mode: most channels whose Redis subscription may wait to be applied; beyond it a new channel's first reader is refused (v2 error 503, v1 HTTP 503).";
+    PRESENCE = "PGWS_PRESENCE", Some("false"), "`true`: keep presence — v2 subscriptions as members of their channels, `presence`/`presence_stats` queries (for tokens with `\"presence\":true`), `join`/`leave` frames for subscriptions that ask. Cluster mode keeps it in Redis.";
+    PRESENCE_TTL = "PGWS_PRESENCE_TTL", Some("15000"), "Cluster mode, with PGWS_PRESENCE: milliseconds a gateway's presence entries outlive its last heartbeat (sent every third of it); a gateway that dies leaves presence, with leave events, within 4/3 of it.";
+    PRESENCE_MAX_LIST = "PGWS_PRESENCE_MAX_LIST", Some("1000"), "Most members a `presence` answer lists; a larger channel answers 413 (ask `presence_stats`).";
+    PRESENCE_INFO_MAX_BYTES = "PGWS_PRESENCE_INFO_MAX_BYTES", Some("512"), "Largest `presence_info` claim (a JSON object, serialised) listed as a member's `info`; a larger one is left out and counted.";
     WRITE_STREAM_MAX_LEN = "PGWS_WRITE_STREAM_MAX_LEN", Some("100000"), "Cluster mode: most writes waiting in the Redis stream; beyond it writers get 1013.";
 }
 
@@ -155,6 +159,8 @@ pub struct Config {
     pub allowed_origins: Option<Vec<String>>,
     /// Per-socket limits.
     pub session: SessionLimits,
+    /// Presence.
+    pub presence: crate::presence::PresenceConfig,
     /// Graceful drain budget.
     pub shutdown_timeout: Duration,
     /// Logging.
@@ -248,10 +254,27 @@ impl Config {
                     REPLAY_MAX_BYTES,
                 )?,
             },
+            presence: presence_config(sources)?,
             shutdown_timeout: sources.millis(SHUTDOWN_TIMEOUT)?.unwrap_or_default(),
             log: LogConfig::from_sources(sources)?,
         })
     }
+}
+
+fn presence_config(sources: &Sources) -> Result<crate::presence::PresenceConfig, ConfigError> {
+    let ttl = sources.millis(PRESENCE_TTL)?.unwrap_or_default();
+    if ttl < Duration::from_millis(300) {
+        return Err(err(PRESENCE_TTL, "must be at least 300 (milliseconds)"));
+    }
+    Ok(crate::presence::PresenceConfig {
+        enabled: sources.flag(PRESENCE)?,
+        ttl,
+        max_list: positive(
+            sources.parsed(PRESENCE_MAX_LIST, "a number of members")?,
+            PRESENCE_MAX_LIST,
+        )?,
+        info_max_bytes: sources.parsed(PRESENCE_INFO_MAX_BYTES, "a number of bytes")?,
+    })
 }
 
 fn database_config(sources: &Sources) -> Result<LocalConfig, ConfigError> {

@@ -12,6 +12,8 @@
 //!   with the reason), token sources, static files.
 //! * [`session`] — one websocket, one task: frames in, bursts out,
 //!   publishing its writer's messages, keep-alive, close codes.
+//! * [`presence`] — who is subscribed where, across the cluster; `join` and
+//!   `leave` events (`PGWS_PRESENCE`).
 //! * [`hub`] — this node's sockets by channel and fan-out to them; the
 //!   bus's inbox.
 //! * [`bus`] — where notifications come from and writes go: [`bus::local`]
@@ -30,6 +32,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod presence;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -218,6 +218,9 @@ pub struct Metrics {
     queue_drops: IntCounter,
     /// Notifications for channels with no local reader.
     pub unrouted: IntCounter,
+    /// Messages not sent to a socket because it published them itself and
+    /// asked for no echo.
+    pub echo_suppressed: IntCounter,
     /// Channels with at least one local reader.
     pub channels: IntGauge,
     /// Connections accepted and not yet upgraded or closed.
@@ -294,6 +297,10 @@ impl Metrics {
             "pgws_notifications_unrouted_total",
             "Notifications for a channel with no reader on this node",
         )?;
+        let echo_suppressed = IntCounter::new(
+            "pgws_echo_suppressed_total",
+            "Messages not sent to the socket that published them (subscribe echo:false, v1 ?echo=false)",
+        )?;
         let channels = IntGauge::new(
             "pgws_channels",
             "Channels with at least one reader on this node",
@@ -320,6 +327,7 @@ impl Metrics {
             &slow_consumers,
             &queue_drops,
             &unrouted,
+            &echo_suppressed,
         ] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -363,6 +371,7 @@ impl Metrics {
             slow_consumers,
             queue_drops,
             unrouted,
+            echo_suppressed,
             channels,
             pending,
             v2,

@@ -16,6 +16,7 @@ use crate::config::{Backend, Config};
 use crate::http::{self, HttpState};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::session::SessionContext;
 use crate::tls;
 use anyhow::Context;
@@ -63,6 +64,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
 
     let hub = Arc::new(Hub::new(metrics.clone()));
+    let presence = start_presence(&config, &hub, &metrics)?;
     let Started { bus, mut lifecycle } = match config.backend {
         Backend::Standalone(local) => {
             let outbox = bus::local::prepare_outbox(&local, &shutdown).await?;
@@ -73,7 +75,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .context("registering metrics")?;
 
     let closing = CancellationToken::new(); // sessions close with 1001
-    let sessions = Arc::new(SessionContext::new(
+    let mut context = SessionContext::new(
         hub,
         bus.clone(),
         metrics.clone(),
@@ -81,7 +83,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.meta,
         keys,
         closing.clone(),
-    ));
+    );
+    context.presence = presence.clone();
+    let sessions = Arc::new(context);
     let tracker = TaskTracker::new();
     let http_state = Arc::new(HttpState {
         sessions: sessions.clone(),
@@ -129,6 +133,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     {
         tracing::warn!("sessions did not finish within PGWS_SHUTDOWN_TIMEOUT: terminating now");
     }
+    // Presence writes the sessions' leaves and takes this gateway off Redis.
+    if let Some(presence) = &presence {
+        presence.stop(deadline).await;
+    }
     // 4. with every bus handle gone, the bus sends what is queued and stops.
     drop(http_state);
     drop(sessions);
@@ -140,6 +148,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     tracing::info!(?exit, "stopped");
     Ok(exit)
+}
+
+/// Presence, when `PGWS_PRESENCE` is on: in this process standalone, in
+/// Redis in cluster mode.
+fn start_presence(
+    config: &Config,
+    hub: &Arc<Hub>,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Arc<Presence>>> {
+    if !config.presence.enabled {
+        return Ok(None);
+    }
+    let presence = match &config.backend {
+        Backend::Standalone(_) => {
+            Presence::local(config.presence.clone(), hub.clone(), &metrics.registry)
+        }
+        Backend::Cluster(cluster) => Presence::cluster(
+            config.presence.clone(),
+            crate::presence::redis::RedisSettings {
+                redis: cluster.redis.clone(),
+                keys: cluster.keys.clone(),
+            },
+            &metrics.registry,
+        ),
+    }
+    .context("registering metrics")?;
+    Ok(Some(presence))
 }
 
 /// The verification keys; a weak HMAC key is worth a warning.

@@ -15,6 +15,7 @@ mod ceiling;
 mod client;
 mod floor;
 mod options;
+mod presence;
 mod proc;
 mod recover;
 mod scenarios;
@@ -150,6 +151,36 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         history: u64,
     },
+    /// Cluster, `PGWS_PRESENCE=true`: N v2 clients join K channels and
+    /// leave; gateway CPU and Redis calls, CPU and memory per join, leave
+    /// and query.
+    Presence {
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 1)]
+        channels: usize,
+        /// `presence_stats` queries (and a tenth as many `presence`).
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// The gateways' PGWS_REDIS_PREFIX.
+        #[arg(long, default_value = "pgws")]
+        prefix: String,
+    },
+    /// Redis alone: N presence members joined by G simulated gateways with
+    /// the gateway's scripts, a gateway's leaving, the others swept; keys
+    /// and memory before, at the peak, after.
+    PresenceKeys {
+        #[arg(long, default_value_t = 100_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 1_000)]
+        channels: usize,
+        #[arg(long, default_value_t = 5)]
+        gateways: usize,
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+    },
     /// Cluster: kill (or SIGTERM) the leader under steady load.
     Failover {
         /// The leader coordinator's pid.
@@ -236,6 +267,19 @@ async fn main() -> anyhow::Result<()> {
             .await?
         }
         Scenario::Recover { clients, history } => recover::recover(&c, clients, history).await?,
+        Scenario::Presence {
+            clients,
+            channels,
+            queries,
+            redis,
+            prefix,
+        } => presence::presence(&c, clients, channels, queries, &redis, &prefix).await?,
+        Scenario::PresenceKeys {
+            clients,
+            channels,
+            gateways,
+            redis,
+        } => presence::presence_keys(&c, clients, channels, gateways, &redis).await?,
         Scenario::Failover {
             leader,
             signal,

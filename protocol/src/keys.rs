@@ -20,6 +20,10 @@
 //! | `p:msg:<channel>` | pub/sub channel | notifications for one websocket channel |
 //! | `{p:msg:<channel>}:s` | string, PX ttl | the channel's offsets and epoch ([`crate::history`]) |
 //! | `{p:msg:<channel>}:h` | stream, PX ttl | the channel's history: the last messages, field `o` the offset, `d` the payload |
+//! | `{p:msg:<channel>}:pc` | hash, client id → `<user>\n<entry JSON>` | the channel's presence: one field per subscribed client on any gateway (`PGWS_PRESENCE`); gone when empty |
+//! | `{p:msg:<channel>}:pu` | hash, user → number of its clients | the channel's unique users (for `presence_stats`); gone when empty |
+//! | `{p}:presence` | sorted set, member gateway id, score expiry (Redis ms) | the gateways holding presence entries, refreshed every `PGWS_PRESENCE_TTL`/3; an expired member is swept |
+//! | `{p}:presence:<gateway>` | set of channels | the channels where a gateway has presence entries, for the sweep after it died |
 //!
 //! A channel's state and history keys hash to the same slot as its pub/sub
 //! channel, so the leader's publish script can touch all three on a Redis
@@ -101,6 +105,26 @@ impl KeySpace {
     /// The key of websocket `channel`'s history stream.
     pub fn channel_history(&self, channel: &str) -> String {
         format!("{}:h", same_slot(&self.channel(channel)))
+    }
+
+    /// The hash of websocket `channel`'s present clients.
+    pub fn presence_clients(&self, channel: &str) -> String {
+        format!("{}:pc", same_slot(&self.channel(channel)))
+    }
+
+    /// The hash of websocket `channel`'s users and their client counts.
+    pub fn presence_users(&self, channel: &str) -> String {
+        format!("{}:pu", same_slot(&self.channel(channel)))
+    }
+
+    /// The gateways holding presence entries, scored by expiry.
+    pub fn presence_gateways(&self) -> String {
+        format!("{{{}}}:presence", self.prefix)
+    }
+
+    /// The channels where gateway `gateway` has presence entries.
+    pub fn presence_gateway_channels(&self, gateway: &str) -> String {
+        format!("{{{}}}:presence:{gateway}", self.prefix)
     }
 
     /// The pub/sub channel carrying notifications for websocket `channel`.
@@ -193,6 +217,8 @@ mod tests {
             k.append_marker("g", 1),
             k.continuity(),
             k.progress(),
+            k.presence_gateways(),
+            k.presence_gateway_channels("g"),
         ] {
             assert!(key.starts_with("{pgws}:"), "{key}");
         }
@@ -220,7 +246,12 @@ mod tests {
             let k = KeySpace::new(prefix);
             for channel in ["chat", "room{7}", "x{}y", "{", "}{", "ünï"] {
                 let pubsub = k.channel(channel);
-                for key in [k.channel_state(channel), k.channel_history(channel)] {
+                for key in [
+                    k.channel_state(channel),
+                    k.channel_history(channel),
+                    k.presence_clients(channel),
+                    k.presence_users(channel),
+                ] {
                     assert_eq!(slot(&key), slot(&pubsub), "{key} vs {pubsub}");
                 }
             }

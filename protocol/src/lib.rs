@@ -20,6 +20,8 @@
 //! * [`history`] — channel state and history in Redis: the encoding and
 //!   the scripts that write and read them.
 //! * [`v2`] — protocol v2's commands and frames.
+//! * [`presence`] — presence entries, `join`/`leave` frames, presence
+//!   events on Redis and the scripts that keep presence there.
 //! * [`clock`] — Unix time, and the conversions between it and `Instant`s
 //!   that timestamps crossing processes need.
 
@@ -30,6 +32,7 @@ pub mod history;
 pub mod keys;
 pub mod limits;
 pub mod position;
+pub mod presence;
 pub mod republish;
 pub mod routing;
 pub mod v2;

@@ -34,6 +34,8 @@ pub enum Command {
         channel: String,
         /// The last position the client read.
         since: Option<Since>,
+        /// The subscription's options.
+        options: SubscribeOptions,
     },
     /// Stop reading a channel.
     Unsubscribe {
@@ -63,6 +65,38 @@ pub enum Command {
         /// Command id.
         id: u64,
     },
+    /// Who is subscribed to a channel.
+    Presence {
+        /// Command id.
+        id: u64,
+        /// The channel.
+        channel: String,
+    },
+    /// How many clients and users are subscribed to a channel.
+    PresenceStats {
+        /// Command id.
+        id: u64,
+        /// The channel.
+        channel: String,
+    },
+}
+
+/// A subscription's options (`subscribe`'s optional fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// `"presence":true`: receive `join`/`leave` frames for the channel.
+    pub presence: bool,
+    /// `"echo":false`: do not receive the messages this socket published.
+    pub echo: bool,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions {
+            presence: false,
+            echo: true,
+        }
+    }
 }
 
 impl Command {
@@ -75,6 +109,8 @@ impl Command {
             Command::Publish { .. } => "publish",
             Command::Refresh { .. } => "refresh",
             Command::Ping { .. } => "ping",
+            Command::Presence { .. } => "presence",
+            Command::PresenceStats { .. } => "presence_stats",
         }
     }
 }
@@ -185,6 +221,10 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
             id,
             channel: fields.channel()?,
             since: fields.since()?,
+            options: SubscribeOptions {
+                presence: fields.flag("presence", false)?,
+                echo: fields.flag("echo", true)?,
+            },
         }),
         "unsubscribe" => Ok(Command::Unsubscribe {
             id,
@@ -200,6 +240,14 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
             token: fields.string("token")?,
         }),
         "ping" => Ok(Command::Ping { id }),
+        "presence" => Ok(Command::Presence {
+            id,
+            channel: fields.channel()?,
+        }),
+        "presence_stats" => Ok(Command::PresenceStats {
+            id,
+            channel: fields.channel()?,
+        }),
         "" => Err(fields.bad("Missing type")),
         other => Err(fields.bad(format!("Unknown command type {:?}", truncate(other, 64)))),
     }
@@ -236,6 +284,14 @@ impl Fields<'_> {
     fn string(&self, name: &str) -> Result<String, ParseError> {
         string_field(self.object, name)
             .ok_or_else(|| self.bad(format!("Missing or invalid {name}")))
+    }
+
+    fn flag(&self, name: &str, default: bool) -> Result<bool, ParseError> {
+        match self.object.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(self.bad(format!("Invalid {name}: expected true or false"))),
+        }
     }
 
     fn channel(&self) -> Result<String, ParseError> {
@@ -288,6 +344,20 @@ pub fn message(channel: &str, position: Option<&Position>, data: &str) -> Vec<u8
     }
     out.extend_from_slice(br#","data":"#);
     push_json_string(&mut out, data);
+    out.push(b'}');
+    out
+}
+
+/// An `echo` frame: in place of a message this socket published itself on
+/// a subscription with `"echo":false` — its position without its data, so
+/// the client's offsets stay contiguous.
+pub fn echo(channel: &str, position: Option<&Position>) -> Vec<u8> {
+    let mut out = br#"{"type":"echo","channel":"#.to_vec();
+    push_json_string(&mut out, channel);
+    if let Some(p) = position {
+        let tail = format!(r#","epoch":"{}","offset":{}"#, p.epoch, p.offset);
+        out.extend_from_slice(tail.as_bytes());
+    }
     out.push(b'}');
     out
 }
@@ -368,7 +438,27 @@ mod tests {
                 since: Some(Since {
                     epoch: "a.b.c".into(),
                     offset: 41
-                })
+                }),
+                options: SubscribeOptions::default(),
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"subscribe","id":7,"channel":"c","presence":true,"echo":false}"#),
+            Ok(Command::Subscribe {
+                id: 7,
+                channel: "c".into(),
+                since: None,
+                options: SubscribeOptions {
+                    presence: true,
+                    echo: false
+                },
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"presence_stats","id":8,"channel":"c"}"#),
+            Ok(Command::PresenceStats {
+                id: 8,
+                channel: "c".into()
             })
         );
         assert_eq!(
@@ -428,6 +518,14 @@ mod tests {
                 "Unknown command type \"launch\"",
             ),
             (r#"{"id":2}"#, "Missing type"),
+            (
+                r#"{"type":"subscribe","id":2,"channel":"c","echo":0}"#,
+                "Invalid echo: expected true or false",
+            ),
+            (
+                r#"{"type":"presence","id":2}"#,
+                "Missing or invalid channel",
+            ),
         ] {
             assert_eq!(
                 parse(bad),

@@ -82,11 +82,36 @@ export interface SubscriptionHandlers {
   unsubscribed?: (info: { reason: string }) => void;
   /** The server refused the subscribe (403, 429, 503 …). */
   error?: (error: PgwsError) => void;
+  /** A client subscribed to the channel (with presence events; your own join comes too). */
+  join?: (member: PresenceMember) => void;
+  /** A client's subscription ended (unsubscribed, closed, or its gateway died). */
+  leave?: (member: PresenceMember) => void;
+}
+
+/** A subscribed client, as presence lists it. */
+export interface PresenceMember {
+  /** Unique per connection across the cluster (opaque). */
+  client: string;
+  /** The token's `sub`, when it has one. */
+  sub?: unknown;
+  /** The token's `presence_info` claim, when it has one (bounded by the server). */
+  info?: Record<string, unknown>;
+}
+
+export interface PresenceStats {
+  /** Subscribed clients. */
+  clients: number;
+  /** Distinct `sub`s among them (a client without `sub` counts as its own user). */
+  users: number;
 }
 
 export interface SubscribeOptions extends SubscriptionHandlers {
   /** A position stored earlier: replay every message after it (or `resync`). */
   since?: Position | null;
+  /** Receive `join`/`leave` events (implied by a `join` or `leave` handler). Needs a token with `"presence": true`. */
+  presence?: boolean;
+  /** `false`: do not receive the messages this client publishes on the channel (its position still moves on). */
+  echo?: boolean;
 }
 
 export class Subscription {
@@ -157,6 +182,10 @@ export class Client {
   subscribe(channel: string, options?: SubscribeOptions): Subscription;
   /** Waits for `ready`, then resolves once the server queued the message for NOTIFY. */
   publish(channel: string, data: string): Promise<PublishReply>;
+  /** Who is subscribed to `channel`, on every gateway (token claim `"presence": true`, server PGWS_PRESENCE=true); waits for `ready`. */
+  presence(channel: string): Promise<PresenceMember[]>;
+  /** How many clients and users are subscribed to `channel`, without the list; waits for `ready`. */
+  presenceStats(channel: string): Promise<PresenceStats>;
   on<E extends keyof ClientEvents>(event: E, listener: ClientEvents[E]): this;
   off<E extends keyof ClientEvents>(event: E, listener: ClientEvents[E]): this;
 }

@@ -184,7 +184,9 @@ function checkedPosition(since) {
  * One channel's subscription. Events: `message` (data, {epoch, offset}),
  * `subscribed` ({recovered, replayed, epoch, offset}), `resync`
  * ({reason}) — the client may have missed messages and should reload what
- * it shows — `unsubscribed` ({reason}), `error` (PgwsError).
+ * it shows — `unsubscribed` ({reason}), `error` (PgwsError), and with
+ * presence events (`{presence: true}`, or a `join`/`leave` handler given to
+ * `subscribe`) `join` and `leave` (member: {client, sub?, info?}).
  */
 export class Subscription extends Emitter {
   /** @param {Client} client @param {string} channel @param {Position | null} since */
@@ -197,6 +199,8 @@ export class Subscription extends Emitter {
     /** A subscribe is under way: live frames are ignored, commands wait. */
     this.recovering = false;
     this.active = true;
+    /** Subscribe options sent with every (re)subscribe. */
+    this.options = { presence: false, echo: true };
   }
 
   /** Stop reading the channel. */
@@ -225,6 +229,8 @@ export class Subscription extends Emitter {
       }
     }
     this.position = position;
+    // An `echo` frame: this client's own message (echo: false), only its place.
+    if (frame.type === 'echo') return;
     this.emit('message', frame.data, position);
   }
 }
@@ -342,16 +348,23 @@ export class Client extends Emitter {
   /**
    * Subscribe to `channel`; handlers for its events may be given here, and
    * `since`, a position stored earlier (`subscription.position`), to
-   * replay what was published after it.
+   * replay what was published after it. `presence` (also implied by a
+   * `join` or `leave` handler): receive `join`/`leave` events; `echo: false`:
+   * do not receive what this client publishes on the channel (an `echo`
+   * frame keeps the position instead).
    * @param {string} channel
-   * @param {{since?: Position | null, message?: Function, subscribed?: Function, resync?: Function, unsubscribed?: Function, error?: Function}} [options]
+   * @param {{since?: Position | null, presence?: boolean, echo?: boolean, message?: Function, subscribed?: Function, resync?: Function, unsubscribed?: Function, error?: Function, join?: Function, leave?: Function}} [options]
    * @returns {Subscription}
    */
   subscribe(channel, options = {}) {
     if (this.subscriptions.has(channel)) throw new Error(`already subscribed to ${channel}`);
-    const { since, ...handlers } = options;
+    const { since, presence, echo, ...handlers } = options;
     const sub = new Subscription(this, channel, checkedPosition(since));
     for (const [event, fn] of Object.entries(handlers)) if (fn) sub.on(event, fn);
+    sub.options = {
+      presence: Boolean(presence ?? (handlers.join || handlers.leave)),
+      echo: echo ?? true,
+    };
     sub.on('resync', (/** @type {{reason: string}} */ info) => this.emit('resync', sub, info));
     this.subscriptions.set(channel, sub);
     if (this.state === 'connected') this.sendSubscribe(sub);
@@ -387,6 +400,28 @@ export class Client extends Emitter {
       waiting.bytes -= bytes;
     };
     return this.whenReady({ type: 'publish', channel, data }, settled, this.options.readyTimeout);
+  }
+
+  /**
+   * Who is subscribed to `channel` (on every gateway): resolves with the
+   * members, `{client, sub?, info?}`. Needs a token with `"presence": true`
+   * and a server with PGWS_PRESENCE=true; waits for the connection as
+   * `publish` does; rejects with a PgwsError (403, 404, 413 over
+   * PGWS_PRESENCE_MAX_LIST, 503).
+   * @param {string} channel
+   */
+  presence(channel) {
+    return this.whenReady({ type: 'presence', channel }, undefined, this.options.readyTimeout).then((reply) => reply.members);
+  }
+
+  /**
+   * How many clients and distinct users are subscribed to `channel`:
+   * resolves with `{clients, users}`.
+   * @param {string} channel
+   */
+  presenceStats(channel) {
+    return this.whenReady({ type: 'presence_stats', channel }, undefined, this.options.readyTimeout)
+      .then((reply) => ({ clients: reply.clients, users: reply.users }));
   }
 
   /** @param {Subscription} sub */
@@ -582,7 +617,13 @@ export class Client extends Emitter {
   sendSubscribe(sub) {
     const since = sub.position ? { epoch: sub.position.epoch, offset: sub.position.offset } : undefined;
     sub.recovering = true;
-    const command = { type: 'subscribe', channel: sub.channel, ...(since ? { since } : {}) };
+    const command = {
+      type: 'subscribe',
+      channel: sub.channel,
+      ...(since ? { since } : {}),
+      ...(sub.options.presence ? { presence: true } : {}),
+      ...(sub.options.echo ? {} : { echo: false }),
+    };
     this.request(command, (reply, error) => {
       sub.recovering = false;
       if (error) {
@@ -615,8 +656,11 @@ export class Client extends Emitter {
       this.pending.delete(frame.id);
       if (frame.error) waiting.reject(new PgwsError(frame.error.code, frame.error.reason));
       else waiting.resolve(frame);
-    } else if (frame.type === 'message') {
+    } else if (frame.type === 'message' || frame.type === 'echo') {
       this.subscriptions.get(frame.channel)?.onMessage(frame);
+    } else if (frame.type === 'join' || frame.type === 'leave') {
+      const sub = this.subscriptions.get(frame.channel);
+      if (sub && !sub.recovering) sub.emit(frame.type, frame.member);
     } else if (frame.type === 'unsubscribed') {
       const sub = this.subscriptions.get(frame.channel);
       if (sub) {

@@ -253,3 +253,42 @@ test('publishes waiting for their reply are bounded, with a typed error and noth
   assert.deepEqual(got.messages.map((m) => JSON.parse(m.data).payload), ['m0', 'm1', 'm2', 'm3', 'm4', 'x'.repeat(900), 'after']);
   assert.equal(client.publishing.count, 0);
 });
+
+test('presence: members, stats, join and leave events, and echo: false', async (t) => {
+  const gw = await startGateway({ env: { PGWS_PRESENCE: 'true' } });
+  t.after(() => gw.stop());
+  const channel = unique('room');
+  const claims = (sub) => ({ mode: 'rw', sub, presence: true, presence_info: { name: sub } });
+  const alice = new Client(gw.url, { token: token(claims('alice')), ...fast });
+  t.after(() => alice.close());
+  const changes = [];
+  const aliceSub = alice.subscribe(channel, {
+    join: (m) => changes.push(['join', m.sub]),
+    leave: (m) => changes.push(['leave', m.sub]),
+    echo: false,
+  });
+  const aliceGot = collect(aliceSub);
+  await until(() => changes.some(([k, s]) => k === 'join' && s === 'alice'), 15000, 'own join');
+  const bob = new Client(gw.url, { token: token(claims('bob')), ...fast });
+  const bobGot = collect(bob.subscribe(channel));
+  await until(() => changes.some(([k, s]) => k === 'join' && s === 'bob'), 15000, "bob's join");
+  const members = await alice.presence(channel);
+  assert.deepEqual(members.map((m) => m.sub).sort(), ['alice', 'bob']);
+  assert.deepEqual(members.find((m) => m.sub === 'bob').info, { name: 'bob' });
+  assert.deepEqual(await bob.presenceStats(channel), { clients: 2, users: 2 });
+  // echo: false — alice does not get her own message back; bob does.
+  await alice.publish(channel, 'from alice');
+  await until(() => bobGot.messages.length === 1, 15000, 'bob gets it');
+  await bob.publish(channel, 'from bob');
+  await until(() => aliceGot.messages.length === 1, 15000, 'alice gets bob\'s');
+  assert.equal(JSON.parse(aliceGot.messages[0].data).payload, 'from bob');
+  assert.equal(aliceGot.messages[0].position.offset, 2, 'offset 1 was her own');
+  assert.equal(aliceGot.subscribed.length, 1, 'no gap seen, no recovery');
+  bob.close();
+  await until(() => changes.some(([k, s]) => k === 'leave' && s === 'bob'), 15000, "bob's leave");
+  // A token without the claim may not ask.
+  const plain = new Client(gw.url, { token: token({ mode: 'r' }), ...fast }).connect();
+  t.after(() => plain.close());
+  await until(() => plain.state === 'connected', 15000, 'connected');
+  await assert.rejects(plain.presence(channel), (e) => e instanceof PgwsError && e.code === 403);
+});

@@ -58,7 +58,11 @@ pub struct Delivery {
     /// When the notification reached this process (or, in cluster mode,
     /// the leader).
     pub received_at: Instant,
+    /// A notification, or a presence event (whose payload is the member's
+    /// entry and which has no position).
+    pub presence: Option<pgws_protocol::presence::Change>,
     v2_frame: OnceLock<Bytes>,
+    origin: OnceLock<u64>,
 }
 
 impl Delivery {
@@ -74,13 +78,40 @@ impl Delivery {
             payload,
             position,
             received_at,
+            presence: None,
             v2_frame: OnceLock::new(),
+            origin: OnceLock::new(),
         }
+    }
+
+    /// A presence event: `change` of the member whose entry is `entry`.
+    pub fn presence(
+        channel: Arc<str>,
+        change: pgws_protocol::presence::Change,
+        entry: Bytes,
+    ) -> Delivery {
+        let mut delivery = Delivery::new(channel, entry, None, Instant::now());
+        delivery.presence = Some(change);
+        delivery
+    }
+
+    /// The payload's [`fingerprint`], computed on first use, for echo
+    /// suppression (`crate::hub::echo`).
+    pub fn origin(&self) -> u64 {
+        *self.origin.get_or_init(|| fingerprint(&self.payload))
     }
 
     /// The protocol v2 `message` frame's text, encoded on first use.
     pub fn v2_frame(&self) -> &Bytes {
         self.v2_frame.get_or_init(|| {
+            if let Some(change) = self.presence {
+                let entry = String::from_utf8_lossy(&self.payload);
+                return Bytes::from(pgws_protocol::presence::frame(
+                    change,
+                    &self.channel,
+                    &entry,
+                ));
+            }
             let data = String::from_utf8_lossy(&self.payload);
             Bytes::from(pgws_protocol::v2::message(
                 &self.channel,
@@ -89,6 +120,14 @@ impl Delivery {
             ))
         })
     }
+}
+
+/// A payload's fingerprint: a 64-bit SipHash with a per-process random
+/// key (so a client cannot craft a collision), for echo suppression.
+pub fn fingerprint(payload: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    KEY.get_or_init(RandomState::new).hash_one(payload)
 }
 
 /// A message replayed from history.

@@ -234,6 +234,7 @@ async fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Respon
         authorization: header(hyper::header::AUTHORIZATION),
         protocols: header(SEC_WEBSOCKET_PROTOCOL),
     };
+    let no_echo = request::no_echo(parts.query);
     let Ok(target) = request::parse(parts) else {
         return Ok(text(StatusCode::NOT_FOUND, "Not found\n"));
     };
@@ -262,7 +263,7 @@ async fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Respon
     // the socket opens (a refusal takes it off them again).
     let session = match authorized {
         Authorized::V1(grant) => {
-            let joined = session::join(&state.sessions, &grant)
+            let joined = session::join(&state.sessions, &grant, no_echo)
                 .instrument(span)
                 .await
                 .map_err(|_| Refusal::SubscriptionUnavailable)?;

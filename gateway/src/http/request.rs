@@ -85,6 +85,12 @@ pub fn parse(parts: RequestParts<'_>) -> Result<Target, NotFound> {
     })
 }
 
+/// Whether a v1 socket asked not to receive its own messages
+/// (`?echo=false`).
+pub fn no_echo(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|pair| pair == "echo=false"))
+}
+
 fn query_token(query: Option<&str>) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=')?;

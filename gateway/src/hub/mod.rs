@@ -11,8 +11,15 @@
 //!   for fan-out and ordered first/last callbacks for the bus.
 //! * [`member`] — a reading socket as the hub sees it.
 //! * [`control`] — a socket's kill switch.
+//! * [`echo`] — what a socket published, so it is not sent back to it.
+//!
+//! Fan-out of one channel is serialised (a lock per channel shard, held
+//! while its queues are filled): a presence event delivered from a
+//! session's task and a notification from the bus's task land in every
+//! reader's queue in the same order.
 
 pub mod control;
+pub mod echo;
 pub mod member;
 pub mod registry;
 
@@ -26,11 +33,14 @@ use pgws_protocol::close::CloseReason;
 use std::sync::Arc;
 use tokio::sync::mpsc::error::TrySendError;
 
+const ORDER_SHARDS: usize = 64;
+
 /// This node's readers, and fan-out to them.
 pub struct Hub {
     /// Readers by channel.
     pub registry: Registry,
     metrics: Metrics,
+    order: Box<[std::sync::Mutex<()>]>,
 }
 
 impl Hub {
@@ -39,7 +49,16 @@ impl Hub {
         Hub {
             registry: Registry::default(),
             metrics,
+            order: (0..ORDER_SHARDS)
+                .map(|_| std::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    fn order(&self, channel: &str) -> &std::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(channel);
+        &self.order[(h as usize) % self.order.len()]
     }
 }
 
@@ -47,12 +66,24 @@ impl Inbox for Hub {
     /// Fan-out: the same `Arc` to every reader's queue, no lock held while
     /// sending (the registry hands out a snapshot).
     fn deliver(&self, channel: &str, delivery: Arc<Delivery>) {
+        let _order = self
+            .order(channel)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let readers = self.registry.readers(channel);
         if readers.is_empty() {
-            self.metrics.unrouted.inc();
+            if delivery.presence.is_none() {
+                self.metrics.unrouted.inc();
+            }
             return;
         }
         for subscriber in readers.iter() {
+            if !subscriber.wants(&delivery) {
+                if delivery.presence.is_none() {
+                    self.metrics.echo_suppressed.inc();
+                }
+                continue;
+            }
             match subscriber.queue.try_send(delivery.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
@@ -88,20 +119,12 @@ mod tests {
         let slow_control = Arc::new(SessionControl::default());
         hub.registry.insert(
             "chat",
-            Subscriber {
-                id: SessionId(1),
-                queue: fast_tx,
-                control: Arc::default(),
-            },
+            Subscriber::new(SessionId(1), fast_tx, Arc::default()),
             || {},
         );
         hub.registry.insert(
             "chat",
-            Subscriber {
-                id: SessionId(2),
-                queue: slow_tx,
-                control: slow_control.clone(),
-            },
+            Subscriber::new(SessionId(2), slow_tx, slow_control.clone()),
             || {},
         );
         for text in ["one", "two", "three"] {

@@ -27,6 +27,8 @@ pub struct SessionContext {
     pub shutdown: CancellationToken,
     /// Open sockets, for `PGWS_MAX_CONNECTIONS`.
     pub open: AtomicUsize,
+    /// Presence, when `PGWS_PRESENCE` is on.
+    pub presence: Option<Arc<crate::presence::Presence>>,
     pub(super) next_id: AtomicU64,
 }
 
@@ -50,6 +52,7 @@ impl SessionContext {
             keys,
             shutdown,
             open: AtomicUsize::new(0),
+            presence: None,
             next_id: AtomicU64::new(1),
         }
     }

@@ -43,6 +43,7 @@ pub mod fuzzing {
 
 use crate::auth::{Grant, Permissions};
 use crate::bus::{BusError, Delivery};
+use crate::hub::echo::Echoes;
 use crate::hub::{SessionControl, SessionId, Subscriber};
 use pgws_protocol::clock;
 use pgws_protocol::envelope::{ClaimsJson, Event};
@@ -60,6 +61,7 @@ pub struct Joined {
     queue: mpsc::Receiver<Arc<Delivery>>,
     control: Arc<SessionControl>,
     membership: Membership,
+    echo: Option<Arc<Echoes>>,
 }
 
 /// The channels a v1 socket is registered on.
@@ -84,7 +86,12 @@ impl Drop for Membership {
 /// Put a v1 socket's reader on its channels and wait until the bus has
 /// them in effect. `Err`: the bus refused a channel or did not confirm in
 /// time, and the socket must not open (nothing stays registered).
-pub async fn join(ctx: &Arc<SessionContext>, grant: &Grant) -> Result<Joined, BusError> {
+/// `no_echo`: its own messages are not sent back to it (`?echo=false`).
+pub async fn join(
+    ctx: &Arc<SessionContext>,
+    grant: &Grant,
+    no_echo: bool,
+) -> Result<Joined, BusError> {
     let id = SessionId(ctx.next_id.fetch_add(1, Ordering::Relaxed));
     let control = Arc::new(SessionControl::default());
     // Empty and closed for a write-only socket: the registry holds the
@@ -95,13 +102,11 @@ pub async fn join(ctx: &Arc<SessionContext>, grant: &Grant) -> Result<Joined, Bu
         id,
         channels: Vec::new(),
     };
+    let echo = (no_echo && grant.mode.can_write()).then(Arc::<Echoes>::default);
     if grant.mode.can_read() {
         for channel in &grant.channels {
-            let subscriber = Subscriber {
-                id,
-                queue: queue_tx.clone(),
-                control: control.clone(),
-            };
+            let mut subscriber = Subscriber::new(id, queue_tx.clone(), control.clone());
+            subscriber.echo = echo.clone();
             // Under the registry's lock: the bus sees first/last in order.
             ctx.hub.registry.try_insert(channel, subscriber, || {
                 ctx.bus.subscribe(channel)?;
@@ -116,6 +121,7 @@ pub async fn join(ctx: &Arc<SessionContext>, grant: &Grant) -> Result<Joined, Bu
         queue,
         control,
         membership,
+        echo,
     })
 }
 
@@ -128,6 +134,7 @@ where
         queue,
         control,
         membership,
+        echo,
     } = joined;
     let id = membership.id;
     // Envelopes need the claims only as JSON text: keep that, free the map.
@@ -143,6 +150,7 @@ where
         grant,
         claims,
         ctx: ctx.clone(),
+        echo,
     });
     let finished = socket::run(
         io,

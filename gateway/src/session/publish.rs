@@ -23,6 +23,8 @@ pub struct Writer {
     pub claims: ClaimsJson,
     /// Bus, metrics, limits.
     pub ctx: Arc<SessionContext>,
+    /// Set with `?echo=false`: its envelopes, so they are not sent back.
+    pub echo: Option<Arc<crate::hub::echo::Echoes>>,
 }
 
 /// One whole client message: for each of the socket's channels, one
@@ -79,6 +81,9 @@ pub async fn on_message(rc: Arc<Writer>, message: String) -> Result<(), CloseRea
     });
     let traceparent = traced.as_ref().and_then(|(_, tp)| tp.as_deref());
     for (channel, text) in envelopes {
+        if let Some(echo) = &rc.echo {
+            echo.remember(text.as_bytes());
+        }
         match rc
             .ctx
             .bus

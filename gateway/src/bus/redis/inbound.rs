@@ -140,6 +140,14 @@ impl Deliverer {
         else {
             return;
         };
+        if let Some((change, entry)) = pgws_protocol::presence::decode_event(message) {
+            let delivery = Delivery::presence(
+                Arc::from(channel),
+                change,
+                bytes::Bytes::copy_from_slice(entry),
+            );
+            return self.inbox.deliver(channel, Arc::new(delivery));
+        }
         self.metrics.received.inc();
         let published = match republish::decode(bytes::Bytes::copy_from_slice(message)) {
             Ok(p) => p,

@@ -6,11 +6,7 @@ use tokio::sync::mpsc;
 
 fn subscriber(id: u64) -> Subscriber {
     let (queue, _rx) = mpsc::channel(1);
-    Subscriber {
-        id: SessionId(id),
-        queue,
-        control: Arc::default(),
-    }
+    Subscriber::new(SessionId(id), queue, Arc::default())
 }
 
 fn ids(readers: &Readers) -> Vec<u64> {

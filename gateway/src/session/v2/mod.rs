@@ -17,6 +17,13 @@
 //!   stands: held-back deliveries during recovery, duplicates skipped.
 //! * [`rate`] — the per-socket command rate limit.
 //! * [`refresh`] — what a `refresh` token may change.
+//!
+//! Presence (`PGWS_PRESENCE`, [`crate::presence`]): a subscription is a
+//! member of its channel from its reply on until it ends; `presence` and
+//! `presence_stats` are answered through the same set of futures as
+//! recoveries. Echo suppression: a subscription with `"echo":false`
+//! remembers the envelopes the socket publishes on its channel
+//! ([`crate::hub::echo`]).
 
 pub mod connect;
 mod rate;
@@ -27,6 +34,7 @@ use super::context::SessionContext;
 use super::outbound::{FrameWriter, FLUSH_AT};
 use crate::auth::{self, Permissions};
 use crate::bus::{BusError, Delivery, Recovered, Replayed};
+use crate::hub::echo::Echoes;
 use crate::hub::{SessionControl, SessionId, Subscriber};
 use crate::metrics::RecoveryOutcome;
 use futures_util::stream::FuturesUnordered;
@@ -36,9 +44,13 @@ use pgws_protocol::close::CloseReason;
 use pgws_protocol::envelope::{self, ClaimsJson, Event};
 use pgws_protocol::limits::NOTIFY_PAYLOAD_MAX;
 use pgws_protocol::position::Since;
-use pgws_protocol::v2::{self, Command, ErrorCode, ParseError, Subscribed, MAX_CHANNEL_NAME};
+use pgws_protocol::presence::Member;
+use pgws_protocol::v2::{
+    self, Command, ErrorCode, ParseError, SubscribeOptions, Subscribed, MAX_CHANNEL_NAME,
+};
 use rate::TokenBucket;
 use refresh::Identity;
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -56,8 +68,21 @@ const QUEUE_FULL: &str =
 /// A recovery on its way back from the bus.
 type RecoveryFuture = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
+/// An answer the socket was waiting for.
+pub enum Answer {
+    /// The bus's answer to one subscription's recovery.
+    Recovery(Recovery),
+    /// A presence query's reply (or error).
+    Reply {
+        /// The command.
+        id: u64,
+        /// The reply frame, or the error.
+        result: Result<String, (ErrorCode, String)>,
+    },
+}
+
 /// The bus's answer to one subscription's recovery.
-pub struct Answer {
+pub struct Recovery {
     command: u64,
     channel: Arc<str>,
     with_since: bool,
@@ -99,6 +124,16 @@ pub struct V2 {
     control: Arc<SessionControl>,
     session: SessionId,
     ctx: Arc<SessionContext>,
+    /// How presence lists this socket (when presence is on).
+    member: Option<Member>,
+    /// The token's `presence` claim is `true`.
+    may_query_presence: bool,
+    /// Channels where this socket is a presence member.
+    joined: HashSet<Arc<str>>,
+    /// Channels subscribed with `"echo":false`.
+    no_echo: HashSet<Arc<str>>,
+    /// What it published there, until it comes back.
+    echoes: Arc<Echoes>,
 }
 
 impl V2 {
@@ -112,6 +147,11 @@ impl V2 {
     ) -> V2 {
         let mut permissions = permissions;
         let identity = Identity::of(&permissions.claims);
+        let member = ctx
+            .presence
+            .as_ref()
+            .map(|p| p.member(session, &permissions.claims));
+        let may_query_presence = crate::presence::may_query(&permissions.claims);
         let claims = ClaimsJson::new(&std::mem::take(&mut permissions.claims));
         let opened = Opened {
             channels: permissions.claimed_channels().to_vec(),
@@ -130,6 +170,11 @@ impl V2 {
             control,
             session,
             ctx,
+            member,
+            may_query_presence,
+            joined: HashSet::new(),
+            no_echo: HashSet::new(),
+            echoes: Arc::default(),
         }
     }
 
@@ -184,8 +229,21 @@ impl V2 {
                 }
                 Effect::Done
             }
-            Command::Subscribe { id, channel, since } => {
-                self.subscribe(out, id, channel, since);
+            Command::Subscribe {
+                id,
+                channel,
+                since,
+                options,
+            } => {
+                self.subscribe(out, id, channel, since, options);
+                Effect::Done
+            }
+            Command::Presence { id, channel } => {
+                self.presence(out, id, channel, false);
+                Effect::Done
+            }
+            Command::PresenceStats { id, channel } => {
+                self.presence(out, id, channel, true);
                 Effect::Done
             }
             Command::Unsubscribe { id, channel } => {
@@ -207,10 +265,71 @@ impl V2 {
         out.text(v2::error(id, code, reason).as_bytes());
     }
 
-    fn subscribe(&mut self, out: &mut FrameWriter, id: u64, channel: String, since: Option<Since>) {
+    /// Why this socket may not see presence on `channel`, if it may not.
+    fn presence_refusal(&self, channel: &str) -> Option<(ErrorCode, String)> {
+        if self.ctx.presence.is_none() {
+            let reason = "Presence is not enabled on this server (PGWS_PRESENCE)";
+            return Some((ErrorCode::NotFound, reason.into()));
+        }
+        if !self.may_query_presence {
+            let reason = "The token does not allow presence (claim \"presence\":true)";
+            return Some((ErrorCode::Forbidden, reason.into()));
+        }
+        if !self.permissions.may_read(channel, &self.ctx.meta) {
+            return Some((
+                ErrorCode::Forbidden,
+                format!("Channel {:?} not allowed", channel),
+            ));
+        }
+        None
+    }
+
+    /// `presence` (or `presence_stats`) on `channel`: answered when Redis
+    /// (or the local store) has.
+    fn presence(&mut self, out: &mut FrameWriter, id: u64, channel: String, stats: bool) {
+        if let Some((code, reason)) = self.presence_refusal(&channel) {
+            return self.error(out, id, code, &reason);
+        }
+        let Some(presence) = self.ctx.presence.clone() else {
+            return;
+        };
+        self.recoveries.push(Box::pin(async move {
+            let result = if stats {
+                presence.stats(&channel).await.map(|(clients, users)| {
+                    pgws_protocol::presence::stats_reply(id, clients, users)
+                })
+            } else {
+                presence.list(&channel).await.map(|entries| {
+                    pgws_protocol::presence::list_reply(id, entries.iter().map(String::as_str))
+                })
+            };
+            let result = result.map_err(|e| {
+                let code = match e {
+                    crate::presence::PresenceError::TooMany(_) => ErrorCode::TooLarge,
+                    crate::presence::PresenceError::Unavailable => ErrorCode::Unavailable,
+                };
+                (code, e.to_string())
+            });
+            Answer::Reply { id, result }
+        }));
+    }
+
+    fn subscribe(
+        &mut self,
+        out: &mut FrameWriter,
+        id: u64,
+        channel: String,
+        since: Option<Since>,
+        options: SubscribeOptions,
+    ) {
         if !self.permissions.may_read(&channel, &self.ctx.meta) {
             let reason = format!("Channel {:?} not allowed", channel);
             return self.error(out, id, ErrorCode::Forbidden, &reason);
+        }
+        if options.presence {
+            if let Some((code, reason)) = self.presence_refusal(&channel) {
+                return self.error(out, id, code, &reason);
+            }
         }
         if self.subs.contains(&channel) {
             return self.error(out, id, ErrorCode::Conflict, "Already subscribed");
@@ -225,30 +344,31 @@ impl V2 {
         let channel: Arc<str> = Arc::from(channel);
         // In the registry first, then ask where the channel stands: every
         // message after the answer reaches this socket.
-        if self.register(&channel).is_err() {
+        if self.register(&channel, options).is_err() {
             return self.error(out, id, ErrorCode::Unavailable, QUEUE_FULL);
+        }
+        if !options.echo {
+            self.no_echo.insert(channel.clone());
         }
         self.subs.begin(channel.clone(), id);
         let bus = self.ctx.bus.clone();
         self.recoveries.push(Box::pin(async move {
             let result = bus.recover(&channel, since.as_ref()).await;
-            Answer {
+            Answer::Recovery(Recovery {
                 command: id,
                 channel,
                 with_since: since.is_some(),
                 result,
-            }
+            })
         }));
     }
 
     /// Put this socket on `channel`, unless the bus refuses the channel's
     /// subscription.
-    fn register(&self, channel: &str) -> Result<(), BusError> {
-        let subscriber = Subscriber {
-            id: self.session,
-            queue: self.queue.clone(),
-            control: self.control.clone(),
-        };
+    fn register(&self, channel: &str, options: SubscribeOptions) -> Result<(), BusError> {
+        let mut subscriber =
+            Subscriber::new(self.session, self.queue.clone(), self.control.clone());
+        subscriber.presence_events = options.presence;
         let ctx = &self.ctx;
         ctx.hub.registry.try_insert(channel, subscriber, || {
             ctx.bus.subscribe(channel)?;
@@ -273,16 +393,34 @@ impl V2 {
         if self.subs.remove(channel) {
             self.unregister(channel);
         }
+        self.no_echo.remove(channel);
+        if let Some(channel) = self.joined.take(channel) {
+            if let (Some(presence), Some(member)) = (&self.ctx.presence, &self.member) {
+                presence.leave(&channel, member);
+            }
+        }
     }
 
-    /// The bus answered a recovery: reply, replay, then what was held back.
+    /// An answer: a presence reply, or a recovery's.
     pub fn on_answer(&mut self, answer: Answer, out: &mut FrameWriter) {
-        let Answer {
+        match answer {
+            Answer::Recovery(recovery) => self.on_recovery(recovery, out),
+            Answer::Reply { id, result } => match result {
+                Ok(reply) => out.text(reply.as_bytes()),
+                Err((code, reason)) => self.error(out, id, code, &reason),
+            },
+        }
+    }
+
+    /// The bus answered a recovery: reply, replay, then what was held back;
+    /// the subscription is now a presence member.
+    fn on_recovery(&mut self, recovery: Recovery, out: &mut FrameWriter) {
+        let Recovery {
             command,
             channel,
             with_since,
             result,
-        } = answer;
+        } = recovery;
         if !self.subs.is_recovering(&channel, command) {
             // Unsubscribed (or unsubscribed and subscribed again) meanwhile.
             return self.error(
@@ -332,6 +470,10 @@ impl V2 {
             recovered.position,
             replay.unwrap_or_default(),
         );
+        if let (Some(presence), Some(member)) = (&self.ctx.presence, &self.member) {
+            presence.join(&channel, member);
+            self.joined.insert(channel);
+        }
     }
 
     /// `replay`, unless it does not fit in what the socket may still owe
@@ -383,7 +525,7 @@ impl V2 {
                     let data = String::from_utf8_lossy(&payload);
                     out.text(&v2::message(&channel, Some(&position), &data));
                 }
-                Some(Owed::Delivery(delivery)) => out.text(delivery.v2_frame()),
+                Some(Owed::Delivery(delivery)) => self.write_delivery(&delivery, out),
                 None => break,
             }
         }
@@ -399,11 +541,26 @@ impl V2 {
     ) -> Result<bool, CloseReason> {
         match self.subs.on_delivery(delivery) {
             Verdict::Send => {
-                out.text(delivery.v2_frame());
+                self.write_delivery(delivery, out);
                 Ok(true)
             }
             Verdict::Skip | Verdict::Held => Ok(false),
             Verdict::Overflow => Err(CloseReason::SlowConsumer),
+        }
+    }
+
+    /// A delivery's frame — or, for a message this socket published on a
+    /// subscription with `"echo":false`, an `echo` frame: its position
+    /// without its data, so the client's offsets stay contiguous.
+    fn write_delivery(&self, delivery: &Delivery, out: &mut FrameWriter) {
+        let own = delivery.presence.is_none()
+            && self.no_echo.contains(&delivery.channel)
+            && self.echoes.take(delivery.origin());
+        if own {
+            self.ctx.metrics.echo_suppressed.inc();
+            out.text(&v2::echo(&delivery.channel, delivery.position.as_ref()));
+        } else {
+            out.text(delivery.v2_frame());
         }
     }
 
@@ -419,6 +576,9 @@ impl V2 {
             let reason = format!("The message's envelope exceeds {NOTIFY_PAYLOAD_MAX} bytes");
             self.error(out, id, ErrorCode::TooLarge, &reason);
             return Effect::Done;
+        }
+        if self.no_echo.contains(channel) {
+            self.echoes.remember(text.as_bytes());
         }
         let bus = self.ctx.bus.clone();
         let wait = self.ctx.limits.write_timeout;
@@ -483,6 +643,7 @@ impl V2 {
             );
             return Effect::Close(CloseReason::RefreshRefused, why.reason().to_string());
         }
+        self.may_query_presence = crate::presence::may_query(&permissions.claims);
         self.claims = ClaimsJson::new(&std::mem::take(&mut permissions.claims));
         self.expires_at = permissions.expires_at.map(clock::instant_of_unix_seconds);
         self.permissions = permissions;
@@ -523,6 +684,8 @@ fn command_id(command: &Command) -> Option<u64> {
         | Command::Unsubscribe { id, .. }
         | Command::Publish { id, .. }
         | Command::Refresh { id, .. }
+        | Command::Presence { id, .. }
+        | Command::PresenceStats { id, .. }
         | Command::Ping { id } => Some(*id),
     }
 }
