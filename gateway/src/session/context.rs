@@ -3,7 +3,7 @@
 use crate::auth::{Keys, MetaChannel};
 use crate::bus::Bus;
 use crate::config::SessionLimits;
-use crate::hub::Hub;
+use crate::hub::{Hub, SessionId};
 use crate::metrics::Metrics;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -52,6 +52,11 @@ impl SessionContext {
             open: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// A process-unique id for a new session (of any transport).
+    pub fn next_session_id(&self) -> SessionId {
+        SessionId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 }
 
