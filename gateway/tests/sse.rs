@@ -155,6 +155,9 @@ async fn last_event_id_replays_exactly_what_was_missed_and_a_new_epoch_resets() 
     for n in 4..=6 {
         notify(&db, &gw.listen_channel, &payload(&chat, n)).await;
     }
+    // The gateway has them (in history, for no reader) before the reconnect.
+    gw.wait_metric("pgws_notifications_unrouted_total", 3.0)
+        .await;
     let mut back = open(&gw, &path, &[("Last-Event-ID", &last)]).await;
     let first = preamble(&mut back).await;
     assert_eq!(first.id.as_deref(), Some(last.as_str()), "starts where it was");

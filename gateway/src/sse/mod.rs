@@ -85,12 +85,15 @@ impl Streams {
         let mut owed = 0;
         for (i, (channel, recovered)) in channels.iter().zip(answers).enumerate() {
             let since = sinces.as_ref().map(|s| s.as_ref().map(|s| &s[i]));
+            let newest = recovered.position;
             let (start, replay) = self.decide(since, recovered, &mut owed);
             if since.is_some() && replay.is_none() {
                 resets.push((channel.clone(), start));
             }
             positions.push(start);
-            subs.answer(channel, i as u64, start, replay.unwrap_or_default());
+            // The replay runs up to `newest`: held deliveries at or before
+            // it are duplicates of it.
+            subs.answer(channel, i as u64, newest, replay.unwrap_or_default());
         }
         event::preamble(
             &mut preamble,
@@ -141,7 +144,8 @@ impl Streams {
         })
     }
 
-    /// Where a channel's stream starts and what it replays: after `since`
+    /// Where a channel's stream starts (its first `id`) and what it
+    /// replays: after `since`
     /// when history has every message since (within
     /// `PGWS_REPLAY_MAX_BYTES` over the stream), else at the channel's
     /// newest position, with no replay.
