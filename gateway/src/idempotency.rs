@@ -27,7 +27,11 @@ pub struct Unavailable;
 pub trait IdempotencyStore: Send + Sync {
     /// Claim `key` for `ttl`: `Ok(true)` when this request is the first,
     /// `Ok(false)` when the key is already held (a retry).
-    fn claim<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, Result<bool, Unavailable>>;
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Result<bool, Unavailable>>;
 
     /// Release `key`: its publish failed, a retry may publish.
     fn release<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
@@ -71,7 +75,9 @@ impl Memory {
         while keys.expiry.len() >= self.max && !keys.order.is_empty() {
             if keys.pop_oldest() {
                 self.evicted.inc();
-                tracing::info!("PGWS_IDEMPOTENCY_MAX_KEYS reached: an idempotency key forgotten early");
+                tracing::info!(
+                    "PGWS_IDEMPOTENCY_MAX_KEYS reached: an idempotency key forgotten early"
+                );
             }
         }
         let until = now + ttl;
@@ -103,7 +109,11 @@ impl Keys {
 }
 
 impl IdempotencyStore for Memory {
-    fn claim<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, Result<bool, Unavailable>> {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Result<bool, Unavailable>> {
         let first = self.claim_at(key, ttl, Instant::now());
         Box::pin(std::future::ready(Ok(first)))
     }
@@ -135,11 +145,17 @@ mod tests {
         let ttl = Duration::from_secs(60);
         assert!(s.claim_at("a", ttl, t0));
         assert!(!s.claim_at("a", ttl, t0 + Duration::from_secs(59)));
-        assert!(s.claim_at("a", ttl, t0 + Duration::from_secs(60)), "expired");
+        assert!(
+            s.claim_at("a", ttl, t0 + Duration::from_secs(60)),
+            "expired"
+        );
         let mut keys = s.inner.lock().expect("lock");
         keys.expiry.remove("a");
         drop(keys);
-        assert!(s.claim_at("a", ttl, t0 + Duration::from_secs(61)), "released");
+        assert!(
+            s.claim_at("a", ttl, t0 + Duration::from_secs(61)),
+            "released"
+        );
     }
 
     #[test]

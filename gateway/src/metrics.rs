@@ -328,7 +328,12 @@ impl PublishMetrics {
 
     /// An HTTP publish was answered; logged at debug (clients cause most).
     pub fn outcome(&self, outcome: PublishOutcome, status: u16, reason: &str) {
-        tracing::debug!(outcome = outcome.label(), status, reason, "HTTP publish answered");
+        tracing::debug!(
+            outcome = outcome.label(),
+            status,
+            reason,
+            "HTTP publish answered"
+        );
         self.outcomes.with_label_values(&[outcome.label()]).inc();
     }
 }

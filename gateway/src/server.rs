@@ -13,13 +13,13 @@
 use crate::auth::Keys;
 use crate::bus::{self, Bus, Started};
 use crate::config::{Backend, Config};
-use crate::http::{self, HttpState};
 use crate::http::publish::Publisher;
+use crate::http::{self, HttpState};
 use crate::hub::Hub;
 use crate::idempotency::Memory;
-use crate::sse::Streams;
 use crate::metrics::Metrics;
 use crate::session::SessionContext;
+use crate::sse::Streams;
 use crate::tls;
 use anyhow::Context;
 use pgws_service::admin::{self, AdminState};

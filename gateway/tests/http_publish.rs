@@ -84,6 +84,9 @@ async fn a_post_becomes_the_envelope_a_websocket_write_makes() {
         .await;
 }
 
+/// A refused request: path, headers, body, status, part of the reason.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a [u8], u16, &'a str);
+
 #[tokio::test]
 async fn refusals_say_why() {
     let gw = Server::gateway()
@@ -98,15 +101,57 @@ async fn refusals_say_why() {
     let expired = bearer(&token(json!({"mode": "rw", "exp": now() - 60})));
     let big = vec![b'x'; 101];
     let path = format!("/{chat}");
-    let cases: Vec<(&str, Vec<(&str, &str)>, &[u8], u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (&path, vec![], b"x", 401, "Missing token"),
-        (&path, vec![("Authorization", "Bearer a.b.c")], b"x", 401, ""),
-        (&path, vec![("Authorization", &expired)], b"x", 401, "Token expired"),
-        (&path, vec![("Authorization", &r)], b"x", 403, "Token mode does not allow writing"),
-        (&path, vec![("Authorization", &other)], b"x", 403, "No allowed channels"),
-        ("/meta", vec![("Authorization", &rw)], b"x", 403, "No allowed channels"),
-        (&path, vec![("Authorization", &rw)], &big, 413, "PGWS_MAX_MESSAGE_SIZE"),
-        (&path, vec![("Authorization", &rw)], b"\xff\xfe", 415, "UTF-8"),
+        (
+            &path,
+            vec![("Authorization", "Bearer a.b.c")],
+            b"x",
+            401,
+            "",
+        ),
+        (
+            &path,
+            vec![("Authorization", &expired)],
+            b"x",
+            401,
+            "Token expired",
+        ),
+        (
+            &path,
+            vec![("Authorization", &r)],
+            b"x",
+            403,
+            "Token mode does not allow writing",
+        ),
+        (
+            &path,
+            vec![("Authorization", &other)],
+            b"x",
+            403,
+            "No allowed channels",
+        ),
+        (
+            "/meta",
+            vec![("Authorization", &rw)],
+            b"x",
+            403,
+            "No allowed channels",
+        ),
+        (
+            &path,
+            vec![("Authorization", &rw)],
+            &big,
+            413,
+            "PGWS_MAX_MESSAGE_SIZE",
+        ),
+        (
+            &path,
+            vec![("Authorization", &rw)],
+            b"\xff\xfe",
+            415,
+            "UTF-8",
+        ),
         (
             &path,
             vec![("Authorization", &rw), ("Idempotency-Key", "")],
@@ -114,7 +159,13 @@ async fn refusals_say_why() {
             400,
             "Idempotency-Key",
         ),
-        ("/a/b/c", vec![("Authorization", &rw)], b"x", 404, "Not found"),
+        (
+            "/a/b/c",
+            vec![("Authorization", &rw)],
+            b"x",
+            404,
+            "Not found",
+        ),
     ];
     for (path, headers, body, status, reason) in cases {
         let (got, _, text) = post(&gw, path, &headers, body).await;
@@ -146,7 +197,10 @@ async fn a_retried_post_with_the_same_idempotency_key_is_published_once() {
     let mut pg = listen_ready(&gw.listen_channel).await;
     let auth = bearer(&writer());
     let key = unique("key");
-    let keyed = [("Authorization", auth.as_str()), ("Idempotency-Key", key.as_str())];
+    let keyed = [
+        ("Authorization", auth.as_str()),
+        ("Idempotency-Key", key.as_str()),
+    ];
     let path = format!("/{chat}");
     let (status, headers, body) = post(&gw, &path, &keyed, b"once").await;
     assert_eq!(status, 202, "{body}");
@@ -192,7 +246,10 @@ async fn a_retried_post_with_the_same_idempotency_key_is_published_once() {
         if header(&headers, "idempotent-replayed") == Some("false") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the key never expired");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key never expired"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let got = until_sentinel(&mut pg, "again").await;

@@ -34,7 +34,10 @@ async fn preamble(sse: &mut Sse) -> SseBlock {
 
 #[tokio::test]
 async fn a_stream_receives_events_with_positions_and_multi_line_payloads() {
-    let gw = Server::gateway().env("PGWS_SSE_RETRY", "1500").start().await;
+    let gw = Server::gateway()
+        .env("PGWS_SSE_RETRY", "1500")
+        .start()
+        .await;
     let chat = unique("chat");
     let mut sse = open(&gw, &format!("/{chat}/{}", reader()), &[]).await;
     assert_eq!(sse.header("content-type"), Some("text/event-stream"));
@@ -111,7 +114,10 @@ async fn refusals_are_answered_before_the_stream_with_the_reason() {
             "Token mode does not allow reading",
         ),
         (
-            format!("/{chat}/{}", token(json!({"mode": "r", "channel": "other"}))),
+            format!(
+                "/{chat}/{}",
+                token(json!({"mode": "r", "channel": "other"}))
+            ),
             403,
             "No allowed channels",
         ),
@@ -160,12 +166,19 @@ async fn last_event_id_replays_exactly_what_was_missed_and_a_new_epoch_resets() 
         .await;
     let mut back = open(&gw, &path, &[("Last-Event-ID", &last)]).await;
     let first = preamble(&mut back).await;
-    assert_eq!(first.id.as_deref(), Some(last.as_str()), "starts where it was");
+    assert_eq!(
+        first.id.as_deref(),
+        Some(last.as_str()),
+        "starts where it was"
+    );
     notify(&db, &gw.listen_channel, &payload(&chat, 7)).await;
     let got = back.messages(4).await;
     let want: Vec<String> = (4..=7).map(|n| payload(&chat, n)).collect();
     assert_eq!(got, want, "no loss, no duplicate, in order");
-    assert!(back.last_event_id.as_deref().is_some_and(|id| id.ends_with(":7")));
+    assert!(back
+        .last_event_id
+        .as_deref()
+        .is_some_and(|id| id.ends_with(":7")));
     gw.wait_metric("pgws_sse_replayed_events_total", 3.0).await;
 
     // The query form, as a page that stored the id would send it.

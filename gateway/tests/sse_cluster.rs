@@ -69,7 +69,10 @@ async fn an_idempotency_key_holds_across_gateways() {
     let mut pg = listen_ready(&c.listen_channel).await;
     let auth = format!("Bearer {}", token(json!({"mode": "rw", "sub": "carol"})));
     let key = unique("key");
-    let keyed = [("Authorization", auth.as_str()), ("Idempotency-Key", key.as_str())];
+    let keyed = [
+        ("Authorization", auth.as_str()),
+        ("Idempotency-Key", key.as_str()),
+    ];
     let path = format!("/{chat}");
     let mut replayed = Vec::new();
     for gw in [0, 1, 0] {
@@ -98,5 +101,9 @@ async fn an_idempotency_key_holds_across_gateways() {
             break;
         }
     }
-    assert_eq!(got, ["once", "sentinel"], "published once, through the leader");
+    assert_eq!(
+        got,
+        ["once", "sentinel"],
+        "published once, through the leader"
+    );
 }

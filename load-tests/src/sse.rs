@@ -58,13 +58,19 @@ pub async fn sse(
     let per_channel = (n / channels) as u64;
     let group = start_readers(sockets);
     let mark = CpuMark::now(c);
-    let sent = publish(c, rate, seconds, 200, |seq| format!("ws-{}", seq as usize % channels)).await?;
+    let sent = publish(c, rate, seconds, 200, |seq| {
+        format!("ws-{}", seq as usize % channels)
+    })
+    .await?;
     group.drain(sent * per_channel).await;
     let (ws_cpu, _, _) = mark.since();
     let (ws_received, _, _) = group.finish().await;
 
     let mark = CpuMark::now(c);
-    let sent = publish(c, rate, seconds, 200, |seq| format!("sse-{}", seq as usize % channels)).await?;
+    let sent = publish(c, rate, seconds, 200, |seq| {
+        format!("sse-{}", seq as usize % channels)
+    })
+    .await?;
     drain(&received, sent * per_channel).await;
     let (sse_cpu, _, _) = mark.since();
     let sse_received = received.load(Ordering::Relaxed);
@@ -77,7 +83,10 @@ pub async fn sse(
     report.set("sse_server_cpu_s", round2(sse_cpu));
     let per_k = |cpu: f64, count: u64| round2(cpu * 1000.0 * 1000.0 / count.max(1) as f64);
     report.set("ws_cpu_ms_per_1000_deliveries", per_k(ws_cpu, ws_received));
-    report.set("sse_cpu_ms_per_1000_deliveries", per_k(sse_cpu, sse_received));
+    report.set(
+        "sse_cpu_ms_per_1000_deliveries",
+        per_k(sse_cpu, sse_received),
+    );
     Ok(report)
 }
 

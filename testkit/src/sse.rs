@@ -98,7 +98,10 @@ impl Sse {
                 self.chunked = self.header("transfer-encoding") == Some("chunked");
                 return;
             }
-            assert!(self.read_more().await, "the connection closed before the head");
+            assert!(
+                self.read_more().await,
+                "the connection closed before the head"
+            );
         }
     }
 

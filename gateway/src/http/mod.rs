@@ -17,20 +17,22 @@
 
 pub mod publish;
 pub mod request;
+pub mod response;
 pub mod static_files;
+
+pub use response::{text, Body};
 
 use crate::auth::{self, Refusal};
 use crate::session::{self, SessionContext, Slot};
 use crate::sse::{self, Streams};
 use crate::tls::TlsAcceptor;
-use bytes::Bytes;
 use futures_util::TryStreamExt;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_PROTOCOL,
+    HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN,
+    SEC_WEBSOCKET_PROTOCOL,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -44,10 +46,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-/// The body of every response this server writes: a buffer, or a file
-/// streamed in chunks.
-pub type Body = BoxBody<Bytes, std::io::Error>;
-
 /// Largest request head (request line and headers) read before answering
 /// 431: browsers send a few kilobytes, cookies included.
 pub const MAX_HEAD: usize = 32 * 1024;
@@ -55,7 +53,8 @@ pub const MAX_HEAD: usize = 32 * 1024;
 /// request head, a TLS handshake included (one deadline for both).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-const BANNER: &str = "postgres-websockets: open a websocket (or an event stream) on /<channel>/<jwt> or /<jwt>\n";
+const BANNER: &str =
+    "postgres-websockets: open a websocket (or an event stream) on /<channel>/<jwt> or /<jwt>\n";
 
 /// What request handling needs.
 pub struct HttpState {
@@ -251,7 +250,7 @@ fn wants_event_stream<B>(req: &Request<B>) -> bool {
         .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
 }
 
-fn header<'a, B>(req: &'a Request<B>, name: hyper::header::HeaderName) -> Option<&'a str> {
+fn header<B>(req: &Request<B>, name: hyper::header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -276,9 +275,12 @@ async fn event_stream(
         let Ok(target) = target(&req) else {
             return Ok(None);
         };
-        let last_event_id = header(&req, hyper::header::HeaderName::from_static("last-event-id"))
-            .map(str::to_string)
-            .or_else(|| request::query_value(req.uri().query(), "lastEventId"));
+        let last_event_id = header(
+            &req,
+            hyper::header::HeaderName::from_static("last-event-id"),
+        )
+        .map(str::to_string)
+        .or_else(|| request::query_value(req.uri().query(), "lastEventId"));
         let span = tracing::info_span!(
             "pgws.sse_open",
             channel = target.channel.as_deref().unwrap_or("")
@@ -322,8 +324,11 @@ async fn publish(req: Request<Incoming>, state: &HttpState) -> Response<Body> {
     let Ok(target) = target(&req) else {
         return text(StatusCode::NOT_FOUND, "Not found\n");
     };
-    let key = header(&req, hyper::header::HeaderName::from_static(publish::IDEMPOTENCY_KEY))
-        .map(str::to_string);
+    let key = header(
+        &req,
+        hyper::header::HeaderName::from_static(publish::IDEMPOTENCY_KEY),
+    )
+    .map(str::to_string);
     let length = header(&req, CONTENT_LENGTH).and_then(|l| l.parse().ok());
     let body = req.into_body();
     state
@@ -503,19 +508,4 @@ async fn static_or_banner(path: &str, state: &HttpState) -> Response<Body> {
         }
         None => text(StatusCode::NOT_FOUND, "Not found\n"),
     }
-}
-
-/// A plain-text response.
-pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.into()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }

@@ -15,7 +15,7 @@
 //! that finds it held is answered `202` with `"replayed":true` and
 //! `Idempotent-Replayed: true`, and publishes nothing.
 
-use super::{text, Body};
+use super::response::{text, Body};
 use crate::auth::{self, Grant, Refusal};
 use crate::config::IdempotencySettings;
 use crate::idempotency::IdempotencyStore;
@@ -228,10 +228,9 @@ impl Publisher {
                     StatusCode::GATEWAY_TIMEOUT,
                     "Sent, but not confirmed in time: it may or may not be delivered",
                 ),
-                CloseReason::GoingAway => Answer::unavailable(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Server shutting down",
-                ),
+                CloseReason::GoingAway => {
+                    Answer::unavailable(StatusCode::SERVICE_UNAVAILABLE, "Server shutting down")
+                }
                 _ => Answer::unavailable(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Not sent: the write queue is full, try again later",

@@ -72,7 +72,11 @@ impl Streams {
         let joined = session::join(ctx, &grant)
             .await
             .map_err(|_| Refusal::SubscriptionUnavailable)?;
-        let channels: Vec<Arc<str>> = grant.channels.iter().map(|c| Arc::from(c.as_str())).collect();
+        let channels: Vec<Arc<str>> = grant
+            .channels
+            .iter()
+            .map(|c| Arc::from(c.as_str()))
+            .collect();
         let sinces = request
             .last_event_id
             .map(|id| event::parse_last_event_id(id, channels.len()));
@@ -116,7 +120,9 @@ impl Streams {
         self.metrics.streams.inc();
         tracing::debug!(session = joined.id().0, channels = ?grant.channels, "event stream open");
         session::meta::event(ctx, Event::ConnectionOpen, &grant.channels, &claims).await;
-        Ok(self.stream(joined, subs, channels, positions, preamble, grant, claims, slot))
+        Ok(self.stream(
+            joined, subs, channels, positions, preamble, grant, claims, slot,
+        ))
     }
 
     /// Ask the bus where every channel stands (and what a reconnecting

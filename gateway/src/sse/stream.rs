@@ -64,11 +64,7 @@ pub(super) struct Closing {
 }
 
 /// The future that resolves when the server ends the stream.
-pub(super) fn ending(
-    ctx: &SessionContext,
-    joined: &Joined,
-    expires_at: Option<Instant>,
-) -> Ending {
+pub(super) fn ending(ctx: &SessionContext, joined: &Joined, expires_at: Option<Instant>) -> Ending {
     let shutdown = ctx.shutdown.clone().cancelled_owned();
     let control = joined.control().clone();
     Box::pin(async move {
@@ -88,7 +84,13 @@ pub(super) fn ending(
 
 impl SseStream {
     /// Write one event for a message at `position` on `channel`.
-    fn message(&mut self, out: &mut Vec<u8>, channel: &str, position: Option<Position>, data: &[u8]) {
+    fn message(
+        &mut self,
+        out: &mut Vec<u8>,
+        channel: &str,
+        position: Option<Position>,
+        data: &[u8],
+    ) {
         if let (Some(p), Some(i)) = (position, self.channels.iter().position(|c| &**c == channel)) {
             self.positions[i] = p;
         }
@@ -201,7 +203,11 @@ impl Drop for SseStream {
     fn drop(&mut self) {
         let c = &mut self.closing;
         c.metrics.streams.dec();
-        let end = if self.ended { self.end } else { "client_closed" };
+        let end = if self.ended {
+            self.end
+        } else {
+            "client_closed"
+        };
         c.ctx.metrics.closed(end);
         tracing::debug!(session = self.joined.id().0, end, "event stream closed");
         let ctx = c.ctx.clone();

@@ -25,7 +25,11 @@ impl RedisKeys {
 }
 
 impl IdempotencyStore for RedisKeys {
-    fn claim<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, Result<bool, Unavailable>> {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Result<bool, Unavailable>> {
         Box::pin(async move {
             let mut client = self.client()?;
             let mut cmd = redis::cmd("SET");
