@@ -204,6 +204,51 @@ async fn last_event_id_replays_exactly_what_was_missed_and_a_new_epoch_resets() 
 }
 
 #[tokio::test]
+async fn reconnecting_while_notifications_pour_in_sees_each_once_in_order() {
+    let gw = Server::start().await;
+    let chat = unique("chat");
+    let path = format!("/{chat}/{}", reader());
+    const TOTAL: u64 = 400;
+    let listen_channel = gw.listen_channel.clone();
+    let chat_sent = chat.clone();
+    // One transaction per notification, as fast as PostgreSQL takes them.
+    let sending = tokio::spawn(async move {
+        let db = db().await;
+        for n in 1..=TOTAL {
+            notify(&db, &listen_channel, &payload(&chat_sent, n)).await;
+        }
+    });
+    let mut got = Vec::new();
+    let mut last: Option<String> = None;
+    let mut reconnects = 0;
+    while (got.len() as u64) < TOTAL {
+        let extra: Vec<(&str, &str)> = last
+            .iter()
+            .map(|id| ("Last-Event-ID", id.as_str()))
+            .collect();
+        let mut sse = open(&gw, &path, &extra).await;
+        preamble(&mut sse).await;
+        // A few messages, then drop the connection mid-stream.
+        for data in sse
+            .messages(37.min((TOTAL - got.len() as u64) as usize))
+            .await
+        {
+            got.push(data);
+        }
+        last = sse.last_event_id.clone();
+        reconnects += 1;
+    }
+    sending.await.expect("sender");
+    let want: Vec<String> = (1..=TOTAL).map(|n| payload(&chat, n)).collect();
+    assert_eq!(
+        got, want,
+        "every message once, in order, over {reconnects} connections"
+    );
+    assert!(reconnects > 5);
+    assert_eq!(gw.metric("pgws_sse_resets_total").await, 0.0);
+}
+
+#[tokio::test]
 async fn idle_streams_get_keep_alive_comments_and_close_at_the_tokens_exp() {
     let gw = Server::gateway()
         .env("PGWS_SSE_KEEP_ALIVE", "1")
