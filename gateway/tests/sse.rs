@@ -209,6 +209,8 @@ async fn reconnecting_while_notifications_pour_in_sees_each_once_in_order() {
     let chat = unique("chat");
     let path = format!("/{chat}/{}", reader());
     const TOTAL: u64 = 400;
+    // Subscribed before the first notification: a fresh stream starts now.
+    let mut first = Some(open(&gw, &path, &[]).await);
     let listen_channel = gw.listen_channel.clone();
     let chat_sent = chat.clone();
     // One transaction per notification, as fast as PostgreSQL takes them.
@@ -226,7 +228,10 @@ async fn reconnecting_while_notifications_pour_in_sees_each_once_in_order() {
             .iter()
             .map(|id| ("Last-Event-ID", id.as_str()))
             .collect();
-        let mut sse = open(&gw, &path, &extra).await;
+        let mut sse = match first.take() {
+            Some(sse) => sse,
+            None => open(&gw, &path, &extra).await,
+        };
         preamble(&mut sse).await;
         // A few messages, then drop the connection mid-stream.
         for data in sse

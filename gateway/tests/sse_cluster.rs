@@ -63,6 +63,47 @@ async fn a_stream_reconnecting_to_another_gateway_recovers_what_it_missed() {
 }
 
 #[tokio::test]
+async fn reconnecting_between_gateways_while_notifications_pour_in_sees_each_once() {
+    let env = vec![("PGWS_HISTORY_SIZE".to_string(), "1000".to_string())];
+    let c = Cluster::start_full(&redis_url(), false, env, 1, 2).await;
+    let chat = unique("chat");
+    let path = sse_path(&chat);
+    const TOTAL: usize = 300;
+    // Subscribed before the first notification: a fresh stream starts now.
+    let mut first = Some(open(&c.gateways[0], &path, &[]).await);
+    let (listen_channel, chat_sent) = (c.listen_channel.clone(), chat.clone());
+    let sending = tokio::spawn(async move {
+        let db = db().await;
+        for n in 1..=TOTAL {
+            let text = json!({"channel": chat_sent, "payload": format!("m{n}")}).to_string();
+            notify(&db, &listen_channel, &text).await;
+        }
+    });
+    let mut got = Vec::new();
+    let mut last: Option<String> = None;
+    let mut connections = 0;
+    while got.len() < TOTAL {
+        let extra: Vec<(&str, &str)> = last
+            .iter()
+            .map(|id| ("Last-Event-ID", id.as_str()))
+            .collect();
+        let mut sse = match first.take() {
+            Some(sse) => sse,
+            None => open(&c.gateways[connections % 2], &path, &extra).await,
+        };
+        got.extend(payloads(sse.messages(23.min(TOTAL - got.len())).await));
+        last = sse.last_event_id.clone();
+        connections += 1;
+    }
+    sending.await.expect("sender");
+    let want: Vec<String> = (1..=TOTAL).map(|n| format!("m{n}")).collect();
+    assert_eq!(
+        got, want,
+        "each once, in order, over {connections} connections"
+    );
+}
+
+#[tokio::test]
 async fn an_idempotency_key_holds_across_gateways() {
     let c = Cluster::start(&redis_url(), 1, 2).await;
     let chat = unique("chat");
