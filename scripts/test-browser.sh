@@ -2,7 +2,8 @@
 # The example chat page in headless Chromium, through HAProxy in front of
 # the local cluster (deploy/local-cluster.sh with the debug binaries).
 # Saves .tmp/screenshots/chat.png and rolling-restart.png (the page after
-# every gateway was restarted under it).
+# every gateway was restarted under it), and sse-rolling-restart.png (an
+# EventSource page after the same, tests/browser/sse.test.mjs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -40,6 +41,9 @@ export LOCAL_CLUSTER_BASE_PORT="$(free_block)"
 export LOCAL_CLUSTER_RUN_DIR="$PWD/.tmp/browser-cluster-$$"
 export PGWS_REDIS_PREFIX="pgws-browser-$$"
 export PGWS_LISTEN_CHANNEL="pgws-browser-$$"
+# EventSource reconnects after this (tests/browser/sse.test.mjs): short,
+# so a stream misses less than the 100 messages of history while it moves.
+export PGWS_SSE_RETRY=250
 export PGWS_DB_URI="${PGWS_DB_URI:-postgres://postgres@127.0.0.1:5432/postgres}"
 export CHAT_CHANNEL="chat-$$"
 # tests/browser/presence.test.mjs: presence on every gateway.

@@ -110,11 +110,17 @@ pub enum Refusal {
     /// (`PGWS_REDIS_SUBSCRIPTION_QUEUE`) or was not confirmed within 5 s.
     #[error("Subscription unavailable, try again later")]
     SubscriptionUnavailable,
+    /// An event stream (or a read) asked with a token of mode `w`.
+    #[error("Token mode does not allow reading")]
+    NotReadable,
+    /// An HTTP publish with a token of mode `r`.
+    #[error("Token mode does not allow writing")]
+    NotWritable,
 }
 
 impl Refusal {
     /// Every kind of refusal (an empty message stands for a token error's).
-    pub fn all() -> [Refusal; 13] {
+    pub fn all() -> [Refusal; 15] {
         [
             Refusal::MissingToken,
             Refusal::TokenExpired,
@@ -129,6 +135,8 @@ impl Refusal {
             Refusal::UpgradeNotGet,
             Refusal::TooManyPending,
             Refusal::SubscriptionUnavailable,
+            Refusal::NotReadable,
+            Refusal::NotWritable,
         ]
     }
 
@@ -142,7 +150,9 @@ impl Refusal {
             | Refusal::InvalidMode
             | Refusal::InvalidChannelsClaim
             | Refusal::NoAllowedChannels
-            | Refusal::OriginNotAllowed => StatusCode::FORBIDDEN,
+            | Refusal::OriginNotAllowed
+            | Refusal::NotReadable
+            | Refusal::NotWritable => StatusCode::FORBIDDEN,
             Refusal::UpgradeNotGet => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::TooManyConnections
             | Refusal::ShuttingDown
@@ -167,6 +177,8 @@ impl Refusal {
             Refusal::UpgradeNotGet => "method_not_allowed",
             Refusal::TooManyPending => "too_many_pending",
             Refusal::SubscriptionUnavailable => "subscription_unavailable",
+            Refusal::NotReadable => "not_readable",
+            Refusal::NotWritable => "not_writable",
         }
     }
 }

@@ -54,6 +54,10 @@ pgws_service::vars! {
     MAX_SUBSCRIPTIONS = "PGWS_MAX_SUBSCRIPTIONS", Some("128"), "Protocol v2: most channels one socket may subscribe to; beyond it, error 429.";
     REPLAY_MAX_BYTES = "PGWS_REPLAY_MAX_BYTES", Some("1048576"), "Protocol v2: replay payload bytes one socket may be owed at once (over its recovering subscriptions); a recovery that would exceed it answers `recovered:false`.";
     COMMAND_RATE = "PGWS_COMMAND_RATE", Some("100"), "Protocol v2: commands per second one socket may send (bursts of as many); beyond it, error 429.";
+    SSE_KEEP_ALIVE = "PGWS_SSE_KEEP_ALIVE", Some("15"), "Server-Sent Events: seconds between keep-alive comments on an idle stream (proxies close silent connections); at least 1.";
+    SSE_RETRY = "PGWS_SSE_RETRY", Some("2000"), "Server-Sent Events: milliseconds a browser is told to wait before reconnecting (`retry:`).";
+    IDEMPOTENCY_TTL = "PGWS_IDEMPOTENCY_TTL", Some("300"), "HTTP publish: seconds an `Idempotency-Key` is remembered (a retry within it is not published again); at least 1.";
+    IDEMPOTENCY_MAX_KEYS = "PGWS_IDEMPOTENCY_MAX_KEYS", Some("100000"), "Standalone: most idempotency keys remembered in memory; beyond it the oldest is forgotten early (counted). In cluster mode keys live in Redis.";
     HISTORY_SIZE = "PGWS_HISTORY_SIZE", Some("100"), "Standalone: messages of history kept per channel in memory, for recovery (protocol v2); `0` keeps offsets but no history. In cluster mode the coordinator's setting applies.";
     HISTORY_TTL = "PGWS_HISTORY_TTL", Some("300"), "Standalone: seconds a message stays in history. In cluster mode the coordinator's setting applies.";
     CHANNEL_STATE_TTL = "PGWS_CHANNEL_STATE_TTL", Some("86400"), "Standalone: seconds a channel's offsets and epoch are kept after its last message. In cluster mode the coordinator's setting applies.";
@@ -96,6 +100,24 @@ pub struct TlsFiles {
     pub certificate: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+}
+
+/// Server-Sent Events.
+#[derive(Debug, Clone, Copy)]
+pub struct SseSettings {
+    /// `PGWS_SSE_KEEP_ALIVE`: a comment after this long without an event.
+    pub keep_alive: Duration,
+    /// `PGWS_SSE_RETRY`: the reconnection delay advised to browsers.
+    pub retry: Duration,
+}
+
+/// HTTP publish's `Idempotency-Key`.
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencySettings {
+    /// `PGWS_IDEMPOTENCY_TTL`: how long a key is remembered.
+    pub ttl: Duration,
+    /// `PGWS_IDEMPOTENCY_MAX_KEYS`: the standalone map's bound.
+    pub max_keys: usize,
 }
 
 /// Websocket session limits.
@@ -161,6 +183,10 @@ pub struct Config {
     pub session: SessionLimits,
     /// Presence.
     pub presence: crate::presence::PresenceConfig,
+    /// `PGWS_SSE_*`.
+    pub sse: SseSettings,
+    /// `PGWS_IDEMPOTENCY_*`.
+    pub idempotency: IdempotencySettings,
     /// Graceful drain budget.
     pub shutdown_timeout: Duration,
     /// Logging.
@@ -255,6 +281,23 @@ impl Config {
                 )?,
             },
             presence: presence_config(sources)?,
+            sse: SseSettings {
+                keep_alive: Duration::from_secs(positive(
+                    sources.parsed(SSE_KEEP_ALIVE, "a number of seconds")?,
+                    SSE_KEEP_ALIVE,
+                )? as u64),
+                retry: sources.millis(SSE_RETRY)?.unwrap_or_default(),
+            },
+            idempotency: IdempotencySettings {
+                ttl: Duration::from_secs(positive(
+                    sources.parsed(IDEMPOTENCY_TTL, "a number of seconds")?,
+                    IDEMPOTENCY_TTL,
+                )? as u64),
+                max_keys: positive(
+                    sources.parsed(IDEMPOTENCY_MAX_KEYS, "a number of keys")?,
+                    IDEMPOTENCY_MAX_KEYS,
+                )?,
+            },
             shutdown_timeout: sources.millis(SHUTDOWN_TIMEOUT)?.unwrap_or_default(),
             log: LogConfig::from_sources(sources)?,
         })

@@ -10,6 +10,8 @@
 //!   it, drains it on shutdown.
 //! * [`http`] — the public listener: upgrades (refused before the upgrade,
 //!   with the reason), token sources, static files.
+//! * [`sse`] — Server-Sent Events: a v1 reader's stream over plain HTTP,
+//!   recovering with `Last-Event-ID` (HTTP publish is in [`http`]).
 //! * [`session`] — one websocket, one task: frames in, bursts out,
 //!   publishing its writer's messages, keep-alive, close codes.
 //! * [`presence`] — who is subscribed where, across the cluster; `join` and
@@ -24,15 +26,18 @@
 //! variable, read in one place), [`auth`] (JWT keys; claims → channels and
 //! mode), [`metrics`] (the gateway's metrics and the events that log and
 //! count them), [`tls`] (`wss://`: its own stream on rustls' unbuffered API,
-//! holding no buffer while a socket is at rest).
+//! holding no buffer while a socket is at rest), [`idempotency`] (HTTP
+//! publishes' `Idempotency-Key`s: in memory, or in Redis for a cluster).
 
 pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod idempotency;
 pub mod metrics;
 pub mod presence;
 pub mod server;
 pub mod session;
+pub mod sse;
 pub mod tls;

@@ -192,6 +192,152 @@ impl V2Metrics {
     }
 }
 
+/// Server-Sent Events' metrics.
+#[derive(Clone)]
+pub struct SseMetrics {
+    /// Open event streams.
+    pub streams: IntGauge,
+    /// Event streams opened.
+    pub accepted: IntCounter,
+    /// Message events written (live and replayed).
+    pub events: IntCounter,
+    /// Message events replayed from history.
+    pub replayed: IntCounter,
+    /// `pgws-reset` events: a `Last-Event-ID` that could not be recovered.
+    pub resets: IntCounter,
+    recoveries: IntCounterVec,
+}
+
+impl SseMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<SseMetrics> {
+        let m = SseMetrics {
+            streams: IntGauge::new("pgws_sse_streams", "Open Server-Sent Events streams")?,
+            accepted: IntCounter::new(
+                "pgws_sse_streams_accepted_total",
+                "Server-Sent Events streams opened",
+            )?,
+            events: IntCounter::new(
+                "pgws_sse_events_total",
+                "Message events written to event streams, live and replayed",
+            )?,
+            replayed: IntCounter::new(
+                "pgws_sse_replayed_events_total",
+                "Message events replayed from history after a Last-Event-ID",
+            )?,
+            resets: IntCounter::new(
+                "pgws_sse_resets_total",
+                "pgws-reset events: a channel's Last-Event-ID position could not be recovered",
+            )?,
+            recoveries: IntCounterVec::new(
+                Opts::new(
+                    "pgws_sse_recoveries_total",
+                    "Channels of event streams opened with Last-Event-ID, by outcome",
+                ),
+                &["outcome"],
+            )?,
+        };
+        for c in [&m.accepted, &m.events, &m.replayed, &m.resets] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(m.streams.clone()))?;
+        registry.register(Box::new(m.recoveries.clone()))?;
+        for outcome in RecoveryOutcome::ALL {
+            m.recoveries.with_label_values(&[outcome.label()]);
+        }
+        Ok(m)
+    }
+
+    /// A channel's recovery ended.
+    pub fn recovery(&self, outcome: RecoveryOutcome) {
+        self.recoveries.with_label_values(&[outcome.label()]).inc();
+    }
+}
+
+/// How an HTTP publish was answered.
+#[derive(Debug, Clone, Copy)]
+pub enum PublishOutcome {
+    /// 202, published.
+    Accepted,
+    /// 202, a retry of an `Idempotency-Key` already used: not published again.
+    Replayed,
+    /// 401/403: the token.
+    Refused,
+    /// 400/413/415: the request.
+    BadRequest,
+    /// 503/504: the bus.
+    Unavailable,
+}
+
+impl PublishOutcome {
+    const ALL: [PublishOutcome; 5] = [
+        PublishOutcome::Accepted,
+        PublishOutcome::Replayed,
+        PublishOutcome::Refused,
+        PublishOutcome::BadRequest,
+        PublishOutcome::Unavailable,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            PublishOutcome::Accepted => "accepted",
+            PublishOutcome::Replayed => "replayed",
+            PublishOutcome::Refused => "refused",
+            PublishOutcome::BadRequest => "bad_request",
+            PublishOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// HTTP publish's metrics.
+#[derive(Clone)]
+pub struct PublishMetrics {
+    outcomes: IntCounterVec,
+    /// Standalone: idempotency keys remembered.
+    pub idempotency_keys: IntGauge,
+    /// Standalone: keys forgotten before their time (PGWS_IDEMPOTENCY_MAX_KEYS).
+    pub idempotency_evicted: IntCounter,
+}
+
+impl PublishMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<PublishMetrics> {
+        let m = PublishMetrics {
+            outcomes: IntCounterVec::new(
+                Opts::new(
+                    "pgws_http_publish_total",
+                    "HTTP publish requests (POST), by outcome",
+                ),
+                &["outcome"],
+            )?,
+            idempotency_keys: IntGauge::new(
+                "pgws_idempotency_keys",
+                "Standalone: Idempotency-Keys remembered in memory",
+            )?,
+            idempotency_evicted: IntCounter::new(
+                "pgws_idempotency_evicted_total",
+                "Standalone: Idempotency-Keys forgotten before PGWS_IDEMPOTENCY_TTL because PGWS_IDEMPOTENCY_MAX_KEYS were held",
+            )?,
+        };
+        registry.register(Box::new(m.outcomes.clone()))?;
+        registry.register(Box::new(m.idempotency_keys.clone()))?;
+        registry.register(Box::new(m.idempotency_evicted.clone()))?;
+        for outcome in PublishOutcome::ALL {
+            m.outcomes.with_label_values(&[outcome.label()]);
+        }
+        Ok(m)
+    }
+
+    /// An HTTP publish was answered; logged at debug (clients cause most).
+    pub fn outcome(&self, outcome: PublishOutcome, status: u16, reason: &str) {
+        tracing::debug!(
+            outcome = outcome.label(),
+            status,
+            reason,
+            "HTTP publish answered"
+        );
+        self.outcomes.with_label_values(&[outcome.label()]).inc();
+    }
+}
+
 /// Every gateway metric.
 #[derive(Clone)]
 pub struct Metrics {
@@ -227,6 +373,10 @@ pub struct Metrics {
     pub pending: IntGauge,
     /// Protocol v2.
     pub v2: V2Metrics,
+    /// Server-Sent Events.
+    pub sse: SseMetrics,
+    /// HTTP publish.
+    pub publish: PublishMetrics,
 }
 
 impl Metrics {
@@ -244,14 +394,14 @@ impl Metrics {
         let refused = IntCounterVec::new(
             Opts::new(
                 "pgws_connections_refused_total",
-                "Websocket upgrades refused, by reason",
+                "Websocket upgrades, event streams and HTTP publishes refused, by reason",
             ),
             &["reason"],
         )?;
         let closed = IntCounterVec::new(
             Opts::new(
                 "pgws_connections_closed_total",
-                "Websockets ended, by reason",
+                "Websockets and event streams ended, by reason",
             ),
             &["reason"],
         )?;
@@ -356,6 +506,8 @@ impl Metrics {
         }
 
         let v2 = V2Metrics::register(&registry)?;
+        let sse = SseMetrics::register(&registry)?;
+        let publish = PublishMetrics::register(&registry)?;
         Ok(Metrics {
             registry,
             connections,
@@ -375,6 +527,8 @@ impl Metrics {
             channels,
             pending,
             v2,
+            sse,
+            publish,
         })
     }
 

@@ -13,11 +13,14 @@
 use crate::auth::Keys;
 use crate::bus::{self, Bus, Started};
 use crate::config::{Backend, Config};
+use crate::http::publish::Publisher;
 use crate::http::{self, HttpState};
 use crate::hub::Hub;
+use crate::idempotency::Memory;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::session::SessionContext;
+use crate::sse::Streams;
 use crate::tls;
 use anyhow::Context;
 use pgws_service::admin::{self, AdminState};
@@ -65,7 +68,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let hub = Arc::new(Hub::new(metrics.clone()));
     let presence = start_presence(&config, &hub, &metrics)?;
-    let Started { bus, mut lifecycle } = match config.backend {
+    let Started {
+        bus,
+        mut lifecycle,
+        idempotency,
+    } = match config.backend {
         Backend::Standalone(local) => {
             let outbox = bus::local::prepare_outbox(&local, &shutdown).await?;
             bus::local::start(*local, outbox, hub.clone(), &metrics.registry)
@@ -87,7 +94,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     context.presence = presence.clone();
     let sessions = Arc::new(context);
     let tracker = TaskTracker::new();
+    let idempotency = idempotency.unwrap_or_else(|| {
+        Arc::new(Memory::new(
+            config.idempotency.max_keys,
+            metrics.publish.idempotency_keys.clone(),
+            metrics.publish.idempotency_evicted.clone(),
+        ))
+    });
     let http_state = Arc::new(HttpState {
+        streams: Streams {
+            ctx: sessions.clone(),
+            tracker: tracker.clone(),
+            max_connections: config.max_connections,
+            settings: config.sse,
+            metrics: metrics.sse.clone(),
+        },
+        publisher: Publisher {
+            ctx: sessions.clone(),
+            store: idempotency,
+            settings: config.idempotency,
+        },
         sessions: sessions.clone(),
         tracker: tracker.clone(),
         root_path: config.root_path,

@@ -27,11 +27,19 @@ async fn without_a_root_path_get_answers_a_short_text() {
     assert!(body.contains("postgres-websockets"), "{body}");
     let (status, _) = http_raw(
         gw.addr,
+        "PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("put");
+    assert_eq!(status, 405);
+    // A POST publishes (http_publish.rs): without a token, 401.
+    let (status, body) = http_raw(
+        gw.addr,
         "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     )
     .await
     .expect("post");
-    assert_eq!(status, 405);
+    assert_eq!((status, body.as_str()), (401, "Missing token\n"));
 }
 
 #[tokio::test]

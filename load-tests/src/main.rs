@@ -8,7 +8,8 @@
 //! measure latency, loss and order. Server memory and CPU come from
 //! `/proc/<pid>` of the `--pid`s it is given (PostgreSQL's CPU is added
 //! from its processes). `--protocol v2` makes reader sockets speak protocol
-//! v2; `recover` is v2's own scenario.
+//! v2; `recover` is v2's own scenario; `sse` measures Server-Sent Events
+//! streams beside websockets.
 
 mod broadcast;
 mod ceiling;
@@ -21,6 +22,7 @@ mod recover;
 mod scenarios;
 mod send;
 mod soak;
+mod sse;
 
 use clap::{Parser, Subcommand};
 use options::Common;
@@ -55,6 +57,18 @@ enum Scenario {
         sockets: usize,
         #[arg(long, default_value_t = 100)]
         channels: usize,
+    },
+    /// N websockets, then N Server-Sent Events streams on top: server memory
+    /// per idle connection of each, then fan-out CPU to each in turn.
+    Sse {
+        #[arg(long, default_value_t = 2_000)]
+        streams: usize,
+        #[arg(long, default_value_t = 20)]
+        channels: usize,
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// One channel, many readers, NOTIFY at a fixed rate.
     Fanout {
@@ -266,6 +280,12 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?
         }
+        Scenario::Sse {
+            streams,
+            channels,
+            rate,
+            seconds,
+        } => sse::sse(&c, streams, channels, rate, seconds).await?,
         Scenario::Recover { clients, history } => recover::recover(&c, clients, history).await?,
         Scenario::Presence {
             clients,

@@ -127,6 +127,12 @@ impl KeySpace {
         format!("{{{}}}:presence:{gateway}", self.prefix)
     }
 
+    /// The key holding an HTTP publish's `Idempotency-Key` (`scope` names
+    /// the channel, the token's subject and the client's key).
+    pub fn idempotency(&self, scope: &str) -> String {
+        format!("{}:idem:{}", self.prefix, scope)
+    }
+
     /// The pub/sub channel carrying notifications for websocket `channel`.
     pub fn channel(&self, channel: &str) -> String {
         format!("{}:msg:{}", self.prefix, channel)

@@ -14,7 +14,8 @@
 //! * [`cluster`] — coordinators and gateways sharing a prefix and channel.
 //! * [`http`] — raw HTTP requests, metrics.
 //! * [`ws`] — websocket clients; [`raw`] — a raw-socket one for malformed
-//!   frames; [`v2`] — a protocol v2 client.
+//!   frames; [`v2`] — a protocol v2 client; [`sse`] — an event-stream
+//!   client and a raw POST.
 //! * [`db`] — the shared PostgreSQL: clients, NOTIFY, LISTEN.
 //! * [`outbox`] — a database per test, senders' ledger, the delivery checker.
 //! * [`pg_server`] — private PostgreSQL servers (TLS-only, standbys).
@@ -42,6 +43,7 @@ pub mod proxy;
 pub mod raw;
 pub mod redis_server;
 pub mod republished;
+pub mod sse;
 pub mod v2;
 pub mod ws;
 
@@ -51,5 +53,6 @@ pub use names::*;
 pub use ports::*;
 pub use process::*;
 pub use redis_server::{redis_url, RedisClusterServers, RedisServer};
+pub use sse::{http_post, Sse, SseBlock};
 pub use v2::{read_while_reconnecting, v2_request, Pos, V2};
 pub use ws::*;

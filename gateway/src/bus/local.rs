@@ -189,6 +189,7 @@ pub fn start(
             stop,
             background,
         },
+        idempotency: None,
     })
 }
 

@@ -259,6 +259,9 @@ pub struct Started {
     pub bus: Arc<dyn Bus>,
     /// What the server watches and stops.
     pub lifecycle: Lifecycle,
+    /// Where HTTP publishes' idempotency keys are shared between gateways
+    /// (cluster mode); `None`: this process only.
+    pub idempotency: Option<Arc<dyn crate::idempotency::IdempotencyStore>>,
 }
 
 /// A bus's tasks, as the server sees them.

@@ -1,5 +1,7 @@
-//! The public HTTP listener: websocket upgrades, static files, and the
-//! plain-text banner.
+//! The public HTTP listener: websocket upgrades, Server-Sent Events
+//! (`GET` with `Accept: text/event-stream`, opened by [`crate::sse`]),
+//! publishing ([`publish`], `POST`), static files, and the plain-text
+//! banner.
 //!
 //! Every refusal happens before the upgrade, as an HTTP response whose body
 //! is the reason (see `docs/protocol.md`): 401 for token problems, 403 for
@@ -10,21 +12,28 @@
 //! most [`MAX_HEAD`] bytes and must arrive within [`HEAD_TIMEOUT`], and at
 //! most `PGWS_MAX_PENDING_CONNECTIONS` connections may be open and not yet
 //! upgraded (TLS handshakes, HTTP requests, static files); the next one is
-//! answered 503 and closed.
+//! answered 503 and closed. An event stream stops being pending once it
+//! is open, as an upgraded websocket does.
 
+pub mod publish;
 pub mod request;
+pub mod response;
 pub mod static_files;
+
+pub use response::{text, Body};
 
 use crate::auth::{self, Refusal};
 use crate::session::{self, SessionContext, Slot};
+use crate::sse::{self, Streams};
 use crate::tls::TlsAcceptor;
-use bytes::Bytes;
 use futures_util::TryStreamExt;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
+use hyper::header::{
+    HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN,
+    SEC_WEBSOCKET_PROTOCOL,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
@@ -37,10 +46,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-/// The body of every response this server writes: a buffer, or a file
-/// streamed in chunks.
-pub type Body = BoxBody<Bytes, std::io::Error>;
-
 /// Largest request head (request line and headers) read before answering
 /// 431: browsers send a few kilobytes, cookies included.
 pub const MAX_HEAD: usize = 32 * 1024;
@@ -48,7 +53,8 @@ pub const MAX_HEAD: usize = 32 * 1024;
 /// request head, a TLS handshake included (one deadline for both).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-const BANNER: &str = "postgres-websockets: open a websocket on /<channel>/<jwt> or /<jwt>\n";
+const BANNER: &str =
+    "postgres-websockets: open a websocket (or an event stream) on /<channel>/<jwt> or /<jwt>\n";
 
 /// What request handling needs.
 pub struct HttpState {
@@ -70,7 +76,15 @@ pub struct HttpState {
     pub send_buffer: Option<usize>,
     /// Connections accepted and not yet upgraded (or closed).
     pub pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Server-Sent Events.
+    pub streams: Streams,
+    /// HTTP publish.
+    pub publisher: publish::Publisher,
 }
+
+/// A connection's pending count, given up by the first event stream it
+/// opens.
+type PendingCell = Arc<std::sync::Mutex<Option<Pending>>>;
 
 /// A connection counted as pending until it is upgraded or closed.
 struct Pending {
@@ -179,9 +193,12 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let pending: PendingCell = Arc::new(std::sync::Mutex::new(Some(pending)));
+    let held = pending.clone();
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(req, state).await) }
+        let pending = held.clone();
+        async move { Ok::<_, Infallible>(handle(req, state, pending).await) }
     });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -197,7 +214,11 @@ async fn serve_connection<S>(
     }
 }
 
-async fn handle(req: Request<Incoming>, state: Arc<HttpState>) -> Response<Body> {
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<HttpState>,
+    pending: PendingCell,
+) -> Response<Body> {
     if fastwebsockets::upgrade::is_upgrade_request(&req) {
         let upgraded = if req.method() == Method::GET {
             upgrade(req, &state).await
@@ -213,8 +234,125 @@ async fn handle(req: Request<Incoming>, state: Arc<HttpState>) -> Response<Body>
         };
     }
     match *req.method() {
+        Method::GET if wants_event_stream(&req) => event_stream(req, &state, &pending).await,
         Method::GET | Method::HEAD => static_or_banner(req.uri().path(), &state).await,
+        Method::POST => publish(req, &state).await,
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed\n"),
+    }
+}
+
+/// Whether a GET asks for `text/event-stream`.
+fn wants_event_stream<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
+}
+
+fn header<B>(req: &Request<B>, name: hyper::header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The channel and token of a non-upgrade request, as for a websocket.
+fn target<B>(req: &Request<B>) -> Result<request::Target, request::NotFound> {
+    request::parse(request::RequestParts {
+        path: req.uri().path(),
+        query: req.uri().query(),
+        authorization: header(req, hyper::header::AUTHORIZATION),
+        protocols: None,
+    })
+}
+
+/// Open an event stream, or answer why not.
+async fn event_stream(
+    req: Request<Incoming>,
+    state: &HttpState,
+    pending: &PendingCell,
+) -> Response<Body> {
+    let opened = async {
+        check_browser_origin(&req, state.allowed_origins.as_deref())?;
+        let Ok(target) = target(&req) else {
+            return Ok(None);
+        };
+        let last_event_id = header(
+            &req,
+            hyper::header::HeaderName::from_static("last-event-id"),
+        )
+        .map(str::to_string)
+        .or_else(|| request::query_value(req.uri().query(), "lastEventId"));
+        let span = tracing::info_span!(
+            "pgws.sse_open",
+            channel = target.channel.as_deref().unwrap_or("")
+        );
+        state
+            .streams
+            .open(sse::Request {
+                channel: target.channel.as_deref(),
+                token: target.token.as_deref(),
+                last_event_id: last_event_id.as_deref(),
+            })
+            .instrument(span)
+            .await
+            .map(Some)
+    };
+    match opened.await {
+        Ok(Some(stream)) => {
+            // Open: no longer pending, as an upgraded websocket.
+            drop(pending.lock().unwrap_or_else(|p| p.into_inner()).take());
+            let mut response = Response::new(stream.boxed());
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            response
+        }
+        Ok(None) => text(StatusCode::NOT_FOUND, "Not found\n"),
+        Err(refusal) => {
+            state.sessions.metrics.refused(&refusal);
+            text(refusal.status(), format!("{refusal}\n"))
+        }
+    }
+}
+
+/// Publish the body, or answer why not.
+async fn publish(req: Request<Incoming>, state: &HttpState) -> Response<Body> {
+    if let Err(refusal) = check_browser_origin(&req, state.allowed_origins.as_deref()) {
+        state.sessions.metrics.refused(&refusal);
+        return text(refusal.status(), format!("{refusal}\n"));
+    }
+    let Ok(target) = target(&req) else {
+        return text(StatusCode::NOT_FOUND, "Not found\n");
+    };
+    let key = header(
+        &req,
+        hyper::header::HeaderName::from_static(publish::IDEMPOTENCY_KEY),
+    )
+    .map(str::to_string);
+    let length = header(&req, CONTENT_LENGTH).and_then(|l| l.parse().ok());
+    let body = req.into_body();
+    state
+        .publisher
+        .publish(
+            publish::Request {
+                channel: target.channel.as_deref(),
+                token: target.token.as_deref(),
+                key: key.as_deref(),
+                length,
+            },
+            body,
+        )
+        .await
+}
+
+/// `PGWS_ALLOWED_ORIGINS` for plain HTTP: a request that names an origin
+/// (browsers do on cross-origin requests and on every POST) must name an
+/// allowed one; one without (same-origin GET, curl) is let through.
+fn check_browser_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> Result<(), Refusal> {
+    if req.headers().contains_key(ORIGIN) {
+        check_origin(req, allowed)
+    } else {
+        Ok(())
     }
 }
 
@@ -371,19 +509,4 @@ async fn static_or_banner(path: &str, state: &HttpState) -> Response<Body> {
         }
         None => text(StatusCode::NOT_FOUND, "Not found\n"),
     }
-}
-
-/// A plain-text response.
-pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.into()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }

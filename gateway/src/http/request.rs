@@ -92,9 +92,14 @@ pub fn no_echo(query: Option<&str>) -> bool {
 }
 
 fn query_token(query: Option<&str>) -> Option<String> {
+    query_value(query, "token")
+}
+
+/// The first non-empty value of `name` in a query string, decoded.
+pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=')?;
-        (key == "token" && !value.is_empty())
+        (key == name && !value.is_empty())
             .then(|| percent_decode_str(value).decode_utf8_lossy().into_owned())
     })
 }

@@ -3,7 +3,7 @@
 use crate::auth::{Keys, MetaChannel};
 use crate::bus::Bus;
 use crate::config::SessionLimits;
-use crate::hub::Hub;
+use crate::hub::{Hub, SessionId};
 use crate::metrics::Metrics;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -55,6 +55,11 @@ impl SessionContext {
             presence: None,
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// A process-unique id for a new session (of any transport).
+    pub fn next_session_id(&self) -> SessionId {
+        SessionId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 }
 

@@ -23,13 +23,14 @@
 mod assemble;
 mod context;
 mod inbound;
-mod meta;
+pub mod meta;
 mod outbound;
-mod publish;
+pub mod publish;
 mod socket;
 mod v2;
 
 pub use context::{SessionContext, SessionEnd, Slot};
+pub use v2::subscriptions;
 
 /// The frame decoder and message assembler, for the fuzz targets in
 /// `fuzz/` (built with `--cfg fuzzing` only).
@@ -83,6 +84,23 @@ impl Drop for Membership {
     }
 }
 
+impl Joined {
+    /// The reader's id.
+    pub fn id(&self) -> SessionId {
+        self.membership.id
+    }
+
+    /// Its kill switch (fan-out raises it on a full queue).
+    pub fn control(&self) -> &Arc<SessionControl> {
+        &self.control
+    }
+
+    /// Its send queue.
+    pub fn queue(&mut self) -> &mut mpsc::Receiver<Arc<Delivery>> {
+        &mut self.queue
+    }
+}
+
 /// Put a v1 socket's reader on its channels and wait until the bus has
 /// them in effect. `Err`: the bus refused a channel or did not confirm in
 /// time, and the socket must not open (nothing stays registered).
@@ -92,7 +110,7 @@ pub async fn join(
     grant: &Grant,
     no_echo: bool,
 ) -> Result<Joined, BusError> {
-    let id = SessionId(ctx.next_id.fetch_add(1, Ordering::Relaxed));
+    let id = ctx.next_session_id();
     let control = Arc::new(SessionControl::default());
     // Empty and closed for a write-only socket: the registry holds the
     // only senders.

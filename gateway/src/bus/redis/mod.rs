@@ -25,6 +25,7 @@
 mod appender;
 mod gaps;
 mod history;
+mod idempotency;
 mod inbound;
 mod link;
 mod metrics;
@@ -120,7 +121,12 @@ pub fn start(
             delivering.abort();
         })
     };
+    let idempotency = Arc::new(idempotency::RedisKeys {
+        slot: slot.clone(),
+        keys: config.keys.clone(),
+    });
     Ok(Started {
+        idempotency: Some(idempotency),
         bus: Arc::new(RedisBus {
             plan,
             metrics,

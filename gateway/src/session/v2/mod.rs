@@ -28,7 +28,7 @@
 pub mod connect;
 mod rate;
 mod refresh;
-mod subscriptions;
+pub mod subscriptions;
 
 use super::context::SessionContext;
 use super::outbound::{FrameWriter, FLUSH_AT};

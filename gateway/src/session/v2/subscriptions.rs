@@ -105,6 +105,11 @@ impl Subscriptions {
         self.by_channel.len()
     }
 
+    /// Whether no channel is subscribed.
+    pub fn is_empty(&self) -> bool {
+        self.by_channel.is_empty()
+    }
+
     /// Whether `channel` is subscribed.
     pub fn contains(&self, channel: &str) -> bool {
         self.by_channel.contains_key(channel)
