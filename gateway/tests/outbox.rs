@@ -148,19 +148,95 @@ async fn collect_v1(ws: &mut Ws, want: impl Fn(usize) -> bool) -> Vec<String> {
     got
 }
 
+/// A database, a gateway reading its outbox, two channels `a` and `b`, a
+/// v1 reader of each and a v2 reader subscribed to `a`.
+struct Readers {
+    db: TestDb,
+    gw: Server,
+    a: String,
+    b: String,
+    ra: Ws,
+    rb: Ws,
+    v2: V2,
+}
+
+impl Readers {
+    async fn start(tag: &str) -> Readers {
+        let db = TestDb::create().await;
+        let gw = outbox_gateway(&db).start().await;
+        let (a, b) = (unique(&format!("{tag}-a")), unique(&format!("{tag}-b")));
+        let ra = connect(&read_url(&gw, &a)).await;
+        let rb = connect(&read_url(&gw, &b)).await;
+        let mut v2 = V2::connect(&gw.url(&token(json!({"mode": "r"})))).await;
+        assert_eq!(v2.subscribe(&a, None).await["type"], "reply");
+        Readers {
+            db,
+            gw,
+            a,
+            b,
+            ra,
+            rb,
+            v2,
+        }
+    }
+}
+
+/// Everything committed on `a` and `b` arrived at their v1 readers, and on
+/// `a` at the v2 reader, once and in commit order, with offsets counting
+/// from 1; then a marker sent last is the next thing `a`'s reader gets:
+/// nothing rolled back arrived. Returns what `a`'s v1 reader got.
+async fn check_both(
+    db: &TestDb,
+    ledger: &Ledger,
+    (a, ra): (&str, &mut Ws),
+    (b, rb): (&str, &mut Ws),
+    v2: &mut V2,
+) -> Vec<String> {
+    let (na, nb) = (ledger.committed(a), ledger.committed(b));
+    let got_a = collect_v1(ra, |n| n >= na).await;
+    let got_b = collect_v1(rb, |n| n >= nb).await;
+    let v2_a = v2.read_messages(na).await;
+    for (what, report) in [
+        ("v1 a", ledger.check(a, &got_a)),
+        ("v1 b", ledger.check(b, &got_b)),
+        (
+            "v2 a",
+            ledger.check(a, &v2_a.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>()),
+        ),
+    ] {
+        assert!(report.clean(), "{what}: {report}");
+    }
+    let offsets: Vec<u64> = v2_a.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (1..=na as u64).collect::<Vec<_>>(),
+        "offsets count the channel's commits from 1"
+    );
+    let marker = payload(a, "marker");
+    db.client()
+        .await
+        .execute("SELECT pgws.send($1)", &[&marker])
+        .await
+        .expect("send marker");
+    assert_eq!(next_text(ra).await, marker, "nothing rolled back arrived");
+    got_a
+}
+
 fn read_url(gw: &Server, channel: &str) -> String {
     gw.url(&format!("{channel}/{}", token(json!({"mode": "r"}))))
 }
 
 #[tokio::test]
 async fn every_committed_send_reaches_every_reader_once_in_commit_order() {
-    let db = TestDb::create().await;
-    let gw = outbox_gateway(&db).start().await;
-    let (a, b) = (unique("ob-a"), unique("ob-b"));
-    let mut ra = connect(&read_url(&gw, &a)).await;
-    let mut rb = connect(&read_url(&gw, &b)).await;
-    let mut v2 = V2::connect(&gw.url(&token(json!({"mode": "r"})))).await;
-    assert_eq!(v2.subscribe(&a, None).await["type"], "reply");
+    let Readers {
+        db,
+        gw: _gw,
+        a,
+        b,
+        mut ra,
+        mut rb,
+        mut v2,
+    } = Readers::start("ob").await;
     let ledger = Ledger::default();
 
     // The classic outbox bug: a transaction that sends first and commits
@@ -203,35 +279,8 @@ async fn every_committed_send_reaches_every_reader_once_in_commit_order() {
         s.await.expect("sender");
     }
 
-    let (na, nb) = (ledger.committed(&a), ledger.committed(&b));
-    let got_a = collect_v1(&mut ra, |n| n >= na).await;
-    let got_b = collect_v1(&mut rb, |n| n >= nb).await;
-    let v2_a = v2.read_messages(na).await;
-    for (what, report) in [
-        ("v1 a", ledger.check(&a, &got_a)),
-        ("v1 b", ledger.check(&b, &got_b)),
-        (
-            "v2 a",
-            ledger.check(&a, &v2_a.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>()),
-        ),
-    ] {
-        assert!(report.clean(), "{what}: {report}");
-    }
+    let got_a = check_both(&db, &ledger, (&a, &mut ra), (&b, &mut rb), &mut v2).await;
     assert!(got_a.contains(&long_payload), "the late commit arrived");
-    let offsets: Vec<u64> = v2_a.iter().map(|(o, _)| *o).collect();
-    assert_eq!(
-        offsets,
-        (1..=na as u64).collect::<Vec<_>>(),
-        "offsets count the channel's commits from 1"
-    );
-    // Nothing more arrives: rolled-back sends stay undelivered.
-    let marker = payload(&a, "marker");
-    db.client()
-        .await
-        .execute("SELECT pgws.send($1)", &[&marker])
-        .await
-        .expect("send marker");
-    assert_eq!(next_text(&mut ra).await, marker);
 }
 
 /// `pgws.send` from REPEATABLE READ and SERIALIZABLE transactions, beside
@@ -241,13 +290,15 @@ async fn every_committed_send_reaches_every_reader_once_in_commit_order() {
 /// and says to retry — and what it sent never arrives.
 #[tokio::test]
 async fn every_isolation_level_sends_once_in_commit_order_and_a_conflict_says_retry() {
-    let db = TestDb::create().await;
-    let gw = outbox_gateway(&db).start().await;
-    let (a, b) = (unique("iso-a"), unique("iso-b"));
-    let mut ra = connect(&read_url(&gw, &a)).await;
-    let mut rb = connect(&read_url(&gw, &b)).await;
-    let mut v2 = V2::connect(&gw.url(&token(json!({"mode": "r"})))).await;
-    assert_eq!(v2.subscribe(&a, None).await["type"], "reply");
+    let Readers {
+        db,
+        gw: _gw,
+        a,
+        b,
+        mut ra,
+        mut rb,
+        mut v2,
+    } = Readers::start("iso").await;
     let ledger = Ledger::default();
 
     // A snapshot older than another transaction's send on its channel.
@@ -344,33 +395,7 @@ async fn every_isolation_level_sends_once_in_commit_order_and_a_conflict_says_re
         "{failed} of 120 SERIALIZABLE transactions failed"
     );
 
-    let (na, nb) = (ledger.committed(&a), ledger.committed(&b));
-    let got_a = collect_v1(&mut ra, |n| n >= na).await;
-    let got_b = collect_v1(&mut rb, |n| n >= nb).await;
-    let v2_a = v2.read_messages(na).await;
-    for (what, report) in [
-        ("v1 a", ledger.check(&a, &got_a)),
-        ("v1 b", ledger.check(&b, &got_b)),
-        (
-            "v2 a",
-            ledger.check(&a, &v2_a.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>()),
-        ),
-    ] {
-        assert!(report.clean(), "{what}: {report}");
-    }
-    let offsets: Vec<u64> = v2_a.iter().map(|(o, _)| *o).collect();
-    assert_eq!(offsets, (1..=na as u64).collect::<Vec<_>>());
-    let marker = payload(&a, "marker");
-    db.client()
-        .await
-        .execute("SELECT pgws.send($1)", &[&marker])
-        .await
-        .expect("send marker");
-    assert_eq!(
-        next_text(&mut ra).await,
-        marker,
-        "nothing rolled back arrived"
-    );
+    check_both(&db, &ledger, (&a, &mut ra), (&b, &mut rb), &mut v2).await;
 }
 
 #[tokio::test]
@@ -661,6 +686,16 @@ mod review {
         assert_eq!(got, want, "after {:?}", started.elapsed());
     }
 
+    /// A database, a gateway reading its outbox (a slow poll), a channel
+    /// named after `name`, and a v1 reader of it.
+    async fn reading(name: &str) -> (TestDb, Server, String, Ws) {
+        let db = TestDb::create().await;
+        let gw = slow_poll(&db).start().await;
+        let channel = unique(name);
+        let ws = connect(&read_url(&gw, &channel)).await;
+        (db, gw, channel, ws)
+    }
+
     /// Until the reader is idle — its own doorbell key free, as a sender
     /// tries it, on three tries 10 ms apart (going idle, it frees the key
     /// a few milliseconds before its last poll): a send then rings.
@@ -696,10 +731,7 @@ mod review {
     /// counted.
     #[tokio::test]
     async fn bells_deliver_without_a_poll_and_a_forged_one_delivers_and_skips_nothing() {
-        let db = TestDb::create().await;
-        let gw = slow_poll(&db).start().await;
-        let channel = unique("bell");
-        let mut ws = connect(&read_url(&gw, &channel)).await;
+        let (db, gw, channel, mut ws) = reading("bell").await;
         let client = db.client().await;
         let first = payload(&channel, "first");
         client
@@ -754,10 +786,7 @@ mod review {
     /// transaction's: the send is delivered, not silently swallowed.
     #[tokio::test]
     async fn a_session_level_trigger_setting_does_not_swallow_sends() {
-        let db = TestDb::create().await;
-        let gw = slow_poll(&db).start().await;
-        let channel = unique("session-set");
-        let mut ws = connect(&read_url(&gw, &channel)).await;
+        let (db, _gw, channel, mut ws) = reading("session-set").await;
         let client = db.client().await;
         client
             .batch_execute(
