@@ -303,6 +303,13 @@ impl PgServer {
     /// crash (SIGQUIT: no checkpoint, recovery at start), else a fast
     /// shutdown (SIGINT). Returns once it accepts connections again.
     pub async fn restart(&mut self, immediate: bool) {
+        self.stop_with(immediate).await;
+        self.start_again().await;
+    }
+
+    /// Stop the server — `immediate`: a crash (SIGQUIT), else a fast
+    /// shutdown (SIGINT) — and wait until it has exited.
+    pub async fn stop_with(&mut self, immediate: bool) {
         if let Some(mut child) = self.child.take() {
             let signal = if immediate {
                 libc::SIGQUIT
@@ -319,7 +326,14 @@ impl PgServer {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        self.spawn();
+    }
+
+    /// Start a stopped server again on the same port and data; returns
+    /// once it accepts connections.
+    pub async fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
         self.wait_ready().await;
     }
 

@@ -12,15 +12,21 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A binary of this workspace, next to the test executable
-/// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`).
+/// A binary of this workspace: in `PGWS_BIN_DIR` when set, else next to
+/// the executable (a binary such as `pgws-chaos` in `target/<profile>/`),
+/// else next to the test executable (`target/<profile>/deps/<test>` →
+/// `target/<profile>/<name>`).
 pub fn binary(name: &str) -> std::path::PathBuf {
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    if let Some(dir) = std::env::var_os("PGWS_BIN_DIR") {
+        return std::path::PathBuf::from(dir).join(file);
+    }
     let exe = std::env::current_exe().expect("the test executable");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+    let here = exe.parent().expect("the executable's directory");
+    if here.join(&file).exists() {
+        return here.join(file);
+    }
+    here.parent().expect("target/<profile>").join(file)
 }
 
 /// A running `pgws-gateway` or `pgws-coordinator` process.

@@ -1,0 +1,517 @@
+//! The checker: what the workload sent and observed, judged against the
+//! cluster's invariants (docs/architecture.md, "What the nemesis checks").
+//! Each finding is either a violation (the run fails) or an expected,
+//! documented loss with its reason; everything checked is counted.
+
+use crate::nemesis::{Injected, Kind};
+use crate::workload::{RecorderLog, Sent, V1Log, V2Event, V2Log, WriterLog};
+use pgws_protocol::position::Epoch;
+use pgws_testkit::checker::{reused_offsets, Offered};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// How many violations of one kind the report lists (all are counted).
+const FIRST: usize = 5;
+
+/// Seconds after a gateway's Redis link is healed (or Redis restarted)
+/// during which its v1 readers may still miss what is published: the
+/// gateway notices, reconnects and subscribes again.
+const RESUBSCRIBE: f64 = 8.0;
+
+/// Everything a run produced, for the checker.
+pub struct Observed<'a> {
+    /// Per channel: what the notifier sent.
+    pub sent: &'a [Vec<Sent>],
+    /// v1 readers.
+    pub v1: &'a [V1Log],
+    /// v2 readers.
+    pub v2: &'a [V2Log],
+    /// Writers.
+    pub writers: &'a [WriterLog],
+    /// The direct LISTEN.
+    pub recorder: &'a RecorderLog,
+    /// Faults.
+    pub faults: &'a [Injected],
+    /// Every coordinator's log, all processes.
+    pub coordinator_logs: &'a [String],
+    /// When the tail (everything healed, a leader elected) began.
+    pub tail_from: f64,
+}
+
+/// The verdict.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// What was checked, by name.
+    pub checked: BTreeMap<&'static str, u64>,
+    /// Expected (documented) losses, by reason.
+    pub expected: BTreeMap<&'static str, u64>,
+    /// Violations, by invariant.
+    pub violations: BTreeMap<&'static str, u64>,
+    /// The first violations of each invariant, with context.
+    pub first: BTreeMap<&'static str, Vec<String>>,
+}
+
+impl Verdict {
+    pub fn violation_public(&mut self, kind: &'static str, context: String) {
+        self.violation(kind, context)
+    }
+
+    fn violation(&mut self, kind: &'static str, context: String) {
+        *self.violations.entry(kind).or_default() += 1;
+        let list = self.first.entry(kind).or_default();
+        if list.len() < FIRST {
+            list.push(context);
+        }
+    }
+
+    fn expect(&mut self, reason: &'static str, n: u64) {
+        *self.expected.entry(reason).or_default() += n;
+    }
+
+    fn count(&mut self, what: &'static str, n: u64) {
+        *self.checked.entry(what).or_default() += n;
+    }
+
+    /// No violation.
+    pub fn ok(&self) -> bool {
+        self.violations.values().all(|n| *n == 0)
+    }
+}
+
+/// Per channel: number → when sent and whether committed.
+type SentIndex = Vec<HashMap<u64, (f64, bool)>>;
+
+/// Per channel: number → every position it was delivered at.
+type Positions = Vec<HashMap<u64, BTreeSet<(String, u64)>>>;
+
+/// Judge `o`.
+pub fn check(o: &Observed) -> Verdict {
+    let mut v = Verdict::default();
+    let sent: SentIndex = o
+        .sent
+        .iter()
+        .map(|s| s.iter().map(|x| (x.num, (x.at, x.committed))).collect())
+        .collect();
+    for s in o.sent {
+        v.count("notifications committed", s.iter().filter(|x| x.committed).count() as u64);
+        v.count("notifications ambiguous (connection lost)", s.iter().filter(|x| !x.committed).count() as u64);
+    }
+    let positions = positions(o, &mut v);
+    let terms = leadership(o, &mut v);
+    for log in o.v2 {
+        check_v2(log, &sent, &terms, &mut v, o.tail_from);
+    }
+    for log in o.v1 {
+        check_v1(log, &sent, &positions, o, &mut v);
+    }
+    check_writes(o, &mut v);
+    v
+}
+
+/// The published positions of every number, from every v2 reader (live
+/// and recovered); an offset of one epoch used for two numbers, or one
+/// number published at two positions, is a violation.
+fn positions(o: &Observed, v: &mut Verdict) -> Positions {
+    let mut out: Positions = vec![HashMap::new(); o.sent.len()];
+    let mut offered: Vec<Vec<Offered>> = vec![Vec::new(); o.sent.len()];
+    for log in o.v2 {
+        for e in &log.events {
+            if let V2Event::Message { epoch, offset, num, .. } = e {
+                out[log.channel].entry(*num).or_default().insert((epoch.clone(), *offset));
+                offered[log.channel].push(Offered {
+                    epoch: epoch.clone(),
+                    offset: *offset,
+                    payload: num.to_string(),
+                });
+            }
+        }
+    }
+    for (ch, list) in offered.iter().enumerate() {
+        v.count("v2 positions compared", list.len() as u64);
+        let (n, first) = reused_offsets(list.iter());
+        for (epoch, offset, a, b) in first {
+            v.violation(
+                "v2 offset reused for two payloads (live vs recovered views differ)",
+                format!("channel {ch}: epoch {epoch} offset {offset} carried {a} and {b}"),
+            );
+        }
+        for _ in FIRST.min(n)..n {
+            v.violation("v2 offset reused for two payloads (live vs recovered views differ)", String::new());
+        }
+    }
+    for (ch, map) in out.iter().enumerate() {
+        for (num, at) in map {
+            if at.len() > 1 {
+                v.violation(
+                    "notification published twice (two positions)",
+                    format!("channel {ch}: number {num} at {at:?}"),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Leadership from the coordinators' logs: each fencing epoch won by one
+/// process only. Returns every epoch any coordinator became leader in.
+fn leadership(o: &Observed, v: &mut Verdict) -> BTreeSet<u64> {
+    let mut won: BTreeMap<u64, usize> = BTreeMap::new();
+    for (i, log) in o.coordinator_logs.iter().enumerate() {
+        for line in log.lines().filter(|l| l.contains("became leader")) {
+            let Some(epoch) = field(line, "epoch=").and_then(|e| e.parse::<u64>().ok()) else {
+                continue;
+            };
+            if let Some(other) = won.insert(epoch, i) {
+                v.violation(
+                    "two leaders in one fencing epoch",
+                    format!("epoch {epoch}: coordinators {other} and {i}"),
+                );
+            }
+        }
+    }
+    v.count("leader terms", won.len() as u64);
+    won.into_keys().collect()
+}
+
+/// The value after `key` in a log line, up to a space.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(key)? + key.len();
+    line[at..].split_whitespace().next()
+}
+
+fn committed(sent: &HashMap<u64, (f64, bool)>, n: u64) -> bool {
+    sent.get(&n).is_some_and(|s| s.1)
+}
+
+/// One v2 reader: never-sent, duplicated, reordered numbers; a recovery
+/// answered `recovered:true` that is not exactly the missing range; a
+/// message of an older term after a newer one (a fenced leader's); a
+/// committed number missing between two received ones without the reader
+/// being told (a new epoch or `recovered:false` between them); and, after
+/// everything healed, delivery must resume.
+fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdict, tail_from: f64) {
+    let ch = log.channel;
+    let who = format!("v2 reader (gateway {}, channel {ch})", log.gateway);
+    let mut seen = BTreeSet::new();
+    let mut last: Option<(u64, String, f64)> = None;
+    let mut told = true;
+    let mut replay: Option<(String, u64, u64, f64)> = None; // epoch, next offset, left, at
+    let mut newest_term: Option<(u64, u64, u64)> = None; // base, term, session
+    for e in &log.events {
+        match e {
+            V2Event::Subscribed { at, since, epoch, offset, recovered, replayed } => {
+                v.count("v2 subscriptions", 1);
+                if let Some((epoch0, left, ..)) = replay.take().map(|r| (r.0, r.2)) {
+                    if left > 0 {
+                        v.count("v2 replays cut short by the socket", 1);
+                        let _ = epoch0;
+                    }
+                }
+                match (since, recovered) {
+                    (Some((se, so)), Some(true)) => {
+                        v.count("v2 recovered:true checked", 1);
+                        if se != epoch || offset.checked_sub(*so) != Some(*replayed) {
+                            v.violation(
+                                "v2 recovered:true that is not exactly the missing range",
+                                format!("{who} at {at:.2}s: since {se}/{so}, reply {epoch}/{offset} replayed {replayed}"),
+                            );
+                        }
+                        replay = Some((se.clone(), so + 1, *replayed, *at));
+                    }
+                    (Some(_), _) => {
+                        v.count("v2 recovered:false", 1);
+                        told = true;
+                    }
+                    (None, _) => told = true,
+                }
+            }
+            V2Event::Down { why, at } => {
+                if let Some((ep, next, left, _)) = replay.take() {
+                    if left > 0 && why.starts_with("offset gap") {
+                        v.violation(
+                            "v2 recovered:true that is not exactly the missing range",
+                            format!("{who} at {at:.2}s: replay in {ep} broke off at offset {next} ({why})"),
+                        );
+                    }
+                }
+                if why.starts_with("offset gap") {
+                    v.count("v2 live offset gaps (visible, recovered)", 1);
+                }
+            }
+            V2Event::Message { at, epoch, offset, num } => {
+                v.count("v2 deliveries checked", 1);
+                if let Some((ep, next, left, _)) = replay.as_mut() {
+                    if *left > 0 {
+                        if ep != epoch || next != offset {
+                            v.violation(
+                                "v2 recovered:true that is not exactly the missing range",
+                                format!("{who} at {at:.2}s: replay expected {ep}/{next}, got {epoch}/{offset}"),
+                            );
+                        }
+                        *next += 1;
+                        *left -= 1;
+                    }
+                }
+                if let Some(parsed) = Epoch::parse(epoch) {
+                    let key = (parsed.base, parsed.continuity.term, parsed.continuity.session);
+                    if !terms.contains(&parsed.continuity.term) {
+                        v.violation(
+                            "message of a term no coordinator led",
+                            format!("{who} at {at:.2}s: number {num} at {epoch}/{offset}"),
+                        );
+                    }
+                    if let Some(newest) = newest_term {
+                        if newest.0 == key.0 && (key.1, key.2) < (newest.1, newest.2) {
+                            v.violation(
+                                "a fenced (older) term's message reached a reader after a newer term's",
+                                format!("{who} at {at:.2}s: number {num} at {epoch}/{offset} after term {:x}.{:x}", newest.1, newest.2),
+                            );
+                        }
+                    }
+                    if newest_term.is_none_or(|n| key > n) {
+                        newest_term = Some(key);
+                    }
+                }
+                if !sent[ch].contains_key(num) {
+                    v.violation("received but never sent", format!("{who} at {at:.2}s: number {num}"));
+                    continue;
+                }
+                if !seen.insert(*num) {
+                    v.violation("duplicated delivery", format!("{who} at {at:.2}s: number {num} at {epoch}/{offset} again"));
+                    continue;
+                }
+                if let Some((prev, prev_epoch, prev_at)) = &last {
+                    if num < prev {
+                        v.violation("reordered delivery", format!("{who} at {at:.2}s: number {num} after {prev}"));
+                        continue;
+                    }
+                    let missing: Vec<u64> = (prev + 1..*num).filter(|n| committed(&sent[ch], *n)).collect();
+                    if !missing.is_empty() {
+                        if told || prev_epoch != epoch {
+                            v.expect("v2: lost, announced by a new epoch or recovered:false", missing.len() as u64);
+                        } else {
+                            v.violation(
+                                "v2: committed notification lost without a new epoch (silent loss)",
+                                format!(
+                                    "{who}: {} missing {:?}… between {prev} ({prev_epoch}, {prev_at:.2}s) and {num} ({epoch}/{offset}, {at:.2}s)",
+                                    missing.len(),
+                                    &missing[..missing.len().min(5)]
+                                ),
+                            );
+                        }
+                    }
+                }
+                told = false;
+                last = Some((*num, epoch.clone(), *at));
+            }
+        }
+    }
+    tail(&who, ch, last.map(|l| l.0), sent, v, tail_from);
+}
+
+/// After everything healed and a leader was elected, every committed
+/// notification sent from `tail_from` on must reach every reader.
+fn tail(who: &str, ch: usize, last: Option<u64>, sent: &SentIndex, v: &mut Verdict, tail_from: f64) {
+    let after = last.unwrap_or(0);
+    let missed: Vec<u64> = sent[ch]
+        .iter()
+        .filter(|(n, (at, ok))| *ok && *at >= tail_from && **n > after)
+        .map(|(n, _)| *n)
+        .collect();
+    v.count("tail notifications checked", sent[ch].values().filter(|(at, ok)| *ok && *at >= tail_from).count() as u64);
+    if !missed.is_empty() {
+        let mut missed = missed;
+        missed.sort_unstable();
+        v.violation(
+            "no delivery after every fault healed",
+            format!("{who}: last received {after}; {} tail notifications missing from {}", missed.len(), missed[0]),
+        );
+    }
+}
+
+/// One v1 reader: never-sent, duplicated, reordered numbers, and each
+/// committed number missing between two received ones classified.
+fn check_v1(log: &V1Log, sent: &SentIndex, positions: &Positions, o: &Observed, v: &mut Verdict) {
+    let ch = log.channel;
+    let who = format!("v1 reader (gateway {}, channel {ch})", log.gateway);
+    let mut seen = BTreeSet::new();
+    let mut last: Option<(u64, f64)> = None;
+    for &(num, at) in &log.got {
+        v.count("v1 deliveries checked", 1);
+        if !sent[ch].contains_key(&num) {
+            v.violation("received but never sent", format!("{who} at {at:.2}s: number {num}"));
+            continue;
+        }
+        if !seen.insert(num) {
+            v.violation("duplicated delivery", format!("{who} at {at:.2}s: number {num} again"));
+            continue;
+        }
+        if let Some((prev, prev_at)) = last {
+            if num < prev {
+                v.violation("reordered delivery", format!("{who} at {at:.2}s: number {num} after {prev}"));
+                continue;
+            }
+            for n in (prev + 1..num).filter(|n| committed(&sent[ch], *n)) {
+                match v1_loss_reason(log, n, sent, positions, o) {
+                    Some(reason) => v.expect(reason, 1),
+                    None => v.violation(
+                        "v1: committed notification lost outside any announced hole or Redis outage",
+                        format!("{who}: number {n} (sent {:.2}s) missing between {prev} ({prev_at:.2}s) and {num} ({at:.2}s)", sent[ch][&n].0),
+                    ),
+                }
+            }
+        }
+        last = Some((num, at));
+    }
+    tail(&who, ch, last.map(|l| l.0), sent, v, o.tail_from);
+}
+
+/// Why a v1 reader may have missed `n`: it was never published and the
+/// sequence says so (a new epoch around it), or the reader's gateway could
+/// not hear Redis then, or the reader had no socket. `None`: no reason.
+fn v1_loss_reason(log: &V1Log, n: u64, sent: &SentIndex, positions: &Positions, o: &Observed) -> Option<&'static str> {
+    let ch = log.channel;
+    let at = sent[ch][&n].0;
+    if !positions[ch].contains_key(&n) {
+        let before = (1..n).rev().find_map(|k| positions[ch].get(&k));
+        let after = (n + 1..=sent[ch].len() as u64).find_map(|k| positions[ch].get(&k));
+        return match (before.and_then(|s| s.first()), after.and_then(|s| s.first())) {
+            (Some(b), Some(a)) if b.0 != a.0 => Some("v1: never published, a hole the epoch announces"),
+            (None, _) | (_, None) => Some("v1: never published, at the edge of the run"),
+            _ => None,
+        };
+    }
+    let outage = o.faults.iter().any(|f| {
+        let hits = match f.kind {
+            Kind::GatewayRedis => f.target == Some(log.gateway),
+            Kind::RestartRedis => true,
+            _ => false,
+        };
+        hits && at >= f.start - 1.0 && at <= f.end + RESUBSCRIBE
+    });
+    if outage {
+        return Some("v1: published while its gateway could not hear Redis");
+    }
+    if log.down.iter().any(|(from, to)| at >= from - 1.0 && at <= to + 1.0) {
+        return Some("v1: published while the reader had no socket");
+    }
+    None
+}
+
+/// Every acknowledged write became a NOTIFY (at least once) — unless the
+/// recorder itself was not listening at some point after the
+/// acknowledgement (then it is unverifiable, counted, not a violation).
+fn check_writes(o: &Observed, v: &mut Verdict) {
+    let mut seen: HashMap<&str, u64> = HashMap::new();
+    for (p, _) in &o.recorder.seen {
+        *seen.entry(p.as_str()).or_default() += 1;
+    }
+    for w in o.writers {
+        v.count("writes acknowledged", w.acked.len() as u64);
+        v.count("writes not acknowledged (error or socket lost)", w.unacked as u64);
+        for (payload, at) in &w.acked {
+            match seen.get(payload.as_str()) {
+                Some(1) => {}
+                Some(_) => v.expect("writes: NOTIFYed more than once (at least once)", 1),
+                None if o.recorder.blind.iter().any(|(_, to)| to >= at) => {
+                    v.expect("writes: unverifiable (the recorder's LISTEN was down after the ack)", 1)
+                }
+                None => v.violation(
+                    "acknowledged write never became a NOTIFY",
+                    format!("gateway {}: {payload} acknowledged at {at:.2}s", w.gateway),
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(n: u64) -> Vec<Sent> {
+        (1..=n).map(|num| Sent { num, at: num as f64, committed: true }).collect()
+    }
+
+    fn msg(epoch: &str, offset: u64, num: u64) -> V2Event {
+        V2Event::Message { at: num as f64, epoch: epoch.into(), offset, num }
+    }
+
+    fn sub(since: Option<(&str, u64)>, epoch: &str, offset: u64, recovered: Option<bool>, replayed: u64) -> V2Event {
+        V2Event::Subscribed {
+            at: 0.0,
+            since: since.map(|(e, o)| (e.into(), o)),
+            epoch: epoch.into(),
+            offset,
+            recovered,
+            replayed,
+        }
+    }
+
+    fn leader_log(epochs: &[u64]) -> String {
+        epochs.iter().map(|e| format!("INFO became leader epoch={e} node=x\n")).collect()
+    }
+
+    fn run(events: Vec<V2Event>, n: u64) -> Verdict {
+        let s = vec![sent(n)];
+        let v2 = vec![V2Log { gateway: 0, channel: 0, events }];
+        let logs = vec![leader_log(&[1, 2])];
+        check(&Observed {
+            sent: &s,
+            v1: &[],
+            v2: &v2,
+            writers: &[],
+            recorder: &RecorderLog::default(),
+            faults: &[],
+            coordinator_logs: &logs,
+            tail_from: 1e9,
+        })
+    }
+
+    #[test]
+    fn a_clean_v2_history_passes() {
+        let v = run(vec![sub(None, "1.1.1", 0, None, 0), msg("1.1.1", 1, 1), msg("1.1.1", 2, 2), msg("1.1.1", 3, 3)], 3);
+        assert!(v.ok(), "{v:?}");
+    }
+
+    #[test]
+    fn a_silent_loss_fails_and_an_announced_one_does_not() {
+        let v = run(vec![sub(None, "1.1.1", 0, None, 0), msg("1.1.1", 1, 1), msg("1.1.1", 2, 3)], 3);
+        assert_eq!(v.violations.len(), 1, "{v:?}");
+        let v = run(vec![sub(None, "1.1.1", 0, None, 0), msg("1.1.1", 1, 1), msg("1.2.1", 2, 3)], 3);
+        assert!(v.ok(), "{v:?}");
+        assert_eq!(v.expected.values().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn an_inexact_recovery_and_an_old_term_after_a_new_one_fail() {
+        let v = run(vec![
+            sub(None, "1.1.1", 0, None, 0),
+            msg("1.1.1", 1, 1),
+            V2Event::Down { at: 1.0, why: "planned reconnect".into() },
+            sub(Some(("1.1.1", 1)), "1.1.1", 3, Some(true), 2),
+            msg("1.1.1", 3, 3),
+        ], 3);
+        assert!(v.violations.contains_key("v2 recovered:true that is not exactly the missing range"), "{v:?}");
+        let v = run(vec![sub(None, "1.2.1", 0, None, 0), msg("1.2.1", 1, 1), msg("1.1.1", 2, 2)], 2);
+        assert!(v.violations.keys().any(|k| k.contains("fenced")), "{v:?}");
+    }
+
+    #[test]
+    fn two_leaders_in_one_epoch_and_an_unacknowledged_loss_of_a_write_fail() {
+        let logs = vec![leader_log(&[5]), leader_log(&[5])];
+        let writers = vec![WriterLog { gateway: 0, acked: vec![("w0-1".into(), 1.0), ("w0-2".into(), 2.0)], unacked: 0 }];
+        let recorder = RecorderLog { seen: vec![("w0-1".into(), 1.5)], blind: vec![(0.0, 0.5)] };
+        let v = check(&Observed {
+            sent: &[],
+            v1: &[],
+            v2: &[],
+            writers: &writers,
+            recorder: &recorder,
+            faults: &[],
+            coordinator_logs: &logs,
+            tail_from: 1e9,
+        });
+        assert_eq!(v.violations.get("two leaders in one fencing epoch"), Some(&1));
+        assert_eq!(v.violations.get("acknowledged write never became a NOTIFY"), Some(&1));
+    }
+}

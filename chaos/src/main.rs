@@ -1,0 +1,204 @@
+//! pgws-chaos: a Jepsen-style campaign against a pgws cluster (issue 20).
+//! For each seed: start a private PostgreSQL and Redis, coordinators with
+//! standby listening and gateways, each behind fault proxies; run the
+//! workload while the nemesis injects the seed's faults; heal everything,
+//! check that delivery resumes, and judge the histories. Writes one report
+//! per run and exits non-zero if any run found a violation.
+//!
+//! Modules: [`rng`] the seeded generator, [`topology`] the processes and
+//! links, [`nemesis`] the faults, [`workload`] the clients and what they
+//! saw, [`check`] the invariants, [`report`] the text.
+
+mod check;
+mod nemesis;
+mod report;
+mod rng;
+mod topology;
+mod workload;
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use workload::Clock;
+
+/// Command-line arguments.
+#[derive(Parser, Debug)]
+#[command(about = "Faults, a numbered workload and a checker against a pgws cluster")]
+struct Args {
+    /// Seeds to run, one run each (fixed seeds for CI). Without any, one
+    /// run with a random seed.
+    #[arg(long = "seed")]
+    seeds: Vec<u64>,
+    /// Seconds of faults per run.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Keep running random seeds until this many seconds have passed
+    /// (the long campaign).
+    #[arg(long)]
+    campaign: Option<u64>,
+    /// Directory for the reports.
+    #[arg(long, default_value = "target/chaos")]
+    out: PathBuf,
+    /// Channels.
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Milliseconds between notifications (over all channels).
+    #[arg(long, default_value_t = 10)]
+    tick_ms: u64,
+}
+
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    rng::Rng::new(nanos ^ u64::from(std::process::id())).next_u64() % 1_000_000
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.out).context("the report directory")?;
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    let mut runs = 0;
+    let mut seeds = args.seeds.clone();
+    if seeds.is_empty() {
+        seeds.push(random_seed());
+    }
+    let mut queue = seeds.into_iter();
+    loop {
+        let seed = match (queue.next(), args.campaign) {
+            (Some(s), _) => s,
+            (None, Some(secs)) if started.elapsed() + Duration::from_secs(args.duration + 30) < Duration::from_secs(secs) => random_seed(),
+            _ => break,
+        };
+        runs += 1;
+        let (ok, text) = one_run(seed, &args).await?;
+        let path = args.out.join(format!("chaos-{seed}.txt"));
+        std::fs::write(&path, &text).context("write the report")?;
+        eprintln!("{text}\nreport: {}", path.display());
+        if !ok {
+            failed.push(seed);
+        }
+    }
+    eprintln!(
+        "pgws-chaos: {runs} runs in {:.0} s, {} failed {failed:?}",
+        started.elapsed().as_secs_f64(),
+        failed.len()
+    );
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        std::process::exit(1)
+    }
+}
+
+/// One seed's run: its verdict and report.
+async fn one_run(seed: u64, args: &Args) -> anyhow::Result<(bool, String)> {
+    let coordinators = 3;
+    let gateways = 2;
+    let mut topo = topology::Topology::start(coordinators, gateways).await?;
+    let clock = Clock(Instant::now());
+    let channels: Vec<String> = (0..args.channels)
+        .map(|i| pgws_testkit::unique(&format!("chaos-ch{i}")))
+        .collect();
+    let (stop_tx, stop) = watch::channel(false);
+    let mut rng = rng::Rng::new(seed);
+    let steps = nemesis::schedule(&mut rng, Duration::from_secs(args.duration));
+
+    let mut v1 = Vec::new();
+    let mut v2 = Vec::new();
+    let mut writers = Vec::new();
+    for (g, slot) in topo.gateways.iter().enumerate() {
+        let base = format!("ws://{}", slot.server.addr);
+        for (c, name) in channels.iter().enumerate() {
+            v1.push(tokio::spawn(workload::v1_reader(base.clone(), g, (c, name.clone()), clock, stop.clone())));
+            let reader_seed = seed.wrapping_mul(31).wrapping_add((g * 16 + c) as u64);
+            v2.push(tokio::spawn(workload::v2_reader(base.clone(), g, (c, name.clone()), reader_seed, clock, stop.clone())));
+        }
+        let wchannel = pgws_testkit::unique("chaos-writes");
+        writers.push(tokio::spawn(workload::writer(base, g, wchannel, Duration::from_millis(50), clock, stop.clone())));
+    }
+    let recorder = tokio::spawn(workload::recorder(topo.direct_conninfo(), topo.listen_channel.clone(), clock, stop.clone()));
+    // Readers subscribe before the first notification.
+    for g in &topo.gateways {
+        g.server.wait_metric("pgws_redis_subscriptions", args.channels as f64).await;
+    }
+    topo.wait_leader(Duration::from_secs(30)).await.context("no leader at the start")?;
+    let (notifier_stop_tx, notifier_stop) = watch::channel(false);
+    let notifier = tokio::spawn(workload::notifier(
+        topo.direct_conninfo(),
+        topo.listen_channel.clone(),
+        channels.clone(),
+        Duration::from_millis(args.tick_ms),
+        clock,
+        notifier_stop,
+    ));
+
+    let faults = nemesis::run(&mut topo, &steps, &mut rng, clock).await;
+    let nemesis_secs = clock.now();
+    topo.heal_all().await;
+    let leader = topo.wait_leader(Duration::from_secs(30)).await;
+    // Let the last takeover finish before the tail starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tail_from = clock.now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let _ = notifier_stop_tx.send(true);
+    let sent = notifier.await.context("notifier")?;
+    // Drain: the last ones reach every reader.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let _ = stop_tx.send(true);
+    let mut v1_logs = Vec::new();
+    for h in v1 {
+        v1_logs.push(h.await.context("v1 reader")?);
+    }
+    let mut v2_logs = Vec::new();
+    for h in v2 {
+        v2_logs.push(h.await.context("v2 reader")?);
+    }
+    let mut writer_logs = Vec::new();
+    for h in writers {
+        writer_logs.push(h.await.context("writer")?);
+    }
+    // The recorder stops last, after the writers' last NOTIFYs had time.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let recorder = recorder.await.context("recorder")?;
+    let logs: Vec<String> = (0..coordinators).map(|i| topo.coordinator_logs(i)).collect();
+    let mut verdict = check::check(&check::Observed {
+        sent: &sent,
+        v1: &v1_logs,
+        v2: &v2_logs,
+        writers: &writer_logs,
+        recorder: &recorder,
+        faults: &faults,
+        coordinator_logs: &logs,
+        tail_from,
+    });
+    if leader.is_none() {
+        verdict_no_leader(&mut verdict);
+    }
+    let info = report::RunInfo {
+        seed,
+        mode: "fault proxies (testkit::proxy) on every link; processes in the root network namespace",
+        topology: format!(
+            "private PostgreSQL {} and Redis (appendfsync always), {coordinators} coordinators (PGWS_STANDBY_LISTEN=true, ttl {} ms), {gateways} gateways, {} channels at one NOTIFY per {} ms, a v1 and a v2 reader per channel per gateway, a writer per gateway",
+            topo.pg.psql("SHOW server_version"),
+            topology::TTL.as_millis(),
+            args.channels,
+            args.tick_ms
+        ),
+        nemesis_secs,
+        total_secs: clock.now(),
+        faults: &faults,
+    };
+    let text = report::render(&info, &verdict);
+    drop(topo);
+    Ok((verdict.ok(), text))
+}
+
+fn verdict_no_leader(v: &mut check::Verdict) {
+    v.violation_public("no single leader 30 s after every fault healed", String::new());
+}
