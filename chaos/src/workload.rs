@@ -364,15 +364,19 @@ async fn v2_session(
                         return End::Gap(last + 1, offset);
                     }
                 }
-                let Some(num) = v["data"].as_str().and_then(number) else {
-                    continue;
-                };
-                log.events.push(V2Event::Message {
-                    at: clock.now(),
-                    epoch: epoch.clone(),
-                    offset,
-                    num,
-                });
+                // `data` is the v1 frame's text; the number is its payload.
+                let inner: Value = v["data"]
+                    .as_str()
+                    .and_then(|d| serde_json::from_str(d).ok())
+                    .unwrap_or(Value::Null);
+                if let Some(num) = inner["payload"].as_str().and_then(number) {
+                    log.events.push(V2Event::Message {
+                        at: clock.now(),
+                        epoch: epoch.clone(),
+                        offset,
+                        num,
+                    });
+                }
                 *pos = Some((epoch, offset));
             }
             _ => {}
