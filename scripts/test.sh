@@ -5,7 +5,8 @@
 # playwright-core, typescript — see scripts/tools.sh), then runs
 #   1. cargo fmt --check and clippy -D warnings,
 #   2. unit and integration tests (real binaries, PostgreSQL, Redis, a local
-#      Redis Cluster, HAProxy, Prometheus),
+#      Redis Cluster, HAProxy, Prometheus), then the short chaos campaign
+#      (faults against a private cluster, a checker over what clients saw),
 #   3. the JavaScript client's tests (node's runner, against real gateways;
 #      tsc on its typings, npm pack, every README example),
 #   4. static checks of the Helm chart, compose file and deploy configs,
@@ -32,6 +33,12 @@ echo "== cargo test" >&2
 # binary first (the same dev profile the tests use, so nothing builds twice).
 cargo build --locked --workspace --bins
 cargo test --locked --workspace --no-fail-fast -- --test-threads "${PGWS_TEST_THREADS:-4}"
+echo "== chaos (short campaign)" >&2
+# Faults against a private cluster (issue 20): two fixed seeds that
+# together inject every fault kind, 60 s each; a report per run in
+# target/chaos/ci, non-zero on any violation. The long campaign is
+# load-tests/chaos.sh.
+target/debug/pgws-chaos --seed 11 --seed 23 --duration 60 --out target/chaos/ci
 echo "== JavaScript client" >&2
 # The type checks run tsc (typescript, pinned in clients/js/package.json).
 pgws_ensure_typescript

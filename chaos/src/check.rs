@@ -48,6 +48,9 @@ pub struct Verdict {
     pub violations: BTreeMap<&'static str, u64>,
     /// The first violations of each invariant, with context.
     pub first: BTreeMap<&'static str, Vec<String>>,
+    /// Announced losses (v2 readers) by the faults in force when the lost
+    /// notification was sent ("none" when no fault was).
+    pub lost_during: BTreeMap<String, u64>,
 }
 
 impl Verdict {
@@ -98,7 +101,7 @@ pub fn check(o: &Observed) -> Verdict {
     let positions = positions(o, &mut v);
     let terms = leadership(o, &mut v);
     for log in o.v2 {
-        check_v2(log, &sent, &terms, &mut v, o.tail_from);
+        check_v2(log, &sent, &terms, &mut v, o);
     }
     for log in o.v1 {
         check_v1(log, &sent, &positions, o, &mut v);
@@ -188,7 +191,7 @@ fn committed(sent: &HashMap<u64, (f64, bool)>, n: u64) -> bool {
 /// committed number missing between two received ones without the reader
 /// being told (a new epoch or `recovered:false` between them); and, after
 /// everything healed, delivery must resume.
-fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdict, tail_from: f64) {
+fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdict, o: &Observed) {
     let ch = log.channel;
     let who = format!("v2 reader (gateway {}, channel {ch})", log.gateway);
     let mut seen = BTreeSet::new();
@@ -288,6 +291,9 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
                     if !missing.is_empty() {
                         if told || prev_epoch != epoch {
                             v.expect("v2: lost, announced by a new epoch or recovered:false", missing.len() as u64);
+                            for n in &missing {
+                                *v.lost_during.entry(during(o.faults, sent[ch][n].0)).or_default() += 1;
+                            }
                         } else {
                             v.violation(
                                 "v2: committed notification lost without a new epoch (silent loss)",
@@ -305,7 +311,24 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
             }
         }
     }
-    tail(&who, ch, last.map(|l| l.0), sent, v, tail_from);
+    tail(&who, ch, last.map(|l| l.0), sent, v, o.tail_from);
+}
+
+/// The faults in force at `at` (from a second before each to five seconds
+/// after it was healed), as one label.
+fn during(faults: &[Injected], at: f64) -> String {
+    let mut kinds: Vec<String> = faults
+        .iter()
+        .filter(|f| at >= f.start - 1.0 && at <= f.end + 5.0)
+        .map(|f| f.kind.to_string())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    if kinds.is_empty() {
+        "no fault".into()
+    } else {
+        kinds.join(" + ")
+    }
 }
 
 /// After everything healed and a leader was elected, every committed

@@ -47,6 +47,9 @@ struct Args {
     /// Milliseconds between notifications (over all channels).
     #[arg(long, default_value_t = 10)]
     tick_ms: u64,
+    /// Print each seed's schedule of faults and exit.
+    #[arg(long)]
+    plan: bool,
 }
 
 fn random_seed() -> u64 {
@@ -67,6 +70,17 @@ async fn main() -> anyhow::Result<()> {
     let mut seeds = args.seeds.clone();
     if seeds.is_empty() {
         seeds.push(random_seed());
+    }
+    if args.plan {
+        for seed in seeds {
+            let steps = nemesis::schedule(&mut rng::Rng::new(seed), Duration::from_secs(args.duration));
+            let kinds: Vec<String> = steps
+                .iter()
+                .map(|s| s.kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" + "))
+                .collect();
+            println!("seed {seed}: {}", kinds.join(" | "));
+        }
+        return Ok(());
     }
     let mut queue = seeds.into_iter();
     loop {

@@ -50,6 +50,10 @@ pub fn render(info: &RunInfo, v: &Verdict) -> String {
     for (why, n) in &v.expected {
         let _ = writeln!(out, "  {n:8}  {why}");
     }
+    let _ = writeln!(out, "\nv2 announced losses by the faults in force when sent:");
+    for (during, n) in &v.lost_during {
+        let _ = writeln!(out, "  {n:8}  {during}");
+    }
     let _ = writeln!(out, "\nviolations:");
     if v.violations.is_empty() {
         let _ = writeln!(out, "  none");
