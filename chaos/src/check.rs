@@ -172,6 +172,15 @@ fn leadership(o: &Observed, v: &mut Verdict) -> BTreeSet<u64> {
         }
     }
     v.count("leader terms", won.len() as u64);
+    for (needle, what) in [
+        ("took over where the predecessor stopped", "takeovers gapless (coordinator logs)"),
+        ("took over with a gap", "takeovers with a reported gap (coordinator logs)"),
+        ("lease lapsed", "leases lapsed before renewal (coordinator logs)"),
+        ("the fencing epoch moved on", "batches refused as deposed (coordinator logs)"),
+    ] {
+        let n = o.coordinator_logs.iter().map(|l| l.matches(needle).count() as u64).sum();
+        v.count(what, n);
+    }
     won.into_keys().collect()
 }
 

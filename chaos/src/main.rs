@@ -181,6 +181,10 @@ async fn one_run(seed: u64, args: &Args) -> anyhow::Result<(bool, String)> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let recorder = recorder.await.context("recorder")?;
     let logs: Vec<String> = (0..coordinators).map(|i| topo.coordinator_logs(i)).collect();
+    let mut stale = 0.0;
+    for g in &topo.gateways {
+        stale += g.server.metric("pgws_bus_stale_dropped_total").await;
+    }
     let mut verdict = check::check(&check::Observed {
         sent: &sent,
         v1: &v1_logs,
@@ -191,6 +195,7 @@ async fn one_run(seed: u64, args: &Args) -> anyhow::Result<(bool, String)> {
         coordinator_logs: &logs,
         tail_from,
     });
+    verdict.checked.insert("gateway drops of a deposed leader's messages (pgws_bus_stale_dropped_total)", stale as u64);
     if leader.is_none() {
         verdict_no_leader(&mut verdict);
     }
