@@ -11,6 +11,7 @@
 
 mod check;
 mod nemesis;
+mod netns;
 mod report;
 mod rng;
 mod topology;
@@ -50,6 +51,26 @@ struct Args {
     /// Print each seed's schedule of faults and exit.
     #[arg(long)]
     plan: bool,
+    /// How links are cut: `netns` (a network namespace per process,
+    /// blackhole routes; needs root), `proxy` (a fault proxy per link), or
+    /// `auto` (netns where possible).
+    #[arg(long, default_value = "auto")]
+    mode: String,
+    /// Only these fault kinds (comma-separated: coordinator-redis,
+    /// coordinator-pg, all-coordinators-pg, gateway-redis, isolate-leader,
+    /// pause-leader, kill-leader, kill-standby, restart-pg, restart-redis).
+    #[arg(long, value_delimiter = ',')]
+    kinds: Vec<String>,
+}
+
+impl Args {
+    /// The fault kinds to draw from (every kind when none is named).
+    fn kinds(&self) -> anyhow::Result<Vec<nemesis::Kind>> {
+        self.kinds
+            .iter()
+            .map(|k| nemesis::Kind::by_name(k).ok_or_else(|| anyhow::anyhow!("--kinds: no fault kind {k:?}")))
+            .collect()
+    }
 }
 
 fn random_seed() -> u64 {
@@ -66,14 +87,14 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).context("the report directory")?;
     let started = Instant::now();
     let mut failed = Vec::new();
-    let mut runs = 0;
+    let mut runs: u32 = 0;
     let mut seeds = args.seeds.clone();
     if seeds.is_empty() {
         seeds.push(random_seed());
     }
     if args.plan {
         for seed in seeds {
-            let steps = nemesis::schedule(&mut rng::Rng::new(seed), Duration::from_secs(args.duration));
+            let steps = nemesis::schedule(&mut rng::Rng::new(seed), Duration::from_secs(args.duration), &args.kinds()?);
             let kinds: Vec<String> = steps
                 .iter()
                 .map(|s| s.kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" + "))
@@ -90,7 +111,12 @@ async fn main() -> anyhow::Result<()> {
             _ => break,
         };
         runs += 1;
-        let (ok, text) = one_run(seed, &args).await?;
+        // Ctrl-C or SIGTERM ends the run cleanly: dropping it stops every
+        // process and deletes every namespace.
+        let (ok, text) = tokio::select! {
+            r = one_run(seed, runs - 1, &args) => r?,
+            _ = interrupted() => anyhow::bail!("interrupted: the run's processes and namespaces were removed"),
+        };
         let path = args.out.join(format!("chaos-{seed}.txt"));
         std::fs::write(&path, &text).context("write the report")?;
         eprintln!("{text}\nreport: {}", path.display());
@@ -110,18 +136,38 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Resolves on SIGINT or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// One seed's run: its verdict and report.
-async fn one_run(seed: u64, args: &Args) -> anyhow::Result<(bool, String)> {
+async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, String)> {
     let coordinators = 3;
     let gateways = 2;
-    let mut topo = topology::Topology::start(coordinators, gateways).await?;
+    let mode = match args.mode.as_str() {
+        "netns" => topology::Mode::Netns,
+        "proxy" => topology::Mode::Proxy,
+        "auto" if netns::available() => topology::Mode::Netns,
+        "auto" => topology::Mode::Proxy,
+        other => anyhow::bail!("--mode {other}: netns, proxy or auto"),
+    };
+    let mut topo = topology::Topology::start(mode, run, coordinators, gateways).await?;
     let clock = Clock(Instant::now());
     let channels: Vec<String> = (0..args.channels)
         .map(|i| pgws_testkit::unique(&format!("chaos-ch{i}")))
         .collect();
     let (stop_tx, stop) = watch::channel(false);
+    let (writers_stop_tx, writers_stop) = watch::channel(false);
     let mut rng = rng::Rng::new(seed);
-    let steps = nemesis::schedule(&mut rng, Duration::from_secs(args.duration));
+    let steps = nemesis::schedule(&mut rng, Duration::from_secs(args.duration), &args.kinds()?);
 
     let mut v1 = Vec::new();
     let mut v2 = Vec::new();
@@ -134,7 +180,7 @@ async fn one_run(seed: u64, args: &Args) -> anyhow::Result<(bool, String)> {
             v2.push(tokio::spawn(workload::v2_reader(base.clone(), g, (c, name.clone()), reader_seed, clock, stop.clone())));
         }
         let wchannel = pgws_testkit::unique("chaos-writes");
-        writers.push(tokio::spawn(workload::writer(base, g, wchannel, Duration::from_millis(50), clock, stop.clone())));
+        writers.push(tokio::spawn(workload::writer(base, g, wchannel, Duration::from_millis(50), clock, writers_stop.clone())));
     }
     let recorder = tokio::spawn(workload::recorder(topo.direct_conninfo(), topo.listen_channel.clone(), clock, stop.clone()));
     // Readers subscribe before the first notification.
@@ -162,7 +208,20 @@ async fn one_run(seed: u64, args: &Args) -> anyhow::Result<(bool, String)> {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let _ = notifier_stop_tx.send(true);
     let sent = notifier.await.context("notifier")?;
-    // Drain: the last ones reach every reader.
+    let _ = writers_stop_tx.send(true);
+    let mut writer_logs = Vec::new();
+    for h in writers {
+        writer_logs.push(h.await.context("writer")?);
+    }
+    // Every acknowledged write is in the stream until NOTIFYed: wait (a
+    // bounded time) for the leader to drain it, so that the recorder is
+    // still listening when the last ones arrive.
+    let stream = format!("{{{}}}:writes", topo.prefix);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while topo.redis.cli(&["XLEN", &stream]) != "0" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Drain: the last notifications reach every reader.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let _ = stop_tx.send(true);
     let mut v1_logs = Vec::new();
@@ -173,12 +232,6 @@ async fn one_run(seed: u64, args: &Args) -> anyhow::Result<(bool, String)> {
     for h in v2 {
         v2_logs.push(h.await.context("v2 reader")?);
     }
-    let mut writer_logs = Vec::new();
-    for h in writers {
-        writer_logs.push(h.await.context("writer")?);
-    }
-    // The recorder stops last, after the writers' last NOTIFYs had time.
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let recorder = recorder.await.context("recorder")?;
     let logs: Vec<String> = (0..coordinators).map(|i| topo.coordinator_logs(i)).collect();
     let mut stale = 0.0;
@@ -201,7 +254,10 @@ async fn one_run(seed: u64, args: &Args) -> anyhow::Result<(bool, String)> {
     }
     let info = report::RunInfo {
         seed,
-        mode: "fault proxies (testkit::proxy) on every link; processes in the root network namespace",
+        mode: &match topo.net_description() {
+            Some(net) => format!("network namespaces, a cut is a blackhole route (packets dropped silently): {net}"),
+            None => "fault proxies (testkit::proxy) on every link, a cut resets connections; processes in the root network namespace".into(),
+        },
         topology: format!(
             "private PostgreSQL {} and Redis (appendfsync always), {coordinators} coordinators (PGWS_STANDBY_LISTEN=true, ttl {} ms), {gateways} gateways, {} channels at one NOTIFY per {} ms, a v1 and a v2 reader per channel per gateway, a writer per gateway",
             topo.pg.psql("SHOW server_version"),
@@ -214,6 +270,12 @@ async fn one_run(seed: u64, args: &Args) -> anyhow::Result<(bool, String)> {
         faults: &faults,
     };
     let text = report::render(&info, &verdict);
+    if !verdict.ok() {
+        for (i, log) in logs.iter().enumerate() {
+            let path = args.out.join(format!("chaos-{seed}-coordinator{i}.log"));
+            std::fs::write(&path, log).context("write a coordinator's log")?;
+        }
+    }
     drop(topo);
     Ok((verdict.ok(), text))
 }

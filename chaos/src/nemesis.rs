@@ -8,7 +8,7 @@
 //! of them at once.
 
 use crate::rng::Rng;
-use crate::topology::{Topology, TTL};
+use crate::topology::{Link, Topology, TTL};
 use crate::workload::Clock;
 use std::fmt;
 use std::time::Duration;
@@ -125,15 +125,37 @@ pub struct Step {
     pub quiet: Duration,
 }
 
-/// The seeded schedule: steps until `total` is used up.
-pub fn schedule(rng: &mut Rng, total: Duration) -> Vec<Step> {
+impl Kind {
+    /// The kind a short name (`Kind`'s variant name in kebab case, e.g.
+    /// `coordinator-pg`, `pause-leader`) names.
+    pub fn by_name(name: &str) -> Option<Kind> {
+        let names = [
+            "coordinator-redis",
+            "coordinator-pg",
+            "all-coordinators-pg",
+            "gateway-redis",
+            "isolate-leader",
+            "pause-leader",
+            "kill-leader",
+            "kill-standby",
+            "restart-pg",
+            "restart-redis",
+        ];
+        names.iter().position(|n| *n == name).map(|i| Kind::ALL[i])
+    }
+}
+
+/// The seeded schedule: steps until `total` is used up, drawing from
+/// `kinds` (every kind when empty).
+pub fn schedule(rng: &mut Rng, total: Duration, kinds: &[Kind]) -> Vec<Step> {
+    let pool: &[Kind] = if kinds.is_empty() { &Kind::ALL } else { kinds };
     let mut out = Vec::new();
     let mut used = Duration::ZERO;
     while used < total {
-        let first = Kind::ALL[rng.below(Kind::ALL.len())];
+        let first = pool[rng.below(pool.len())];
         let mut kinds = vec![first];
         if rng.below(4) == 0 {
-            let second = Kind::ALL[rng.below(Kind::ALL.len())];
+            let second = pool[rng.below(pool.len())];
             let clash = second == first
                 || (second.on_leader() && first.on_leader())
                 || (second.on_server() && first.on_server());
@@ -157,8 +179,7 @@ pub fn schedule(rng: &mut Rng, total: Duration) -> Vec<Step> {
 
 /// What must be undone to heal one fault.
 enum Undo {
-    Proxies(Vec<(usize, bool)>),
-    GatewayProxy(usize),
+    Links(Vec<Link>),
     Continue(usize),
     Restart(usize),
     StartPg,
@@ -177,26 +198,28 @@ async fn inject(
     match kind {
         Kind::CoordinatorRedis | Kind::CoordinatorPg => {
             let i = if rng.below(2) == 0 { leader } else { other };
-            let redis = kind == Kind::CoordinatorRedis;
-            let slot = &topo.coordinators[i];
-            if redis { slot.redis.partition() } else { slot.pg.partition() }
-            (Undo::Proxies(vec![(i, redis)]), Some(i), if i == leader { "the leader" } else { "a standby" })
+            let link = if kind == Kind::CoordinatorRedis { Link::CoordinatorRedis(i) } else { Link::CoordinatorPg(i) };
+            topo.cut(link, true);
+            (Undo::Links(vec![link]), Some(i), if i == leader { "the leader" } else { "a standby" })
         }
         Kind::AllCoordinatorsPg => {
-            for slot in &topo.coordinators {
-                slot.pg.partition();
+            let links: Vec<Link> = (0..n).map(Link::CoordinatorPg).collect();
+            for &link in &links {
+                topo.cut(link, true);
             }
-            (Undo::Proxies((0..n).map(|i| (i, false)).collect()), None, "")
+            (Undo::Links(links), None, "")
         }
         Kind::GatewayRedis => {
             let g = rng.below(topo.gateways.len());
-            topo.gateways[g].redis.partition();
-            (Undo::GatewayProxy(g), Some(g), "")
+            topo.cut(Link::GatewayRedis(g), true);
+            (Undo::Links(vec![Link::GatewayRedis(g)]), Some(g), "")
         }
         Kind::IsolateLeader => {
-            topo.coordinators[leader].redis.partition();
-            topo.coordinators[leader].pg.partition();
-            (Undo::Proxies(vec![(leader, true), (leader, false)]), Some(leader), "")
+            let links = vec![Link::CoordinatorRedis(leader), Link::CoordinatorPg(leader)];
+            for &link in &links {
+                topo.cut(link, true);
+            }
+            (Undo::Links(links), Some(leader), "")
         }
         Kind::PauseLeader => {
             topo.pause_coordinator(leader, true).await;
@@ -224,13 +247,11 @@ async fn inject(
 
 async fn heal(topo: &mut Topology, undo: Undo) {
     match undo {
-        Undo::Proxies(links) => {
-            for (i, redis) in links {
-                let slot = &topo.coordinators[i];
-                if redis { slot.redis.heal() } else { slot.pg.heal() }
+        Undo::Links(links) => {
+            for link in links {
+                topo.cut(link, false);
             }
         }
-        Undo::GatewayProxy(g) => topo.gateways[g].redis.heal(),
         Undo::Continue(i) => topo.pause_coordinator(i, false).await,
         Undo::Restart(i) => {
             if topo.coordinators[i].server.is_none() {
@@ -274,8 +295,8 @@ mod tests {
 
     #[test]
     fn a_seed_names_one_schedule_and_pauses_outlast_the_ttl() {
-        let a = schedule(&mut Rng::new(3), Duration::from_secs(600));
-        let b = schedule(&mut Rng::new(3), Duration::from_secs(600));
+        let a = schedule(&mut Rng::new(3), Duration::from_secs(600), &[]);
+        let b = schedule(&mut Rng::new(3), Duration::from_secs(600), &[]);
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         for step in &a {
             assert!(!step.kinds.is_empty() && step.kinds.len() <= 2);

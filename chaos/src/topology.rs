@@ -1,10 +1,15 @@
 //! The system under test for one run: a private PostgreSQL and a private
-//! Redis (both restartable), a fault proxy on every link a pgws process
-//! opens (coordinator → Redis, coordinator → PostgreSQL, gateway → Redis),
-//! coordinators with `PGWS_STANDBY_LISTEN=true` and gateways. Owns
-//! starting, killing, pausing and restarting them; every process is
-//! stopped by pid when the topology is dropped (also on a panic).
+//! Redis (both restartable), coordinators with `PGWS_STANDBY_LISTEN=true`
+//! and gateways, and a way to cut each link a pgws process opens
+//! (coordinator → Redis, coordinator → PostgreSQL, gateway → Redis): in
+//! [`Mode::Netns`] every pgws process runs in its own network namespace
+//! and a cut is a blackhole route ([`crate::netns`]); in [`Mode::Proxy`]
+//! every link goes through its own fault proxy and a cut resets it. Owns
+//! starting, killing, pausing and restarting processes; every process is
+//! stopped by pid and every namespace deleted when the topology is dropped
+//! (also on a panic or an interrupted run).
 
+use crate::netns::{Host, Net};
 use pgws_testkit::names::unique;
 use pgws_testkit::pg_server::{PgServer, ServerTls};
 use pgws_testkit::proxy::Proxy;
@@ -16,12 +21,34 @@ use std::time::Duration;
 /// The coordinators' lock ttl.
 pub const TTL: Duration = Duration::from_millis(2000);
 
+/// How links are cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A network namespace per pgws process; cuts are blackhole routes.
+    Netns,
+    /// A fault proxy per link; cuts reset connections.
+    Proxy,
+}
+
+/// A link a pgws process opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Coordinator `i` → Redis.
+    CoordinatorRedis(usize),
+    /// Coordinator `i` → PostgreSQL.
+    CoordinatorPg(usize),
+    /// Gateway `g` → Redis.
+    GatewayRedis(usize),
+}
+
 /// One coordinator's place: its links (kept across restarts) and process.
 pub struct CoordinatorSlot {
-    /// Its link to Redis.
-    pub redis: Proxy,
-    /// Its link to PostgreSQL.
-    pub pg: Proxy,
+    /// Its proxy to Redis (proxy mode).
+    pub redis: Option<Proxy>,
+    /// Its proxy to PostgreSQL (proxy mode).
+    pub pg: Option<Proxy>,
+    /// Its namespace (namespace mode).
+    pub host: Option<Host>,
     /// The running process (`None` while killed).
     pub server: Option<Server>,
     /// Whether it is stopped by SIGSTOP.
@@ -32,8 +59,10 @@ pub struct CoordinatorSlot {
 
 /// One gateway and its link to Redis.
 pub struct GatewaySlot {
-    /// Its link to Redis.
-    pub redis: Proxy,
+    /// Its proxy to Redis (proxy mode).
+    pub redis: Option<Proxy>,
+    /// Its namespace (namespace mode).
+    pub host: Option<Host>,
     /// The process.
     pub server: Server,
 }
@@ -53,6 +82,8 @@ pub struct Topology {
     pub coordinators: Vec<CoordinatorSlot>,
     /// Gateways.
     pub gateways: Vec<GatewaySlot>,
+    /// The namespaces (namespace mode), deleted after every process stopped.
+    net: Option<Net>,
     _tls: ServerTls,
     /// Dropped last: removes the run's directory once every server stopped.
     _dir: DirGuard,
@@ -73,13 +104,25 @@ fn loopback(port: u16) -> SocketAddr {
 
 impl Topology {
     /// Start PostgreSQL, Redis, `coordinators` coordinators and `gateways`
-    /// gateways, each behind its own proxies, and wait for a leader.
-    pub async fn start(coordinators: usize, gateways: usize) -> anyhow::Result<Topology> {
+    /// gateways, with links cut as `mode` says; `run` numbers this
+    /// process's runs (for namespace names).
+    pub async fn start(mode: Mode, run: u32, coordinators: usize, gateways: usize) -> anyhow::Result<Topology> {
         let dir = std::env::temp_dir().join(unique("pgws-chaos"));
         std::fs::create_dir_all(&dir)?;
+        let guard = DirGuard(dir.clone());
+        let net = match mode {
+            Mode::Netns => Some(Net::create(run, coordinators + gateways)?),
+            Mode::Proxy => None,
+        };
         let tls = ServerTls::new(&dir, &["localhost", "127.0.0.1"]);
-        let pg = PgServer::start(&tls, &dir.join("pg")).await;
-        let redis = RedisServer::start(&["--appendonly", "yes", "--appendfsync", "always"]).await;
+        let also: Vec<std::net::IpAddr> = net.iter().map(|n| n.pg.into()).collect();
+        let pg = PgServer::start_on(&tls, &dir.join("pg"), &also).await;
+        let mut redis_args = vec!["--appendonly".to_string(), "yes".into(), "--appendfsync".into(), "always".into()];
+        if let Some(n) = &net {
+            redis_args.extend(["--bind".into(), "127.0.0.1".into(), n.redis.to_string(), "--protected-mode".into(), "no".into()]);
+        }
+        let redis_args: Vec<&str> = redis_args.iter().map(String::as_str).collect();
+        let redis = RedisServer::start(&redis_args).await;
         let mut topo = Topology {
             prefix: unique("chaos"),
             listen_channel: unique("chaos-listen"),
@@ -87,57 +130,106 @@ impl Topology {
             redis,
             coordinators: Vec::new(),
             gateways: Vec::new(),
+            net,
             _tls: tls,
-            _dir: DirGuard(dir),
+            _dir: guard,
         };
-        for _ in 0..coordinators {
-            let slot = CoordinatorSlot {
-                redis: Proxy::start(loopback(topo.redis.port)).await?,
-                pg: Proxy::start(loopback(topo.pg.port)).await?,
-                server: None,
-                paused: false,
-                old_logs: Vec::new(),
+        for i in 0..coordinators {
+            let (redis, pg, host) = match &topo.net {
+                Some(n) => (None, None, Some(n.host(i).clone())),
+                None => (
+                    Some(Proxy::start(loopback(topo.redis.port)).await?),
+                    Some(Proxy::start(loopback(topo.pg.port)).await?),
+                    None,
+                ),
             };
-            topo.coordinators.push(slot);
-            let i = topo.coordinators.len() - 1;
+            topo.coordinators.push(CoordinatorSlot { redis, pg, host, server: None, paused: false, old_logs: Vec::new() });
             topo.start_coordinator(i).await;
         }
-        for _ in 0..gateways {
-            let redis = Proxy::start(loopback(topo.redis.port)).await?;
-            let server = Server::cluster_gateway(
-                &format!("redis://{}", redis.addr()),
-                &topo.prefix,
-                &topo.listen_channel,
-            )
-            .env("PGWS_LOG_LEVEL", "info")
-            .start()
-            .await;
-            topo.gateways.push(GatewaySlot { redis, server });
+        for g in 0..gateways {
+            let (proxy, host) = match &topo.net {
+                Some(n) => (None, Some(n.host(coordinators + g).clone())),
+                None => (Some(Proxy::start(loopback(topo.redis.port)).await?), None),
+            };
+            let redis_url = match &proxy {
+                Some(p) => format!("redis://{}", p.addr()),
+                None => topo.redis_url(),
+            };
+            let mut b = Server::cluster_gateway(&redis_url, &topo.prefix, &topo.listen_channel).env("PGWS_LOG_LEVEL", "info");
+            if let Some(h) = &host {
+                b = b
+                    .env("PGWS_HOST", h.addr.to_string())
+                    .env("PGWS_ADMIN_HOST", h.addr.to_string())
+                    .wrapped(h.wrapper());
+            }
+            let server = b.start().await;
+            topo.gateways.push(GatewaySlot { redis: proxy, server, host });
         }
         Ok(topo)
     }
 
-    /// Start coordinator `i`'s process (again) behind its proxies.
+    /// Redis as the pgws processes reach it without a proxy.
+    fn redis_url(&self) -> String {
+        match &self.net {
+            Some(n) => format!("redis://{}:{}", n.redis, self.redis.port),
+            None => format!("redis://127.0.0.1:{}", self.redis.port),
+        }
+    }
+
+    /// Start coordinator `i`'s process (again).
     pub async fn start_coordinator(&mut self, i: usize) {
         let slot = &self.coordinators[i];
+        let (pg_host, pg_port) = match (&slot.pg, &self.net) {
+            (Some(p), _) => ("127.0.0.1".to_string(), p.addr().port()),
+            (None, Some(n)) => (n.pg.to_string(), self.pg.port),
+            (None, None) => ("127.0.0.1".to_string(), self.pg.port),
+        };
         let uri = format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require connect_timeout=2",
-            slot.pg.addr().port()
+            "host={pg_host} port={pg_port} user=postgres dbname=postgres sslmode=require connect_timeout=2"
         );
-        let server = Server::coordinator(
-            &format!("redis://{}", slot.redis.addr()),
-            &self.prefix,
-            &self.listen_channel,
-        )
-        .env("PGWS_DB_URI", uri)
-        .env("PGWS_STANDBY_LISTEN", "true")
-        .env("PGWS_LEADER_TTL", TTL.as_millis().to_string())
-        .env("PGWS_LOG_LEVEL", "info")
-        .no_wait()
-        .start()
-        .await;
+        let redis_url = match &slot.redis {
+            Some(p) => format!("redis://{}", p.addr()),
+            None => self.redis_url(),
+        };
+        let mut b = Server::coordinator(&redis_url, &self.prefix, &self.listen_channel)
+            .env("PGWS_DB_URI", uri)
+            .env("PGWS_STANDBY_LISTEN", "true")
+            .env("PGWS_LEADER_TTL", TTL.as_millis().to_string())
+            .env("PGWS_LOG_LEVEL", "info")
+            .no_wait();
+        if let Some(h) = &slot.host {
+            b = b.env("PGWS_ADMIN_HOST", h.addr.to_string()).wrapped(h.wrapper());
+        }
+        let server = b.start().await;
         self.coordinators[i].server = Some(server);
         self.coordinators[i].paused = false;
+    }
+
+    /// Cut (`cut`) or heal one link.
+    pub fn cut(&self, link: Link, cut: bool) {
+        let (proxy, host, server) = match link {
+            Link::CoordinatorRedis(i) => (&self.coordinators[i].redis, &self.coordinators[i].host, self.net.as_ref().map(|n| n.redis)),
+            Link::CoordinatorPg(i) => (&self.coordinators[i].pg, &self.coordinators[i].host, self.net.as_ref().map(|n| n.pg)),
+            Link::GatewayRedis(g) => (&self.gateways[g].redis, &self.gateways[g].host, self.net.as_ref().map(|n| n.redis)),
+        };
+        if let Some(p) = proxy {
+            if cut {
+                p.partition()
+            } else {
+                p.heal()
+            }
+        }
+        if let (Some(net), Some(h), Some(server)) = (&self.net, host, server) {
+            let i = net.index_of(&h.ns);
+            if let Err(e) = net.cut(i, server, cut) {
+                eprintln!("pgws-chaos: {e}");
+            }
+        }
+    }
+
+    /// The namespaces, for the report (`None` in proxy mode).
+    pub fn net_description(&self) -> Option<String> {
+        self.net.as_ref().map(Net::describe)
     }
 
     /// `kill -9` coordinator `i` (its log is kept).
@@ -216,12 +308,12 @@ impl Topology {
     /// Every proxy healed, every paused process continued, every killed
     /// coordinator started again.
     pub async fn heal_all(&mut self) {
-        for g in &self.gateways {
-            g.redis.heal();
+        for g in 0..self.gateways.len() {
+            self.cut(Link::GatewayRedis(g), false);
         }
         for i in 0..self.coordinators.len() {
-            self.coordinators[i].redis.heal();
-            self.coordinators[i].pg.heal();
+            self.cut(Link::CoordinatorRedis(i), false);
+            self.cut(Link::CoordinatorPg(i), false);
             if self.coordinators[i].paused {
                 self.pause_coordinator(i, false).await;
             }

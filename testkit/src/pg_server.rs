@@ -81,6 +81,18 @@ fn command(owner: Option<(u32, u32)>, program: impl AsRef<std::ffi::OsStr>) -> C
     cmd
 }
 
+/// The /24 around an IPv4 address (its network address), or the IPv6
+/// address itself.
+fn network_of(addr: &std::net::IpAddr) -> String {
+    match addr {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0/24")
+        }
+        std::net::IpAddr::V6(v6) => format!("{v6}/128"),
+    }
+}
+
 /// Run a set-up tool to completion; panic with its stderr if it fails.
 fn run_checked(cmd: &mut Command, what: &str) {
     let out = cmd
@@ -113,6 +125,13 @@ impl ServerTls {
 impl PgServer {
     /// A new cluster with TLS from `tls`, started and ready.
     pub async fn start(tls: &ServerTls, base: &Path) -> PgServer {
+        PgServer::start_on(tls, base, &[]).await
+    }
+
+    /// [`PgServer::start`], listening on `also` besides loopback and
+    /// trusting `postgres` over TLS from each of them (a test's private
+    /// network, e.g. an address on a bridge to network namespaces).
+    pub async fn start_on(tls: &ServerTls, base: &Path, also: &[std::net::IpAddr]) -> PgServer {
         let owner = owner();
         std::fs::create_dir_all(base).expect("base dir");
         chown(base, owner);
@@ -134,11 +153,19 @@ impl PgServer {
              hostssl all certuser 127.0.0.1/32 cert\n\
              hostssl all pwuser 127.0.0.1/32 scram-sha-256\n\
              hostssl all all 127.0.0.1/32 trust\n\
-             hostssl replication all 127.0.0.1/32 trust\n",
+             hostssl replication all 127.0.0.1/32 trust\n"
+                .to_string()
+                + &also
+                    .iter()
+                    .map(|a| format!("hostssl all postgres {} trust\n", network_of(a)))
+                    .collect::<String>(),
         )
         .expect("pg_hba.conf");
+        let listen: Vec<String> = std::iter::once("127.0.0.1".to_string())
+            .chain(also.iter().map(|a| a.to_string()))
+            .collect();
         let settings = vec![
-            "listen_addresses=127.0.0.1".into(),
+            format!("listen_addresses={}", listen.join(",")),
             "fsync=off".into(),
             "full_page_writes=off".into(),
             "shared_buffers=8MB".into(),

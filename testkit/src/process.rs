@@ -47,9 +47,19 @@ pub struct ServerBuilder {
     wait_ready: bool,
     bin: std::path::PathBuf,
     public: bool,
+    /// A program and arguments the binary runs under (e.g. `ip netns exec
+    /// <ns>`, which execs it: the pid stays the binary's).
+    wrapper: Vec<String>,
 }
 
 impl ServerBuilder {
+    /// Run the binary under `wrapper` (absolute program path first), which
+    /// must exec it so that the pid is the server's (`ip netns exec <ns>`).
+    pub fn wrapped(mut self, wrapper: Vec<String>) -> Self {
+        self.wrapper = wrapper;
+        self
+    }
+
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.into(), value.into()));
@@ -78,7 +88,14 @@ impl ServerBuilder {
             "{} is missing: build the binaries first (`cargo build --workspace --bins`; scripts/test.sh does)",
             self.bin.display()
         );
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.bin);
+                cmd
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.env_clear()
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(&self.args)
@@ -178,6 +195,7 @@ impl Server {
             wait_ready: true,
             bin: binary("pgws-gateway"),
             public: true,
+            wrapper: Vec::new(),
         }
     }
 
@@ -213,6 +231,7 @@ impl Server {
             wait_ready: true,
             bin,
             public: false,
+            wrapper: Vec::new(),
         }
     }
 
