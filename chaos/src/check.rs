@@ -51,6 +51,9 @@ pub struct Verdict {
     /// Announced losses (v2 readers) by the faults in force when the lost
     /// notification was sent ("none" when no fault was).
     pub lost_during: BTreeMap<String, u64>,
+    /// Announced holes as v2 readers saw them, each once: channel, first
+    /// and last number missing, when they were sent, the epochs around.
+    pub holes: BTreeSet<(usize, u64, u64, String)>,
 }
 
 impl Verdict {
@@ -303,6 +306,18 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
                             for n in &missing {
                                 *v.lost_during.entry(during(o.faults, sent[ch][n].0)).or_default() += 1;
                             }
+                            let (first, last) = (missing[0], missing[missing.len() - 1]);
+                            v.holes.insert((
+                                ch,
+                                first,
+                                last,
+                                format!(
+                                    "sent {:.2}s–{:.2}s, epochs {prev_epoch} → {epoch}{}",
+                                    sent[ch][&first].0,
+                                    sent[ch][&last].0,
+                                    if told { " (told by recovered:false / a fresh subscription)" } else { "" }
+                                ),
+                            ));
                         } else {
                             v.violation(
                                 "v2: committed notification lost without a new epoch (silent loss)",

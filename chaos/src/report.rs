@@ -54,6 +54,10 @@ pub fn render(info: &RunInfo, v: &Verdict) -> String {
     for (during, n) in &v.lost_during {
         let _ = writeln!(out, "  {n:8}  {during}");
     }
+    let _ = writeln!(out, "\nannounced holes (channel: numbers, as v2 readers saw them; first 40):");
+    for (ch, first, last, what) in v.holes.iter().take(40) {
+        let _ = writeln!(out, "  {ch}: {first}–{last}  {what}");
+    }
     let _ = writeln!(out, "\nviolations:");
     if v.violations.is_empty() {
         let _ = writeln!(out, "  none");
