@@ -53,7 +53,7 @@ pub struct Verdict {
     pub lost_during: BTreeMap<String, u64>,
     /// Announced holes as v2 readers saw them, each once: channel, first
     /// and last number missing, when they were sent, the epochs around.
-    pub holes: BTreeSet<(usize, u64, u64, String)>,
+    pub holes: BTreeMap<(usize, u64, u64), String>,
 }
 
 impl Verdict {
@@ -307,17 +307,14 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
                                 *v.lost_during.entry(during(o.faults, sent[ch][n].0)).or_default() += 1;
                             }
                             let (first, last) = (missing[0], missing[missing.len() - 1]);
-                            v.holes.insert((
-                                ch,
-                                first,
-                                last,
+                            v.holes.entry((ch, first, last)).or_insert_with(|| {
                                 format!(
                                     "sent {:.2}s–{:.2}s, epochs {prev_epoch} → {epoch}{}",
                                     sent[ch][&first].0,
                                     sent[ch][&last].0,
                                     if told { " (told by recovered:false / a fresh subscription)" } else { "" }
-                                ),
-                            ));
+                                )
+                            });
                         } else {
                             v.violation(
                                 "v2: committed notification lost without a new epoch (silent loss)",

@@ -161,6 +161,10 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
     };
     let mut topo = topology::Topology::start(mode, run, coordinators, gateways).await?;
     let clock = Clock(Instant::now());
+    let epoch_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     let channels: Vec<String> = (0..args.channels)
         .map(|i| pgws_testkit::unique(&format!("chaos-ch{i}")))
         .collect();
@@ -268,6 +272,7 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
         nemesis_secs,
         total_secs: clock.now(),
         faults: &faults,
+        epoch_unix,
     };
     let text = report::render(&info, &verdict);
     if !verdict.ok() {

@@ -20,6 +20,9 @@ pub struct RunInfo<'a> {
     pub total_secs: f64,
     /// Faults.
     pub faults: &'a [Injected],
+    /// The wall-clock time (Unix seconds) of run time 0, to line the report
+    /// up with the processes' logs.
+    pub epoch_unix: f64,
 }
 
 /// The report's text.
@@ -29,7 +32,7 @@ pub fn render(info: &RunInfo, v: &Verdict) -> String {
     let _ = writeln!(out, "pgws chaos run — seed {} — {verdict}", info.seed);
     let _ = writeln!(out, "mode: {}", info.mode);
     let _ = writeln!(out, "topology: {}", info.topology);
-    let _ = writeln!(out, "nemesis {:.0} s, run {:.0} s", info.nemesis_secs, info.total_secs);
+    let _ = writeln!(out, "nemesis {:.0} s, run {:.0} s; run time 0 = Unix time {:.3}", info.nemesis_secs, info.total_secs, info.epoch_unix);
     let _ = writeln!(out, "\nfaults ({}):", info.faults.len());
     for f in info.faults {
         let _ = writeln!(out, "  {f}");
@@ -55,7 +58,7 @@ pub fn render(info: &RunInfo, v: &Verdict) -> String {
         let _ = writeln!(out, "  {n:8}  {during}");
     }
     let _ = writeln!(out, "\nannounced holes (channel: numbers, as v2 readers saw them; first 40):");
-    for (ch, first, last, what) in v.holes.iter().take(40) {
+    for ((ch, first, last), what) in v.holes.iter().take(40) {
         let _ = writeln!(out, "  {ch}: {first}–{last}  {what}");
     }
     let _ = writeln!(out, "\nviolations:");
