@@ -98,8 +98,14 @@ pub fn check(o: &Observed) -> Verdict {
         .map(|s| s.iter().map(|x| (x.num, (x.at, x.committed))).collect())
         .collect();
     for s in o.sent {
-        v.count("notifications committed", s.iter().filter(|x| x.committed).count() as u64);
-        v.count("notifications ambiguous (connection lost)", s.iter().filter(|x| !x.committed).count() as u64);
+        v.count(
+            "notifications committed",
+            s.iter().filter(|x| x.committed).count() as u64,
+        );
+        v.count(
+            "notifications ambiguous (connection lost)",
+            s.iter().filter(|x| !x.committed).count() as u64,
+        );
     }
     let positions = positions(o, &mut v);
     let terms = leadership(o, &mut v);
@@ -121,8 +127,14 @@ fn positions(o: &Observed, v: &mut Verdict) -> Positions {
     let mut offered: Vec<Vec<Offered>> = vec![Vec::new(); o.sent.len()];
     for log in o.v2 {
         for e in &log.events {
-            if let V2Event::Message { epoch, offset, num, .. } = e {
-                out[log.channel].entry(*num).or_default().insert((epoch.clone(), *offset));
+            if let V2Event::Message {
+                epoch, offset, num, ..
+            } = e
+            {
+                out[log.channel]
+                    .entry(*num)
+                    .or_default()
+                    .insert((epoch.clone(), *offset));
                 offered[log.channel].push(Offered {
                     epoch: epoch.clone(),
                     offset: *offset,
@@ -141,7 +153,10 @@ fn positions(o: &Observed, v: &mut Verdict) -> Positions {
             );
         }
         for _ in FIRST.min(n)..n {
-            v.violation("v2 offset reused for two payloads (live vs recovered views differ)", String::new());
+            v.violation(
+                "v2 offset reused for two payloads (live vs recovered views differ)",
+                String::new(),
+            );
         }
     }
     for (ch, map) in out.iter().enumerate() {
@@ -176,12 +191,28 @@ fn leadership(o: &Observed, v: &mut Verdict) -> BTreeSet<u64> {
     }
     v.count("leader terms", won.len() as u64);
     for (needle, what) in [
-        ("took over where the predecessor stopped", "takeovers gapless (coordinator logs)"),
-        ("took over with a gap", "takeovers with a reported gap (coordinator logs)"),
-        ("lease lapsed", "leases lapsed before renewal (coordinator logs)"),
-        ("the fencing epoch moved on", "batches refused as deposed (coordinator logs)"),
+        (
+            "took over where the predecessor stopped",
+            "takeovers gapless (coordinator logs)",
+        ),
+        (
+            "took over with a gap",
+            "takeovers with a reported gap (coordinator logs)",
+        ),
+        (
+            "lease lapsed",
+            "leases lapsed before renewal (coordinator logs)",
+        ),
+        (
+            "the fencing epoch moved on",
+            "batches refused as deposed (coordinator logs)",
+        ),
     ] {
-        let n = o.coordinator_logs.iter().map(|l| l.matches(needle).count() as u64).sum();
+        let n = o
+            .coordinator_logs
+            .iter()
+            .map(|l| l.matches(needle).count() as u64)
+            .sum();
         v.count(what, n);
     }
     won.into_keys().collect()
@@ -213,7 +244,14 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
     let mut newest_term: Option<(u64, u64, u64)> = None; // base, term, session
     for e in &log.events {
         match e {
-            V2Event::Subscribed { at, since, epoch, offset, recovered, replayed } => {
+            V2Event::Subscribed {
+                at,
+                since,
+                epoch,
+                offset,
+                recovered,
+                replayed,
+            } => {
                 v.count("v2 subscriptions", 1);
                 if let Some((epoch0, left, ..)) = replay.take().map(|r| (r.0, r.2)) {
                     if left > 0 {
@@ -252,7 +290,12 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
                     v.count("v2 live offset gaps (visible, recovered)", 1);
                 }
             }
-            V2Event::Message { at, epoch, offset, num } => {
+            V2Event::Message {
+                at,
+                epoch,
+                offset,
+                num,
+            } => {
                 v.count("v2 deliveries checked", 1);
                 if let Some((ep, next, left, _)) = replay.as_mut() {
                     if *left > 0 {
@@ -267,7 +310,11 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
                     }
                 }
                 if let Some(parsed) = Epoch::parse(epoch) {
-                    let key = (parsed.base, parsed.continuity.term, parsed.continuity.session);
+                    let key = (
+                        parsed.base,
+                        parsed.continuity.term,
+                        parsed.continuity.session,
+                    );
                     if !terms.contains(&parsed.continuity.term) {
                         v.violation(
                             "message of a term no coordinator led",
@@ -287,24 +334,40 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
                     }
                 }
                 if !sent[ch].contains_key(num) {
-                    v.violation("received but never sent", format!("{who} at {at:.2}s: number {num}"));
+                    v.violation(
+                        "received but never sent",
+                        format!("{who} at {at:.2}s: number {num}"),
+                    );
                     continue;
                 }
                 if !seen.insert(*num) {
-                    v.violation("duplicated delivery", format!("{who} at {at:.2}s: number {num} at {epoch}/{offset} again"));
+                    v.violation(
+                        "duplicated delivery",
+                        format!("{who} at {at:.2}s: number {num} at {epoch}/{offset} again"),
+                    );
                     continue;
                 }
                 if let Some((prev, prev_epoch, prev_at)) = &last {
                     if num < prev {
-                        v.violation("reordered delivery", format!("{who} at {at:.2}s: number {num} after {prev}"));
+                        v.violation(
+                            "reordered delivery",
+                            format!("{who} at {at:.2}s: number {num} after {prev}"),
+                        );
                         continue;
                     }
-                    let missing: Vec<u64> = (prev + 1..*num).filter(|n| committed(&sent[ch], *n)).collect();
+                    let missing: Vec<u64> = (prev + 1..*num)
+                        .filter(|n| committed(&sent[ch], *n))
+                        .collect();
                     if !missing.is_empty() {
                         if told || prev_epoch != epoch {
-                            v.expect("v2: lost, announced by a new epoch or recovered:false", missing.len() as u64);
+                            v.expect(
+                                "v2: lost, announced by a new epoch or recovered:false",
+                                missing.len() as u64,
+                            );
                             for n in &missing {
-                                *v.lost_during.entry(during(o.faults, sent[ch][n].0)).or_default() += 1;
+                                *v.lost_during
+                                    .entry(during(o.faults, sent[ch][n].0))
+                                    .or_default() += 1;
                             }
                             let (first, last) = (missing[0], missing[missing.len() - 1]);
                             v.holes.entry((ch, first, last)).or_insert_with(|| {
@@ -312,7 +375,11 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
                                     "sent {:.2}s–{:.2}s, epochs {prev_epoch} → {epoch}{}",
                                     sent[ch][&first].0,
                                     sent[ch][&last].0,
-                                    if told { " (told by recovered:false / a fresh subscription)" } else { "" }
+                                    if told {
+                                        " (told by recovered:false / a fresh subscription)"
+                                    } else {
+                                        ""
+                                    }
                                 )
                             });
                         } else {
@@ -354,20 +421,37 @@ fn during(faults: &[Injected], at: f64) -> String {
 
 /// After everything healed and a leader was elected, every committed
 /// notification sent from `tail_from` on must reach every reader.
-fn tail(who: &str, ch: usize, last: Option<u64>, sent: &SentIndex, v: &mut Verdict, tail_from: f64) {
+fn tail(
+    who: &str,
+    ch: usize,
+    last: Option<u64>,
+    sent: &SentIndex,
+    v: &mut Verdict,
+    tail_from: f64,
+) {
     let after = last.unwrap_or(0);
     let missed: Vec<u64> = sent[ch]
         .iter()
         .filter(|(n, (at, ok))| *ok && *at >= tail_from && **n > after)
         .map(|(n, _)| *n)
         .collect();
-    v.count("tail notifications checked", sent[ch].values().filter(|(at, ok)| *ok && *at >= tail_from).count() as u64);
+    v.count(
+        "tail notifications checked",
+        sent[ch]
+            .values()
+            .filter(|(at, ok)| *ok && *at >= tail_from)
+            .count() as u64,
+    );
     if !missed.is_empty() {
         let mut missed = missed;
         missed.sort_unstable();
         v.violation(
             "no delivery after every fault healed",
-            format!("{who}: last received {after}; {} tail notifications missing from {}", missed.len(), missed[0]),
+            format!(
+                "{who}: last received {after}; {} tail notifications missing from {}",
+                missed.len(),
+                missed[0]
+            ),
         );
     }
 }
@@ -382,16 +466,25 @@ fn check_v1(log: &V1Log, sent: &SentIndex, positions: &Positions, o: &Observed, 
     for &(num, at) in &log.got {
         v.count("v1 deliveries checked", 1);
         if !sent[ch].contains_key(&num) {
-            v.violation("received but never sent", format!("{who} at {at:.2}s: number {num}"));
+            v.violation(
+                "received but never sent",
+                format!("{who} at {at:.2}s: number {num}"),
+            );
             continue;
         }
         if !seen.insert(num) {
-            v.violation("duplicated delivery", format!("{who} at {at:.2}s: number {num} again"));
+            v.violation(
+                "duplicated delivery",
+                format!("{who} at {at:.2}s: number {num} again"),
+            );
             continue;
         }
         if let Some((prev, prev_at)) = last {
             if num < prev {
-                v.violation("reordered delivery", format!("{who} at {at:.2}s: number {num} after {prev}"));
+                v.violation(
+                    "reordered delivery",
+                    format!("{who} at {at:.2}s: number {num} after {prev}"),
+                );
                 continue;
             }
             for n in (prev + 1..num).filter(|n| committed(&sent[ch], *n)) {
@@ -412,14 +505,25 @@ fn check_v1(log: &V1Log, sent: &SentIndex, positions: &Positions, o: &Observed, 
 /// Why a v1 reader may have missed `n`: it was never published and the
 /// sequence says so (a new epoch around it), or the reader's gateway could
 /// not hear Redis then, or the reader had no socket. `None`: no reason.
-fn v1_loss_reason(log: &V1Log, n: u64, sent: &SentIndex, positions: &Positions, o: &Observed) -> Option<&'static str> {
+fn v1_loss_reason(
+    log: &V1Log,
+    n: u64,
+    sent: &SentIndex,
+    positions: &Positions,
+    o: &Observed,
+) -> Option<&'static str> {
     let ch = log.channel;
     let at = sent[ch][&n].0;
     if !positions[ch].contains_key(&n) {
         let before = (1..n).rev().find_map(|k| positions[ch].get(&k));
         let after = (n + 1..=sent[ch].len() as u64).find_map(|k| positions[ch].get(&k));
-        return match (before.and_then(|s| s.first()), after.and_then(|s| s.first())) {
-            (Some(b), Some(a)) if b.0 != a.0 => Some("v1: never published, a hole the epoch announces"),
+        return match (
+            before.and_then(|s| s.first()),
+            after.and_then(|s| s.first()),
+        ) {
+            (Some(b), Some(a)) if b.0 != a.0 => {
+                Some("v1: never published, a hole the epoch announces")
+            }
             (None, _) | (_, None) => Some("v1: never published, at the edge of the run"),
             _ => None,
         };
@@ -435,7 +539,11 @@ fn v1_loss_reason(log: &V1Log, n: u64, sent: &SentIndex, positions: &Positions, 
     if outage {
         return Some("v1: published while its gateway could not hear Redis");
     }
-    if log.down.iter().any(|(from, to)| at >= from - 1.0 && at <= to + 1.0) {
+    if log
+        .down
+        .iter()
+        .any(|(from, to)| at >= from - 1.0 && at <= to + 1.0)
+    {
         return Some("v1: published while the reader had no socket");
     }
     None
@@ -451,14 +559,18 @@ fn check_writes(o: &Observed, v: &mut Verdict) {
     }
     for w in o.writers {
         v.count("writes acknowledged", w.acked.len() as u64);
-        v.count("writes not acknowledged (error or socket lost)", w.unacked as u64);
+        v.count(
+            "writes not acknowledged (error or socket lost)",
+            w.unacked as u64,
+        );
         for (payload, at) in &w.acked {
             match seen.get(payload.as_str()) {
                 Some(1) => {}
                 Some(_) => v.expect("writes: NOTIFYed more than once (at least once)", 1),
-                None if o.recorder.blind.iter().any(|(_, to)| to >= at) => {
-                    v.expect("writes: unverifiable (the recorder's LISTEN was down after the ack)", 1)
-                }
+                None if o.recorder.blind.iter().any(|(_, to)| to >= at) => v.expect(
+                    "writes: unverifiable (the recorder's LISTEN was down after the ack)",
+                    1,
+                ),
                 None => v.violation(
                     "acknowledged write never became a NOTIFY",
                     format!("gateway {}: {payload} acknowledged at {at:.2}s", w.gateway),
@@ -473,14 +585,31 @@ mod tests {
     use super::*;
 
     fn sent(n: u64) -> Vec<Sent> {
-        (1..=n).map(|num| Sent { num, at: num as f64, committed: true }).collect()
+        (1..=n)
+            .map(|num| Sent {
+                num,
+                at: num as f64,
+                committed: true,
+            })
+            .collect()
     }
 
     fn msg(epoch: &str, offset: u64, num: u64) -> V2Event {
-        V2Event::Message { at: num as f64, epoch: epoch.into(), offset, num }
+        V2Event::Message {
+            at: num as f64,
+            epoch: epoch.into(),
+            offset,
+            num,
+        }
     }
 
-    fn sub(since: Option<(&str, u64)>, epoch: &str, offset: u64, recovered: Option<bool>, replayed: u64) -> V2Event {
+    fn sub(
+        since: Option<(&str, u64)>,
+        epoch: &str,
+        offset: u64,
+        recovered: Option<bool>,
+        replayed: u64,
+    ) -> V2Event {
         V2Event::Subscribed {
             at: 0.0,
             since: since.map(|(e, o)| (e.into(), o)),
@@ -492,12 +621,19 @@ mod tests {
     }
 
     fn leader_log(epochs: &[u64]) -> String {
-        epochs.iter().map(|e| format!("INFO became leader epoch={e} node=x\n")).collect()
+        epochs
+            .iter()
+            .map(|e| format!("INFO became leader epoch={e} node=x\n"))
+            .collect()
     }
 
     fn run(events: Vec<V2Event>, n: u64) -> Verdict {
         let s = vec![sent(n)];
-        let v2 = vec![V2Log { gateway: 0, channel: 0, events }];
+        let v2 = vec![V2Log {
+            gateway: 0,
+            channel: 0,
+            events,
+        }];
         let logs = vec![leader_log(&[1, 2])];
         check(&Observed {
             sent: &s,
@@ -513,38 +649,84 @@ mod tests {
 
     #[test]
     fn a_clean_v2_history_passes() {
-        let v = run(vec![sub(None, "1.1.1", 0, None, 0), msg("1.1.1", 1, 1), msg("1.1.1", 2, 2), msg("1.1.1", 3, 3)], 3);
+        let v = run(
+            vec![
+                sub(None, "1.1.1", 0, None, 0),
+                msg("1.1.1", 1, 1),
+                msg("1.1.1", 2, 2),
+                msg("1.1.1", 3, 3),
+            ],
+            3,
+        );
         assert!(v.ok(), "{v:?}");
     }
 
     #[test]
     fn a_silent_loss_fails_and_an_announced_one_does_not() {
-        let v = run(vec![sub(None, "1.1.1", 0, None, 0), msg("1.1.1", 1, 1), msg("1.1.1", 2, 3)], 3);
+        let v = run(
+            vec![
+                sub(None, "1.1.1", 0, None, 0),
+                msg("1.1.1", 1, 1),
+                msg("1.1.1", 2, 3),
+            ],
+            3,
+        );
         assert_eq!(v.violations.len(), 1, "{v:?}");
-        let v = run(vec![sub(None, "1.1.1", 0, None, 0), msg("1.1.1", 1, 1), msg("1.2.1", 2, 3)], 3);
+        let v = run(
+            vec![
+                sub(None, "1.1.1", 0, None, 0),
+                msg("1.1.1", 1, 1),
+                msg("1.2.1", 2, 3),
+            ],
+            3,
+        );
         assert!(v.ok(), "{v:?}");
         assert_eq!(v.expected.values().sum::<u64>(), 1);
     }
 
     #[test]
     fn an_inexact_recovery_and_an_old_term_after_a_new_one_fail() {
-        let v = run(vec![
-            sub(None, "1.1.1", 0, None, 0),
-            msg("1.1.1", 1, 1),
-            V2Event::Down { at: 1.0, why: "planned reconnect".into() },
-            sub(Some(("1.1.1", 1)), "1.1.1", 3, Some(true), 2),
-            msg("1.1.1", 3, 3),
-        ], 3);
-        assert!(v.violations.contains_key("v2 recovered:true that is not exactly the missing range"), "{v:?}");
-        let v = run(vec![sub(None, "1.2.1", 0, None, 0), msg("1.2.1", 1, 1), msg("1.1.1", 2, 2)], 2);
+        let v = run(
+            vec![
+                sub(None, "1.1.1", 0, None, 0),
+                msg("1.1.1", 1, 1),
+                V2Event::Down {
+                    at: 1.0,
+                    why: "planned reconnect".into(),
+                },
+                sub(Some(("1.1.1", 1)), "1.1.1", 3, Some(true), 2),
+                msg("1.1.1", 3, 3),
+            ],
+            3,
+        );
+        assert!(
+            v.violations
+                .contains_key("v2 recovered:true that is not exactly the missing range"),
+            "{v:?}"
+        );
+        let v = run(
+            vec![
+                sub(None, "1.2.1", 0, None, 0),
+                msg("1.2.1", 1, 1),
+                msg("1.1.1", 2, 2),
+            ],
+            2,
+        );
         assert!(v.violations.keys().any(|k| k.contains("fenced")), "{v:?}");
     }
 
     #[test]
     fn two_leaders_in_one_epoch_and_an_unacknowledged_loss_of_a_write_fail() {
         let logs = vec![leader_log(&[5]), leader_log(&[5])];
-        let writers = vec![WriterLog { gateway: 0, acked: vec![("w0-1".into(), 1.0), ("w0-2".into(), 2.0)], unacked: 0 }];
-        let recorder = RecorderLog { seen: vec![("w0-1".into(), 1.5)], blind: vec![(0.0, 0.5)] };
+        let writers = vec![WriterLog {
+            gateway: 0,
+            acked: vec![("w0-1".into(), 1.0), ("w0-2".into(), 2.0)],
+            unacked: 0,
+        }];
+        let recorder = RecorderLog {
+            seen: vec![("w0-1".into(), 1.5)],
+            blind: vec![(0.0, 0.5)],
+        };
         let v = check(&Observed {
             sent: &[],
             v1: &[],
@@ -555,7 +737,13 @@ mod tests {
             coordinator_logs: &logs,
             tail_from: 1e9,
         });
-        assert_eq!(v.violations.get("two leaders in one fencing epoch"), Some(&1));
-        assert_eq!(v.violations.get("acknowledged write never became a NOTIFY"), Some(&1));
+        assert_eq!(
+            v.violations.get("two leaders in one fencing epoch"),
+            Some(&1)
+        );
+        assert_eq!(
+            v.violations.get("acknowledged write never became a NOTIFY"),
+            Some(&1)
+        );
     }
 }

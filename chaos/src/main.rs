@@ -68,7 +68,10 @@ impl Args {
     fn kinds(&self) -> anyhow::Result<Vec<nemesis::Kind>> {
         self.kinds
             .iter()
-            .map(|k| nemesis::Kind::by_name(k).ok_or_else(|| anyhow::anyhow!("--kinds: no fault kind {k:?}")))
+            .map(|k| {
+                nemesis::Kind::by_name(k)
+                    .ok_or_else(|| anyhow::anyhow!("--kinds: no fault kind {k:?}"))
+            })
             .collect()
     }
 }
@@ -94,10 +97,20 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.plan {
         for seed in seeds {
-            let steps = nemesis::schedule(&mut rng::Rng::new(seed), Duration::from_secs(args.duration), &args.kinds()?);
+            let steps = nemesis::schedule(
+                &mut rng::Rng::new(seed),
+                Duration::from_secs(args.duration),
+                &args.kinds()?,
+            );
             let kinds: Vec<String> = steps
                 .iter()
-                .map(|s| s.kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" + "))
+                .map(|s| {
+                    s.kinds
+                        .iter()
+                        .map(|k| k.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" + ")
+                })
                 .collect();
             println!("seed {seed}: {}", kinds.join(" | "));
         }
@@ -107,7 +120,12 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let seed = match (queue.next(), args.campaign) {
             (Some(s), _) => s,
-            (None, Some(secs)) if started.elapsed() + Duration::from_secs(args.duration + 30) < Duration::from_secs(secs) => random_seed(),
+            (None, Some(secs))
+                if started.elapsed() + Duration::from_secs(args.duration + 30)
+                    < Duration::from_secs(secs) =>
+            {
+                random_seed()
+            }
             _ => break,
         };
         runs += 1;
@@ -139,7 +157,10 @@ async fn main() -> anyhow::Result<()> {
 /// Resolves on SIGINT or SIGTERM.
 async fn interrupted() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -179,19 +200,48 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
     for (g, slot) in topo.gateways.iter().enumerate() {
         let base = format!("ws://{}", slot.server.addr);
         for (c, name) in channels.iter().enumerate() {
-            v1.push(tokio::spawn(workload::v1_reader(base.clone(), g, (c, name.clone()), clock, stop.clone())));
+            v1.push(tokio::spawn(workload::v1_reader(
+                base.clone(),
+                g,
+                (c, name.clone()),
+                clock,
+                stop.clone(),
+            )));
             let reader_seed = seed.wrapping_mul(31).wrapping_add((g * 16 + c) as u64);
-            v2.push(tokio::spawn(workload::v2_reader(base.clone(), g, (c, name.clone()), reader_seed, clock, stop.clone())));
+            v2.push(tokio::spawn(workload::v2_reader(
+                base.clone(),
+                g,
+                (c, name.clone()),
+                reader_seed,
+                clock,
+                stop.clone(),
+            )));
         }
         let wchannel = pgws_testkit::unique("chaos-writes");
-        writers.push(tokio::spawn(workload::writer(base, g, wchannel, Duration::from_millis(50), clock, writers_stop.clone())));
+        writers.push(tokio::spawn(workload::writer(
+            base,
+            g,
+            wchannel,
+            Duration::from_millis(50),
+            clock,
+            writers_stop.clone(),
+        )));
     }
-    let recorder = tokio::spawn(workload::recorder(topo.direct_conninfo(), topo.listen_channel.clone(), clock, stop.clone()));
+    let recorder = tokio::spawn(workload::recorder(
+        topo.direct_conninfo(),
+        topo.listen_channel.clone(),
+        clock,
+        stop.clone(),
+    ));
     // Readers subscribe before the first notification.
     for g in &topo.gateways {
-        g.server.wait_metric("pgws_redis_subscriptions", args.channels as f64).await;
+        g.server
+            .wait_metric("pgws_redis_subscriptions", args.channels as f64)
+            .await;
     }
-    topo.wait_leader(Duration::from_secs(30)).await.context("no leader at the start")?;
+    topo.wait_leader(Duration::from_secs(30))
+        .await
+        .context("no leader at the start")?;
     let (notifier_stop_tx, notifier_stop) = watch::channel(false);
     let notifier = tokio::spawn(workload::notifier(
         topo.direct_conninfo(),
@@ -237,7 +287,9 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
         v2_logs.push(h.await.context("v2 reader")?);
     }
     let recorder = recorder.await.context("recorder")?;
-    let logs: Vec<String> = (0..coordinators).map(|i| topo.coordinator_logs(i)).collect();
+    let logs: Vec<String> = (0..coordinators)
+        .map(|i| topo.coordinator_logs(i))
+        .collect();
     let mut stale = 0.0;
     for g in &topo.gateways {
         stale += g.server.metric("pgws_bus_stale_dropped_total").await;
@@ -252,7 +304,10 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
         coordinator_logs: &logs,
         tail_from,
     });
-    verdict.checked.insert("gateway drops of a deposed leader's messages (pgws_bus_stale_dropped_total)", stale as u64);
+    verdict.checked.insert(
+        "gateway drops of a deposed leader's messages (pgws_bus_stale_dropped_total)",
+        stale as u64,
+    );
     if leader.is_none() {
         verdict_no_leader(&mut verdict);
     }
@@ -286,5 +341,8 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
 }
 
 fn verdict_no_leader(v: &mut check::Verdict) {
-    v.violation_public("no single leader 30 s after every fault healed", String::new());
+    v.violation_public(
+        "no single leader 30 s after every fault healed",
+        String::new(),
+    );
 }

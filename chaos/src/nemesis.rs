@@ -55,7 +55,10 @@ impl Kind {
 
     /// Whether the fault targets the leader (two such are never combined).
     fn on_leader(self) -> bool {
-        matches!(self, Kind::IsolateLeader | Kind::PauseLeader | Kind::KillLeader)
+        matches!(
+            self,
+            Kind::IsolateLeader | Kind::PauseLeader | Kind::KillLeader
+        )
     }
 
     /// Whether the fault restarts a shared server (never combined with
@@ -166,7 +169,9 @@ pub fn schedule(rng: &mut Rng, total: Duration, kinds: &[Kind]) -> Vec<Step> {
         let pause = kinds.contains(&Kind::PauseLeader);
         let hold = if pause {
             // Longer than the lock ttl: 1.5–3 ttl.
-            Duration::from_millis(rng.range(TTL.as_millis() as u64 * 3 / 2, TTL.as_millis() as u64 * 3))
+            Duration::from_millis(
+                rng.range(TTL.as_millis() as u64 * 3 / 2, TTL.as_millis() as u64 * 3),
+            )
         } else {
             Duration::from_millis(rng.range(1000, 5000))
         };
@@ -198,9 +203,21 @@ async fn inject(
     match kind {
         Kind::CoordinatorRedis | Kind::CoordinatorPg => {
             let i = if rng.below(2) == 0 { leader } else { other };
-            let link = if kind == Kind::CoordinatorRedis { Link::CoordinatorRedis(i) } else { Link::CoordinatorPg(i) };
+            let link = if kind == Kind::CoordinatorRedis {
+                Link::CoordinatorRedis(i)
+            } else {
+                Link::CoordinatorPg(i)
+            };
             topo.cut(link, true);
-            (Undo::Links(vec![link]), Some(i), if i == leader { "the leader" } else { "a standby" })
+            (
+                Undo::Links(vec![link]),
+                Some(i),
+                if i == leader {
+                    "the leader"
+                } else {
+                    "a standby"
+                },
+            )
         }
         Kind::AllCoordinatorsPg => {
             let links: Vec<Link> = (0..n).map(Link::CoordinatorPg).collect();
@@ -236,7 +253,11 @@ async fn inject(
         Kind::RestartPg => {
             let immediate = rng.below(2) == 0;
             topo.pg.stop_with(immediate).await;
-            (Undo::StartPg, None, if immediate { "immediate" } else { "fast" })
+            (
+                Undo::StartPg,
+                None,
+                if immediate { "immediate" } else { "fast" },
+            )
         }
         Kind::RestartRedis => {
             topo.redis.stop();
@@ -264,7 +285,12 @@ async fn heal(topo: &mut Topology, undo: Undo) {
 }
 
 /// Run `steps` against `topo`; every fault as injected.
-pub async fn run(topo: &mut Topology, steps: &[Step], rng: &mut Rng, clock: Clock) -> Vec<Injected> {
+pub async fn run(
+    topo: &mut Topology,
+    steps: &[Step],
+    rng: &mut Rng,
+    clock: Clock,
+) -> Vec<Injected> {
     let mut log = Vec::new();
     for step in steps {
         let leader = match topo.leaders().await.as_slice() {
@@ -280,7 +306,13 @@ pub async fn run(topo: &mut Topology, steps: &[Step], rng: &mut Rng, clock: Cloc
         tokio::time::sleep(step.hold).await;
         for (u, kind, target, detail) in undo {
             heal(topo, u).await;
-            let injected = Injected { kind, target, detail, start, end: clock.now() };
+            let injected = Injected {
+                kind,
+                target,
+                detail,
+                start,
+                end: clock.now(),
+            };
             eprintln!("nemesis: {injected}");
             log.push(injected);
         }
@@ -309,7 +341,10 @@ mod tests {
             }
         }
         for kind in Kind::ALL {
-            assert!(a.iter().any(|s| s.kinds.contains(&kind)), "{kind} never scheduled");
+            assert!(
+                a.iter().any(|s| s.kinds.contains(&kind)),
+                "{kind} never scheduled"
+            );
         }
     }
 }

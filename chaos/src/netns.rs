@@ -44,7 +44,6 @@ pub fn available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-
 /// One process's namespace.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -76,7 +75,11 @@ fn sweep() {
     let alive = |pid: &str| std::path::Path::new(&format!("/proc/{pid}")).exists();
     let pid_of = |name: &str| -> Option<String> {
         let rest = name.strip_prefix("pgc")?;
-        Some(rest.split(|c: char| !c.is_ascii_digit()).next()?.to_string())
+        Some(
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .to_string(),
+        )
     };
     if let Ok(out) = Command::new(IP).args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -86,7 +89,10 @@ fn sweep() {
             }
         }
     }
-    if let Ok(out) = Command::new(IP).args(["-o", "link", "show", "type", "bridge"]).output() {
+    if let Ok(out) = Command::new(IP)
+        .args(["-o", "link", "show", "type", "bridge"])
+        .output()
+    {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let name = line.split(':').nth(1).unwrap_or_default().trim();
             if pid_of(name).is_some_and(|p| !p.is_empty() && !alive(&p)) {
@@ -98,7 +104,9 @@ fn sweep() {
 
 /// A /24 under 10.199 that no interface uses yet.
 fn free_subnet(seed: u32) -> anyhow::Result<u8> {
-    let out = Command::new(IP).args(["-o", "-4", "addr", "show"]).output()?;
+    let out = Command::new(IP)
+        .args(["-o", "-4", "addr", "show"])
+        .output()?;
     let used = String::from_utf8_lossy(&out.stdout).to_string();
     for k in 0..250u32 {
         let x = ((seed + k) % 250 + 1) as u8;
@@ -123,10 +131,20 @@ impl Net {
             redis: Ipv4Addr::new(10, 199, x, 3),
             hosts: Vec::new(),
         };
-        anyhow::ensure!(net.bridge.len() <= 15, "interface name {} too long", net.bridge);
+        anyhow::ensure!(
+            net.bridge.len() <= 15,
+            "interface name {} too long",
+            net.bridge
+        );
         ip(&["link", "add", &net.bridge, "type", "bridge"])?;
         for last in [1, 2, 3] {
-            ip(&["addr", "add", &format!("10.199.{x}.{last}/24"), "dev", &net.bridge])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("10.199.{x}.{last}/24"),
+                "dev",
+                &net.bridge,
+            ])?;
         }
         ip(&["link", "set", &net.bridge, "up"])?;
         for h in 0..hosts {
@@ -136,13 +154,34 @@ impl Net {
             anyhow::ensure!(outer.len() <= 15, "interface name {outer} too long");
             let addr = Ipv4Addr::new(10, 199, x, 10 + h as u8);
             ip(&["netns", "add", &ns])?;
-            net.hosts.push(Host { ns: ns.clone(), addr });
-            ip(&["link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            net.hosts.push(Host {
+                ns: ns.clone(),
+                addr,
+            });
+            ip(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])?;
             ip(&["link", "set", &outer, "master", &net.bridge, "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &ns, "route", "add", "default", "via", &format!("10.199.{x}.1")])?;
+            ip(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.199.{x}.1"),
+            ])?;
         }
         Ok(net)
     }
@@ -154,13 +193,20 @@ impl Net {
 
     /// The index of the host with namespace `ns`.
     pub fn index_of(&self, ns: &str) -> usize {
-        self.hosts.iter().position(|h| h.ns == ns).unwrap_or(usize::MAX)
+        self.hosts
+            .iter()
+            .position(|h| h.ns == ns)
+            .unwrap_or(usize::MAX)
     }
 
     /// Cut (or heal) host `i`'s traffic to `server`: a blackhole route in
     /// its namespace.
     pub fn cut(&self, i: usize, server: Ipv4Addr, cut: bool) -> anyhow::Result<()> {
-        let ns = &self.hosts.get(i).ok_or_else(|| anyhow::anyhow!("no host {i}"))?.ns;
+        let ns = &self
+            .hosts
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("no host {i}"))?
+            .ns;
         let dest = format!("{server}/32");
         if cut {
             ip(&["-n", ns, "route", "replace", "blackhole", &dest])

@@ -32,7 +32,11 @@ pub fn render(info: &RunInfo, v: &Verdict) -> String {
     let _ = writeln!(out, "pgws chaos run — seed {} — {verdict}", info.seed);
     let _ = writeln!(out, "mode: {}", info.mode);
     let _ = writeln!(out, "topology: {}", info.topology);
-    let _ = writeln!(out, "nemesis {:.0} s, run {:.0} s; run time 0 = Unix time {:.3}", info.nemesis_secs, info.total_secs, info.epoch_unix);
+    let _ = writeln!(
+        out,
+        "nemesis {:.0} s, run {:.0} s; run time 0 = Unix time {:.3}",
+        info.nemesis_secs, info.total_secs, info.epoch_unix
+    );
     let _ = writeln!(out, "\nfaults ({}):", info.faults.len());
     for f in info.faults {
         let _ = writeln!(out, "  {f}");
@@ -53,11 +57,17 @@ pub fn render(info: &RunInfo, v: &Verdict) -> String {
     for (why, n) in &v.expected {
         let _ = writeln!(out, "  {n:8}  {why}");
     }
-    let _ = writeln!(out, "\nv2 announced losses by the faults in force when sent:");
+    let _ = writeln!(
+        out,
+        "\nv2 announced losses by the faults in force when sent:"
+    );
     for (during, n) in &v.lost_during {
         let _ = writeln!(out, "  {n:8}  {during}");
     }
-    let _ = writeln!(out, "\nannounced holes (channel: numbers, as v2 readers saw them; first 40):");
+    let _ = writeln!(
+        out,
+        "\nannounced holes (channel: numbers, as v2 readers saw them; first 40):"
+    );
     for ((ch, first, last), what) in v.holes.iter().take(40) {
         let _ = writeln!(out, "  {ch}: {first}–{last}  {what}");
     }
@@ -67,7 +77,13 @@ pub fn render(info: &RunInfo, v: &Verdict) -> String {
     }
     for (kind, n) in &v.violations {
         let _ = writeln!(out, "  {n:8}  {kind}");
-        for line in v.first.get(kind).into_iter().flatten().filter(|l| !l.is_empty()) {
+        for line in v
+            .first
+            .get(kind)
+            .into_iter()
+            .flatten()
+            .filter(|l| !l.is_empty())
+        {
             let _ = writeln!(out, "              {line}");
         }
     }

@@ -106,7 +106,12 @@ impl Topology {
     /// Start PostgreSQL, Redis, `coordinators` coordinators and `gateways`
     /// gateways, with links cut as `mode` says; `run` numbers this
     /// process's runs (for namespace names).
-    pub async fn start(mode: Mode, run: u32, coordinators: usize, gateways: usize) -> anyhow::Result<Topology> {
+    pub async fn start(
+        mode: Mode,
+        run: u32,
+        coordinators: usize,
+        gateways: usize,
+    ) -> anyhow::Result<Topology> {
         let dir = std::env::temp_dir().join(unique("pgws-chaos"));
         std::fs::create_dir_all(&dir)?;
         let guard = DirGuard(dir.clone());
@@ -117,9 +122,20 @@ impl Topology {
         let tls = ServerTls::new(&dir, &["localhost", "127.0.0.1"]);
         let also: Vec<std::net::IpAddr> = net.iter().map(|n| n.pg.into()).collect();
         let pg = PgServer::start_on(&tls, &dir.join("pg"), &also).await;
-        let mut redis_args = vec!["--appendonly".to_string(), "yes".into(), "--appendfsync".into(), "always".into()];
+        let mut redis_args = vec![
+            "--appendonly".to_string(),
+            "yes".into(),
+            "--appendfsync".into(),
+            "always".into(),
+        ];
         if let Some(n) = &net {
-            redis_args.extend(["--bind".into(), "127.0.0.1".into(), n.redis.to_string(), "--protected-mode".into(), "no".into()]);
+            redis_args.extend([
+                "--bind".into(),
+                "127.0.0.1".into(),
+                n.redis.to_string(),
+                "--protected-mode".into(),
+                "no".into(),
+            ]);
         }
         let redis_args: Vec<&str> = redis_args.iter().map(String::as_str).collect();
         let redis = RedisServer::start(&redis_args).await;
@@ -143,7 +159,14 @@ impl Topology {
                     None,
                 ),
             };
-            topo.coordinators.push(CoordinatorSlot { redis, pg, host, server: None, paused: false, old_logs: Vec::new() });
+            topo.coordinators.push(CoordinatorSlot {
+                redis,
+                pg,
+                host,
+                server: None,
+                paused: false,
+                old_logs: Vec::new(),
+            });
             topo.start_coordinator(i).await;
         }
         for g in 0..gateways {
@@ -155,7 +178,8 @@ impl Topology {
                 Some(p) => format!("redis://{}", p.addr()),
                 None => topo.redis_url(),
             };
-            let mut b = Server::cluster_gateway(&redis_url, &topo.prefix, &topo.listen_channel).env("PGWS_LOG_LEVEL", "info");
+            let mut b = Server::cluster_gateway(&redis_url, &topo.prefix, &topo.listen_channel)
+                .env("PGWS_LOG_LEVEL", "info");
             if let Some(h) = &host {
                 b = b
                     .env("PGWS_HOST", h.addr.to_string())
@@ -163,7 +187,11 @@ impl Topology {
                     .wrapped(h.wrapper());
             }
             let server = b.start().await;
-            topo.gateways.push(GatewaySlot { redis: proxy, server, host });
+            topo.gateways.push(GatewaySlot {
+                redis: proxy,
+                server,
+                host,
+            });
         }
         Ok(topo)
     }
@@ -198,7 +226,9 @@ impl Topology {
             .env("PGWS_LOG_LEVEL", "info")
             .no_wait();
         if let Some(h) = &slot.host {
-            b = b.env("PGWS_ADMIN_HOST", h.addr.to_string()).wrapped(h.wrapper());
+            b = b
+                .env("PGWS_ADMIN_HOST", h.addr.to_string())
+                .wrapped(h.wrapper());
         }
         let server = b.start().await;
         self.coordinators[i].server = Some(server);
@@ -208,9 +238,21 @@ impl Topology {
     /// Cut (`cut`) or heal one link.
     pub fn cut(&self, link: Link, cut: bool) {
         let (proxy, host, server) = match link {
-            Link::CoordinatorRedis(i) => (&self.coordinators[i].redis, &self.coordinators[i].host, self.net.as_ref().map(|n| n.redis)),
-            Link::CoordinatorPg(i) => (&self.coordinators[i].pg, &self.coordinators[i].host, self.net.as_ref().map(|n| n.pg)),
-            Link::GatewayRedis(g) => (&self.gateways[g].redis, &self.gateways[g].host, self.net.as_ref().map(|n| n.redis)),
+            Link::CoordinatorRedis(i) => (
+                &self.coordinators[i].redis,
+                &self.coordinators[i].host,
+                self.net.as_ref().map(|n| n.redis),
+            ),
+            Link::CoordinatorPg(i) => (
+                &self.coordinators[i].pg,
+                &self.coordinators[i].host,
+                self.net.as_ref().map(|n| n.pg),
+            ),
+            Link::GatewayRedis(g) => (
+                &self.gateways[g].redis,
+                &self.gateways[g].host,
+                self.net.as_ref().map(|n| n.redis),
+            ),
         };
         if let Some(p) = proxy {
             if cut {

@@ -21,6 +21,18 @@
 //! then starts a new epoch, and `{p}:continuity` — which gateways read
 //! when a client recovers — is moved forward at once, so a recovery across
 //! the hole answers "not recovered" even before the channel's next message.
+//!
+//! A hole on the listener's side lies at a point of the *heard* stream, so
+//! each notification carries the listener-side holes counted when it was
+//! heard ([`Holes::heard`]), not when it is published: what was heard
+//! before a lost session and still queued keeps the continuity from before
+//! it, and what is heard after the new session begins gets one that is
+//! newer than any a client could have been given during the outage (a lost
+//! session counts twice: once when lost, once when the next notification
+//! arrives). Publisher-side holes (a dropped batch) count when they happen,
+//! for everything published after them. Found by the chaos checker
+//! (issue 20): a notification queued at the loss was published in the new
+//! continuity, and the hole after it went unannounced.
 
 use crate::election::Lease;
 use crate::stream::StreamPos;
@@ -148,9 +160,13 @@ impl PublisherMetrics {
 /// NOTIFY stream.
 pub type Positioned = (Notification, Option<StreamPos>);
 
+/// A notification in the publisher's queue: with the listener-side holes
+/// counted when it was heard.
+type Queued = (Notification, Option<StreamPos>, u64);
+
 /// The listener's sink in cluster mode.
 pub struct PublisherSink {
-    queue: mpsc::Sender<Positioned>,
+    queue: mpsc::Sender<Queued>,
     metrics: PublisherMetrics,
     holes: Arc<Holes>,
 }
@@ -159,25 +175,60 @@ pub struct PublisherSink {
 /// continuity session.
 #[derive(Default)]
 pub struct Holes {
-    count: AtomicU64,
+    /// Holes in the heard stream (lost sessions, a full queue): each
+    /// notification carries the count from when it was heard.
+    heard: AtomicU64,
+    /// A session was lost and no notification has been heard since: the
+    /// next one opens another hole (the outage was one).
+    lost: std::sync::atomic::AtomicBool,
+    /// Holes on the publishing side (a batch dropped), counted for
+    /// everything published after them.
+    publishing: AtomicU64,
     /// Wakes the publisher to move `{p}:continuity` on at once.
     changed: Notify,
 }
 
 impl Holes {
-    /// A notification may have been missed.
+    /// A batch in hand may have been missed (publisher side).
     pub fn open(&self) {
-        self.count.fetch_add(1, Ordering::AcqRel);
+        self.publishing.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_one();
     }
 
-    /// The continuity of everything published from now on: `base`, one
-    /// session on for every hole so far.
-    fn continuity(&self, base: Continuity) -> Continuity {
+    /// A notification may have been missed at this point of the heard
+    /// stream (listener side).
+    fn open_heard(&self) {
+        self.heard.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
+
+    /// The `LISTEN` session was lost: a hole now, and another when the
+    /// next notification is heard.
+    fn session_lost(&self) {
+        self.lost.store(true, Ordering::Release);
+        self.open_heard();
+    }
+
+    /// The listener-side count for a notification heard now.
+    fn heard_now(&self) -> u64 {
+        if self.lost.swap(false, Ordering::AcqRel) {
+            self.open_heard();
+        }
+        self.heard.load(Ordering::Acquire)
+    }
+
+    /// The continuity of a notification heard with `heard` listener-side
+    /// holes and published now: `base`, one session on for every hole.
+    fn continuity(&self, base: Continuity, heard: u64) -> Continuity {
         Continuity {
             term: base.term,
-            session: base.session + self.count.load(Ordering::Acquire),
+            session: base.session + heard + self.publishing.load(Ordering::Acquire),
         }
+    }
+
+    /// The newest continuity so far (what `{p}:continuity` is moved to).
+    fn newest(&self, base: Continuity) -> Continuity {
+        self.continuity(base, self.heard.load(Ordering::Acquire))
     }
 }
 
@@ -185,7 +236,7 @@ impl Holes {
 /// before each NOTIFY batch, so the leader's own writes never overflow the
 /// queue (only a burst of NOTIFYs from elsewhere in the database can).
 pub struct Backlog {
-    queue: mpsc::Sender<Positioned>,
+    queue: mpsc::Sender<Queued>,
     published: Notify,
 }
 
@@ -212,9 +263,10 @@ impl Backlog {
 impl PublisherSink {
     /// Queue a notification at its place in the NOTIFY stream.
     pub fn deliver_at(&self, notification: Notification, pos: Option<StreamPos>) {
-        if self.queue.try_send((notification, pos)).is_err() {
+        let heard = self.holes.heard_now();
+        if self.queue.try_send((notification, pos, heard)).is_err() {
             self.metrics.dropped(1, Dropped::QueueFull, None);
-            self.holes.open();
+            self.holes.open_heard();
         }
     }
 }
@@ -225,7 +277,7 @@ impl NotificationSink for PublisherSink {
     }
 
     fn session_lost(&self) {
-        self.holes.open();
+        self.holes.session_lost();
     }
 }
 
@@ -298,19 +350,23 @@ impl Publisher {
 
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Positioned>,
+        mut rx: mpsc::Receiver<Queued>,
         backlog: Arc<Backlog>,
         holes: Arc<Holes>,
         term: CancellationToken,
     ) {
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch: Vec<Queued> = Vec::with_capacity(BATCH);
         let mut seq = 0u64;
         let mut announced = None;
-        let mut replay = std::mem::take(&mut self.replay).into_iter();
+        // The replay was heard before this term began: no hole of this
+        // term's listener lies before it.
+        let mut replay = std::mem::take(&mut self.replay)
+            .into_iter()
+            .map(|(n, pos)| (n, pos, 0));
         loop {
-            let continuity = holes.continuity(self.continuity);
-            if announced != Some(continuity) && self.announce(continuity).await {
-                announced = Some(continuity);
+            let newest = holes.newest(self.continuity);
+            if announced.is_none_or(|a| a < newest) && self.announce(newest).await {
+                announced = Some(newest);
             }
             // The replay first, then live notifications.
             batch.extend(replay.by_ref().take(BATCH));
@@ -326,54 +382,76 @@ impl Publisher {
             if n == 0 {
                 return;
             }
-            // Read after the batch arrived: a notification from after a
-            // lost session is never given the continuity from before it.
-            let continuity = holes.continuity(self.continuity);
-            if !self.lease.valid() {
-                self.metrics.dropped(n, Dropped::LeaseLapsed, None);
+            // One continuity per run of notifications heard between the
+            // same holes (usually the whole batch).
+            let mut rest = std::mem::take(&mut batch);
+            while !rest.is_empty() {
+                let heard = rest[0].2;
+                let cut = rest.iter().position(|q| q.2 != heard).unwrap_or(rest.len());
+                let tail = rest.split_off(cut);
+                let run: Vec<Positioned> = rest.into_iter().map(|(n, pos, _)| (n, pos)).collect();
+                rest = tail;
+                let continuity = holes.continuity(self.continuity, heard);
+                if announced.is_none_or(|a| a < continuity) && self.announce(continuity).await {
+                    announced = Some(continuity);
+                }
+                self.publish_run(run, continuity, &holes, &mut seq).await;
+            }
+            backlog.published.notify_waiters();
+        }
+    }
+
+    /// Publish `batch` (heard between the same holes) in `continuity`, or
+    /// drop it and open a hole.
+    async fn publish_run(
+        &mut self,
+        batch: Vec<Positioned>,
+        continuity: Continuity,
+        holes: &Holes,
+        seq: &mut u64,
+    ) {
+        let n = batch.len();
+        if !self.lease.valid() {
+            self.metrics.dropped(n, Dropped::LeaseLapsed, None);
+            holes.open();
+            return;
+        }
+        let prepared = batch
+            .iter()
+            .map(|(n, pos)| self.prepare(n, *pos, seq))
+            .collect();
+        let last_pos = batch.iter().rev().find_map(|(_, pos)| *pos);
+        let sent =
+            tokio::time::timeout(Duration::from_secs(5), self.send(continuity, prepared)).await;
+        match sent {
+            Ok(Ok(offsets)) if offsets.contains(&DEPOSED) => {
+                // Nothing more from this term: the lock is gone.
+                self.lease.revoke();
+                self.metrics.dropped(n, Dropped::Deposed, None);
                 holes.open();
-            } else {
-                let prepared = batch
-                    .iter()
-                    .map(|(n, pos)| self.prepare(n, *pos, &mut seq))
-                    .collect();
-                let last_pos = batch.iter().rev().find_map(|(_, pos)| *pos);
-                let sent =
-                    tokio::time::timeout(Duration::from_secs(5), self.send(continuity, prepared))
-                        .await;
-                match sent {
-                    Ok(Ok(offsets)) if offsets.contains(&DEPOSED) => {
-                        // Nothing more from this term: the lock is gone.
-                        self.lease.revoke();
-                        self.metrics.dropped(n, Dropped::Deposed, None);
-                        holes.open();
-                    }
-                    Ok(Ok(offsets)) => {
-                        let fenced = offsets.iter().filter(|o| **o == -1).count();
-                        let repeated = offsets.iter().filter(|o| **o == -2).count();
-                        self.metrics
-                            .published
-                            .inc_by((n - fenced - repeated) as u64);
-                        self.metrics.repeated.inc_by(repeated as u64);
-                        if fenced > 0 {
-                            self.metrics.dropped(fenced, Dropped::Fenced, None);
-                        }
-                        if let Some(pos) = last_pos {
-                            self.record_progress(pos).await;
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        self.metrics.dropped(n, Dropped::RedisFailed, Some(&e));
-                        holes.open();
-                    }
-                    Err(_) => {
-                        self.metrics.dropped(n, Dropped::RedisTimedOut, None);
-                        holes.open();
-                    }
+            }
+            Ok(Ok(offsets)) => {
+                let fenced = offsets.iter().filter(|o| **o == -1).count();
+                let repeated = offsets.iter().filter(|o| **o == -2).count();
+                self.metrics
+                    .published
+                    .inc_by((n - fenced - repeated) as u64);
+                self.metrics.repeated.inc_by(repeated as u64);
+                if fenced > 0 {
+                    self.metrics.dropped(fenced, Dropped::Fenced, None);
+                }
+                if let Some(pos) = last_pos {
+                    self.record_progress(pos).await;
                 }
             }
-            batch.clear();
-            backlog.published.notify_waiters();
+            Ok(Err(e)) => {
+                self.metrics.dropped(n, Dropped::RedisFailed, Some(&e));
+                holes.open();
+            }
+            Err(_) => {
+                self.metrics.dropped(n, Dropped::RedisTimedOut, None);
+                holes.open();
+            }
         }
     }
 
@@ -592,6 +670,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_hole_in_the_heard_stream_lies_where_it_was_heard() {
+        let holes = Holes::default();
+        let base = Continuity {
+            term: 7,
+            session: 1,
+        };
+        let before = holes.heard_now();
+        holes.session_lost();
+        // Announced at once: newer than anything heard before the loss.
+        assert!(holes.newest(base) > holes.continuity(base, before));
+        let during = holes.newest(base);
+        let after = holes.heard_now();
+        // Queued before the loss and published now: still the old one.
+        assert_eq!(holes.continuity(base, before), base);
+        // Heard after the new session began: newer than the one a client
+        // may have been given during the outage.
+        assert!(holes.continuity(base, after) > during, "{after}");
+        assert_eq!(holes.heard_now(), after, "one more hole per loss only");
+        // A dropped batch moves on everything published after it.
+        holes.open();
+        assert_eq!(
+            holes.continuity(base, after).session,
+            base.session + after + 1
+        );
+    }
+
     #[tokio::test]
     async fn the_forwarder_waits_until_the_publisher_has_caught_up() {
         let (tx, mut rx) = mpsc::channel(8);
@@ -600,7 +705,7 @@ mod tests {
             published: Notify::new(),
         });
         for _ in 0..6 {
-            tx.try_send((notification(), None)).expect("room");
+            tx.try_send((notification(), None, 0)).expect("room");
         }
         assert_eq!(backlog.pending(), 6);
         let waiting = tokio::spawn({

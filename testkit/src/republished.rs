@@ -13,6 +13,9 @@ pub struct Republished {
     pub epoch: u64,
     /// The NOTIFY payload.
     pub payload: String,
+    /// Its channel position (epoch: base and continuity; offset), when
+    /// the publisher assigned one.
+    pub position: Option<pgws_protocol::position::Position>,
 }
 
 /// Subscribe to websocket `channel` under `prefix` on the single Redis at
@@ -39,6 +42,7 @@ pub async fn subscribe(
             let item = Republished {
                 epoch: decoded.epoch,
                 payload: String::from_utf8_lossy(&decoded.payload).into_owned(),
+                position: decoded.position,
             };
             if tx.send(item).is_err() {
                 return;
