@@ -117,8 +117,11 @@ pub struct History {
     config: HistoryConfig,
     max_channels: usize,
     term: u64,
-    /// Lost LISTEN sessions so far.
+    /// Lost LISTEN sessions so far, each counted twice: when lost, and
+    /// when the first notification after it arrives.
     losses: AtomicU64,
+    /// A session was lost and nothing has been recorded since.
+    lost: std::sync::atomic::AtomicBool,
     channels: Mutex<Channels>,
     metrics: HistoryMetrics,
 }
@@ -131,6 +134,7 @@ impl History {
             max_channels: max_channels.max(1),
             term: pgws_protocol::clock::unix_now().as_millis() as u64,
             losses: AtomicU64::new(0),
+            lost: std::sync::atomic::AtomicBool::new(false),
             channels: Mutex::new(Channels::default()),
             metrics,
         }
@@ -143,9 +147,14 @@ impl History {
         }
     }
 
-    /// The LISTEN connection was lost: what follows is a new session.
+    /// The LISTEN connection was lost: what follows is a new session —
+    /// and the first notification heard once it is back starts yet another
+    /// one, newer than the epoch a client subscribing during the outage
+    /// was given (what was committed meanwhile is lost: the client must
+    /// see the epoch change). Found by the chaos checker (issue 20).
     pub fn session_lost(&self) {
         self.losses.fetch_add(1, Ordering::AcqRel);
+        self.lost.store(true, Ordering::Release);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Channels> {
@@ -154,6 +163,9 @@ impl History {
 
     /// Give a notification on `channel` its offset and keep it in history.
     pub fn record(&self, channel: &Arc<str>, payload: &Bytes) -> Option<Position> {
+        if self.lost.swap(false, Ordering::AcqRel) {
+            self.losses.fetch_add(1, Ordering::AcqRel);
+        }
         let continuity = self.continuity();
         let now = Instant::now();
         let mut guard = self.lock();
@@ -472,6 +484,25 @@ mod tests {
         assert_eq!(offsets(&after), None, "a hole may follow the newest");
         assert_ne!(after.position.epoch, newest.epoch);
         assert_eq!(after.position.offset, newest.offset, "offsets continue");
+    }
+
+    #[test]
+    fn a_client_that_subscribed_during_an_outage_sees_the_epoch_change_after_it() {
+        let h = history(10, 100);
+        let chat: Arc<str> = Arc::from("chat");
+        h.record(&chat, &Bytes::from("m1"));
+        h.session_lost();
+        // Subscribed while nothing LISTENs: what is committed now is lost.
+        let during = h.read("chat", None).position;
+        let next = h.record(&chat, &Bytes::from("m2")).expect("position");
+        assert_ne!(
+            next.epoch, during.epoch,
+            "the hole after the subscription is announced"
+        );
+        let r = h.read("chat", Some(&since(&during)));
+        assert_eq!(offsets(&r), None, "not recovered across it");
+        let then = h.record(&chat, &Bytes::from("m3")).expect("position");
+        assert_eq!(then.epoch, next.epoch, "one more session per loss only");
     }
 
     #[test]
