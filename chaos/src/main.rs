@@ -12,6 +12,7 @@
 mod check;
 mod nemesis;
 mod netns;
+mod replication;
 mod report;
 mod rng;
 mod topology;
@@ -61,6 +62,11 @@ struct Args {
     /// pause-leader, kill-leader, kill-standby, restart-pg, restart-redis).
     #[arg(long, value_delimiter = ',')]
     kinds: Vec<String>,
+    /// Instead of a campaign: measure what a Redis failover loses of
+    /// acknowledged appends (this many `kill -9` rounds) and what `WAIT 1`
+    /// costs per append.
+    #[arg(long)]
+    replication_window: Option<usize>,
 }
 
 impl Args {
@@ -94,6 +100,11 @@ async fn main() -> anyhow::Result<()> {
     let mut seeds = args.seeds.clone();
     if seeds.is_empty() {
         seeds.push(random_seed());
+    }
+    if let Some(rounds) = args.replication_window {
+        let text = replication::measure(rounds, seeds.first().copied().unwrap_or(1)).await?;
+        print!("{text}");
+        return Ok(());
     }
     if args.plan {
         for seed in seeds {
