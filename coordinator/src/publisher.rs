@@ -28,8 +28,7 @@
 //! before a lost session and still queued keeps the continuity from before
 //! it, and what is heard after the new session begins gets one that is
 //! newer than any a client could have been given during the outage (a lost
-//! session counts twice: once when lost, once when the next notification
-//! arrives). Publisher-side holes (a dropped batch) count when they happen,
+//! session counts twice: once when lost, once when the next one starts). Publisher-side holes (a dropped batch) count when they happen,
 //! for everything published after them. Found by the chaos checker
 //! (issue 20): a notification queued at the loss was published in the new
 //! continuity, and the hole after it went unannounced.
@@ -178,8 +177,8 @@ pub struct Holes {
     /// Holes in the heard stream (lost sessions, a full queue): each
     /// notification carries the count from when it was heard.
     heard: AtomicU64,
-    /// A session was lost and no notification has been heard since: the
-    /// next one opens another hole (the outage was one).
+    /// A session was lost and none has started since: the next one opens
+    /// another hole (the outage was one).
     lost: std::sync::atomic::AtomicBool,
     /// Holes on the publishing side (a batch dropped), counted for
     /// everything published after them.
@@ -203,17 +202,21 @@ impl Holes {
     }
 
     /// The `LISTEN` session was lost: a hole now, and another when the
-    /// next notification is heard.
+    /// next session starts.
     fn session_lost(&self) {
         self.lost.store(true, Ordering::Release);
         self.open_heard();
     }
 
-    /// The listener-side count for a notification heard now.
-    fn heard_now(&self) -> u64 {
+    /// A `LISTEN` session started: after a loss, the outage ends here.
+    fn session_started(&self) {
         if self.lost.swap(false, Ordering::AcqRel) {
             self.open_heard();
         }
+    }
+
+    /// The listener-side count for a notification heard now.
+    fn heard_now(&self) -> u64 {
         self.heard.load(Ordering::Acquire)
     }
 
@@ -278,6 +281,10 @@ impl NotificationSink for PublisherSink {
 
     fn session_lost(&self) {
         self.holes.session_lost();
+    }
+
+    fn session_started(&self) {
+        self.holes.session_started();
     }
 }
 
@@ -682,12 +689,15 @@ mod tests {
         // Announced at once: newer than anything heard before the loss.
         assert!(holes.newest(base) > holes.continuity(base, before));
         let during = holes.newest(base);
+        assert_eq!(holes.heard_now(), before + 1, "the outage is one hole");
+        holes.session_started();
         let after = holes.heard_now();
         // Queued before the loss and published now: still the old one.
         assert_eq!(holes.continuity(base, before), base);
         // Heard after the new session began: newer than the one a client
         // may have been given during the outage.
         assert!(holes.continuity(base, after) > during, "{after}");
+        holes.session_started();
         assert_eq!(holes.heard_now(), after, "one more hole per loss only");
         // A dropped batch moves on everything published after it.
         holes.open();

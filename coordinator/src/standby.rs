@@ -264,6 +264,14 @@ impl NotificationSink for StreamSink {
             Mode::Leading(publisher) => publisher.session_lost(),
         }
     }
+
+    fn session_started(&self) {
+        // A standby's buffer was emptied at the loss and fills from now on;
+        // a leader's publisher ends the outage's continuity.
+        if let Mode::Leading(publisher) = &self.lock().mode {
+            publisher.session_started();
+        }
+    }
 }
 
 /// What the leader's marker task needs.

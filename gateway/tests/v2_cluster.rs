@@ -128,12 +128,25 @@ async fn lost_history_a_new_leader_and_a_lost_listen_each_refuse_recovery_across
     db.execute("SELECT pg_terminate_backend($1)", &[&pid])
         .await
         .expect("terminate");
-    recovery_refused(&c, &chat, &after_takeover).await;
+    let outage = recovery_refused(&c, &chat, &after_takeover).await;
     c.coordinators[new_leader]
         .wait_metric("pgws_listener_reconnects_total", 1.0)
         .await;
-    // LISTENing again.
+    // LISTENing again — and that starts another epoch: a client given the
+    // outage's epoch missed what was committed while nobody listened.
     assert_eq!(c.leader_except(&[leader]).await, new_leader);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = v2(&c, 0).await.subscribe(&chat, None).await;
+        if reply["epoch"] != outage["epoch"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new session was never announced: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The channel's state deleted in Redis: a new base, offsets from 1.
     let keys = KeySpace::new(&c.prefix);

@@ -63,6 +63,12 @@ pub trait NotificationSink: Send + Sync + 'static {
     /// until the next one is established are lost. Called once per loss,
     /// before reconnecting (history starts a new epoch here).
     fn session_lost(&self) {}
+
+    /// A `LISTEN` session is in effect, before its first notification is
+    /// handed over. After a loss, history starts yet another epoch here:
+    /// what was committed between the loss and now is lost, and a client
+    /// that was given the epoch of the outage must see it change.
+    fn session_started(&self) {}
 }
 
 /// What the listener is doing right now.
@@ -225,6 +231,7 @@ impl Listener {
                 Ok(Some(session)) => {
                     listened = true;
                     failures = 0;
+                    self.sink.session_started();
                     let started = Instant::now();
                     match self.listen(session).await {
                         SessionEnd::Shutdown => return Ok(()),

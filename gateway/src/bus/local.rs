@@ -373,6 +373,10 @@ impl NotificationSink for Router {
     fn session_lost(&self) {
         self.history.session_lost();
     }
+
+    fn session_started(&self) {
+        self.history.session_started();
+    }
 }
 
 #[cfg(test)]

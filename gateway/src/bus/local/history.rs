@@ -118,9 +118,9 @@ pub struct History {
     max_channels: usize,
     term: u64,
     /// Lost LISTEN sessions so far, each counted twice: when lost, and
-    /// when the first notification after it arrives.
+    /// when the next session starts.
     losses: AtomicU64,
-    /// A session was lost and nothing has been recorded since.
+    /// A session was lost and none has started since.
     lost: std::sync::atomic::AtomicBool,
     channels: Mutex<Channels>,
     metrics: HistoryMetrics,
@@ -147,14 +147,20 @@ impl History {
         }
     }
 
-    /// The LISTEN connection was lost: what follows is a new session —
-    /// and the first notification heard once it is back starts yet another
-    /// one, newer than the epoch a client subscribing during the outage
-    /// was given (what was committed meanwhile is lost: the client must
-    /// see the epoch change). Found by the chaos checker (issue 20).
+    /// The LISTEN connection was lost: what follows is a new session.
     pub fn session_lost(&self) {
         self.losses.fetch_add(1, Ordering::AcqRel);
         self.lost.store(true, Ordering::Release);
+    }
+
+    /// A LISTEN session started: after a loss, yet another session, newer
+    /// than the epoch a client subscribing during the outage was given
+    /// (what was committed meanwhile is lost: that client must see the
+    /// epoch change). Found by the chaos checker (issue 20).
+    pub fn session_started(&self) {
+        if self.lost.swap(false, Ordering::AcqRel) {
+            self.losses.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Channels> {
@@ -163,9 +169,6 @@ impl History {
 
     /// Give a notification on `channel` its offset and keep it in history.
     pub fn record(&self, channel: &Arc<str>, payload: &Bytes) -> Option<Position> {
-        if self.lost.swap(false, Ordering::AcqRel) {
-            self.losses.fetch_add(1, Ordering::AcqRel);
-        }
         let continuity = self.continuity();
         let now = Instant::now();
         let mut guard = self.lock();
@@ -494,13 +497,20 @@ mod tests {
         h.session_lost();
         // Subscribed while nothing LISTENs: what is committed now is lost.
         let during = h.read("chat", None).position;
+        h.session_started();
+        let fresh = h.read("chat", None).position;
         let next = h.record(&chat, &Bytes::from("m2")).expect("position");
+        assert_eq!(
+            next.epoch, fresh.epoch,
+            "nothing lost after the session started"
+        );
         assert_ne!(
             next.epoch, during.epoch,
             "the hole after the subscription is announced"
         );
         let r = h.read("chat", Some(&since(&during)));
         assert_eq!(offsets(&r), None, "not recovered across it");
+        h.session_started();
         let then = h.record(&chat, &Bytes::from("m3")).expect("position");
         assert_eq!(then.epoch, next.epoch, "one more session per loss only");
     }
