@@ -716,6 +716,57 @@ mod tests {
     }
 
     #[test]
+    fn a_v1_loss_is_explained_only_by_an_announced_hole_or_its_gateway_s_redis_outage() {
+        let s = vec![sent(6)];
+        // Numbers 1..=6 published: 1–3 in one epoch, 4 never, 5–6 in another.
+        let v2 = vec![V2Log {
+            gateway: 1,
+            channel: 0,
+            events: vec![
+                sub(None, "1.1.1", 0, None, 0),
+                msg("1.1.1", 1, 1),
+                msg("1.1.1", 2, 2),
+                msg("1.1.1", 3, 3),
+                msg("1.2.1", 4, 5),
+                msg("1.2.1", 5, 6),
+            ],
+        }];
+        let logs = vec![leader_log(&[1, 2])];
+        let v1 = |got: &[u64]| V1Log {
+            gateway: 0,
+            channel: 0,
+            got: got.iter().map(|n| (*n, *n as f64)).collect(),
+            down: Vec::new(),
+        };
+        let judge = |v1: Vec<V1Log>, faults: Vec<Injected>| {
+            check(&Observed {
+                sent: &s,
+                v1: &v1,
+                v2: &v2,
+                writers: &[],
+                recorder: &RecorderLog::default(),
+                faults: &faults,
+                coordinator_logs: &logs,
+                tail_from: 1e9,
+            })
+        };
+        // 4 was never published and the epoch changed around it: expected.
+        assert!(judge(vec![v1(&[1, 2, 3, 5, 6])], Vec::new()).ok());
+        // 2 was published: missing it is a violation…
+        let v = judge(vec![v1(&[1, 3, 5, 6])], Vec::new());
+        assert_eq!(v.violations.len(), 1, "{v:?}");
+        // …unless the reader's gateway was cut from Redis then.
+        let cut = Injected {
+            kind: Kind::GatewayRedis,
+            target: Some(0),
+            detail: "",
+            start: 1.5,
+            end: 2.5,
+        };
+        assert!(judge(vec![v1(&[1, 3, 5, 6])], vec![cut]).ok());
+    }
+
+    #[test]
     fn two_leaders_in_one_epoch_and_an_unacknowledged_loss_of_a_write_fail() {
         let logs = vec![leader_log(&[5]), leader_log(&[5])];
         let writers = vec![WriterLog {
