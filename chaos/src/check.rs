@@ -14,8 +14,9 @@ const FIRST: usize = 5;
 
 /// Seconds after a gateway's Redis link is healed (or Redis restarted)
 /// during which its v1 readers may still miss what is published: the
-/// gateway notices, reconnects and subscribes again.
-const RESUBSCRIBE: f64 = 8.0;
+/// gateway notices (a silent partition: a timeout), reconnects (its
+/// backoff is capped at 5 s) and subscribes again.
+const RESUBSCRIBE: f64 = 12.0;
 
 /// Everything a run produced, for the checker.
 pub struct Observed<'a> {

@@ -266,7 +266,10 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
     let faults = nemesis::run(&mut topo, &steps, &mut rng, clock).await;
     let nemesis_secs = clock.now();
     topo.heal_all().await;
-    let leader = topo.wait_leader(Duration::from_secs(30)).await;
+    // The listener's backoff after sessions that kept failing is capped at
+    // 32 s (pgws_service::backoff::MAX_DELAY): a leader may take that long
+    // to LISTEN again.
+    let leader = topo.wait_leader(Duration::from_secs(60)).await;
     // Let the last takeover finish before the tail starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let tail_from = clock.now();
