@@ -356,7 +356,7 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
 
 fn verdict_no_leader(v: &mut check::Verdict) {
     v.violation_public(
-        "no single leader 30 s after every fault healed",
+        "no single listening leader 60 s after every fault healed",
         String::new(),
     );
 }
