@@ -205,7 +205,12 @@ async fn last_event_id_replays_exactly_what_was_missed_and_a_new_epoch_resets() 
 
 #[tokio::test]
 async fn reconnecting_while_notifications_pour_in_sees_each_once_in_order() {
-    let gw = Server::start().await;
+    // History holds the whole run: a reconnect that a loaded machine makes
+    // late still recovers (the default 100 would be a reset, not a bug).
+    let gw = Server::gateway()
+        .env("PGWS_HISTORY_SIZE", "1000")
+        .start()
+        .await;
     let chat = unique("chat");
     let path = format!("/{chat}/{}", reader());
     const TOTAL: u64 = 400;
