@@ -111,6 +111,7 @@ impl Occupancy {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(rx) = rx {
+            tracing::debug!(meta = %sink.meta, "occupancy events on the meta channel");
             tokio::spawn(publish(rx, sink));
         }
     }
@@ -175,7 +176,11 @@ impl Occupancy {
             .events
             .with_label_values(&[event.as_str()])
             .inc();
-        tracing::debug!(channel = &**channel, event = event.as_str(), "occupancy event");
+        tracing::debug!(
+            channel = &**channel,
+            event = event.as_str(),
+            "occupancy event"
+        );
         if self.queue.try_send((channel.clone(), event)).is_err() {
             self.metrics.dropped.inc();
             tracing::warn!(

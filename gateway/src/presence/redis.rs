@@ -29,8 +29,8 @@
 
 use super::occupancy::Occupancy;
 use super::shared::{PresenceError, PresenceMetrics};
-use pgws_protocol::envelope::Event;
 use super::store::Store;
+use pgws_protocol::envelope::Event;
 use pgws_protocol::keys::KeySpace;
 use pgws_protocol::presence::{self, Change, Member};
 use pgws_service::redis_client::{connect_with_backoff, RedisClient, RedisConfig};
