@@ -30,6 +30,9 @@ use tokio::sync::mpsc;
 /// Events waiting to be published before new ones are dropped.
 pub const QUEUE: usize = 10_000;
 
+/// One queued event: the channel it is about, and which.
+type Queued = (Arc<str>, Event);
+
 /// Where the events go: the meta channel, through the bus.
 pub struct Sink {
     /// The bus the gateway publishes with.
@@ -56,9 +59,9 @@ struct Metrics {
 pub struct Occupancy {
     /// `PGWS_OCCUPANCY_GRACE`.
     pub grace: Duration,
-    queue: mpsc::Sender<(Arc<str>, Event)>,
+    queue: mpsc::Sender<Queued>,
     /// The queue's end, until [`Self::connect`] takes it.
-    pending: Mutex<Option<mpsc::Receiver<(Arc<str>, Event)>>>,
+    pending: Mutex<Option<mpsc::Receiver<Queued>>>,
     /// Standalone: the channels the database was told are occupied, each
     /// with the number of times it lost its last member (only the check
     /// of the latest may vacate it).
@@ -193,7 +196,7 @@ impl Occupancy {
 
 /// Publish each queued event on the meta channel, best effort with the
 /// write timeout, like the connection events.
-async fn publish(mut rx: mpsc::Receiver<(Arc<str>, Event)>, sink: Sink) {
+async fn publish(mut rx: mpsc::Receiver<Queued>, sink: Sink) {
     while let Some((channel, event)) = rx.recv().await {
         let text = envelope::build_meta(
             event,
