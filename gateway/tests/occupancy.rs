@@ -60,6 +60,13 @@ async fn subscribed(url: &str, channel: &str) -> V2 {
     c
 }
 
+async fn unsubscribe(c: &mut V2, channel: &str) {
+    let reply = c
+        .request(json!({"type": "unsubscribe", "channel": channel}))
+        .await;
+    assert!(reply.get("error").is_none(), "{reply}");
+}
+
 fn env(meta: &str) -> Vec<(String, String)> {
     [
         ("PGWS_PRESENCE", "true"),
@@ -85,20 +92,20 @@ async fn standalone_first_reader_occupies_and_the_last_vacates_after_the_grace()
     let chat = unique("chat");
     let url = gw.url(&reader());
 
-    let a = subscribed(&url, &chat).await;
+    let mut a = subscribed(&url, &chat).await;
     assert_eq!(
         next_event(&mut pg, &meta).await,
         ("ChannelOccupied".into(), chat.clone())
     );
-    let b = subscribed(&url, &chat).await;
-    // The last reader leaves and another joins within the grace: nothing.
-    drop(a);
-    drop(b);
-    let c = subscribed(&url, &chat).await;
+    let mut b = subscribed(&url, &chat).await;
+    // Readers leave, the last one comes back within the grace: nothing.
+    unsubscribe(&mut b, &chat).await;
+    unsubscribe(&mut a, &chat).await;
+    assert!(a.subscribe(&chat, None).await.get("error").is_none());
     gw.wait_metric("pgws_occupancy_suppressed_total", 1.0).await;
 
     let left = Instant::now();
-    drop(c);
+    unsubscribe(&mut a, &chat).await;
     assert_eq!(
         next_event(&mut pg, &meta).await,
         ("ChannelVacated".into(), chat.clone())
@@ -110,8 +117,7 @@ async fn standalone_first_reader_occupies_and_the_last_vacates_after_the_grace()
     let mut flap = V2::connect(&url).await;
     for _ in 0..10 {
         assert!(flap.subscribe(&chat, None).await.get("error").is_none());
-        flap.request(json!({"type": "unsubscribe", "channel": chat}))
-            .await;
+        unsubscribe(&mut flap, &chat).await;
     }
     assert_eq!(
         next_event(&mut pg, &meta).await,
@@ -176,4 +182,26 @@ async fn cluster_occupancy_is_cluster_wide_and_a_killed_gateway_vacates_after_th
         1.0,
         "the sweeper sent it"
     );
+}
+
+#[tokio::test]
+async fn occupancy_without_presence_or_a_meta_channel_is_a_configuration_error() {
+    for (unset, wanted) in [
+        ("PGWS_PRESENCE", "needs PGWS_PRESENCE=true"),
+        ("PGWS_META_CHANNEL", "needs PGWS_META_CHANNEL"),
+    ] {
+        let mut gw = Server::gateway();
+        for (k, v) in env(&unique("meta")) {
+            if k != unset {
+                gw = gw.env(&k, v);
+            }
+        }
+        let out = gw.command().output().expect("run the gateway");
+        assert_eq!(out.status.code(), Some(78), "a configuration error");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            log.contains("PGWS_OCCUPANCY_EVENTS") && log.contains(wanted),
+            "{log}"
+        );
+    }
 }
