@@ -78,6 +78,8 @@ pgws_service::vars! {
     PRESENCE_TTL = "PGWS_PRESENCE_TTL", Some("15000"), "Cluster mode, with PGWS_PRESENCE: milliseconds a gateway's presence entries outlive its last heartbeat (sent every third of it); a gateway that dies leaves presence, with leave events, within 4/3 of it.";
     PRESENCE_MAX_LIST = "PGWS_PRESENCE_MAX_LIST", Some("1000"), "Most members a `presence` answer lists; a larger channel answers 413 (ask `presence_stats`).";
     PRESENCE_INFO_MAX_BYTES = "PGWS_PRESENCE_INFO_MAX_BYTES", Some("512"), "Largest `presence_info` claim (a JSON object, serialised) listed as a member's `info`; a larger one is left out and counted.";
+    OCCUPANCY_EVENTS = "PGWS_OCCUPANCY_EVENTS", Some("false"), "`true` (needs PGWS_PRESENCE and PGWS_META_CHANNEL): send `ChannelOccupied` on the meta channel when a channel gets its first presence member (v2 subscription), `ChannelVacated` when it has had none for PGWS_OCCUPANCY_GRACE — cluster-wide in cluster mode.";
+    OCCUPANCY_GRACE = "PGWS_OCCUPANCY_GRACE", Some("2000"), "With PGWS_OCCUPANCY_EVENTS: milliseconds a channel must stay empty before `ChannelVacated`; a reader joining within it cancels both events (at most one occupied/vacated pair per channel per grace).";
     WRITE_STREAM_MAX_LEN = "PGWS_WRITE_STREAM_MAX_LEN", Some("100000"), "Cluster mode: most writes waiting in the Redis stream; beyond it writers get 1013.";
 }
 
@@ -317,7 +319,22 @@ fn presence_config(sources: &Sources) -> Result<crate::presence::PresenceConfig,
             PRESENCE_MAX_LIST,
         )?,
         info_max_bytes: sources.parsed(PRESENCE_INFO_MAX_BYTES, "a number of bytes")?,
+        occupancy_grace: occupancy_grace(sources)?,
     })
+}
+
+/// `PGWS_OCCUPANCY_GRACE` when `PGWS_OCCUPANCY_EVENTS` is on.
+fn occupancy_grace(sources: &Sources) -> Result<Option<Duration>, ConfigError> {
+    if !sources.flag(OCCUPANCY_EVENTS)? {
+        return Ok(None);
+    }
+    if !sources.flag(PRESENCE)? {
+        return Err(err(OCCUPANCY_EVENTS, "needs PGWS_PRESENCE=true"));
+    }
+    if sources.get(META_CHANNEL).is_none() {
+        return Err(err(OCCUPANCY_EVENTS, "needs PGWS_META_CHANNEL"));
+    }
+    Ok(Some(sources.millis(OCCUPANCY_GRACE)?.unwrap_or_default()))
 }
 
 fn database_config(sources: &Sources) -> Result<LocalConfig, ConfigError> {

@@ -92,6 +92,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         closing.clone(),
     );
     context.presence = presence.clone();
+    if let (Some(presence), Some(meta)) = (&presence, &context.meta.name) {
+        presence.connect_occupancy(crate::presence::occupancy::Sink {
+            bus: bus.clone(),
+            meta: meta.clone(),
+            wait: context.limits.write_timeout,
+        });
+    }
     let sessions = Arc::new(context);
     let tracker = TaskTracker::new();
     let idempotency = idempotency.unwrap_or_else(|| {

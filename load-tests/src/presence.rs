@@ -273,15 +273,20 @@ fn script_call(
 ) {
     pipe.cmd("EVALSHA")
         .arg(sha)
-        .arg(2)
+        .arg(3)
         .arg(keys.presence_clients(channel))
         .arg(keys.presence_users(channel))
+        .arg(keys.presence_occupied(channel))
         .arg(&member.client)
         .arg(member.stored())
         .arg(&member.user)
         .arg("PUBLISH")
         .arg(keys.channel(channel))
         .arg(member.event(change))
+        .arg(match change {
+            Change::Join => "0", // occupancy events off
+            Change::Leave => "",
+        })
         .ignore();
 }
 
@@ -410,14 +415,16 @@ pub async fn presence_keys(
             .query_async(&mut conn)
             .await?;
         for ch in chans {
-            let n: u64 = redis::cmd("EVALSHA")
+            let (n, _empty): (u64, u64) = redis::cmd("EVALSHA")
                 .arg(&sweep_sha)
-                .arg(2)
+                .arg(3)
                 .arg(keys.presence_clients(&ch))
                 .arg(keys.presence_users(&ch))
+                .arg(keys.presence_occupied(&ch))
                 .arg(format!("{g}."))
                 .arg("PUBLISH")
                 .arg(keys.channel(&ch))
+                .arg("")
                 .query_async(&mut conn)
                 .await?;
             swept += n;

@@ -25,6 +25,11 @@ pub enum Event {
     ConnectionOpen,
     /// A socket ended (sent on the meta channel; not in the original).
     ConnectionClose,
+    /// A channel got its first reader (meta channel, `PGWS_OCCUPANCY_EVENTS`).
+    ChannelOccupied,
+    /// A channel lost its last reader, and stayed empty for the grace
+    /// period (meta channel, `PGWS_OCCUPANCY_EVENTS`).
+    ChannelVacated,
 }
 
 impl Event {
@@ -34,6 +39,8 @@ impl Event {
             Event::WebsocketMessage => "WebsocketMessage",
             Event::ConnectionOpen => "ConnectionOpen",
             Event::ConnectionClose => "ConnectionClose",
+            Event::ChannelOccupied => "ChannelOccupied",
+            Event::ChannelVacated => "ChannelVacated",
         }
     }
 }

@@ -22,6 +22,7 @@
 //! | `{p:msg:<channel>}:h` | stream, PX ttl | the channel's history: the last messages, field `o` the offset, `d` the payload |
 //! | `{p:msg:<channel>}:pc` | hash, client id → `<user>\n<entry JSON>` | the channel's presence: one field per subscribed client on any gateway (`PGWS_PRESENCE`); gone when empty |
 //! | `{p:msg:<channel>}:pu` | hash, user → number of its clients | the channel's unique users (for `presence_stats`); gone when empty |
+//! | `{p:msg:<channel>}:po` | string `1` | the database was told the channel is occupied (`PGWS_OCCUPANCY_EVENTS`): set by the join that made it occupied, deleted by the vacated check |
 //! | `{p}:presence` | sorted set, member gateway id, score expiry (Redis ms) | the gateways holding presence entries, refreshed every `PGWS_PRESENCE_TTL`/3; an expired member is swept |
 //! | `{p}:presence:<gateway>` | set of channels | the channels where a gateway has presence entries, for the sweep after it died |
 //!
@@ -115,6 +116,13 @@ impl KeySpace {
     /// The hash of websocket `channel`'s users and their client counts.
     pub fn presence_users(&self, channel: &str) -> String {
         format!("{}:pu", same_slot(&self.channel(channel)))
+    }
+
+    /// Set while the database was told websocket `channel` is occupied
+    /// (`PGWS_OCCUPANCY_EVENTS`): its `ChannelOccupied` was sent and its
+    /// `ChannelVacated` not yet.
+    pub fn presence_occupied(&self, channel: &str) -> String {
+        format!("{}:po", same_slot(&self.channel(channel)))
     }
 
     /// The gateways holding presence entries, scored by expiry.

@@ -157,25 +157,53 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 "#;
 
-/// Add a client: KEYS the channel's clients and users hashes; ARGV the
-/// client id, its stored value, its user, the publish command, the pub/sub
-/// channel and the join event. Idempotent: an entry already there is not
-/// added nor announced again. Returns 1 when added.
+/// Add a client: KEYS the channel's clients and users hashes and its
+/// occupied flag; ARGV the client id, its stored value, its user, the
+/// publish command, the pub/sub channel, the join event and `1` when
+/// occupancy events are on. Idempotent: an entry already there is not
+/// added nor announced again. Returns 1 when added, 2 when added as the
+/// channel's first client while the occupied flag was not set (it is set
+/// now: the caller sends `ChannelOccupied`).
 pub const JOIN_SCRIPT: &str = r#"
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
 redis.call(ARGV[4], ARGV[5], ARGV[6])
+if ARGV[7] == '1' and redis.call('HLEN', KEYS[1]) == 1
+   and redis.call('SET', KEYS[3], '1', 'NX') then
+  return 2
+end
 return 1
 "#;
 
-/// Remove a client: the same KEYS and ARGV, with the leave event.
-/// Returns 1 when it was there.
+/// Remove a client: the same KEYS, ARGV the same first six with the leave
+/// event, then this leave's vacancy token. Returns 1 when it was there, 2
+/// when it was the channel's last client while the occupied flag was set:
+/// the flag now holds the token, and the caller runs [`VACATE_SCRIPT`]
+/// with it after the grace period (a later last leave replaces the token,
+/// so only the latest check can vacate).
 pub const LEAVE_SCRIPT: &str = r#"
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 if redis.call('HINCRBY', KEYS[2], ARGV[3], -1) <= 0 then
   redis.call('HDEL', KEYS[2], ARGV[3])
 end
 redis.call(ARGV[4], ARGV[5], ARGV[6])
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('SET', KEYS[3], ARGV[7])
+  return 2
+end
+return 1
+"#;
+
+/// The vacancy check, a grace period after a channel lost its last client:
+/// KEYS the channel's clients hash and occupied flag; ARGV the token of
+/// the leave (or sweep) that emptied it. Returns 1 when the channel is
+/// still empty and the flag still holds the token: the flag is gone and
+/// the caller sends `ChannelVacated`. Returns 0 when a client came back
+/// (neither event is sent), 2 when a later leave's check is responsible.
+pub const VACATE_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 2 end
+redis.call('DEL', KEYS[2])
 return 1
 "#;
 
@@ -213,7 +241,10 @@ return dead[1]
 /// Remove every entry of a dead gateway from one channel, announcing a
 /// leave for each: KEYS the channel's clients and users hashes; ARGV the
 /// gateway's client id prefix (`<gateway>.`), the publish command and the
-/// pub/sub channel. Returns how many were removed.
+/// pub/sub channel; KEYS[3] the channel's occupied flag and ARGV[4] a
+/// vacancy token, as for [`LEAVE_SCRIPT`]. Returns how many were removed
+/// and 1 when the channel is empty now with the flag set (now to the
+/// token: the caller checks for vacancy after the grace), else 0.
 pub const SWEEP_SCRIPT: &str = r#"
 local removed = 0
 local cursor = '0'
@@ -236,7 +267,11 @@ repeat
     end
   end
 until cursor == '0'
-return removed
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('SET', KEYS[3], ARGV[4])
+  return {removed, 1}
+end
+return {removed, 0}
 "#;
 
 #[cfg(test)]

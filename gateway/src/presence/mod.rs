@@ -16,8 +16,14 @@
 //!   gateway's entries live as long as its heartbeat; a dead gateway's are
 //!   swept (with leave events) by whichever live gateway claims it first.
 //!
+//! Occupancy events (`PGWS_OCCUPANCY_EVENTS`, [`occupancy`]) ride on the
+//! members: a channel is occupied while it has at least one, and the
+//! transitions are seen where the members are counted — the store
+//! standalone, the Redis scripts in cluster mode.
+//!
 //! `docs/architecture.md` ("Presence") argues the design and its bounds.
 
+pub mod occupancy;
 pub mod redis;
 pub mod shared;
 pub mod store;
@@ -25,6 +31,7 @@ pub mod store;
 use crate::bus::Delivery;
 use crate::bus::Inbox;
 use crate::hub::{Hub, SessionId};
+use occupancy::Occupancy;
 use pgws_protocol::presence::{Change, Member};
 use prometheus::Registry;
 use serde_json::{Map, Value};
@@ -44,6 +51,8 @@ pub struct PresenceConfig {
     pub max_list: usize,
     /// `PGWS_PRESENCE_INFO_MAX_BYTES`: largest `presence_info` claim kept.
     pub info_max_bytes: usize,
+    /// `PGWS_OCCUPANCY_EVENTS`: `Some(PGWS_OCCUPANCY_GRACE)` when on.
+    pub occupancy_grace: Option<Duration>,
 }
 
 pub use shared::{PresenceError, PresenceMetrics};
@@ -61,6 +70,7 @@ pub struct Presence {
     store: Arc<Store>,
     backend: Backend,
     metrics: PresenceMetrics,
+    occupancy: Option<Arc<Occupancy>>,
 }
 
 /// A random id for this process: 16 hex digits.
@@ -78,6 +88,7 @@ impl Presence {
         registry: &Registry,
     ) -> prometheus::Result<Arc<Presence>> {
         Ok(Arc::new(Presence {
+            occupancy: occupancy(&config, registry)?,
             config,
             gateway: gateway_id(),
             store: Arc::default(),
@@ -95,14 +106,17 @@ impl Presence {
         let metrics = PresenceMetrics::register(registry)?;
         let gateway = gateway_id();
         let store: Arc<Store> = Arc::default();
+        let occupancy = occupancy(&config, registry)?;
         let backend = redis::RedisPresence::start(
             redis,
             gateway.clone(),
             config.ttl,
             store.clone(),
             metrics.clone(),
+            occupancy.clone(),
         );
         Ok(Arc::new(Presence {
+            occupancy,
             config,
             gateway,
             store,
@@ -157,9 +171,20 @@ impl Presence {
         self.announce(channel, member, Change::Leave, changed.channel);
     }
 
+    /// Send occupancy events to the meta channel through `sink`, when
+    /// they are on.
+    pub fn connect_occupancy(&self, sink: occupancy::Sink) {
+        if let Some(occupancy) = &self.occupancy {
+            occupancy.connect(sink);
+        }
+    }
+
     fn announce(&self, channel: &Arc<str>, member: &Member, change: Change, edge: bool) {
         match &self.backend {
             Backend::Local(hub) => {
+                if let (Some(occupancy), true) = (&self.occupancy, edge) {
+                    self.local_transition(occupancy, channel, change);
+                }
                 let entry = bytes::Bytes::from(member.entry.clone());
                 hub.deliver(
                     channel,
@@ -168,6 +193,17 @@ impl Presence {
             }
             Backend::Redis(redis) => {
                 redis.change(channel.clone(), member.clone(), change, edge);
+            }
+        }
+    }
+
+    /// Standalone: `channel` got its first member or lost its last.
+    fn local_transition(&self, occupancy: &Arc<Occupancy>, channel: &Arc<str>, change: Change) {
+        match change {
+            Change::Join => occupancy.local_first(channel),
+            Change::Leave => {
+                let store = self.store.clone();
+                occupancy.local_last(channel.clone(), move |c| store.stats(c).0 == 0);
             }
         }
     }
@@ -203,6 +239,17 @@ impl Presence {
             redis.stop(deadline).await;
         }
     }
+}
+
+/// The occupancy events, when `PGWS_OCCUPANCY_EVENTS` is on.
+fn occupancy(
+    config: &PresenceConfig,
+    registry: &Registry,
+) -> prometheus::Result<Option<Arc<Occupancy>>> {
+    config
+        .occupancy_grace
+        .map(|grace| Occupancy::new(grace, registry))
+        .transpose()
 }
 
 /// Whether a token may query presence: its `presence` claim is `true`.

@@ -17,16 +17,25 @@
 //!   whose score has passed (the claim is a lease: another sweeper takes
 //!   over if this one dies), removes its entries from every channel it was
 //!   on — each with a leave event — and then the gateway itself.
+//! * **Occupancy** (`PGWS_OCCUPANCY_EVENTS`, [`super::occupancy`]): the
+//!   join script that gives a channel its first client while its occupied
+//!   flag is unset sets it, and this gateway sends `ChannelOccupied`; the
+//!   leave (or sweep) that takes its last client stamps the flag with a
+//!   token, and a grace later this gateway runs the vacancy check, which
+//!   deletes the flag — and this gateway sends `ChannelVacated` — only if
+//!   the channel is still empty and the token still its own.
 //! * **Queries** read the channel's hashes: `HLEN` then `HGETALL` for
 //!   `presence`, `HLEN` of both for `presence_stats`.
 
+use super::occupancy::Occupancy;
 use super::shared::{PresenceError, PresenceMetrics};
 use super::store::Store;
+use pgws_protocol::envelope::Event;
 use pgws_protocol::keys::KeySpace;
 use pgws_protocol::presence::{self, Change, Member};
 use pgws_service::redis_client::{connect_with_backoff, RedisClient, RedisConfig};
 use redis::Script;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -39,6 +48,7 @@ static JOIN: LazyLock<Script> = LazyLock::new(|| Script::new(presence::JOIN_SCRI
 static LEAVE: LazyLock<Script> = LazyLock::new(|| Script::new(presence::LEAVE_SCRIPT));
 static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(presence::SWEEP_SCRIPT));
 static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| Script::new(&presence::heartbeat_script()));
+static VACATE: LazyLock<Script> = LazyLock::new(|| Script::new(presence::VACATE_SCRIPT));
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(&presence::claim_script()));
 
 /// Where presence keeps its entries.
@@ -83,11 +93,69 @@ struct Shared {
     store: Arc<Store>,
     metrics: PresenceMetrics,
     slot: Arc<RwLock<Option<RedisClient>>>,
+    /// `PGWS_OCCUPANCY_EVENTS`.
+    occupancy: Option<Arc<Occupancy>>,
+    /// Numbers this gateway's vacancy tokens.
+    tokens: AtomicU64,
 }
 
 impl Shared {
     fn client(&self) -> Option<RedisClient> {
         self.slot.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A vacancy token no other leave of the cluster uses.
+    fn token(&self) -> String {
+        format!(
+            "{}.{}",
+            self.gateway,
+            self.tokens.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// What a join or leave script answered, for occupancy: 2 is a
+    /// transition (see [`presence::JOIN_SCRIPT`]).
+    fn transition(&self, channel: &str, change: Change, answer: i64, token: String) {
+        let Some(occupancy) = &self.occupancy else {
+            return;
+        };
+        if answer != 2 {
+            return;
+        }
+        match change {
+            Change::Join => occupancy.send(&Arc::from(channel), Event::ChannelOccupied),
+            Change::Leave => self.vacate_later(occupancy.clone(), channel, token),
+        }
+    }
+
+    /// A grace from now, the vacancy check of `channel` with `token`.
+    fn vacate_later(&self, occupancy: Arc<Occupancy>, channel: &str, token: String) {
+        let Some(client) = self.client() else { return };
+        let clients = self.settings.keys.presence_clients(channel);
+        let flag = self.settings.keys.presence_occupied(channel);
+        let channel: Arc<str> = Arc::from(channel);
+        tokio::spawn(async move {
+            tokio::time::sleep(occupancy.grace).await;
+            let never = CancellationToken::new();
+            let (clients, flag, token) = (&clients, &flag, &token);
+            let answer = retry(&never, || {
+                let mut client = client.clone();
+                async move {
+                    VACATE
+                        .key(clients)
+                        .key(flag)
+                        .arg(token)
+                        .invoke_async::<i64>(&mut client)
+                        .await
+                }
+            })
+            .await;
+            match answer {
+                Some(1) => occupancy.send(&channel, Event::ChannelVacated),
+                Some(0) => occupancy.suppressed(),
+                _ => {} // a later leave's check decides
+            }
+        });
     }
 }
 
@@ -99,6 +167,7 @@ impl RedisPresence {
         ttl: Duration,
         store: Arc<Store>,
         metrics: PresenceMetrics,
+        occupancy: Option<Arc<Occupancy>>,
     ) -> RedisPresence {
         let (ops, rx) = mpsc::channel(QUEUE);
         let slot = Arc::new(RwLock::new(None));
@@ -110,6 +179,8 @@ impl RedisPresence {
             store,
             metrics: metrics.clone(),
             slot: slot.clone(),
+            occupancy,
+            tokens: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
         let stopped = Arc::new(Notify::new());
@@ -302,15 +373,27 @@ async fn apply(shared: &Shared, client: &mut RedisClient, op: Op, cancel: &Cance
             change,
             edge,
         } => {
-            retry(cancel, || {
-                write(shared, client.clone(), &channel, &member, change, edge)
+            let token = shared.token();
+            let answer = retry(cancel, || {
+                write(
+                    shared,
+                    client.clone(),
+                    &channel,
+                    &member,
+                    change,
+                    edge,
+                    &token,
+                )
             })
             .await;
+            if let Some(answer) = answer {
+                shared.transition(&channel, change, answer, token);
+            }
         }
         Op::Resync => {
             shared.metrics.resyncs.inc();
             for (channel, member) in shared.store.all() {
-                retry(cancel, || {
+                let answer = retry(cancel, || {
                     write(
                         shared,
                         client.clone(),
@@ -318,9 +401,13 @@ async fn apply(shared: &Shared, client: &mut RedisClient, op: Op, cancel: &Cance
                         &member,
                         Change::Join,
                         true,
+                        "",
                     )
                 })
                 .await;
+                if let Some(answer) = answer {
+                    shared.transition(&channel, Change::Join, answer, String::new());
+                }
             }
         }
     }
@@ -333,7 +420,8 @@ async fn write(
     member: &Member,
     change: Change,
     edge: bool,
-) -> redis::RedisResult<()> {
+    token: &str,
+) -> redis::RedisResult<i64> {
     let keys = &shared.settings.keys;
     let channels = keys.presence_gateway_channels(&shared.gateway);
     if edge && change == Change::Join {
@@ -347,15 +435,22 @@ async fn write(
         Change::Join => &*JOIN,
         Change::Leave => &*LEAVE,
     };
-    let _: i64 = script
+    let last = match change {
+        Change::Join if shared.occupancy.is_some() => "1",
+        Change::Join => "0",
+        Change::Leave => token,
+    };
+    let answer: i64 = script
         .key(keys.presence_clients(channel))
         .key(keys.presence_users(channel))
+        .key(keys.presence_occupied(channel))
         .arg(&member.client)
         .arg(member.stored())
         .arg(&member.user)
         .arg(client.publish_command())
         .arg(keys.channel(channel))
         .arg(member.event(change))
+        .arg(last)
         .invoke_async(&mut client)
         .await?;
     if edge && change == Change::Leave {
@@ -365,7 +460,7 @@ async fn write(
             .query_async(&mut client)
             .await?;
     }
-    Ok(())
+    Ok(answer)
 }
 
 /// This gateway's score in `{p}:presence`; whether it was still listed.
@@ -444,15 +539,20 @@ async fn sweep(shared: &Shared, mut client: RedisClient) -> redis::RedisResult<(
             .await?;
         let mut removed = 0u64;
         for channel in &channels {
-            let n: u64 = SWEEP
+            let token = shared.token();
+            let (n, emptied): (u64, i64) = SWEEP
                 .key(keys.presence_clients(channel))
                 .key(keys.presence_users(channel))
+                .key(keys.presence_occupied(channel))
                 .arg(format!("{dead}."))
                 .arg(client.publish_command())
                 .arg(keys.channel(channel))
+                .arg(&token)
                 .invoke_async(&mut client)
                 .await?;
             removed += n;
+            // An emptied channel is a last leave: 2 as the leave script.
+            shared.transition(channel, Change::Leave, emptied * 2, token);
         }
         let _: () = redis::cmd("DEL").arg(&set).query_async(&mut client).await?;
         let _: () = redis::cmd("ZREM")
