@@ -6,6 +6,9 @@
 # with 100,000 members (presence-keys). Results in .tmp/presence/.
 #   load-tests/presence.sh            full sizes
 #   SCALE=0.1 load-tests/presence.sh  a tenth
+# The two socket scenarios run twice, in one run: occupancy events off, then
+# on (PGWS_OCCUPANCY_EVENTS=true, a meta channel; a second cluster on other
+# ports and another prefix), labels suffixed "-occupancy".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source load-tests/lib.sh
@@ -26,4 +29,10 @@ start_cluster 3700 "$CH" "$RUN_TAG"
 target=(--listen-channel "$CH" --url 127.0.0.1:3711 --url 127.0.0.1:3712 --pid "$G1" --pid "$G2" --prefix "$RUN_TAG")
 load presence --clients "$(n 10000)" --channels 1 --queries 200 --label "one-channel" "${target[@]}"
 load presence --clients "$(n 10000)" --channels "$(n 1000)" --queries 200 --label "channels-of-10" "${target[@]}"
+for p in "$C1" "$C2" "$G1" "$G2"; do kill -TERM "$p"; wait "$p" 2>/dev/null || true; done
+export PGWS_OCCUPANCY_EVENTS=true PGWS_META_CHANNEL="meta-$RUN_TAG"
+start_cluster 3800 "$CH" "$RUN_TAG-o"
+target=(--listen-channel "$CH" --url 127.0.0.1:3811 --url 127.0.0.1:3812 --pid "$G1" --pid "$G2" --prefix "$RUN_TAG-o")
+load presence --clients "$(n 10000)" --channels 1 --queries 200 --label "one-channel-occupancy" "${target[@]}"
+load presence --clients "$(n 10000)" --channels "$(n 1000)" --queries 200 --label "channels-of-10-occupancy" "${target[@]}"
 load presence-keys --clients "$(n 100000)" --channels "$(n 1000)" --gateways 5 --label redis
