@@ -36,6 +36,9 @@ pub struct Observed<'a> {
     pub coordinator_logs: &'a [String],
     /// When the tail (everything healed, a leader elected) began.
     pub tail_from: f64,
+    /// The numbered messages were outbox sends (`pgws.send`): the outbox
+    /// rules apply (docs/architecture.md, "The outbox variant").
+    pub outbox: bool,
 }
 
 /// The verdict.
@@ -109,6 +112,9 @@ pub fn check(o: &Observed) -> Verdict {
         );
     }
     let positions = positions(o, &mut v);
+    if o.outbox {
+        outbox_epochs(o, &mut v);
+    }
     let terms = leadership(o, &mut v);
     for log in o.v2 {
         check_v2(log, &sent, &terms, &mut v, o);
@@ -171,6 +177,52 @@ fn positions(o: &Observed, v: &mut Verdict) -> Positions {
         }
     }
     out
+}
+
+/// Outbox: every message of a channel, on every reader, live or
+/// recovered, carries one durable epoch for the whole run — the epoch is the
+/// channel's base and the outbox generation, and nothing here rewinds the
+/// database, so a second epoch (or a leader's non-durable one) is a
+/// violation whatever the faults did.
+fn outbox_epochs(o: &Observed, v: &mut Verdict) {
+    let mut first: Vec<Option<(String, usize, f64)>> = vec![None; o.sent.len()];
+    for log in o.v2 {
+        for e in &log.events {
+            let V2Event::Message { at, epoch, num, .. } = e else {
+                continue;
+            };
+            v.count("outbox epochs compared", 1);
+            if !Epoch::parse(epoch).is_some_and(|p| p.continuity.is_durable()) {
+                v.violation(
+                    "outbox: a message not in a durable epoch",
+                    format!(
+                        "gateway {} channel {} at {at:.2}s: number {num} in {epoch}",
+                        log.gateway, log.channel
+                    ),
+                );
+                continue;
+            }
+            match &first[log.channel] {
+                None => first[log.channel] = Some((epoch.clone(), log.gateway, *at)),
+                Some((e0, g0, at0)) if e0 != epoch => v.violation(
+                    "outbox: epoch changed while the outbox generation is unchanged",
+                    format!(
+                        "channel {}: {e0} (gateway {g0}, {at0:.2}s), then {epoch} (gateway {}, {at:.2}s, number {num})",
+                        log.channel, log.gateway
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// A Redis restart between `from` and `to` (seconds): the one fault after
+/// which an away outbox reader may be told `recovered:false`.
+fn redis_restarted(faults: &[Injected], from: f64, to: f64) -> bool {
+    faults
+        .iter()
+        .any(|f| f.kind == Kind::RestartRedis && f.start <= to && f.end >= from)
 }
 
 /// Leadership from the coordinators' logs: each fencing epoch won by one
@@ -310,7 +362,7 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
                         *left -= 1;
                     }
                 }
-                if let Some(parsed) = Epoch::parse(epoch) {
+                if let Some(parsed) = Epoch::parse(epoch).filter(|p| !p.continuity.is_durable()) {
                     let key = (
                         parsed.base,
                         parsed.continuity.term,
@@ -359,7 +411,25 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
                     let missing: Vec<u64> = (prev + 1..*num)
                         .filter(|n| committed(&sent[ch], *n))
                         .collect();
-                    if !missing.is_empty() {
+                    if !missing.is_empty() && o.outbox {
+                        let redis = told && redis_restarted(o.faults, *prev_at, *at);
+                        if redis {
+                            v.expect(
+                                "outbox v2: away across a Redis restart, told recovered:false",
+                                missing.len() as u64,
+                            );
+                        } else {
+                            v.violation(
+                                "outbox v2: committed send lost",
+                                format!(
+                                    "{who}: {} missing {:?}… between {prev} ({prev_epoch}, {prev_at:.2}s) and {num} ({epoch}/{offset}, {at:.2}s){}",
+                                    missing.len(),
+                                    &missing[..missing.len().min(5)],
+                                    if told { ", told recovered:false" } else { "" }
+                                ),
+                            );
+                        }
+                    } else if !missing.is_empty() {
                         if told || prev_epoch != epoch {
                             v.expect(
                                 "v2: lost, announced by a new epoch or recovered:false",
@@ -489,10 +559,19 @@ fn check_v1(log: &V1Log, sent: &SentIndex, positions: &Positions, o: &Observed, 
                 continue;
             }
             for n in (prev + 1..num).filter(|n| committed(&sent[ch], *n)) {
-                match v1_loss_reason(log, n, sent, positions, o) {
+                let reason = if o.outbox {
+                    outbox_v1_loss_reason(log, sent[ch][&n].0)
+                } else {
+                    v1_loss_reason(log, n, sent, positions, o)
+                };
+                match reason {
                     Some(reason) => v.expect(reason, 1),
                     None => v.violation(
-                        "v1: committed notification lost outside any announced hole or Redis outage",
+                        if o.outbox {
+                            "outbox v1: committed send lost for a connected reader"
+                        } else {
+                            "v1: committed notification lost outside any announced hole or Redis outage"
+                        },
                         format!("{who}: number {n} (sent {:.2}s) missing between {prev} ({prev_at:.2}s) and {num} ({at:.2}s)", sent[ch][&n].0),
                     ),
                 }
@@ -501,6 +580,17 @@ fn check_v1(log: &V1Log, sent: &SentIndex, positions: &Positions, o: &Observed, 
         last = Some((num, at));
     }
     tail(&who, ch, last.map(|l| l.0), sent, v, o.tail_from);
+}
+
+/// Outbox: a v1 reader may miss a committed send only while it had no
+/// socket. A gateway cut from Redis (or Redis restarting) is no excuse:
+/// the leader publishes the backlog when it can, and the gateway fills the
+/// offsets it missed from history before delivering more.
+fn outbox_v1_loss_reason(log: &V1Log, at: f64) -> Option<&'static str> {
+    log.down
+        .iter()
+        .any(|(from, to)| at >= from - 1.0 && at <= to + 1.0)
+        .then_some("outbox v1: sent while the reader had no socket")
 }
 
 /// Why a v1 reader may have missed `n`: it was never published and the
@@ -645,6 +735,7 @@ mod tests {
             faults: &[],
             coordinator_logs: &logs,
             tail_from: 1e9,
+            outbox: false,
         })
     }
 
@@ -749,6 +840,7 @@ mod tests {
                 faults: &faults,
                 coordinator_logs: &logs,
                 tail_from: 1e9,
+                outbox: false,
             })
         };
         // 4 was never published and the epoch changed around it: expected.
@@ -788,6 +880,7 @@ mod tests {
             faults: &[],
             coordinator_logs: &logs,
             tail_from: 1e9,
+            outbox: false,
         });
         assert_eq!(
             v.violations.get("two leaders in one fencing epoch"),
@@ -797,5 +890,139 @@ mod tests {
             v.violations.get("acknowledged write never became a NOTIFY"),
             Some(&1)
         );
+    }
+
+    /// The durable epoch of outbox messages (term `Continuity::DURABLE`).
+    const D: &str = "1.1fffffffffffff.0";
+
+    fn run_outbox(events: Vec<V2Event>, n: u64, v1: Vec<V1Log>, faults: Vec<Injected>) -> Verdict {
+        let s = vec![sent(n)];
+        let v2 = vec![V2Log {
+            gateway: 0,
+            channel: 0,
+            events,
+        }];
+        check(&Observed {
+            sent: &s,
+            v1: &v1,
+            v2: &v2,
+            writers: &[],
+            recorder: &RecorderLog::default(),
+            faults: &faults,
+            coordinator_logs: &[],
+            tail_from: 1e9,
+            outbox: true,
+        })
+    }
+
+    fn fault(kind: Kind, target: Option<usize>, start: f64, end: f64) -> Injected {
+        Injected {
+            kind,
+            target,
+            detail: "",
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn outbox_a_clean_durable_history_passes_without_any_leader_term() {
+        let v = run_outbox(
+            vec![
+                sub(None, D, 0, None, 0),
+                msg(D, 1, 1),
+                msg(D, 2, 2),
+                msg(D, 3, 3),
+            ],
+            3,
+            Vec::new(),
+            Vec::new(),
+        );
+        assert!(v.ok(), "{v:?}");
+    }
+
+    #[test]
+    fn outbox_a_loss_is_a_violation_even_when_told_unless_redis_restarted_meanwhile() {
+        let told = vec![
+            sub(None, D, 0, None, 0),
+            msg(D, 1, 1),
+            V2Event::Down {
+                at: 1.0,
+                why: "planned reconnect".into(),
+            },
+            sub(Some((D, 1)), D, 2, Some(false), 0),
+            msg(D, 3, 3),
+        ];
+        let v = run_outbox(told.clone(), 3, Vec::new(), Vec::new());
+        assert_eq!(
+            v.violations.get("outbox v2: committed send lost"),
+            Some(&1),
+            "{v:?}"
+        );
+        let v = run_outbox(
+            told,
+            3,
+            Vec::new(),
+            vec![fault(Kind::RestartRedis, None, 1.5, 2.5)],
+        );
+        assert!(v.ok(), "{v:?}");
+        // A new epoch announces nothing for the outbox: two violations.
+        let v = run_outbox(
+            vec![
+                sub(None, D, 0, None, 0),
+                msg(D, 1, 1),
+                msg("2.1fffffffffffff.0", 3, 3),
+            ],
+            3,
+            Vec::new(),
+            Vec::new(),
+        );
+        assert!(
+            v.violations.contains_key("outbox v2: committed send lost"),
+            "{v:?}"
+        );
+        assert!(
+            v.violations
+                .contains_key("outbox: epoch changed while the outbox generation is unchanged"),
+            "{v:?}"
+        );
+        // A leader's (non-durable) epoch on an outbox channel.
+        let v = run_outbox(
+            vec![sub(None, "1.1.1", 0, None, 0), msg("1.1.1", 1, 1)],
+            1,
+            Vec::new(),
+            Vec::new(),
+        );
+        assert!(
+            v.violations
+                .contains_key("outbox: a message not in a durable epoch"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn outbox_a_v1_loss_is_excused_only_by_the_reader_s_own_missing_socket() {
+        let v2 = vec![
+            sub(None, D, 0, None, 0),
+            msg(D, 1, 1),
+            msg(D, 2, 2),
+            msg(D, 3, 3),
+        ];
+        let v1 = |down: Vec<(f64, f64)>| V1Log {
+            gateway: 0,
+            channel: 0,
+            got: vec![(1, 1.0), (3, 3.0)],
+            down,
+        };
+        let cut = fault(Kind::GatewayRedis, Some(0), 1.5, 2.5);
+        let v = run_outbox(v2.clone(), 3, vec![v1(Vec::new())], vec![cut]);
+        assert_eq!(
+            v.violations
+                .get("outbox v1: committed send lost for a connected reader"),
+            Some(&1),
+            "{v:?}"
+        );
+        let v = run_outbox(v2, 3, vec![v1(vec![(1.8, 2.2)])], Vec::new());
+        assert!(v.ok(), "{v:?}");
     }
 }

@@ -62,6 +62,11 @@ struct Args {
     /// pause-leader, kill-leader, kill-standby, restart-pg, restart-redis).
     #[arg(long, value_delimiter = ',')]
     kinds: Vec<String>,
+    /// The durable outbox: coordinators with `PGWS_OUTBOX=true`, the
+    /// numbered messages sent with `SELECT pgws.send(…)` (autocommitted),
+    /// and the checker's outbox rules (no loss, one epoch per channel).
+    #[arg(long)]
+    outbox: bool,
     /// Instead of a campaign: measure what a Redis failover loses of
     /// acknowledged appends (this many `kill -9` rounds) and what `WAIT 1`
     /// costs per append.
@@ -191,7 +196,8 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
         "auto" => topology::Mode::Proxy,
         other => anyhow::bail!("--mode {other}: netns, proxy or auto"),
     };
-    let mut topo = topology::Topology::start(mode, run, coordinators, gateways).await?;
+    let mut topo =
+        topology::Topology::start(mode, run, coordinators, gateways, args.outbox).await?;
     let clock = Clock(Instant::now());
     let epoch_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -259,6 +265,7 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
         topo.listen_channel.clone(),
         channels.clone(),
         Duration::from_millis(args.tick_ms),
+        args.outbox,
         clock,
         notifier_stop,
     ));
@@ -317,6 +324,7 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
         faults: &faults,
         coordinator_logs: &logs,
         tail_from,
+        outbox: args.outbox,
     });
     verdict.checked.insert(
         "gateway drops of a deposed leader's messages (pgws_bus_stale_dropped_total)",
@@ -332,10 +340,16 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
             None => "fault proxies (testkit::proxy) on every link, a cut resets connections; processes in the root network namespace".into(),
         },
         topology: format!(
-            "private PostgreSQL {} and Redis (appendfsync always), {coordinators} coordinators (PGWS_STANDBY_LISTEN=true, ttl {} ms), {gateways} gateways, {} channels at one NOTIFY per {} ms, a v1 and a v2 reader per channel per gateway, a writer per gateway",
+            "private PostgreSQL {} and Redis (appendfsync always), {coordinators} coordinators (PGWS_STANDBY_LISTEN=true, ttl {} ms{}), {gateways} gateways, {} channels at one {} per {} ms, a v1 and a v2 reader per channel per gateway, a writer per gateway",
             topo.pg.psql("SHOW server_version"),
             topology::TTL.as_millis(),
+            if args.outbox {
+                format!(", PGWS_OUTBOX=true, PGWS_HISTORY_SIZE={}", topology::OUTBOX_HISTORY)
+            } else {
+                String::new()
+            },
             args.channels,
+            if args.outbox { "pgws.send (autocommitted)" } else { "NOTIFY" },
             args.tick_ms
         ),
         nemesis_secs,

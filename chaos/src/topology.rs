@@ -67,6 +67,12 @@ pub struct GatewaySlot {
     pub server: Server,
 }
 
+/// History per channel with `--outbox`: the outbox promises connected
+/// readers everything "as long as history holds the outage's backlog"
+/// (docs/architecture.md), and an outage of the nemesis (at most 5 s held,
+/// then the time to reconnect) at 100 sends/s is far below it.
+pub const OUTBOX_HISTORY: usize = 10_000;
+
 /// Everything one run starts.
 pub struct Topology {
     /// Redis key prefix of this run.
@@ -82,6 +88,9 @@ pub struct Topology {
     pub coordinators: Vec<CoordinatorSlot>,
     /// Gateways.
     pub gateways: Vec<GatewaySlot>,
+    /// `--outbox`: coordinators read the durable outbox (`PGWS_OUTBOX=true`)
+    /// and every process keeps [`OUTBOX_HISTORY`] messages per channel.
+    pub outbox: bool,
     /// The namespaces (namespace mode), deleted after every process stopped.
     net: Option<Net>,
     _tls: ServerTls,
@@ -111,6 +120,7 @@ impl Topology {
         run: u32,
         coordinators: usize,
         gateways: usize,
+        outbox: bool,
     ) -> anyhow::Result<Topology> {
         let dir = std::env::temp_dir().join(unique("pgws-chaos"));
         std::fs::create_dir_all(&dir)?;
@@ -146,6 +156,7 @@ impl Topology {
             redis,
             coordinators: Vec::new(),
             gateways: Vec::new(),
+            outbox,
             net,
             _tls: tls,
             _dir: guard,
@@ -180,6 +191,9 @@ impl Topology {
             };
             let mut b = Server::cluster_gateway(&redis_url, &topo.prefix, &topo.listen_channel)
                 .env("PGWS_LOG_LEVEL", "info");
+            if outbox {
+                b = b.env("PGWS_HISTORY_SIZE", OUTBOX_HISTORY.to_string());
+            }
             if let Some(h) = &host {
                 b = b
                     .env("PGWS_HOST", h.addr.to_string())
@@ -225,6 +239,11 @@ impl Topology {
             .env("PGWS_LEADER_TTL", TTL.as_millis().to_string())
             .env("PGWS_LOG_LEVEL", "info")
             .no_wait();
+        if self.outbox {
+            b = b
+                .env("PGWS_OUTBOX", "true")
+                .env("PGWS_HISTORY_SIZE", OUTBOX_HISTORY.to_string());
+        }
         if let Some(h) = &slot.host {
             b = b
                 .env("PGWS_ADMIN_HOST", h.addr.to_string())

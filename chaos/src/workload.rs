@@ -134,12 +134,16 @@ async fn pg_connect(conninfo: &str) -> Option<tokio_postgres::Client> {
 }
 
 /// Send numbered notifications round-robin over `channels` every `tick`
-/// until stopped; returns what was sent per channel.
+/// until stopped; returns what was sent per channel. `outbox`: each is
+/// `SELECT pgws.send(payload)` in its own autocommitted transaction, so
+/// the statement's answer is its COMMIT's: committed only when it returned,
+/// ambiguous ("maybe") when the connection broke first.
 pub async fn notifier(
     conninfo: String,
     listen: String,
     channels: Vec<String>,
     tick: Duration,
+    outbox: bool,
     clock: Clock,
     mut stop: watch::Receiver<bool>,
 ) -> Vec<Vec<Sent>> {
@@ -162,11 +166,17 @@ pub async fn notifier(
         let num = sent[ch].len() as u64 + 1;
         let text = json!({"channel": channels[ch], "payload": num.to_string()}).to_string();
         let at = clock.now();
-        let r = tokio::time::timeout(
-            Duration::from_secs(2),
-            c.execute("SELECT pg_notify($1, $2)", &[&listen, &text]),
-        )
-        .await;
+        let (sql, params): (&str, [&(dyn tokio_postgres::types::ToSql + Sync); 2]) = if outbox {
+            // `$2` (the listen channel) is ignored, so both forms take the
+            // same parameters: `pgws.send` routes by the payload's channel.
+            (
+                "SELECT pgws.send($2) FROM (SELECT $1::text) AS l",
+                [&listen, &text],
+            )
+        } else {
+            ("SELECT pg_notify($1, $2)", [&listen, &text])
+        };
+        let r = tokio::time::timeout(Duration::from_secs(2), c.execute(sql, &params)).await;
         let committed = matches!(r, Ok(Ok(_)));
         if !committed {
             client = None;
