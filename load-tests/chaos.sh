@@ -8,14 +8,20 @@
 #
 #   bash load-tests/chaos.sh                 # 30 minutes
 #   CHAOS_MINUTES=5 bash load-tests/chaos.sh
+#   CHAOS_OUTBOX=1 CHAOS_MINUTES=10 bash load-tests/chaos.sh   # over the durable outbox
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${CHAOS_MINUTES:-30}"
 run="${CHAOS_RUN_SECONDS:-120}"
 out="target/chaos/long-$(date -u +%Y%m%dT%H%M%S)"
+variant=()
+if [ -n "${CHAOS_OUTBOX:-}" ]; then
+  variant=(--outbox)
+  out="$out-outbox"
+fi
 cargo build --locked -p pgws-chaos -p pgws-coordinator -p pgws-gateway --bins
 status=0
-target/debug/pgws-chaos --campaign $((minutes * 60)) --duration "$run" --out "$out" || status=$?
+target/debug/pgws-chaos "${variant[@]}" --campaign $((minutes * 60)) --duration "$run" --out "$out" || status=$?
 python3 - "$out" <<'PY'
 import pathlib, re, sys
 from collections import Counter

@@ -39,6 +39,10 @@ echo "== chaos (short campaign)" >&2
 # target/chaos/ci, non-zero on any violation. The long campaign is
 # load-tests/chaos.sh.
 target/debug/pgws-chaos --seed 11 --seed 23 --duration 60 --out target/chaos/ci
+# The same over the durable outbox (PGWS_OUTBOX=true, pgws.send): seed 25
+# partitions every coordinator from PostgreSQL, restarts PostgreSQL and
+# Redis twice each and kills the leader; no committed send may be lost.
+target/debug/pgws-chaos --outbox --seed 25 --duration 60 --out target/chaos/ci-outbox
 echo "== JavaScript client" >&2
 # The type checks run tsc (typescript, pinned in clients/js/package.json).
 pgws_ensure_typescript

@@ -122,6 +122,20 @@ pub fn check(o: &Observed) -> Verdict {
     for log in o.v1 {
         check_v1(log, &sent, &positions, o, &mut v);
     }
+    if o.outbox {
+        // A "maybe" (its COMMIT's answer lost) may arrive or not — at most
+        // once, which the duplicate rule checks; how many did is counted.
+        let arrived = positions
+            .iter()
+            .enumerate()
+            .flat_map(|(ch, map)| map.keys().map(move |n| (ch, *n)))
+            .filter(|(ch, n)| sent[*ch].get(n).is_some_and(|s| !s.1))
+            .count();
+        v.count(
+            "outbox: ambiguous sends that arrived (committed after all)",
+            arrived as u64,
+        );
+    }
     check_writes(o, &mut v);
     v
 }
