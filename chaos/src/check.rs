@@ -306,6 +306,7 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
     let who = format!("v2 reader (gateway {}, channel {ch})", log.gateway);
     let mut seen = BTreeSet::new();
     let mut last: Option<(u64, String, f64)> = None;
+    let mut first_subscribed: Option<f64> = None;
     let mut told = true;
     let mut replay: Option<(String, u64, u64, f64)> = None; // epoch, next offset, left, at
     let mut newest_term: Option<(u64, u64, u64)> = None; // base, term, session
@@ -320,6 +321,7 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
                 replayed,
             } => {
                 v.count("v2 subscriptions", 1);
+                first_subscribed.get_or_insert(*at);
                 if let Some((epoch0, left, ..)) = replay.take().map(|r| (r.0, r.2)) {
                     if left > 0 {
                         v.count("v2 replays cut short by the socket", 1);
@@ -413,6 +415,27 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
                         format!("{who} at {at:.2}s: number {num} at {epoch}/{offset} again"),
                     );
                     continue;
+                }
+                if o.outbox && last.is_none() {
+                    // The reader subscribed before the first send: what
+                    // committed after its subscription and before its
+                    // first delivery must have reached it too.
+                    let from = first_subscribed.unwrap_or(0.0);
+                    let missing: Vec<u64> = (1..*num)
+                        .filter(|n| committed(&sent[ch], *n) && sent[ch][n].0 >= from)
+                        .collect();
+                    if !missing.is_empty() {
+                        v.violation(
+                            "outbox: committed send lost before the reader's first delivery",
+                            format!(
+                                "{who}: {} missing {:?}… before its first, {num} ({epoch}/{offset}, {at:.2}s), sent {:.2}s–{:.2}s",
+                                missing.len(),
+                                &missing[..missing.len().min(5)],
+                                sent[ch][&missing[0]].0,
+                                sent[ch][&missing[missing.len() - 1]].0
+                            ),
+                        );
+                    }
                 }
                 if let Some((prev, prev_epoch, prev_at)) = &last {
                     if num < prev {
@@ -563,6 +586,25 @@ fn check_v1(log: &V1Log, sent: &SentIndex, positions: &Positions, o: &Observed, 
                 format!("{who} at {at:.2}s: number {num} again"),
             );
             continue;
+        }
+        if o.outbox && last.is_none() {
+            let missing: Vec<u64> = (1..num)
+                .filter(|n| {
+                    committed(&sent[ch], *n) && outbox_v1_loss_reason(log, sent[ch][n].0).is_none()
+                })
+                .collect();
+            if !missing.is_empty() {
+                v.violation(
+                    "outbox: committed send lost before the reader's first delivery",
+                    format!(
+                        "{who}: {} missing {:?}… before its first, {num} ({at:.2}s), sent {:.2}s–{:.2}s",
+                        missing.len(),
+                        &missing[..missing.len().min(5)],
+                        sent[ch][&missing[0]].0,
+                        sent[ch][&missing[missing.len() - 1]].0
+                    ),
+                );
+            }
         }
         if let Some((prev, prev_at)) = last {
             if num < prev {
@@ -1010,6 +1052,28 @@ mod tests {
         assert!(
             v.violations
                 .contains_key("outbox: a message not in a durable epoch"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn outbox_a_loss_before_the_first_delivery_fails() {
+        let v1 = V1Log {
+            gateway: 0,
+            channel: 0,
+            got: vec![(3, 3.0)],
+            down: vec![(0.0, 0.5)],
+        };
+        let v = run_outbox(
+            vec![sub(None, D, 0, None, 0), msg(D, 3, 3)],
+            3,
+            vec![v1],
+            Vec::new(),
+        );
+        assert_eq!(
+            v.violations
+                .get("outbox: committed send lost before the reader's first delivery"),
+            Some(&2),
             "{v:?}"
         );
     }
