@@ -247,7 +247,40 @@ async fn prepare_once(config: &OutboxConfig, start: &Start) -> Result<Initial, O
         }
     }
     session.client.batch_execute("COMMIT").await.map_err(db)?;
+    if let Start::Saved(name) = start {
+        cursors = claim_start(&session.client, name, cursors)
+            .await
+            .map_err(db)?;
+    }
     Ok(Initial { cursors, history })
+}
+
+/// A cluster's first leader saves where it starts before it reads (fence
+/// 0: any leader's save replaces it): a leader stopped before its first
+/// batch must not let its successor start from a later "now" and skip
+/// what committed in between. Whatever is saved by then is where reading
+/// starts.
+async fn claim_start(
+    client: &Client,
+    name: &str,
+    from: Cursors,
+) -> Result<Cursors, tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO pgws.cursors (name, seqs, fence) VALUES ($1, $2, 0) \
+             ON CONFLICT (name) DO NOTHING",
+            &[&name, &from.seqs],
+        )
+        .await?;
+    let saved: Vec<i64> = client
+        .query_one("SELECT seqs FROM pgws.cursors WHERE name = $1", &[&name])
+        .await?
+        .get(0);
+    let mut cursors = from;
+    for (i, seq) in saved.into_iter().enumerate().take(cursors.seqs.len()) {
+        cursors.seqs[i] = seq;
+    }
+    Ok(cursors)
 }
 
 /// The outbox's generation (`pgws.meta`).
