@@ -13,21 +13,6 @@ use pgws_testkit::republished::{next, subscribe};
 use pgws_testkit::*;
 use serde_json::json;
 
-/// The address of the shared Redis (a plain `redis://host:port` URL).
-fn redis_addr() -> std::net::SocketAddr {
-    let url = redis_url();
-    let hostport = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    std::net::ToSocketAddrs::to_socket_addrs(&hostport)
-        .ok()
-        .and_then(|mut a| a.next())
-        .unwrap_or_else(|| panic!("this test needs a plain redis://host:port URL, not {url}"))
-}
-
 #[tokio::test]
 async fn a_notification_queued_when_the_listen_session_is_lost_keeps_the_continuity_from_before() {
     let proxy = Proxy::start(redis_addr()).await.expect("proxy");

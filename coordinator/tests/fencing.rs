@@ -145,21 +145,6 @@ async fn the_publish_script_refuses_a_batch_whose_epoch_is_no_longer_current() {
         .expect("DEL");
 }
 
-/// The address of the shared Redis (a plain `redis://host:port` URL).
-fn redis_addr() -> std::net::SocketAddr {
-    let url = redis_url();
-    let hostport = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    std::net::ToSocketAddrs::to_socket_addrs(&hostport)
-        .ok()
-        .and_then(|mut a| a.next())
-        .unwrap_or_else(|| panic!("this test needs a plain redis://host:port URL, not {url}"))
-}
-
 /// Issue 20, hole 3, end to end: the leader's batch for a channel nobody
 /// else has written is held in the network (sent while its lease was
 /// valid) until the lock has passed to the standby, then delivered. The

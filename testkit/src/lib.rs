@@ -52,7 +52,7 @@ pub use http::*;
 pub use names::*;
 pub use ports::*;
 pub use process::*;
-pub use redis_server::{redis_url, RedisClusterServers, RedisServer};
+pub use redis_server::{redis_addr, redis_url, RedisClusterServers, RedisServer};
 pub use sse::{http_post, Sse, SseBlock};
 pub use v2::{read_while_reconnecting, v2_request, Pos, V2};
 pub use ws::*;

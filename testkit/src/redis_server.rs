@@ -15,6 +15,22 @@ pub fn redis_url() -> String {
     std::env::var("PGWS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The shared Redis's address, for a fault proxy in front of it (it must
+/// be a plain `redis://host:port` URL).
+pub fn redis_addr() -> std::net::SocketAddr {
+    let url = redis_url();
+    let hostport = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    std::net::ToSocketAddrs::to_socket_addrs(&hostport)
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("this test needs a plain redis://host:port URL, not {url}"))
+}
+
 /// TLS material for a server and its clients.
 #[derive(Clone)]
 pub struct RedisTls {

@@ -216,7 +216,7 @@ async fn prepare_once(config: &OutboxConfig, start: &Start) -> Result<Initial, O
         .await
         .map_err(db)?;
     let generation = generation(&session.client).await.map_err(db)?;
-    let mut cursors = newest(&session.client).await.map_err(db)?;
+    let cursors = newest(&session.client).await.map_err(db)?;
     let mut history = Vec::new();
     match start {
         Start::History {
@@ -230,28 +230,17 @@ async fn prepare_once(config: &OutboxConfig, start: &Start) -> Result<Initial, O
                 .map_err(db)?;
             history = messages(&rows, generation);
         }
-        Start::Saved(name) => {
-            let saved = session
-                .client
-                .query_opt("SELECT seqs FROM pgws.cursors WHERE name = $1", &[name])
-                .await
-                .map_err(db)?;
-            if let Some(row) = saved {
-                let seqs: Vec<i64> = row.get(0);
-                for (i, seq) in seqs.into_iter().enumerate().take(cursors.seqs.len()) {
-                    // Never past the database (it may have gone back in
-                    // time): the reader's check then moves the generation.
-                    cursors.seqs[i] = seq;
-                }
-            }
-        }
+        // Where a cluster's leader starts is claimed below, outside this
+        // read-only transaction.
+        Start::Saved(_) => {}
     }
     session.client.batch_execute("COMMIT").await.map_err(db)?;
-    if let Start::Saved(name) = start {
-        cursors = claim_start(&session.client, name, cursors)
+    let cursors = match start {
+        Start::Saved(name) => claim_start(&session.client, name, cursors)
             .await
-            .map_err(db)?;
-    }
+            .map_err(db)?,
+        Start::History { .. } => cursors,
+    };
     Ok(Initial { cursors, history })
 }
 
@@ -276,6 +265,8 @@ async fn claim_start(
         .query_one("SELECT seqs FROM pgws.cursors WHERE name = $1", &[&name])
         .await?
         .get(0);
+    // Never past the database (it may have gone back in time): the
+    // reader's check then moves the generation.
     let mut cursors = from;
     for (i, seq) in saved.into_iter().enumerate().take(cursors.seqs.len()) {
         cursors.seqs[i] = seq;
