@@ -33,12 +33,16 @@
 //! # Bells, and when to stop being rung
 //!
 //! An idle reader delivers what a signed bell carries without a poll
-//! ([`bell`]). But every ringing sender pays NOTIFY's database-wide lock
-//! across its commit's WAL flush, which serializes them: when bells come
-//! faster than one per [`BELL_GAP`], the reader turns busy, and a busy
+//! ([`bell`]). But every ringing sender holds NOTIFY's database-wide lock
+//! across its commit's WAL flush, which serializes ringing senders: when
+//! two *sessions* ring less than [`BELL_GAP`] apart (each notification
+//! names its sender's backend pid), the reader turns busy, and a busy
 //! reader stays busy (polling every [`LINGER_PAUSE`]) until its polls have
-//! found nothing for [`BUSY_LINGER`]. So a trickle is delivered at NOTIFY's
-//! latency, and a steady rate never rings.
+//! found nothing for [`BUSY_LINGER`]. One session ringing, however fast,
+//! keeps the reader idle: its commits never overlap, so no commit waits
+//! for another's flush, and each is delivered from its bell. So a trickle,
+//! or a single publisher, is delivered at the doorbell's latency, and
+//! concurrent senders under a steady rate never ring.
 //!
 //! # A database that went back in time
 //!
@@ -365,11 +369,44 @@ fn messages(rows: &[Row], generation: u64) -> Vec<OutboxMessage> {
         .collect()
 }
 
+/// A bell as heard: who rang it (the sending session's backend pid), when,
+/// and what it carries.
+#[derive(Debug)]
+struct HeardBell {
+    sender: i32,
+    at: Instant,
+    text: String,
+}
+
+/// The sessions that rang last, to tell a single sender ringing fast
+/// (nothing waits: its commits never overlap) from several sessions
+/// ringing close together, whose commits each wait for NOTIFY's
+/// database-wide lock — held across the other's WAL flush.
+#[derive(Debug, Default)]
+struct Ringers {
+    last: Option<(i32, Instant)>,
+}
+
+impl Ringers {
+    /// Note bells rung by `senders` (pid, when heard, in order): whether
+    /// two sessions rang less than [`BELL_GAP`] apart.
+    fn contended(&mut self, senders: impl IntoIterator<Item = (i32, Instant)>) -> bool {
+        let mut contended = false;
+        for (sender, at) in senders {
+            if let Some((last, last_at)) = self.last {
+                contended |= last != sender && at.saturating_duration_since(last_at) < BELL_GAP;
+            }
+            self.last = Some((sender, at));
+        }
+        contended
+    }
+}
+
 /// What the connection's driver heard since the reader last looked.
 #[derive(Debug, Default)]
 struct Heard {
     /// Bells that carried commits, in the order they came.
-    bells: Vec<String>,
+    bells: Vec<HeardBell>,
     /// A plain ring came, or more bells than are kept: only a poll will do.
     plain: bool,
 }
@@ -383,14 +420,18 @@ struct Doorbell {
 }
 
 impl Doorbell {
-    fn ring(&self, payload: &str) {
+    fn ring(&self, sender: i32, payload: &str) {
         {
             let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
             if payload.is_empty() || heard.bells.len() >= BELLS_KEPT {
                 heard.plain = true;
                 heard.bells.clear();
             } else if !heard.plain {
-                heard.bells.push(payload.to_owned());
+                heard.bells.push(HeardBell {
+                    sender,
+                    at: Instant::now(),
+                    text: payload.to_owned(),
+                });
             }
         }
         self.wake.notify_one();
@@ -430,7 +471,9 @@ impl Session {
         let driver = tokio::spawn(async move {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(n))) => heard.ring(n.payload()),
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        heard.ring(n.process_id(), n.payload())
+                    }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return pg::error_chain(&e),
                     None => return "connection closed".to_string(),
@@ -604,6 +647,7 @@ impl Reader {
         // When the reader last found something: while that is recent it
         // stays busy (see BUSY_LINGER).
         let mut active = Instant::now();
+        let mut ringers = Ringers::default();
         loop {
             // Busy: poll until polls come back empty for BUSY_LINGER.
             match self.poll_and_deliver(&session, &poll, &mut behind).await {
@@ -662,16 +706,16 @@ impl Reader {
                 }
                 self.metrics.doorbells.inc();
                 match self
-                    .deliver_bells(&session, key.as_ref(), &mut behind)
+                    .deliver_bells(&session, key.as_ref(), &mut behind, &mut ringers)
                     .await
                 {
-                    // One bell, the previous one a while ago: stay idle.
-                    Ok(Some(1)) if active.elapsed() >= BELL_GAP => active = Instant::now(),
-                    Ok(Some(0)) => {}
-                    // Bells come fast: each cost its sender NOTIFY's
-                    // database-wide lock, held across its commit's WAL
+                    // Rung by one session (however fast: its commits never
+                    // overlap, so none waited for another's): stay idle.
+                    Ok(Some(false)) => {}
+                    // Two sessions rang close together: each paid NOTIFY's
+                    // database-wide lock, held across the other's WAL
                     // flush. Turn busy: they stop ringing.
-                    Ok(Some(_)) => {
+                    Ok(Some(true)) => {
                         active = Instant::now();
                         break;
                     }
@@ -807,14 +851,16 @@ impl Reader {
     }
 
     /// Deliver what the bells heard carry, if every commit row in them
-    /// continues its shard's cursor (see [`bell`]): `Ok(Some(bells))`.
-    /// `Ok(None)`: the reader must poll instead.
+    /// continues its shard's cursor (see [`bell`]): `Ok(Some(contended))`,
+    /// where `contended` says two sessions rang less than [`BELL_GAP`]
+    /// apart ([`Ringers`]). `Ok(None)`: the reader must poll instead.
     async fn deliver_bells(
         &self,
         session: &Session,
         key: Option<&ring::hmac::Key>,
         behind: &mut bool,
-    ) -> Result<Option<usize>, SessionEnd> {
+        ringers: &mut Ringers,
+    ) -> Result<Option<bool>, SessionEnd> {
         let heard = session.doorbell.take();
         let Some(key) = key else {
             return Ok(None);
@@ -826,8 +872,8 @@ impl Reader {
         let generation = self.generation.load(Ordering::Acquire);
         let mut next = cursors.clone();
         let mut batch = Vec::new();
-        for text in &heard.bells {
-            let rungs = match bell::open(text, key, generation) {
+        for one in &heard.bells {
+            let rungs = match bell::open(&one.text, key, generation) {
                 Ok(rungs) => rungs,
                 Err(why) => {
                     if why == bell::NoRows::Forged {
@@ -854,7 +900,9 @@ impl Reader {
             self.hand_over(session, cursors, &batch, behind).await?;
             self.metrics.rung.inc_by(batch.len() as u64);
         }
-        Ok(Some(heard.bells.len()))
+        Ok(Some(ringers.contended(
+            heard.bells.iter().map(|bell| (bell.sender, bell.at)),
+        )))
     }
 
     /// Hand `batch` (read after `cursors`) to the sink until it takes it,
@@ -994,6 +1042,22 @@ mod tests {
             seq,
             committed_at_ms: 0,
         }
+    }
+
+    #[test]
+    fn one_session_ringing_fast_is_not_contention_two_close_together_are() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut ringers = Ringers::default();
+        // One session, a bell every millisecond: never contended.
+        assert!(!ringers.contended((0..20).map(|i| (7, ms(i)))));
+        // Another session rings 1 ms after it: contended.
+        assert!(ringers.contended([(8, ms(20))]));
+        // Another one, a while later: not.
+        assert!(!ringers.contended([(9, ms(20) + BELL_GAP)]));
+        // Two sessions heard at one wake-up: contended.
+        let mut fresh = Ringers::default();
+        assert!(fresh.contended([(1, ms(100)), (2, ms(100))]));
     }
 
     #[test]
