@@ -254,13 +254,14 @@ async fn claim_start(
     name: &str,
     from: Cursors,
 ) -> Result<Cursors, tokio_postgres::Error> {
-    client
+    let claimed = client
         .execute(
             "INSERT INTO pgws.cursors (name, seqs, fence) VALUES ($1, $2, 0) \
              ON CONFLICT (name) DO NOTHING",
             &[&name, &from.seqs],
         )
-        .await?;
+        .await?
+        == 1;
     let saved: Vec<i64> = client
         .query_one("SELECT seqs FROM pgws.cursors WHERE name = $1", &[&name])
         .await?
@@ -271,6 +272,12 @@ async fn claim_start(
     for (i, seq) in saved.into_iter().enumerate().take(cursors.seqs.len()) {
         cursors.seqs[i] = seq;
     }
+    tracing::info!(
+        cursor = name,
+        seqs = ?cursors.seqs,
+        claimed,
+        "the outbox is read from here (per shard: the last commit already taken)"
+    );
     Ok(cursors)
 }
 
