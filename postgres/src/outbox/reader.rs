@@ -186,8 +186,12 @@ pub async fn prepare(
 ) -> Result<Initial, OutboxError> {
     let mut backoff = Backoff::new();
     let mut failures = 0;
+    // Whether any attempt found no outbox at all (kept across retries: an
+    // attempt that created it and then failed must not make the next one
+    // start from what committed since).
+    let mut fresh = false;
     loop {
-        match prepare_once(config, start).await {
+        match prepare_once(config, start, &mut fresh).await {
             Err(OutboxError::Database(why)) if failures < retries => {
                 failures += 1;
                 let delay = backoff.next_delay();
@@ -202,8 +206,19 @@ pub async fn prepare(
     }
 }
 
-async fn prepare_once(config: &OutboxConfig, start: &Start) -> Result<Initial, OutboxError> {
+async fn prepare_once(
+    config: &OutboxConfig,
+    start: &Start,
+    fresh: &mut bool,
+) -> Result<Initial, OutboxError> {
     let session = Session::open(&config.db).await?;
+    // Before migrating: with no outbox yet, nothing can have committed
+    // before this reader looked, so a cluster with no saved cursor starts
+    // from the beginning — not from the head it finds after the migration,
+    // which sends may already have moved.
+    *fresh |= !outbox_exists(&session.client)
+        .await
+        .map_err(|e| OutboxError::Database(pg::error_chain(&e)))?;
     if config.migrate {
         super::schema::migrate(&session.client).await?;
     } else {
@@ -236,19 +251,37 @@ async fn prepare_once(config: &OutboxConfig, start: &Start) -> Result<Initial, O
     }
     session.client.batch_execute("COMMIT").await.map_err(db)?;
     let cursors = match start {
-        Start::Saved(name) => claim_start(&session.client, name, cursors)
-            .await
-            .map_err(db)?,
+        Start::Saved(name) => {
+            let from = if *fresh {
+                Cursors {
+                    seqs: vec![0; cursors.shards.len()],
+                    ..cursors
+                }
+            } else {
+                cursors
+            };
+            claim_start(&session.client, name, from).await.map_err(db)?
+        }
         Start::History { .. } => cursors,
     };
     Ok(Initial { cursors, history })
+}
+
+/// `pgws.commits` exists: something may have committed.
+async fn outbox_exists(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT to_regclass('pgws.commits') IS NOT NULL", &[])
+        .await?
+        .get(0))
 }
 
 /// A cluster's first leader saves where it starts before it reads (fence
 /// 0: any leader's save replaces it): a leader stopped before its first
 /// batch must not let its successor start from a later "now" and skip
 /// what committed in between. Whatever is saved by then is where reading
-/// starts.
+/// starts. `from` is the outbox's head when this leader looked — or the
+/// beginning, when it found no outbox: it created it (or another process
+/// did meanwhile), and whatever committed since must be published.
 async fn claim_start(
     client: &Client,
     name: &str,
