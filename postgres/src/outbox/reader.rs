@@ -130,6 +130,14 @@ pub struct Cursors {
 }
 
 impl Cursors {
+    /// `seq` of `shard` is at or below its cursor.
+    pub fn covers(&self, shard: i32, seq: i64) -> bool {
+        self.shards
+            .iter()
+            .position(|s| *s == shard)
+            .is_some_and(|i| seq <= self.seqs[i])
+    }
+
     fn advance(&mut self, batch: &[OutboxMessage]) {
         for m in batch {
             if let Some(i) = self.shards.iter().position(|s| *s == m.shard) {
@@ -163,7 +171,33 @@ pub struct Initial {
     pub cursors: Cursors,
     /// The history to load (standalone), oldest first.
     pub history: Vec<OutboxMessage>,
+    /// A cluster's leader: the saved cursor. Reading starts up to
+    /// [`REPLAY`] commits before it; what lies at or below it a previous
+    /// term published, and is only replayed.
+    pub saved: Cursors,
 }
+
+/// A cluster's leader starts reading up to this many commits per shard
+/// before its saved cursor, committed within [`REPLAY_WITHIN`]: a previous
+/// term published them, and Redis may have taken the last of them without
+/// its pushes reaching the gateways, then lost its data (a new term always
+/// follows: the lock key went with it). The publish script takes a replay
+/// only where the channel has no message yet or it continues the channel.
+pub const REPLAY: i64 = 256;
+/// See [`REPLAY`].
+pub const REPLAY_WITHIN: Duration = Duration::from_secs(60);
+
+/// Per shard, where reading starts to replay what was committed within
+/// `$3` seconds, at most `$4` commits, at or below the cursor.
+const REPLAY_SQL: &str = "\
+SELECT coalesce((SELECT min(t.seq) - 1
+                   FROM (SELECT c.seq FROM pgws.commits c
+                          WHERE c.shard = k.shard AND c.seq <= k.cur
+                            AND c.committed_at > now() - make_interval(secs => $3)
+                          ORDER BY c.seq DESC
+                          LIMIT $4) AS t), k.cur)
+  FROM unnest($1::int[], $2::bigint[]) WITH ORDINALITY AS k(shard, cur, i)
+ ORDER BY k.i";
 
 /// A cluster leader's saved cursor: written after each batch, refused
 /// once a leader with a larger fencing epoch has written it.
@@ -264,7 +298,34 @@ async fn prepare_once(
         }
         Start::History { .. } => cursors,
     };
-    Ok(Initial { cursors, history })
+    let saved = cursors.clone();
+    let cursors = match start {
+        Start::Saved(_) => {
+            let rows = session
+                .client
+                .query(
+                    REPLAY_SQL,
+                    &[
+                        &cursors.shards,
+                        &cursors.seqs,
+                        &REPLAY_WITHIN.as_secs_f64(),
+                        &REPLAY,
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            Cursors {
+                seqs: rows.iter().map(|r| r.get::<_, i64>(0)).collect(),
+                ..cursors
+            }
+        }
+        Start::History { .. } => cursors,
+    };
+    Ok(Initial {
+        cursors,
+        history,
+        saved,
+    })
 }
 
 /// `pgws.commits` exists: something may have committed.
