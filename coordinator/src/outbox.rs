@@ -10,10 +10,14 @@
 //! deposed leader cannot move the cursor (its write is refused, and it
 //! stops reading). A batch published but not yet saved when a leader died
 //! is published again by its successor and skipped by the script (the
-//! channel already has those offsets): exactly once in history.
+//! channel already has those offsets): exactly once in history. A term
+//! also replays a short tail before its saved cursor ([`reader::REPLAY`]),
+//! which the script takes only where Redis lost it: a batch Redis took just
+//! before it went down without its data, whose pushes never reached the
+//! gateways, is back in history for them to fill their hole from.
 
 use crate::publisher::Publisher;
-use pgws_postgres::outbox::reader::{self, SavedCursor, SinkFuture, Start};
+use pgws_postgres::outbox::reader::{self, Cursors, SavedCursor, SinkFuture, Start};
 use pgws_postgres::outbox::{
     prune, OutboxConfig, OutboxMessage, OutboxMetrics, OutboxSink, Reader,
 };
@@ -28,6 +32,9 @@ pub fn cursor_name(prefix: &str) -> String {
 /// Publishes outbox batches for one term.
 struct Sink {
     publisher: Mutex<(Publisher, u64)>,
+    /// The saved cursor the term started from: what is at or below it was
+    /// published by a previous term, and is replayed (see [`reader::REPLAY`]).
+    saved: Cursors,
 }
 
 impl OutboxSink for Sink {
@@ -35,7 +42,7 @@ impl OutboxSink for Sink {
         Box::pin(async move {
             let mut guard = self.publisher.lock().await;
             let (publisher, seq) = &mut *guard;
-            publisher.publish_durable(batch, seq).await
+            publisher.publish_durable(batch, seq, &self.saved).await
         })
     }
 }
@@ -63,6 +70,7 @@ pub async fn run_term(
     };
     let sink = std::sync::Arc::new(Sink {
         publisher: Mutex::new((publisher, 0)),
+        saved: initial.saved,
     });
     let (reader, _state) = Reader::new(
         config.clone(),

@@ -549,13 +549,15 @@ impl Publisher {
     }
 
     /// Publish messages of the durable outbox at the offsets PostgreSQL
-    /// gave them (`"D <base> <offset>"` in the script). `Err` when the
+    /// gave them (`"D <base> <offset>"` in the script; `"R …"` for what
+    /// lies at or below `replayed`: a previous term published it). `Err` when the
     /// lease lapsed or Redis failed: the reader hands the batch over again,
     /// and the script skips what was already published.
     pub async fn publish_durable(
         &mut self,
         batch: &[pgws_postgres::outbox::OutboxMessage],
         seq: &mut u64,
+        replayed: &pgws_postgres::outbox::reader::Cursors,
     ) -> Result<(), String> {
         if !self.lease.valid() {
             return Err("the lease lapsed".into());
@@ -575,7 +577,13 @@ impl Publisher {
                     source: 0,
                 };
                 let mut p = self.prepare_for(&channel, &notification, None, seq);
-                p.position = format!("D {} {} {}", m.base, m.generation, m.offset);
+                // A replay of a previous term's: only where Redis lost it.
+                let kind = if replayed.covers(m.shard, m.seq) {
+                    "R"
+                } else {
+                    "D"
+                };
+                p.position = format!("{kind} {} {} {}", m.base, m.generation, m.offset);
                 p
             })
             .collect();

@@ -52,7 +52,11 @@ use crate::position::{ChannelState, Continuity};
 /// instead of a stream position: PostgreSQL numbered it, so it is kept at
 /// exactly that offset under the epoch `(base, DURABLE, generation)` — skipped (-2)
 /// when the channel already has it, and the channel starts over at it
-/// when it does not follow the channel's newest. A NOTIFY on a channel the
+/// when it does not follow the channel's newest. `"R <base> <generation>
+/// <offset>"` is a *replay* of one a previous term published (a new term
+/// re-reads a tail before its saved cursor, for a Redis that lost its
+/// data): taken only where the channel has no message yet or it continues
+/// the channel's newest, skipped (-2) everywhere else. A NOTIFY on a channel the
 /// outbox numbers starts a sequence of its own (a new base).
 ///
 /// Returns each notification's offset; -3 for every notification when the
@@ -108,12 +112,16 @@ for i = 1, count do
   end
   local pe, pn, pi = string.match(ARGV[a + 5], '^(%d+) (%d+) (%d+)$')
   pe, pn, pi = tonumber(pe), tonumber(pn), tonumber(pi)
-  -- An outbox message: "D <base> <generation> <offset>", numbered in PostgreSQL.
-  local db, dgen, dof = string.match(ARGV[a + 5], '^D (%d+) (%d+) (%d+)$')
+  -- An outbox message: "D <base> <generation> <offset>", numbered in PostgreSQL;
+  -- "R …" replays one a previous term published: taken only where the
+  -- channel has no message yet or it continues the channel (a Redis that
+  -- lost its data), skipped everywhere else.
+  local dkind, db, dgen, dof = string.match(ARGV[a + 5], '^([DR]) (%d+) (%d+) (%d+)$')
   db, dgen, dof = tonumber(db), tonumber(dgen), tonumber(dof)
   local ours = db and st.t == DURABLE and st.b == db and st.s == dgen
   local seen = (pe and st.pe > 0 and (pe < st.pe or (pe == st.pe and (pn < st.pn or (pn == st.pn and pi <= st.pi)))))
     or (ours and dof <= st.o)
+    or (dkind == 'R' and not (st.o == 0 or (ours and dof == st.o + 1)))
   if fence < st.f then
     offsets[i] = -1
   elseif seen then

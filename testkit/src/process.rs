@@ -120,6 +120,11 @@ impl ServerBuilder {
             .any(|(k, v)| k == "PGWS_ADMIN_PORT" && v == "off");
         let public_expected = self.public;
         let mut child = self.command().spawn().expect("spawn pgws-gateway");
+        let echo = format!(
+            "[{} {}]",
+            self.bin.file_name().unwrap_or_default().to_string_lossy(),
+            child.id()
+        );
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
@@ -129,7 +134,7 @@ impl ServerBuilder {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if std::env::var_os("PGWS_TEST_ECHO").is_some() {
-                    eprintln!("[gateway] {line}");
+                    eprintln!("{echo} {line}");
                 }
                 sink.lock().expect("log lock").push(line);
             }

@@ -134,6 +134,14 @@ pub struct Cursors {
 }
 
 impl Cursors {
+    /// `seq` of `shard` is at or below its cursor.
+    pub fn covers(&self, shard: i32, seq: i64) -> bool {
+        self.shards
+            .iter()
+            .position(|s| *s == shard)
+            .is_some_and(|i| seq <= self.seqs[i])
+    }
+
     fn advance(&mut self, batch: &[OutboxMessage]) {
         for m in batch {
             if let Some(i) = self.shards.iter().position(|s| *s == m.shard) {
@@ -167,7 +175,33 @@ pub struct Initial {
     pub cursors: Cursors,
     /// The history to load (standalone), oldest first.
     pub history: Vec<OutboxMessage>,
+    /// A cluster's leader: the saved cursor. Reading starts up to
+    /// [`REPLAY`] commits before it; what lies at or below it a previous
+    /// term published, and is only replayed.
+    pub saved: Cursors,
 }
+
+/// A cluster's leader starts reading up to this many commits per shard
+/// before its saved cursor, committed within [`REPLAY_WITHIN`]: a previous
+/// term published them, and Redis may have taken the last of them without
+/// its pushes reaching the gateways, then lost its data (a new term always
+/// follows: the lock key went with it). The publish script takes a replay
+/// only where the channel has no message yet or it continues the channel.
+pub const REPLAY: i64 = 256;
+/// See [`REPLAY`].
+pub const REPLAY_WITHIN: Duration = Duration::from_secs(60);
+
+/// Per shard, where reading starts to replay what was committed within
+/// `$3` seconds, at most `$4` commits, at or below the cursor.
+const REPLAY_SQL: &str = "\
+SELECT coalesce((SELECT min(t.seq) - 1
+                   FROM (SELECT c.seq FROM pgws.commits c
+                          WHERE c.shard = k.shard AND c.seq <= k.cur
+                            AND c.committed_at > now() - make_interval(secs => $3)
+                          ORDER BY c.seq DESC
+                          LIMIT $4) AS t), k.cur)
+  FROM unnest($1::int[], $2::bigint[]) WITH ORDINALITY AS k(shard, cur, i)
+ ORDER BY k.i";
 
 /// A cluster leader's saved cursor: written after each batch, refused
 /// once a leader with a larger fencing epoch has written it.
@@ -190,8 +224,12 @@ pub async fn prepare(
 ) -> Result<Initial, OutboxError> {
     let mut backoff = Backoff::new();
     let mut failures = 0;
+    // Whether any attempt found no outbox at all (kept across retries: an
+    // attempt that created it and then failed must not make the next one
+    // start from what committed since).
+    let mut fresh = false;
     loop {
-        match prepare_once(config, start).await {
+        match prepare_once(config, start, &mut fresh).await {
             Err(OutboxError::Database(why)) if failures < retries => {
                 failures += 1;
                 let delay = backoff.next_delay();
@@ -206,8 +244,19 @@ pub async fn prepare(
     }
 }
 
-async fn prepare_once(config: &OutboxConfig, start: &Start) -> Result<Initial, OutboxError> {
+async fn prepare_once(
+    config: &OutboxConfig,
+    start: &Start,
+    fresh: &mut bool,
+) -> Result<Initial, OutboxError> {
     let session = Session::open(&config.db).await?;
+    // Before migrating: with no outbox yet, nothing can have committed
+    // before this reader looked, so a cluster with no saved cursor starts
+    // from the beginning — not from the head it finds after the migration,
+    // which sends may already have moved.
+    *fresh |= !outbox_exists(&session.client)
+        .await
+        .map_err(|e| OutboxError::Database(pg::error_chain(&e)))?;
     if config.migrate {
         super::schema::migrate(&session.client).await?;
     } else {
@@ -240,31 +289,77 @@ async fn prepare_once(config: &OutboxConfig, start: &Start) -> Result<Initial, O
     }
     session.client.batch_execute("COMMIT").await.map_err(db)?;
     let cursors = match start {
-        Start::Saved(name) => claim_start(&session.client, name, cursors)
-            .await
-            .map_err(db)?,
+        Start::Saved(name) => {
+            let from = if *fresh {
+                Cursors {
+                    seqs: vec![0; cursors.shards.len()],
+                    ..cursors
+                }
+            } else {
+                cursors
+            };
+            claim_start(&session.client, name, from).await.map_err(db)?
+        }
         Start::History { .. } => cursors,
     };
-    Ok(Initial { cursors, history })
+    let saved = cursors.clone();
+    let cursors = match start {
+        Start::Saved(_) => {
+            let rows = session
+                .client
+                .query(
+                    REPLAY_SQL,
+                    &[
+                        &cursors.shards,
+                        &cursors.seqs,
+                        &REPLAY_WITHIN.as_secs_f64(),
+                        &REPLAY,
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            Cursors {
+                seqs: rows.iter().map(|r| r.get::<_, i64>(0)).collect(),
+                ..cursors
+            }
+        }
+        Start::History { .. } => cursors,
+    };
+    Ok(Initial {
+        cursors,
+        history,
+        saved,
+    })
+}
+
+/// `pgws.commits` exists: something may have committed.
+async fn outbox_exists(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT to_regclass('pgws.commits') IS NOT NULL", &[])
+        .await?
+        .get(0))
 }
 
 /// A cluster's first leader saves where it starts before it reads (fence
 /// 0: any leader's save replaces it): a leader stopped before its first
 /// batch must not let its successor start from a later "now" and skip
 /// what committed in between. Whatever is saved by then is where reading
-/// starts.
+/// starts. `from` is the outbox's head when this leader looked — or the
+/// beginning, when it found no outbox: it created it (or another process
+/// did meanwhile), and whatever committed since must be published.
 async fn claim_start(
     client: &Client,
     name: &str,
     from: Cursors,
 ) -> Result<Cursors, tokio_postgres::Error> {
-    client
+    let claimed = client
         .execute(
             "INSERT INTO pgws.cursors (name, seqs, fence) VALUES ($1, $2, 0) \
              ON CONFLICT (name) DO NOTHING",
             &[&name, &from.seqs],
         )
-        .await?;
+        .await?
+        == 1;
     let saved: Vec<i64> = client
         .query_one("SELECT seqs FROM pgws.cursors WHERE name = $1", &[&name])
         .await?
@@ -275,6 +370,12 @@ async fn claim_start(
     for (i, seq) in saved.into_iter().enumerate().take(cursors.seqs.len()) {
         cursors.seqs[i] = seq;
     }
+    tracing::info!(
+        cursor = name,
+        seqs = ?cursors.seqs,
+        claimed,
+        "the outbox is read from here (per shard: the last commit already taken)"
+    );
     Ok(cursors)
 }
 
