@@ -1,7 +1,9 @@
 //! The public HTTP listener: websocket upgrades, Server-Sent Events
 //! (`GET` with `Accept: text/event-stream`, opened by [`crate::sse`]),
 //! publishing ([`publish`], `POST`), static files, and the plain-text
-//! banner.
+//! banner. HTTP/1.1 on every connection, HTTP/2 ([`h2`]) on a TLS
+//! connection that chose it (ALPN); an HTTP/1 connection's first request
+//! is read by [`direct`], which serves an event stream without hyper.
 //!
 //! Every refusal happens before the upgrade, as an HTTP response whose body
 //! is the reason (see `docs/protocol.md`): 401 for token problems, 403 for
@@ -15,6 +17,8 @@
 //! answered 503 and closed. An event stream stops being pending once it
 //! is open, as an upgraded websocket does.
 
+mod direct;
+mod h2;
 pub mod publish;
 pub mod request;
 pub mod response;
@@ -24,6 +28,7 @@ pub use response::{text, Body};
 
 use crate::auth::{self, Refusal};
 use crate::session::{self, SessionContext, Slot};
+use crate::sse::stream::SseStream;
 use crate::sse::{self, Streams};
 use crate::tls::TlsAcceptor;
 use futures_util::TryStreamExt;
@@ -31,10 +36,10 @@ use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN,
-    SEC_WEBSOCKET_PROTOCOL,
+    HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
 };
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -70,6 +75,8 @@ pub struct HttpState {
     pub max_connections: usize,
     /// `PGWS_MAX_PENDING_CONNECTIONS`.
     pub max_pending: usize,
+    /// `PGWS_HTTP2_MAX_STREAMS`.
+    pub http2_max_streams: u32,
     /// `PGWS_SOCKET_SEND_BUFFER`: what the kernel may hold for a client
     /// that does not read, beside the socket's one flush (`None`: the
     /// kernel's autotuning).
@@ -160,12 +167,19 @@ pub async fn serve(
             match tls {
                 None => serve_connection(stream, state, pending, HEAD_TIMEOUT).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                    // Boxed: the handshake's state is not kept for the
+                    // connection's life.
+                    let handshake = Box::pin(acceptor.accept(stream));
+                    match tokio::time::timeout_at(deadline, handshake).await {
                         Ok(Ok(stream)) => {
                             // What the handshake used is not given again.
                             let left =
                                 deadline.saturating_duration_since(tokio::time::Instant::now());
-                            serve_connection(stream, state, pending, left).await
+                            if stream.is_h2() {
+                                Box::pin(h2::serve(stream, state, pending, left)).await
+                            } else {
+                                serve_connection(stream, state, pending, left).await
+                            }
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -182,24 +196,52 @@ async fn refuse_pending(mut stream: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(TOO_MANY_PENDING)).await;
 }
 
-/// Serve HTTP on one connection; `pending` is held until the connection is
-/// upgraded (hyper's future then completes) or closed. A request head must
-/// arrive within `head_timeout` (what is left of [`HEAD_TIMEOUT`]).
+/// Serve HTTP/1 on one connection; `pending` is held until the connection
+/// is upgraded (hyper's future then completes), opens an event stream, or
+/// is closed. A request head must arrive within `head_timeout` (what is
+/// left of [`HEAD_TIMEOUT`]). The first request is read by [`direct`],
+/// which serves an event stream itself; hyper serves everything else.
 async fn serve_connection<S>(
-    stream: S,
+    mut stream: S,
     state: Arc<HttpState>,
     pending: Pending,
     head_timeout: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let deadline = tokio::time::Instant::now() + head_timeout;
     let pending: PendingCell = Arc::new(std::sync::Mutex::new(Some(pending)));
-    let held = pending.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let state = state.clone();
-        let pending = held.clone();
-        async move { Ok::<_, Infallible>(handle(req, state, pending).await) }
-    });
+    let first = tokio::time::timeout_at(deadline, direct::read_first(&mut stream)).await;
+    let (prefix, head_timeout) = match first {
+        // hyper would close a connection whose head is late, too.
+        Err(_) | Ok(direct::First::Closed) => return,
+        Ok(direct::First::Other(prefix)) => (
+            prefix,
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+        ),
+        Ok(direct::First::EventStream(request)) => {
+            match direct::serve(&mut stream, request, &state, &pending).await {
+                direct::After::KeepAlive => (bytes::Bytes::new(), HEAD_TIMEOUT),
+                direct::After::Close => return,
+            }
+        }
+    };
+    // Boxed: a connection served by `direct` does not carry hyper's state.
+    Box::pin(serve_http1(
+        direct::Prefixed::new(prefix, stream),
+        state,
+        pending,
+        head_timeout,
+    ))
+    .await
+}
+
+/// hyper's HTTP/1 on a connection.
+async fn serve_http1<S>(stream: S, state: Arc<HttpState>, pending: PendingCell, head_timeout: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service(state, pending.clone(), None);
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout)
@@ -214,11 +256,39 @@ async fn serve_connection<S>(
     }
 }
 
+/// The service of one connection (HTTP/1 or HTTP/2); `first_request` is
+/// told of every request (HTTP/2's head timeout waits for the first).
+fn service(
+    state: Arc<HttpState>,
+    pending: PendingCell,
+    first_request: Option<Arc<tokio::sync::Notify>>,
+) -> impl hyper::service::HttpService<
+    Incoming,
+    ResBody = Body,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+> + Send
+       + 'static {
+    hyper::service::service_fn(move |req| {
+        if let Some(first) = &first_request {
+            first.notify_one();
+        }
+        let state = state.clone();
+        let pending = pending.clone();
+        async move { Ok::<_, Infallible>(handle(req, state, pending).await) }
+    })
+}
+
 async fn handle(
     req: Request<Incoming>,
     state: Arc<HttpState>,
     pending: PendingCell,
 ) -> Response<Body> {
+    if req.version() == Version::HTTP_2 && asks_for_websocket(&req) {
+        let refusal = Refusal::WebsocketOverHttp2;
+        state.sessions.metrics.refused(&refusal);
+        return text(refusal.status(), format!("{refusal}\n"));
+    }
     if fastwebsockets::upgrade::is_upgrade_request(&req) {
         let upgraded = if req.method() == Method::GET {
             upgrade(req, &state).await
@@ -239,6 +309,15 @@ async fn handle(
         Method::POST => publish(req, &state).await,
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed\n"),
     }
+}
+
+/// Whether an HTTP/2 request is a websocket handshake: an (extended)
+/// CONNECT, or a request with websocket headers (h2 itself resets a
+/// stream that carries `Connection`/`Upgrade`).
+fn asks_for_websocket<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        || req.headers().contains_key(SEC_WEBSOCKET_KEY)
+        || req.headers().contains_key(SEC_WEBSOCKET_VERSION)
 }
 
 /// Whether a GET asks for `text/event-stream`.
@@ -270,13 +349,28 @@ async fn event_stream(
     state: &HttpState,
     pending: &PendingCell,
 ) -> Response<Body> {
+    match open_event_stream(&req, state, pending).await {
+        Ok(stream) => event_stream_response(stream.boxed()),
+        Err(refusal) => refusal,
+    }
+}
+
+/// Open an event stream for `req` (HTTP/1 through hyper or
+/// [`direct`], HTTP/2): the same checks, limits, counters and recovery for
+/// every transport. `Err` is the response that says why not. An open
+/// stream gives up the connection's pending count.
+async fn open_event_stream<B>(
+    req: &Request<B>,
+    state: &HttpState,
+    pending: &PendingCell,
+) -> Result<SseStream, Response<Body>> {
     let opened = async {
-        check_browser_origin(&req, state.allowed_origins.as_deref())?;
-        let Ok(target) = target(&req) else {
+        check_browser_origin(req, state.allowed_origins.as_deref())?;
+        let Ok(target) = target(req) else {
             return Ok(None);
         };
         let last_event_id = header(
-            &req,
+            req,
             hyper::header::HeaderName::from_static("last-event-id"),
         )
         .map(str::to_string)
@@ -300,19 +394,24 @@ async fn event_stream(
         Ok(Some(stream)) => {
             // Open: no longer pending, as an upgraded websocket.
             drop(pending.lock().unwrap_or_else(|p| p.into_inner()).take());
-            let mut response = Response::new(stream.boxed());
-            let headers = response.headers_mut();
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-            response
+            Ok(stream)
         }
-        Ok(None) => text(StatusCode::NOT_FOUND, "Not found\n"),
+        Ok(None) => Err(text(StatusCode::NOT_FOUND, "Not found\n")),
         Err(refusal) => {
             state.sessions.metrics.refused(&refusal);
-            text(refusal.status(), format!("{refusal}\n"))
+            Err(text(refusal.status(), format!("{refusal}\n")))
         }
     }
+}
+
+/// An open event stream's response: its head, `body` the events.
+fn event_stream_response<B>(body: B) -> Response<B> {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
 }
 
 /// Publish the body, or answer why not.
