@@ -163,30 +163,39 @@ pub async fn serve(
         let state = state.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
             match tls {
                 None => serve_connection(stream, state, pending, HEAD_TIMEOUT).await,
-                Some(acceptor) => {
-                    // Boxed: the handshake's state is not kept for the
-                    // connection's life.
-                    let handshake = Box::pin(acceptor.accept(stream));
-                    match tokio::time::timeout_at(deadline, handshake).await {
-                        Ok(Ok(stream)) => {
-                            // What the handshake used is not given again.
-                            let left =
-                                deadline.saturating_duration_since(tokio::time::Instant::now());
-                            if stream.is_h2() {
-                                Box::pin(h2::serve(stream, state, pending, left)).await
-                            } else {
-                                serve_connection(stream, state, pending, left).await
-                            }
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
+                // Boxed: a plain connection's task is not sized for TLS.
+                Some(acceptor) => Box::pin(serve_tls(stream, peer, acceptor, state, pending)).await,
             }
         });
+    }
+}
+
+/// The TLS handshake, then HTTP/2 or HTTP/1 as the client chose (ALPN).
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: TlsAcceptor,
+    state: Arc<HttpState>,
+    pending: Pending,
+) {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    // Boxed: the handshake's state is not kept for the connection's life.
+    let handshake = Box::pin(acceptor.accept(stream));
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(stream)) => {
+            // What the handshake used is not given again.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if stream.is_h2() {
+                // Boxed: an HTTP/1 stream over TLS is not sized for HTTP/2.
+                Box::pin(h2::serve(stream, state, pending, left)).await
+            } else {
+                serve_connection(stream, state, pending, left).await
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
