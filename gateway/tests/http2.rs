@@ -14,9 +14,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 use std::sync::Arc;
-use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A gateway with TLS, and a client configuration trusting it.
@@ -95,7 +95,10 @@ fn get_events(path: &str) -> Request<Full<Bytes>> {
         .expect("request")
 }
 
-async fn send(sender: &mut SendRequest<Full<Bytes>>, req: Request<Full<Bytes>>) -> Response<Incoming> {
+async fn send(
+    sender: &mut SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Response<Incoming> {
     let response = tokio::time::timeout(WAIT, sender.send_request(req))
         .await
         .expect("a response in time")
@@ -153,11 +156,19 @@ async fn one_h2_connection_carries_several_event_streams_and_a_publish() {
         .expect("request");
     let response = send(&mut h2, post).await;
     let status = response.status();
-    let reply = response.into_body().collect().await.expect("body").to_bytes();
+    let reply = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     assert_eq!(status, StatusCode::ACCEPTED, "{reply:?}");
     for body in &mut streams {
         let text = read_until(body, "over h2").await;
-        assert!(text.contains("\ndata: ") && text.contains(&format!("id: ")), "{text}");
+        assert!(
+            text.contains("\ndata: ") && text.contains(&format!("id: ")),
+            "{text}"
+        );
     }
 
     // Static answers on the same connection.
@@ -191,14 +202,22 @@ async fn a_websocket_over_h2_is_refused_with_a_reason() {
         .expect("request");
     let response = send(&mut h2, req).await;
     let status = response.status();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
         String::from_utf8_lossy(&body).contains("Websockets need HTTP/1.1"),
         "{body:?}"
     );
     tls.gw
-        .wait_metric("pgws_connections_refused_total{reason=\"websocket_over_http2\"}", 1.0)
+        .wait_metric(
+            "pgws_connections_refused_total{reason=\"websocket_over_http2\"}",
+            1.0,
+        )
         .await;
 }
 

@@ -9,8 +9,7 @@
 //! TLS with ALPN `http/1.1`) is read here: a `GET` that asks for
 //! `text/event-stream` (not an upgrade, no body, nothing pipelined behind
 //! it) is opened by the same code as through hyper
-//! ([`super::open_event_stream`]: checks, limits, counters, recovery,
-//! refusals), and its response is written here — the same head hyper
+//! ([`open_event_stream`]: checks, limits, counters, recovery, refusals), and its response is written here — the same head hyper
 //! writes, then every frame of the stream as one chunk, flushed — with no
 //! buffer kept between events; a 16-byte read notices the client going
 //! away. Everything else is handed to hyper with the bytes already read
@@ -22,7 +21,9 @@
 //! reusing a keep-alive connection) goes through hyper, with the same
 //! wire format and hyper's per-connection buffers.
 
-use super::{open_event_stream, Body, HttpState, PendingCell, MAX_HEAD};
+use super::events::{event_stream_response, open_event_stream, wants_event_stream};
+use super::response::Body;
+use super::state::{HttpState, PendingCell, MAX_HEAD};
 use crate::sse::stream::SseStream;
 use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
@@ -81,7 +82,9 @@ fn parse(buf: &[u8]) -> Option<Option<Request<()>>> {
     let mut head = httparse::Request::new(&mut headers);
     match head.parse(buf) {
         Ok(httparse::Status::Partial) => None,
-        Ok(httparse::Status::Complete(len)) if len == buf.len() => Some(event_stream_request(&head)),
+        Ok(httparse::Status::Complete(len)) if len == buf.len() => {
+            Some(event_stream_request(&head))
+        }
         Ok(httparse::Status::Complete(_)) | Err(_) => Some(None),
     }
 }
@@ -106,7 +109,7 @@ fn event_stream_request(head: &httparse::Request<'_, '_>) -> Option<Request<()>>
             .get(CONTENT_LENGTH)
             .is_some_and(|l| l.as_bytes() != b"0");
     let ours = !has_body
-        && super::wants_event_stream(&request)
+        && wants_event_stream(&request)
         && !fastwebsockets::upgrade::is_upgrade_request(&request);
     ours.then_some(request)
 }
@@ -180,7 +183,7 @@ async fn stream_events<S>(io: &mut S, mut stream: SseStream, close: bool) -> io:
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let response = super::event_stream_response(());
+    let response = event_stream_response(());
     io.write_all(&head(&response, None, close)).await?;
     io.flush().await?;
     drop(response);
@@ -348,8 +351,11 @@ mod tests {
     fn frames_are_chunks_as_hyper_writes_them() {
         let mut out = vec![0; CHUNK_LINE];
         out.extend_from_slice(&[b'x'; 26]);
-        assert_eq!(chunk(&mut out), format!("1A\r\n{}\r\n", "x".repeat(26)).as_bytes());
-        let response = super::super::event_stream_response(());
+        assert_eq!(
+            chunk(&mut out),
+            format!("1A\r\n{}\r\n", "x".repeat(26)).as_bytes()
+        );
+        let response = event_stream_response(());
         let text = String::from_utf8(head(&response, None, false)).expect("ascii");
         assert!(text.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"));
         assert!(text.contains("\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\ndate: "));

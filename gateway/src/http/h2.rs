@@ -19,8 +19,12 @@
 //! SETTINGS_ENABLE_CONNECT_PROTOCOL is not sent, so browsers open their
 //! websockets on an HTTP/1.1 connection of their own).
 
-use super::{HttpState, Pending, PendingCell, MAX_HEAD};
+use super::response::Body;
+use super::state::{HttpState, PendingCell, MAX_HEAD};
+use hyper::body::Incoming;
+use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -40,21 +44,24 @@ const MAX_PENDING_RESETS: usize = 20;
 /// the connection.
 const MAX_ERROR_RESETS: usize = 64;
 
-/// Serve HTTP/2 on one TLS connection.
-pub(super) async fn serve<S>(
+/// Serve HTTP/2 on one TLS connection with `service`, which tells
+/// `first_request` of every request; `pending` is the connection's
+/// pending count (given up by its first event stream).
+pub(super) async fn serve<S, Svc>(
     stream: S,
-    state: Arc<HttpState>,
-    pending: Pending,
+    state: &HttpState,
+    pending: PendingCell,
+    service: Svc,
+    first_request: Arc<tokio::sync::Notify>,
     head_timeout: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: HttpService<Incoming, ResBody = Body, Error = Infallible> + Send + 'static,
+    Svc::Future: Send + 'static,
 {
     let metrics = state.sessions.metrics.clone();
     let ping = state.sessions.limits.ping_interval;
     let max_streams = state.http2_max_streams;
-    let pending: PendingCell = Arc::new(std::sync::Mutex::new(Some(pending)));
-    let first_request = Arc::new(tokio::sync::Notify::new());
-    let service = super::service(state, pending.clone(), Some(first_request.clone()));
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())

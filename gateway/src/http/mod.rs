@@ -18,110 +18,46 @@
 //! is open, as an upgraded websocket does.
 
 mod direct;
+pub mod events;
 mod h2;
 pub mod publish;
 pub mod request;
 pub mod response;
+pub mod state;
 pub mod static_files;
 
 pub use response::{text, Body};
+pub use state::{HttpState, HEAD_TIMEOUT, MAX_HEAD};
+
+use events::{
+    check_browser_origin, check_origin, event_stream_response, header, open_event_stream, target,
+    wants_event_stream,
+};
+use state::{Pending, PendingCell};
 
 use crate::auth::{self, Refusal};
-use crate::session::{self, SessionContext, Slot};
-use crate::sse::stream::SseStream;
-use crate::sse::{self, Streams};
+use crate::session::{self, Slot};
 use crate::tls::TlsAcceptor;
 use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
+    HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-
-/// Largest request head (request line and headers) read before answering
-/// 431: browsers send a few kilobytes, cookies included.
-pub const MAX_HEAD: usize = 32 * 1024;
-/// Time a client has from its TCP connection to the end of its first
-/// request head, a TLS handshake included (one deadline for both).
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 const BANNER: &str =
     "postgres-websockets: open a websocket (or an event stream) on /<channel>/<jwt> or /<jwt>\n";
-
-/// What request handling needs.
-pub struct HttpState {
-    /// Shared by all sessions (and their JWT keys).
-    pub sessions: Arc<SessionContext>,
-    /// Tracks session tasks so the drain can wait for them.
-    pub tracker: TaskTracker,
-    /// `PGWS_ROOT_PATH`, canonical.
-    pub root_path: Option<PathBuf>,
-    /// `PGWS_ALLOWED_ORIGINS`.
-    pub allowed_origins: Option<Vec<String>>,
-    /// `PGWS_MAX_CONNECTIONS`.
-    pub max_connections: usize,
-    /// `PGWS_MAX_PENDING_CONNECTIONS`.
-    pub max_pending: usize,
-    /// `PGWS_HTTP2_MAX_STREAMS`.
-    pub http2_max_streams: u32,
-    /// `PGWS_SOCKET_SEND_BUFFER`: what the kernel may hold for a client
-    /// that does not read, beside the socket's one flush (`None`: the
-    /// kernel's autotuning).
-    pub send_buffer: Option<usize>,
-    /// Connections accepted and not yet upgraded (or closed).
-    pub pending: Arc<std::sync::atomic::AtomicUsize>,
-    /// Server-Sent Events.
-    pub streams: Streams,
-    /// HTTP publish.
-    pub publisher: publish::Publisher,
-}
-
-/// A connection's pending count, given up by the first event stream it
-/// opens.
-type PendingCell = Arc<std::sync::Mutex<Option<Pending>>>;
-
-/// A connection counted as pending until it is upgraded or closed.
-struct Pending {
-    count: Arc<std::sync::atomic::AtomicUsize>,
-    gauge: prometheus::IntGauge,
-}
-
-impl Pending {
-    fn acquire(state: &HttpState) -> Option<Pending> {
-        use std::sync::atomic::Ordering;
-        let previous = state.pending.fetch_add(1, Ordering::AcqRel);
-        if previous >= state.max_pending {
-            state.pending.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        let gauge = state.sessions.metrics.pending.clone();
-        gauge.inc();
-        Some(Pending {
-            count: state.pending.clone(),
-            gauge,
-        })
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        self.gauge.dec();
-    }
-}
 
 /// What a connection over the pending limit is told before it is closed.
 const TOO_MANY_PENDING: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 29\r\nconnection: close\r\n\r\nToo many pending connections\n";
@@ -189,7 +125,11 @@ async fn serve_tls(
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if stream.is_h2() {
                 // Boxed: an HTTP/1 stream over TLS is not sized for HTTP/2.
-                Box::pin(h2::serve(stream, state, pending, left)).await
+                let pending: PendingCell = Arc::new(std::sync::Mutex::new(Some(pending)));
+                let first_request = Arc::new(tokio::sync::Notify::new());
+                let service = service(state.clone(), pending.clone(), Some(first_request.clone()));
+                let serving = h2::serve(stream, &state, pending, service, first_request, left);
+                Box::pin(serving).await
             } else {
                 serve_connection(stream, state, pending, left).await
             }
@@ -246,8 +186,12 @@ async fn serve_connection<S>(
 }
 
 /// hyper's HTTP/1 on a connection.
-async fn serve_http1<S>(stream: S, state: Arc<HttpState>, pending: PendingCell, head_timeout: Duration)
-where
+async fn serve_http1<S>(
+    stream: S,
+    state: Arc<HttpState>,
+    pending: PendingCell,
+    head_timeout: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service(state, pending.clone(), None);
@@ -329,29 +273,6 @@ fn asks_for_websocket<B>(req: &Request<B>) -> bool {
         || req.headers().contains_key(SEC_WEBSOCKET_VERSION)
 }
 
-/// Whether a GET asks for `text/event-stream`.
-fn wants_event_stream<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
-}
-
-fn header<B>(req: &Request<B>, name: hyper::header::HeaderName) -> Option<&str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The channel and token of a non-upgrade request, as for a websocket.
-fn target<B>(req: &Request<B>) -> Result<request::Target, request::NotFound> {
-    request::parse(request::RequestParts {
-        path: req.uri().path(),
-        query: req.uri().query(),
-        authorization: header(req, hyper::header::AUTHORIZATION),
-        protocols: None,
-    })
-}
-
 /// Open an event stream, or answer why not.
 async fn event_stream(
     req: Request<Incoming>,
@@ -362,65 +283,6 @@ async fn event_stream(
         Ok(stream) => event_stream_response(stream.boxed()),
         Err(refusal) => refusal,
     }
-}
-
-/// Open an event stream for `req` (HTTP/1 through hyper or
-/// [`direct`], HTTP/2): the same checks, limits, counters and recovery for
-/// every transport. `Err` is the response that says why not. An open
-/// stream gives up the connection's pending count.
-async fn open_event_stream<B>(
-    req: &Request<B>,
-    state: &HttpState,
-    pending: &PendingCell,
-) -> Result<SseStream, Response<Body>> {
-    let opened = async {
-        check_browser_origin(req, state.allowed_origins.as_deref())?;
-        let Ok(target) = target(req) else {
-            return Ok(None);
-        };
-        let last_event_id = header(
-            req,
-            hyper::header::HeaderName::from_static("last-event-id"),
-        )
-        .map(str::to_string)
-        .or_else(|| request::query_value(req.uri().query(), "lastEventId"));
-        let span = tracing::info_span!(
-            "pgws.sse_open",
-            channel = target.channel.as_deref().unwrap_or("")
-        );
-        state
-            .streams
-            .open(sse::Request {
-                channel: target.channel.as_deref(),
-                token: target.token.as_deref(),
-                last_event_id: last_event_id.as_deref(),
-            })
-            .instrument(span)
-            .await
-            .map(Some)
-    };
-    match opened.await {
-        Ok(Some(stream)) => {
-            // Open: no longer pending, as an upgraded websocket.
-            drop(pending.lock().unwrap_or_else(|p| p.into_inner()).take());
-            Ok(stream)
-        }
-        Ok(None) => Err(text(StatusCode::NOT_FOUND, "Not found\n")),
-        Err(refusal) => {
-            state.sessions.metrics.refused(&refusal);
-            Err(text(refusal.status(), format!("{refusal}\n")))
-        }
-    }
-}
-
-/// An open event stream's response: its head, `body` the events.
-fn event_stream_response<B>(body: B) -> Response<B> {
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
 }
 
 /// Publish the body, or answer why not.
@@ -451,17 +313,6 @@ async fn publish(req: Request<Incoming>, state: &HttpState) -> Response<Body> {
             body,
         )
         .await
-}
-
-/// `PGWS_ALLOWED_ORIGINS` for plain HTTP: a request that names an origin
-/// (browsers do on cross-origin requests and on every POST) must name an
-/// allowed one; one without (same-origin GET, curl) is let through.
-fn check_browser_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> Result<(), Refusal> {
-    if req.headers().contains_key(ORIGIN) {
-        check_origin(req, allowed)
-    } else {
-        Ok(())
-    }
 }
 
 async fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Body>, Refusal> {
@@ -580,23 +431,6 @@ enum Session {
     /// v1: its grant, and its place in the hub (subscriptions confirmed).
     V1(auth::Grant, session::Joined),
     V2(Option<auth::Permissions>),
-}
-
-fn check_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> Result<(), Refusal> {
-    let Some(allowed) = allowed else {
-        return Ok(());
-    };
-    let origin = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok());
-    match origin {
-        Some(o)
-            if allowed
-                .iter()
-                .any(|a| a == "*" || a.eq_ignore_ascii_case(o.trim_end_matches('/'))) =>
-        {
-            Ok(())
-        }
-        _ => Err(Refusal::OriginNotAllowed),
-    }
 }
 
 async fn static_or_banner(path: &str, state: &HttpState) -> Response<Body> {
