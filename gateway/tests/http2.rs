@@ -107,6 +107,34 @@ async fn send(
     response
 }
 
+/// A whole answer: its status and body.
+async fn answer(
+    sender: &mut SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, Bytes) {
+    let response = send(sender, req).await;
+    let status = response.status();
+    let body = response.into_body().collect().await.expect("body");
+    (status, body.to_bytes())
+}
+
+/// Bytes read from `conn` into `seen` until they contain `needle`.
+async fn read_raw_until<S: tokio::io::AsyncRead + Unpin>(
+    conn: &mut S,
+    seen: &mut Vec<u8>,
+    needle: &str,
+) {
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{needle:?} within {WAIT:?}"))
+            .expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// Body text until it contains `needle` (or the wait runs out).
 async fn read_until(body: &mut Incoming, needle: &str) -> String {
     let mut text = String::new();
@@ -154,21 +182,11 @@ async fn one_h2_connection_carries_several_event_streams_and_a_publish() {
         .header("authorization", format!("Bearer {writer}"))
         .body(Full::new(Bytes::from_static(b"over h2")))
         .expect("request");
-    let response = send(&mut h2, post).await;
-    let status = response.status();
-    let reply = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let (status, reply) = answer(&mut h2, post).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{reply:?}");
     for body in &mut streams {
         let text = read_until(body, "over h2").await;
-        assert!(
-            text.contains("\ndata: ") && text.contains(&format!("id: ")),
-            "{text}"
-        );
+        assert!(text.contains("\ndata: ") && text.contains("id: "), "{text}");
     }
 
     // Static answers on the same connection.
@@ -200,14 +218,7 @@ async fn a_websocket_over_h2_is_refused_with_a_reason() {
         .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
         .body(Full::new(Bytes::new()))
         .expect("request");
-    let response = send(&mut h2, req).await;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let (status, body) = answer(&mut h2, req).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
         String::from_utf8_lossy(&body).contains("Websockets need HTTP/1.1"),
@@ -261,29 +272,14 @@ async fn an_http1_client_on_the_tls_listener_still_gets_its_stream() {
     .await
     .expect("write");
     let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("retry:") {
-        let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
-            .await
-            .expect("in time")
-            .expect("read");
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
+    read_raw_until(&mut conn, &mut seen, "retry:").await;
     let head = String::from_utf8_lossy(&seen).to_string();
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     let db = db().await;
     let payload = format!(r#"{{"channel":"{chat}","n":1}}"#);
     notify(&db, &tls.gw.listen_channel, &payload).await;
-    while !String::from_utf8_lossy(&seen).contains(&format!("data: {payload}")) {
-        let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
-            .await
-            .expect("the event in time")
-            .expect("read");
-        assert!(n > 0, "closed");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    read_raw_until(&mut conn, &mut seen, &format!("data: {payload}")).await;
     // A plain request over TLS HTTP/1.1 is hyper's, as before.
     let (status, _) = {
         let mut plain = tls.connect(&[b"http/1.1"]).await;
