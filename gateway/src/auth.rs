@@ -116,11 +116,14 @@ pub enum Refusal {
     /// An HTTP publish with a token of mode `r`.
     #[error("Token mode does not allow writing")]
     NotWritable,
+    /// A websocket asked for over HTTP/2 (RFC 8441 is not served).
+    #[error("Websockets need HTTP/1.1: connect without HTTP/2 (ALPN http/1.1)")]
+    WebsocketOverHttp2,
 }
 
 impl Refusal {
     /// Every kind of refusal (an empty message stands for a token error's).
-    pub fn all() -> [Refusal; 15] {
+    pub fn all() -> [Refusal; 16] {
         [
             Refusal::MissingToken,
             Refusal::TokenExpired,
@@ -137,6 +140,7 @@ impl Refusal {
             Refusal::SubscriptionUnavailable,
             Refusal::NotReadable,
             Refusal::NotWritable,
+            Refusal::WebsocketOverHttp2,
         ]
     }
 
@@ -153,6 +157,7 @@ impl Refusal {
             | Refusal::OriginNotAllowed
             | Refusal::NotReadable
             | Refusal::NotWritable => StatusCode::FORBIDDEN,
+            Refusal::WebsocketOverHttp2 => StatusCode::BAD_REQUEST,
             Refusal::UpgradeNotGet => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::TooManyConnections
             | Refusal::ShuttingDown
@@ -179,6 +184,7 @@ impl Refusal {
             Refusal::SubscriptionUnavailable => "subscription_unavailable",
             Refusal::NotReadable => "not_readable",
             Refusal::NotWritable => "not_writable",
+            Refusal::WebsocketOverHttp2 => "websocket_over_http2",
         }
     }
 }

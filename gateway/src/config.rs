@@ -55,6 +55,7 @@ pgws_service::vars! {
     REPLAY_MAX_BYTES = "PGWS_REPLAY_MAX_BYTES", Some("1048576"), "Protocol v2: replay payload bytes one socket may be owed at once (over its recovering subscriptions); a recovery that would exceed it answers `recovered:false`.";
     COMMAND_RATE = "PGWS_COMMAND_RATE", Some("100"), "Protocol v2: commands per second one socket may send (bursts of as many); beyond it, error 429.";
     SSE_KEEP_ALIVE = "PGWS_SSE_KEEP_ALIVE", Some("15"), "Server-Sent Events: seconds between keep-alive comments on an idle stream (proxies close silent connections); at least 1.";
+    HTTP2_MAX_STREAMS = "PGWS_HTTP2_MAX_STREAMS", Some("100"), "TLS listener, HTTP/2: most streams (event streams, publishes, files) open at once on one connection; a client waits for one to end before it opens another, and a stream over it is refused (RST_STREAM REFUSED_STREAM). At least 1.";
     SSE_RETRY = "PGWS_SSE_RETRY", Some("2000"), "Server-Sent Events: milliseconds a browser is told to wait before reconnecting (`retry:`).";
     IDEMPOTENCY_TTL = "PGWS_IDEMPOTENCY_TTL", Some("300"), "HTTP publish: seconds an `Idempotency-Key` is remembered (a retry within it is not published again); at least 1.";
     IDEMPOTENCY_MAX_KEYS = "PGWS_IDEMPOTENCY_MAX_KEYS", Some("100000"), "Standalone: most idempotency keys remembered in memory; beyond it the oldest is forgotten early (counted). In cluster mode keys live in Redis.";
@@ -177,6 +178,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Most connections not yet upgraded.
     pub max_pending_connections: usize,
+    /// `PGWS_HTTP2_MAX_STREAMS`: streams at once on one HTTP/2 connection.
+    pub http2_max_streams: u32,
     /// SO_SNDBUF of accepted connections; `None`: the kernel's autotuning.
     pub socket_send_buffer: Option<usize>,
     /// Origin allow-list; `None` allows any.
@@ -241,6 +244,11 @@ impl Config {
                 sources.parsed(MAX_PENDING_CONNECTIONS, "a number of connections")?,
                 MAX_PENDING_CONNECTIONS,
             )?,
+            http2_max_streams: u32::try_from(positive(
+                sources.parsed(HTTP2_MAX_STREAMS, "a number of streams")?,
+                HTTP2_MAX_STREAMS,
+            )?)
+            .unwrap_or(u32::MAX),
             socket_send_buffer: match sources
                 .parsed::<usize>(SOCKET_SEND_BUFFER, "a number of bytes")?
             {

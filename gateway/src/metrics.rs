@@ -371,6 +371,11 @@ pub struct Metrics {
     pub channels: IntGauge,
     /// Connections accepted and not yet upgraded or closed.
     pub pending: IntGauge,
+    /// Open HTTP/2 connections.
+    pub http2_connections: IntGauge,
+    /// HTTP/2 connections ended with an error (a protocol error, too many
+    /// resets, an unanswered ping).
+    pub http2_errors: IntCounter,
     /// Protocol v2.
     pub v2: V2Metrics,
     /// Server-Sent Events.
@@ -459,6 +464,14 @@ impl Metrics {
             "pgws_http_pending_connections",
             "Connections accepted and not yet upgraded or closed (TLS handshakes, HTTP requests)",
         )?;
+        let http2_connections = IntGauge::new(
+            "pgws_http2_connections",
+            "Open HTTP/2 connections (TLS listener, ALPN h2)",
+        )?;
+        let http2_errors = IntCounter::new(
+            "pgws_http2_connection_errors_total",
+            "HTTP/2 connections ended with an error: a protocol error, too many reset streams, an unanswered ping",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("pgws_build_info", "Build information"),
             &["version", "role"],
@@ -487,6 +500,8 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(channels.clone()))?;
         registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(http2_connections.clone()))?;
+        registry.register(Box::new(http2_errors.clone()))?;
         registry.register(Box::new(build_info))?;
 
         // Create every labelled series up front so dashboards see zeros.
@@ -526,6 +541,8 @@ impl Metrics {
             echo_suppressed,
             channels,
             pending,
+            http2_connections,
+            http2_errors,
             v2,
             sse,
             publish,

@@ -127,6 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         allowed_origins: config.allowed_origins,
         max_connections: config.max_connections,
         max_pending: config.max_pending_connections,
+        http2_max_streams: config.http2_max_streams,
         send_buffer: config.socket_send_buffer,
         pending: Arc::default(),
     });

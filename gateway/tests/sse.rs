@@ -317,3 +317,35 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An idle stream holds about what an idle websocket does: the gateway
+/// writes a connection's first event stream itself, without hyper's two
+/// 8 KiB per-connection buffers (26 KiB per stream before, ~5 KiB after
+/// in a release build: docs/benchmarks.md; in this debug build 30.7 KiB
+/// through hyper, 10.2 KiB without).
+#[tokio::test]
+async fn idle_streams_hold_no_per_connection_http_buffers() {
+    let gw = Server::gateway()
+        .env("PGWS_SSE_KEEP_ALIVE", "600")
+        .start()
+        .await;
+    let chat = unique("chat");
+    let path = format!("/{chat}/{}", reader());
+    let mut streams = Vec::new();
+    // Warm-up: the channel, the allocator's arenas.
+    for _ in 0..50 {
+        streams.push(open(&gw, &path, &[]).await);
+    }
+    const N: u64 = 400;
+    let before = gw.rss_kib();
+    for _ in 0..N {
+        streams.push(open(&gw, &path, &[]).await);
+    }
+    gw.wait_metric("pgws_sse_streams", (N + 50) as f64).await;
+    let per_stream = gw.rss_kib().saturating_sub(before) as f64 / N as f64;
+    eprintln!("{per_stream:.2} KiB per idle stream");
+    assert!(
+        per_stream < 18.0,
+        "{per_stream:.2} KiB per idle stream (hyper's buffers alone are 16)"
+    );
+}

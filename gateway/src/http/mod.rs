@@ -1,7 +1,9 @@
 //! The public HTTP listener: websocket upgrades, Server-Sent Events
 //! (`GET` with `Accept: text/event-stream`, opened by [`crate::sse`]),
 //! publishing ([`publish`], `POST`), static files, and the plain-text
-//! banner.
+//! banner. HTTP/1.1 on every connection, HTTP/2 ([`h2`]) on a TLS
+//! connection that chose it (ALPN); an HTTP/1 connection's first request
+//! is read by [`direct`], which serves an event stream without hyper.
 //!
 //! Every refusal happens before the upgrade, as an HTTP response whose body
 //! is the reason (see `docs/protocol.md`): 401 for token problems, 403 for
@@ -15,106 +17,47 @@
 //! answered 503 and closed. An event stream stops being pending once it
 //! is open, as an upgraded websocket does.
 
+mod direct;
+pub mod events;
+mod h2;
 pub mod publish;
 pub mod request;
 pub mod response;
+pub mod state;
 pub mod static_files;
 
 pub use response::{text, Body};
+pub use state::{HttpState, HEAD_TIMEOUT, MAX_HEAD};
+
+use events::{
+    check_browser_origin, check_origin, event_stream_response, header, open_event_stream, target,
+    wants_event_stream,
+};
+use state::{Pending, PendingCell};
 
 use crate::auth::{self, Refusal};
-use crate::session::{self, SessionContext, Slot};
-use crate::sse::{self, Streams};
+use crate::session::{self, Slot};
 use crate::tls::TlsAcceptor;
 use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN,
-    SEC_WEBSOCKET_PROTOCOL,
+    HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION,
 };
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-
-/// Largest request head (request line and headers) read before answering
-/// 431: browsers send a few kilobytes, cookies included.
-pub const MAX_HEAD: usize = 32 * 1024;
-/// Time a client has from its TCP connection to the end of its first
-/// request head, a TLS handshake included (one deadline for both).
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 const BANNER: &str =
     "postgres-websockets: open a websocket (or an event stream) on /<channel>/<jwt> or /<jwt>\n";
-
-/// What request handling needs.
-pub struct HttpState {
-    /// Shared by all sessions (and their JWT keys).
-    pub sessions: Arc<SessionContext>,
-    /// Tracks session tasks so the drain can wait for them.
-    pub tracker: TaskTracker,
-    /// `PGWS_ROOT_PATH`, canonical.
-    pub root_path: Option<PathBuf>,
-    /// `PGWS_ALLOWED_ORIGINS`.
-    pub allowed_origins: Option<Vec<String>>,
-    /// `PGWS_MAX_CONNECTIONS`.
-    pub max_connections: usize,
-    /// `PGWS_MAX_PENDING_CONNECTIONS`.
-    pub max_pending: usize,
-    /// `PGWS_SOCKET_SEND_BUFFER`: what the kernel may hold for a client
-    /// that does not read, beside the socket's one flush (`None`: the
-    /// kernel's autotuning).
-    pub send_buffer: Option<usize>,
-    /// Connections accepted and not yet upgraded (or closed).
-    pub pending: Arc<std::sync::atomic::AtomicUsize>,
-    /// Server-Sent Events.
-    pub streams: Streams,
-    /// HTTP publish.
-    pub publisher: publish::Publisher,
-}
-
-/// A connection's pending count, given up by the first event stream it
-/// opens.
-type PendingCell = Arc<std::sync::Mutex<Option<Pending>>>;
-
-/// A connection counted as pending until it is upgraded or closed.
-struct Pending {
-    count: Arc<std::sync::atomic::AtomicUsize>,
-    gauge: prometheus::IntGauge,
-}
-
-impl Pending {
-    fn acquire(state: &HttpState) -> Option<Pending> {
-        use std::sync::atomic::Ordering;
-        let previous = state.pending.fetch_add(1, Ordering::AcqRel);
-        if previous >= state.max_pending {
-            state.pending.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        let gauge = state.sessions.metrics.pending.clone();
-        gauge.inc();
-        Some(Pending {
-            count: state.pending.clone(),
-            gauge,
-        })
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        self.gauge.dec();
-    }
-}
 
 /// What a connection over the pending limit is told before it is closed.
 const TOO_MANY_PENDING: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 29\r\nconnection: close\r\n\r\nToo many pending connections\n";
@@ -156,23 +99,43 @@ pub async fn serve(
         let state = state.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
             match tls {
                 None => serve_connection(stream, state, pending, HEAD_TIMEOUT).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            // What the handshake used is not given again.
-                            let left =
-                                deadline.saturating_duration_since(tokio::time::Instant::now());
-                            serve_connection(stream, state, pending, left).await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
+                // Boxed: a plain connection's task is not sized for TLS.
+                Some(acceptor) => Box::pin(serve_tls(stream, peer, acceptor, state, pending)).await,
             }
         });
+    }
+}
+
+/// The TLS handshake, then HTTP/2 or HTTP/1 as the client chose (ALPN).
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: TlsAcceptor,
+    state: Arc<HttpState>,
+    pending: Pending,
+) {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    // Boxed: the handshake's state is not kept for the connection's life.
+    let handshake = Box::pin(acceptor.accept(stream));
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(stream)) => {
+            // What the handshake used is not given again.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if stream.is_h2() {
+                // Boxed: an HTTP/1 stream over TLS is not sized for HTTP/2.
+                let pending: PendingCell = Arc::new(std::sync::Mutex::new(Some(pending)));
+                let first_request = Arc::new(tokio::sync::Notify::new());
+                let service = service(state.clone(), pending.clone(), Some(first_request.clone()));
+                let serving = h2::serve(stream, &state, pending, service, first_request, left);
+                Box::pin(serving).await
+            } else {
+                serve_connection(stream, state, pending, left).await
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
@@ -182,24 +145,56 @@ async fn refuse_pending(mut stream: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(TOO_MANY_PENDING)).await;
 }
 
-/// Serve HTTP on one connection; `pending` is held until the connection is
-/// upgraded (hyper's future then completes) or closed. A request head must
-/// arrive within `head_timeout` (what is left of [`HEAD_TIMEOUT`]).
+/// Serve HTTP/1 on one connection; `pending` is held until the connection
+/// is upgraded (hyper's future then completes), opens an event stream, or
+/// is closed. A request head must arrive within `head_timeout` (what is
+/// left of [`HEAD_TIMEOUT`]). The first request is read by [`direct`],
+/// which serves an event stream itself; hyper serves everything else.
 async fn serve_connection<S>(
-    stream: S,
+    mut stream: S,
     state: Arc<HttpState>,
     pending: Pending,
     head_timeout: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let deadline = tokio::time::Instant::now() + head_timeout;
     let pending: PendingCell = Arc::new(std::sync::Mutex::new(Some(pending)));
-    let held = pending.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let state = state.clone();
-        let pending = held.clone();
-        async move { Ok::<_, Infallible>(handle(req, state, pending).await) }
-    });
+    let first = tokio::time::timeout_at(deadline, direct::read_first(&mut stream)).await;
+    let (prefix, head_timeout) = match first {
+        // hyper would close a connection whose head is late, too.
+        Err(_) | Ok(direct::First::Closed) => return,
+        Ok(direct::First::Other(prefix)) => (
+            prefix,
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+        ),
+        Ok(direct::First::EventStream(request)) => {
+            match direct::serve(&mut stream, request, &state, &pending).await {
+                direct::After::KeepAlive => (bytes::Bytes::new(), HEAD_TIMEOUT),
+                direct::After::Close => return,
+            }
+        }
+    };
+    // Boxed: a connection served by `direct` does not carry hyper's state.
+    Box::pin(serve_http1(
+        direct::Prefixed::new(prefix, stream),
+        state,
+        pending,
+        head_timeout,
+    ))
+    .await
+}
+
+/// hyper's HTTP/1 on a connection.
+async fn serve_http1<S>(
+    stream: S,
+    state: Arc<HttpState>,
+    pending: PendingCell,
+    head_timeout: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service(state, pending.clone(), None);
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout)
@@ -214,11 +209,39 @@ async fn serve_connection<S>(
     }
 }
 
+/// The service of one connection (HTTP/1 or HTTP/2); `first_request` is
+/// told of every request (HTTP/2's head timeout waits for the first).
+fn service(
+    state: Arc<HttpState>,
+    pending: PendingCell,
+    first_request: Option<Arc<tokio::sync::Notify>>,
+) -> impl hyper::service::HttpService<
+    Incoming,
+    ResBody = Body,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+> + Send
+       + 'static {
+    hyper::service::service_fn(move |req| {
+        if let Some(first) = &first_request {
+            first.notify_one();
+        }
+        let state = state.clone();
+        let pending = pending.clone();
+        async move { Ok::<_, Infallible>(handle(req, state, pending).await) }
+    })
+}
+
 async fn handle(
     req: Request<Incoming>,
     state: Arc<HttpState>,
     pending: PendingCell,
 ) -> Response<Body> {
+    if req.version() == Version::HTTP_2 && asks_for_websocket(&req) {
+        let refusal = Refusal::WebsocketOverHttp2;
+        state.sessions.metrics.refused(&refusal);
+        return text(refusal.status(), format!("{refusal}\n"));
+    }
     if fastwebsockets::upgrade::is_upgrade_request(&req) {
         let upgraded = if req.method() == Method::GET {
             upgrade(req, &state).await
@@ -241,27 +264,13 @@ async fn handle(
     }
 }
 
-/// Whether a GET asks for `text/event-stream`.
-fn wants_event_stream<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
-}
-
-fn header<B>(req: &Request<B>, name: hyper::header::HeaderName) -> Option<&str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The channel and token of a non-upgrade request, as for a websocket.
-fn target<B>(req: &Request<B>) -> Result<request::Target, request::NotFound> {
-    request::parse(request::RequestParts {
-        path: req.uri().path(),
-        query: req.uri().query(),
-        authorization: header(req, hyper::header::AUTHORIZATION),
-        protocols: None,
-    })
+/// Whether an HTTP/2 request is a websocket handshake: an (extended)
+/// CONNECT, or a request with websocket headers (h2 itself resets a
+/// stream that carries `Connection`/`Upgrade`).
+fn asks_for_websocket<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        || req.headers().contains_key(SEC_WEBSOCKET_KEY)
+        || req.headers().contains_key(SEC_WEBSOCKET_VERSION)
 }
 
 /// Open an event stream, or answer why not.
@@ -270,48 +279,9 @@ async fn event_stream(
     state: &HttpState,
     pending: &PendingCell,
 ) -> Response<Body> {
-    let opened = async {
-        check_browser_origin(&req, state.allowed_origins.as_deref())?;
-        let Ok(target) = target(&req) else {
-            return Ok(None);
-        };
-        let last_event_id = header(
-            &req,
-            hyper::header::HeaderName::from_static("last-event-id"),
-        )
-        .map(str::to_string)
-        .or_else(|| request::query_value(req.uri().query(), "lastEventId"));
-        let span = tracing::info_span!(
-            "pgws.sse_open",
-            channel = target.channel.as_deref().unwrap_or("")
-        );
-        state
-            .streams
-            .open(sse::Request {
-                channel: target.channel.as_deref(),
-                token: target.token.as_deref(),
-                last_event_id: last_event_id.as_deref(),
-            })
-            .instrument(span)
-            .await
-            .map(Some)
-    };
-    match opened.await {
-        Ok(Some(stream)) => {
-            // Open: no longer pending, as an upgraded websocket.
-            drop(pending.lock().unwrap_or_else(|p| p.into_inner()).take());
-            let mut response = Response::new(stream.boxed());
-            let headers = response.headers_mut();
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-            response
-        }
-        Ok(None) => text(StatusCode::NOT_FOUND, "Not found\n"),
-        Err(refusal) => {
-            state.sessions.metrics.refused(&refusal);
-            text(refusal.status(), format!("{refusal}\n"))
-        }
+    match open_event_stream(&req, state, pending).await {
+        Ok(stream) => event_stream_response(stream.boxed()),
+        Err(refusal) => refusal,
     }
 }
 
@@ -343,17 +313,6 @@ async fn publish(req: Request<Incoming>, state: &HttpState) -> Response<Body> {
             body,
         )
         .await
-}
-
-/// `PGWS_ALLOWED_ORIGINS` for plain HTTP: a request that names an origin
-/// (browsers do on cross-origin requests and on every POST) must name an
-/// allowed one; one without (same-origin GET, curl) is let through.
-fn check_browser_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> Result<(), Refusal> {
-    if req.headers().contains_key(ORIGIN) {
-        check_origin(req, allowed)
-    } else {
-        Ok(())
-    }
 }
 
 async fn upgrade(mut req: Request<Incoming>, state: &HttpState) -> Result<Response<Body>, Refusal> {
@@ -472,23 +431,6 @@ enum Session {
     /// v1: its grant, and its place in the hub (subscriptions confirmed).
     V1(auth::Grant, session::Joined),
     V2(Option<auth::Permissions>),
-}
-
-fn check_origin<B>(req: &Request<B>, allowed: Option<&[String]>) -> Result<(), Refusal> {
-    let Some(allowed) = allowed else {
-        return Ok(());
-    };
-    let origin = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok());
-    match origin {
-        Some(o)
-            if allowed
-                .iter()
-                .any(|a| a == "*" || a.eq_ignore_ascii_case(o.trim_end_matches('/'))) =>
-        {
-            Ok(())
-        }
-        _ => Err(Refusal::OriginNotAllowed),
-    }
 }
 
 async fn static_or_banner(path: &str, state: &HttpState) -> Response<Body> {

@@ -1,11 +1,13 @@
 //! One open event stream: the response body itself. There is no task per
-//! stream — hyper polls the body, and the body polls the stream's send
-//! queue (the hub's member, as a websocket's), its catching-up
-//! subscriptions, its keep-alive timer and what ends it (shutdown, a slow
-//! consumer, the token's `exp`). A poll writes what is ready, up to a
-//! flush's worth, as one frame; hyper writes and flushes it before it
-//! polls again, so every event leaves at once (no proxy buffering beyond
-//! that: `X-Accel-Buffering: no`).
+//! stream — the connection polls the body (hyper, or for an HTTP/1
+//! connection's first request the gateway's own writer, `http::direct`),
+//! and the body polls the stream's send queue (the hub's member, as a
+//! websocket's), its catching-up subscriptions, its keep-alive timer and
+//! what ends it (shutdown, a slow consumer, the token's `exp`). A poll
+//! writes what is ready, up to a flush's worth, as one frame; the
+//! connection writes and flushes it before it polls again, so every event
+//! leaves at once (no proxy buffering beyond that: `X-Accel-Buffering:
+//! no`).
 //!
 //! Dropped — the client went away, or the stream ended — it leaves its
 //! channels, frees its connection slot and sends the meta channel's
@@ -158,6 +160,43 @@ impl SseStream {
     }
 }
 
+impl SseStream {
+    /// Append what is ready to `out` — up to a flush's worth: the
+    /// preamble, owed and live events, the closing event, or a keep-alive
+    /// comment when the stream has been silent. `Ready(false)` once the
+    /// stream has ended (nothing appended); `Ready(true)` when `out` grew.
+    pub fn poll_events(&mut self, cx: &mut Context<'_>, out: &mut Vec<u8>) -> Poll<bool> {
+        if self.ended {
+            return Poll::Ready(false);
+        }
+        let start = out.len();
+        // Taken, not drained: its allocation is not kept for the stream's life.
+        let preamble = std::mem::take(&mut self.preamble);
+        if out.is_empty() {
+            *out = preamble;
+        } else {
+            out.extend_from_slice(&preamble);
+        }
+        if let Poll::Ready(reason) = self.ending.as_mut().poll(cx) {
+            self.finish(out, reason);
+        } else {
+            self.owed(out);
+            if let Err(reason) = self.live(cx, out) {
+                self.finish(out, reason);
+            }
+        }
+        if out.len() == start && self.tick.as_mut().poll(cx).is_ready() {
+            out.extend_from_slice(KEEP_ALIVE);
+        }
+        if out.len() == start {
+            return Poll::Pending;
+        }
+        let next = tokio::time::Instant::now() + self.keep_alive;
+        self.tick.as_mut().reset(next);
+        Poll::Ready(true)
+    }
+}
+
 impl Body for SseStream {
     type Data = Bytes;
     type Error = std::io::Error;
@@ -166,28 +205,12 @@ impl Body for SseStream {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
+        let mut out = Vec::new();
+        match self.get_mut().poll_events(cx, &mut out) {
+            Poll::Ready(true) => Poll::Ready(Some(Ok(Frame::data(Bytes::from(out))))),
+            Poll::Ready(false) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
-        let mut out = std::mem::take(&mut this.preamble);
-        if let Poll::Ready(reason) = this.ending.as_mut().poll(cx) {
-            this.finish(&mut out, reason);
-        } else {
-            this.owed(&mut out);
-            if let Err(reason) = this.live(cx, &mut out) {
-                this.finish(&mut out, reason);
-            }
-        }
-        if out.is_empty() && this.tick.as_mut().poll(cx).is_ready() {
-            out.extend_from_slice(KEEP_ALIVE);
-        }
-        if out.is_empty() {
-            return Poll::Pending;
-        }
-        let next = tokio::time::Instant::now() + this.keep_alive;
-        this.tick.as_mut().reset(next);
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
     }
 
     fn is_end_stream(&self) -> bool {

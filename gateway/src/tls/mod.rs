@@ -54,6 +54,9 @@ pub fn acceptor(certificate: &Path, key: &Path) -> Result<TlsAcceptor, TlsError>
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first: one connection carries many event streams (and
+    // publishes); websockets need HTTP/1.1, which browsers ask for on
+    // their own connection (`docs/protocol.md`, "HTTP/2").
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor(Arc::new(config)))
 }

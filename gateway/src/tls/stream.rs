@@ -126,6 +126,13 @@ pub async fn accept<T: Transport>(config: Arc<ServerConfig>, tcp: T) -> io::Resu
     Ok(stream)
 }
 
+impl<T> TlsStream<T> {
+    /// Whether the client chose HTTP/2 (ALPN `h2`) in the handshake.
+    pub fn is_h2(&self) -> bool {
+        self.conn.alpn_protocol() == Some(b"h2")
+    }
+}
+
 impl<T: Transport> TlsStream<T> {
     /// A connection before its handshake.
     fn new(config: Arc<ServerConfig>, tcp: T) -> io::Result<TlsStream<T>> {
