@@ -679,6 +679,8 @@ fn v1_loss_reason(
         let hits = match f.kind {
             Kind::GatewayRedis => f.target == Some(log.gateway),
             Kind::RestartRedis => true,
+            // The gateways reconnect to whatever master the sentinels name.
+            k if k.on_sentinel() => true,
             _ => false,
         };
         hits && at >= f.start - 1.0 && at <= f.end + RESUBSCRIBE
@@ -698,7 +700,10 @@ fn v1_loss_reason(
 
 /// Every acknowledged write became a NOTIFY (at least once) — unless the
 /// recorder itself was not listening at some point after the
-/// acknowledgement (then it is unverifiable, counted, not a violation).
+/// acknowledgement (then it is unverifiable, counted, not a violation), or
+/// it is the one documented loss: acknowledged inside a Sentinel fault's
+/// write-loss window (by a master the sentinels then replaced, before it
+/// replicated — see [`Injected::write_loss`]).
 fn check_writes(o: &Observed, v: &mut Verdict) {
     let mut seen: HashMap<&str, u64> = HashMap::new();
     for (p, _) in &o.recorder.seen {
@@ -718,6 +723,10 @@ fn check_writes(o: &Observed, v: &mut Verdict) {
                     "writes: unverifiable (the recorder's LISTEN was down after the ack)",
                     1,
                 ),
+                None if sentinel_write_loss(o.faults, *at) => v.expect(
+                    "writes: lost to a Sentinel failover (acknowledged by the old master, not replicated before the promotion — documented)",
+                    1,
+                ),
                 None => v.violation(
                     "acknowledged write never became a NOTIFY",
                     format!("gateway {}: {payload} acknowledged at {at:.2}s", w.gateway),
@@ -725,6 +734,15 @@ fn check_writes(o: &Observed, v: &mut Verdict) {
             }
         }
     }
+}
+
+/// Whether `at` (an acknowledgement) lies in a Sentinel fault's
+/// write-loss window.
+fn sentinel_write_loss(faults: &[Injected], at: f64) -> bool {
+    faults
+        .iter()
+        .filter_map(|f| f.write_loss)
+        .any(|(from, to)| at >= from && at <= to)
 }
 
 #[cfg(test)]
@@ -908,9 +926,10 @@ mod tests {
         let cut = Injected {
             kind: Kind::GatewayRedis,
             target: Some(0),
-            detail: "",
+            detail: String::new(),
             start: 1.5,
             end: 2.5,
+            write_loss: None,
         };
         assert!(judge(vec![v1(&[1, 3, 5, 6])], vec![cut]).ok());
     }
@@ -975,10 +994,57 @@ mod tests {
         Injected {
             kind,
             target,
-            detail: "",
+            detail: String::new(),
             start,
             end,
+            write_loss: None,
         }
+    }
+
+    /// The write history of `two_leaders_…` below: w0-2 (acknowledged at
+    /// 2.0 s) never became a NOTIFY.
+    fn lost_write(faults: &[Injected]) -> Verdict {
+        let writers = vec![WriterLog {
+            gateway: 0,
+            acked: vec![("w0-1".into(), 1.0), ("w0-2".into(), 2.0)],
+            unacked: 0,
+        }];
+        let recorder = RecorderLog {
+            seen: vec![("w0-1".into(), 1.5)],
+            blind: vec![(0.0, 0.5)],
+        };
+        check(&Observed {
+            sent: &[],
+            v1: &[],
+            v2: &[],
+            writers: &writers,
+            recorder: &recorder,
+            faults,
+            coordinator_logs: &[],
+            tail_from: 1e9,
+            outbox: false,
+        })
+    }
+
+    #[test]
+    fn a_lost_write_passes_only_inside_a_sentinel_failover_s_documented_window() {
+        const LOST: &str = "acknowledged write never became a NOTIFY";
+        // A failover that changed the master, the ack inside its window.
+        let mut failover = fault(Kind::SentinelFailover, Some(0), 1.5, 4.0);
+        failover.write_loss = Some((0.5, 4.0));
+        let v = lost_write(&[failover.clone()]);
+        assert!(v.ok(), "{v:?}");
+        assert_eq!(v.expected.values().sum::<u64>(), 1);
+        // The same fault without a change of master: no loss allowed.
+        failover.write_loss = None;
+        assert_eq!(lost_write(&[failover]).violations.get(LOST), Some(&1));
+        // A window that ends before the acknowledgement.
+        let mut kill = fault(Kind::KillMaster, Some(0), 1.8, 6.0);
+        kill.write_loss = Some((0.8, 1.8));
+        assert_eq!(lost_write(&[kill]).violations.get(LOST), Some(&1));
+        // Any other fault around it excuses nothing.
+        let v = lost_write(&[fault(Kind::RestartRedis, None, 1.5, 2.5)]);
+        assert_eq!(v.violations.get(LOST), Some(&1));
     }
 
     #[test]
