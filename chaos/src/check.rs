@@ -723,26 +723,30 @@ fn check_writes(o: &Observed, v: &mut Verdict) {
                     "writes: unverifiable (the recorder's LISTEN was down after the ack)",
                     1,
                 ),
-                None if sentinel_write_loss(o.faults, *at) => v.expect(
-                    "writes: lost to a Sentinel failover (acknowledged by the old master, not replicated before the promotion — documented)",
-                    1,
-                ),
-                None => v.violation(
-                    "acknowledged write never became a NOTIFY",
-                    format!("gateway {}: {payload} acknowledged at {at:.2}s", w.gateway),
-                ),
+                None => match sentinel_write_loss(o.faults, *at) {
+                    Some(reason) => v.expect(reason, 1),
+                    None => v.violation(
+                        "acknowledged write never became a NOTIFY",
+                        format!("gateway {}: {payload} acknowledged at {at:.2}s", w.gateway),
+                    ),
+                },
             }
         }
     }
 }
 
-/// Whether `at` (an acknowledgement) lies in a Sentinel fault's
-/// write-loss window.
-fn sentinel_write_loss(faults: &[Injected], at: f64) -> bool {
-    faults
+/// The documented reason when `at` (an acknowledgement) lies in a
+/// Sentinel fault's write-loss window, by the fault's kind.
+fn sentinel_write_loss(faults: &[Injected], at: f64) -> Option<&'static str> {
+    let f = faults
         .iter()
-        .filter_map(|f| f.write_loss)
-        .any(|(from, to)| at >= from && at <= to)
+        .find(|f| f.write_loss.is_some_and(|(from, to)| at >= from && at <= to))?;
+    Some(match f.kind {
+        Kind::KillMaster => "writes: lost to a Sentinel failover (kill -9 redis master; acknowledged by the old master, not replicated — documented)",
+        Kind::PauseMaster => "writes: lost to a Sentinel failover (pause redis master; acknowledged by the old master, not replicated — documented)",
+        Kind::SentinelSplit => "writes: lost to a Sentinel failover (split; acknowledged by the old master, not replicated — documented)",
+        _ => "writes: lost to a Sentinel failover (SENTINEL FAILOVER; acknowledged by the old master, not replicated — documented)",
+    })
 }
 
 #[cfg(test)]
