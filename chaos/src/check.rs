@@ -652,6 +652,10 @@ fn outbox_v1_loss_reason(log: &V1Log, at: f64) -> Option<&'static str> {
 /// Why a v1 reader may have missed `n`: it was never published and the
 /// sequence says so (a new epoch around it), or the reader's gateway could
 /// not hear Redis then, or the reader had no socket. `None`: no reason.
+/// A number no v2 reader received with the same epoch on both sides was
+/// not necessarily never published: every v2 reader may have been away
+/// and told `recovered:false` (history no longer reaching back) — then
+/// only the outage or the missing socket excuses it.
 fn v1_loss_reason(
     log: &V1Log,
     n: u64,
@@ -672,9 +676,15 @@ fn v1_loss_reason(
                 Some("v1: never published, a hole the epoch announces")
             }
             (None, _) | (_, None) => Some("v1: never published, at the edge of the run"),
-            _ => None,
+            _ => v1_unheard(log, at, o),
         };
     }
+    v1_unheard(log, at, o)
+}
+
+/// Why a v1 reader may have missed what was sent at `at`: its gateway could
+/// not hear Redis then, or the reader had no socket.
+fn v1_unheard(log: &V1Log, at: f64, o: &Observed) -> Option<&'static str> {
     let outage = o.faults.iter().any(|f| {
         let hits = match f.kind {
             Kind::GatewayRedis => f.target == Some(log.gateway),
@@ -936,6 +946,58 @@ mod tests {
             write_loss: None,
         };
         assert!(judge(vec![v1(&[1, 3, 5, 6])], vec![cut]).ok());
+    }
+
+    #[test]
+    fn a_v1_loss_no_v2_reader_saw_in_one_epoch_is_excused_only_by_an_outage() {
+        // Every v2 reader was away for 2–4 and told recovered:false (history
+        // no longer reached back): 2–4 were published, in the same epoch.
+        let s = vec![sent(5)];
+        let v2 = vec![V2Log {
+            gateway: 1,
+            channel: 0,
+            events: vec![
+                sub(None, "1.1.1", 0, None, 0),
+                msg("1.1.1", 1, 1),
+                V2Event::Down {
+                    at: 1.2,
+                    why: "planned reconnect".into(),
+                },
+                sub(Some(("1.1.1", 1)), "1.1.1", 4, Some(false), 0),
+                msg("1.1.1", 5, 5),
+            ],
+        }];
+        let v1 = vec![V1Log {
+            gateway: 0,
+            channel: 0,
+            got: vec![(1, 1.0), (5, 5.0)],
+            down: Vec::new(),
+        }];
+        let logs = vec![leader_log(&[1])];
+        let judge = |faults: Vec<Injected>| {
+            check(&Observed {
+                sent: &s,
+                v1: &v1,
+                v2: &v2,
+                writers: &[],
+                recorder: &RecorderLog::default(),
+                faults: &faults,
+                coordinator_logs: &logs,
+                tail_from: 1e9,
+                outbox: false,
+            })
+        };
+        let v = judge(Vec::new());
+        assert_eq!(
+            v.violations.get(
+                "v1: committed notification lost outside any announced hole or Redis outage"
+            ),
+            Some(&3),
+            "{v:?}"
+        );
+        // The master killed meanwhile: the gateways could not hear Redis.
+        let v = judge(vec![fault(Kind::KillMaster, Some(0), 1.5, 3.0)]);
+        assert!(v.ok(), "{v:?}");
     }
 
     #[test]

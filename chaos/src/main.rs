@@ -412,6 +412,19 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
             let path = args.out.join(format!("chaos-{seed}-coordinator{i}.log"));
             std::fs::write(&path, log).context("write a coordinator's log")?;
         }
+        // Every v2 reader's events and the gateways' logs, for diagnosis.
+        let mut events = String::new();
+        for log in &v2_logs {
+            for e in &log.events {
+                events.push_str(&format!("g{} c{} {e:?}\n", log.gateway, log.channel));
+            }
+        }
+        std::fs::write(args.out.join(format!("chaos-{seed}-v2.txt")), events)
+            .context("write the v2 events")?;
+        for (g, slot) in topo.gateways.iter().enumerate() {
+            let path = args.out.join(format!("chaos-{seed}-gateway{g}.log"));
+            std::fs::write(&path, slot.server.log_text()).context("write a gateway's log")?;
+        }
     }
     drop(topo);
     Ok((verdict.ok(), text))
