@@ -502,8 +502,13 @@ pub async fn run(
             undo.push((u, kind, target, detail));
         }
         tokio::time::sleep(step.hold).await;
+        let mut settled = Duration::ZERO;
         for (u, kind, target, detail) in undo {
+            let before = tokio::time::Instant::now();
             let changed = heal(topo, u).await;
+            if kind.on_sentinel() {
+                settled += before.elapsed();
+            }
             let end = clock.now();
             // The documented loss: writes the old master acknowledged and
             // had not replicated (its lag: a second is generous) before it
@@ -525,7 +530,10 @@ pub async fn run(
             eprintln!("nemesis: {injected}");
             log.push(injected);
         }
-        tokio::time::sleep(step.quiet).await;
+        // Waiting for the sentinels' outcome (up to ~10 s: Sentinel
+        // reconfigures a demoted master after 4 hello periods) counts as
+        // calm: the cluster is whole again meanwhile.
+        tokio::time::sleep(step.quiet.saturating_sub(settled)).await;
     }
     log
 }
@@ -554,6 +562,27 @@ mod tests {
                 a.iter().any(|s| s.kinds.contains(&kind)),
                 "{kind} never scheduled"
             );
+        }
+    }
+
+    #[test]
+    fn behind_sentinel_the_redis_restart_gives_way_to_the_sentinel_faults() {
+        let pool = Kind::pool(true, true);
+        assert!(!pool.contains(&Kind::RestartRedis));
+        assert_eq!(pool.len(), Kind::ALL.len() - 1);
+        let steps = schedule(&mut Rng::new(5), Duration::from_secs(900), &pool);
+        for kind in &pool {
+            assert!(
+                steps.iter().any(|s| s.kinds.contains(kind)),
+                "{kind} never scheduled"
+            );
+        }
+        for step in &steps {
+            let sentinel = step.kinds.iter().filter(|k| k.on_sentinel()).count();
+            assert!(sentinel <= 1, "{step:?}");
+            if step.kinds.contains(&Kind::PauseMaster) {
+                assert!(step.hold >= DOWN_AFTER * 2, "{step:?}");
+            }
         }
     }
 }
