@@ -412,31 +412,41 @@ async fn inject(
 
 /// After a Sentinel fault on data node `old` healed: wait (bounded) for
 /// the sentinels' outcome — a new master and the old one its replica, or
-/// the old one kept. Whether the master changed.
-async fn settle(topo: &Topology, old: usize, how: MasterUndo) -> bool {
-    let Some(s) = &topo.sentinel else {
-        return false;
-    };
+/// the old one kept. When the old master became a replica (`None`: the
+/// master did not change).
+async fn settle(topo: &Topology, old: usize, how: MasterUndo, clock: Clock) -> Option<f64> {
+    let s = topo.sentinel.as_ref()?;
     if matches!(how, MasterUndo::Failover) {
         // SENTINEL FAILOVER answers at once; the promotion follows.
         s.wait_new_master(old, Duration::from_secs(10)).await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let demoted = loop {
         match s.master() {
-            Some(m) if m == old => return false,
+            Some(m) if m == old => break None,
             Some(_) => {
                 s.wait_replica(old, Duration::from_secs(20)).await;
-                return true;
+                break Some(clock.now());
             }
-            None if tokio::time::Instant::now() >= deadline => return false,
+            None if tokio::time::Instant::now() >= deadline => break None,
             None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
+    };
+    // One fault at a time: the next one starts once the replica has the
+    // master's data set again (its first sync after a failover). Without
+    // this wait the nemesis found Sentinel promoting a replica that was
+    // demoted seconds before and had not synced yet — seconds of the bus's
+    // state (history, offsets, continuity) lost, docs/architecture.md
+    // "What the nemesis found".
+    if !s.wait_synced(Duration::from_secs(30)).await {
+        eprintln!("pgws-chaos: the replica did not sync within 30 s");
     }
+    demoted
 }
 
-/// Heal; for a Sentinel fault, whether the master changed.
-async fn heal(topo: &mut Topology, undo: Undo) -> bool {
+/// Heal; for a Sentinel fault that changed the master, when the old one
+/// became a replica.
+async fn heal(topo: &mut Topology, undo: Undo, clock: Clock) -> Option<f64> {
     match undo {
         Undo::Links(links) => {
             for link in links {
@@ -476,10 +486,10 @@ async fn heal(topo: &mut Topology, undo: Undo) -> bool {
                     topo.split(&[], false);
                 }
             }
-            return settle(topo, old, how).await;
+            return settle(topo, old, how, clock).await;
         }
     }
-    false
+    None
 }
 
 /// Run `steps` against `topo`; every fault as injected.
@@ -505,7 +515,7 @@ pub async fn run(
         let mut settled = Duration::ZERO;
         for (u, kind, target, detail) in undo {
             let before = tokio::time::Instant::now();
-            let changed = heal(topo, u).await;
+            let demoted = heal(topo, u, clock).await;
             if kind.on_sentinel() {
                 settled += before.elapsed();
             }
@@ -514,10 +524,10 @@ pub async fn run(
             // had not replicated (its lag: a second is generous) before it
             // died or was cut off from the gateways; after a failover it
             // or a pause it may go on acknowledging until it is demoted.
-            let write_loss = changed.then(|| match kind {
+            let write_loss = demoted.map(|demoted| match kind {
                 Kind::KillMaster => (start - 1.0, start),
                 Kind::SentinelSplit => (start - 1.0, start + 0.5),
-                _ => (start - 1.0, end),
+                _ => (start - 1.0, demoted),
             });
             let injected = Injected {
                 kind,

@@ -265,6 +265,34 @@ impl Sentinel {
         None
     }
 
+    /// Wait (up to `within`) until every data node but the master is its
+    /// replica with the link up and no sync in progress; whether they all
+    /// are. A replica that has not finished its first sync with a new
+    /// master still holds its old data set, and Sentinel promotes it all
+    /// the same.
+    pub async fn wait_synced(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(m) = self.master() {
+                let want = format!("master_host:{}", self.data[m].host.addr);
+                let synced = self.data.iter().enumerate().all(|(i, d)| {
+                    if i == m {
+                        return true;
+                    }
+                    let info = d.cli(&["INFO", "replication"]);
+                    info.contains(&want)
+                        && info.contains("master_link_status:up")
+                        && info.contains("master_sync_in_progress:0")
+                });
+                if synced {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     /// `redis-cli` against the current master (empty when none is named).
     pub fn cli_master(&self, args: &[&str]) -> String {
         self.master()
