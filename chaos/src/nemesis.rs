@@ -420,16 +420,22 @@ async fn settle(topo: &Topology, old: usize, how: MasterUndo, clock: Clock) -> O
         // SENTINEL FAILOVER answers at once; the promotion follows.
         s.wait_new_master(old, Duration::from_secs(10)).await;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let demoted = loop {
-        match s.master() {
-            Some(m) if m == old => break None,
-            Some(_) => {
-                s.wait_replica(old, Duration::from_secs(20)).await;
-                break Some(clock.now());
-            }
-            None if tokio::time::Instant::now() >= deadline => break None,
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
+    // A failover may be under way when the fault is healed (a killed
+    // master started again while the sentinels promote its replica): wait
+    // until they are at rest before judging whether the master changed.
+    let demoted = match s.wait_stable(Duration::from_secs(30)).await {
+        Some(m) if m != old => {
+            s.wait_replica(old, Duration::from_secs(20)).await;
+            Some(clock.now())
+        }
+        Some(_) => None,
+        None => {
+            eprintln!("pgws-chaos: the sentinels did not come to rest within 30 s");
+            // Judge by who is named now; a lost write is then a violation
+            // unless the master did change.
+            s.master()
+                .filter(|m| *m != old)
+                .map(|_| clock.now())
         }
     };
     // One fault at a time: the next one starts once the replica has the
@@ -522,10 +528,11 @@ pub async fn run(
             let end = clock.now();
             // The documented loss: writes the old master acknowledged and
             // had not replicated (its lag: a second is generous) before it
-            // died or was cut off from the gateways; after a failover it
-            // or a pause it may go on acknowledging until it is demoted.
+            // was cut off from the gateways (a split: they are on the
+            // majority side), or — killed and started again, paused and
+            // continued, or failed over while alive — before it was
+            // demoted (gateways follow it until the sentinels name another).
             let write_loss = demoted.map(|demoted| match kind {
-                Kind::KillMaster => (start - 1.0, start),
                 Kind::SentinelSplit => (start - 1.0, start + 0.5),
                 _ => (start - 1.0, demoted),
             });

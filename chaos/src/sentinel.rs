@@ -265,6 +265,35 @@ impl Sentinel {
         None
     }
 
+    /// Wait (up to `within`) until the sentinels are at rest: every one
+    /// answers, names the same master, flags it plain `master` (no
+    /// subjective or objective down, no failover in progress), and stays so
+    /// for a second; the master then (`None`: never at rest).
+    pub async fn wait_stable(&self, within: Duration) -> Option<usize> {
+        let deadline = Instant::now() + within;
+        let mut since: Option<(usize, Instant)> = None;
+        while Instant::now() < deadline {
+            let at_rest = self.sentinels.iter().all(|s| {
+                pairs(&s.cli(&["SENTINEL", "MASTER", MASTER]))
+                    .get("flags")
+                    .is_some_and(|f| f == "master")
+            });
+            match (at_rest, self.master()) {
+                (true, Some(m)) => match since {
+                    Some((was, t)) if was == m => {
+                        if t.elapsed() >= Duration::from_secs(1) {
+                            return Some(m);
+                        }
+                    }
+                    _ => since = Some((m, Instant::now())),
+                },
+                _ => since = None,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
     /// Wait (up to `within`) until every data node but the master is its
     /// replica with the link up and no sync in progress; whether they all
     /// are. A replica that has not finished its first sync with a new
