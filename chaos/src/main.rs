@@ -419,7 +419,7 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
                 events.push_str(&format!("g{} c{} {e:?}\n", log.gateway, log.channel));
             }
         }
-        std::fs::write(args.out.join(format!("chaos-{seed}-v2.txt")), events)
+        std::fs::write(args.out.join(format!("chaos-{seed}-v2.log")), events)
             .context("write the v2 events")?;
         for (g, slot) in topo.gateways.iter().enumerate() {
             let path = args.out.join(format!("chaos-{seed}-gateway{g}.log"));
