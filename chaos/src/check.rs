@@ -748,9 +748,10 @@ fn check_writes(o: &Observed, v: &mut Verdict) {
 /// The documented reason when `at` (an acknowledgement) lies in a
 /// Sentinel fault's write-loss window, by the fault's kind.
 fn sentinel_write_loss(faults: &[Injected], at: f64) -> Option<&'static str> {
-    let f = faults
-        .iter()
-        .find(|f| f.write_loss.is_some_and(|(from, to)| at >= from && at <= to))?;
+    let f = faults.iter().find(|f| {
+        f.write_loss
+            .is_some_and(|(from, to)| at >= from && at <= to)
+    })?;
     Some(match f.kind {
         Kind::KillMaster => "writes: lost to a Sentinel failover (kill -9 redis master; acknowledged by the old master, not replicated — documented)",
         Kind::PauseMaster => "writes: lost to a Sentinel failover (pause redis master; acknowledged by the old master, not replicated — documented)",
@@ -989,9 +990,8 @@ mod tests {
         };
         let v = judge(Vec::new());
         assert_eq!(
-            v.violations.get(
-                "v1: committed notification lost outside any announced hole or Redis outage"
-            ),
+            v.violations
+                .get("v1: committed notification lost outside any announced hole or Redis outage"),
             Some(&3),
             "{v:?}"
         );

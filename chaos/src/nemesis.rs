@@ -326,7 +326,11 @@ async fn inject(
         Kind::GatewayRedis => {
             let g = rng.below(topo.gateways.len());
             topo.cut(Link::GatewayRedis(g), true);
-            (Undo::Links(vec![Link::GatewayRedis(g)]), Some(g), String::new())
+            (
+                Undo::Links(vec![Link::GatewayRedis(g)]),
+                Some(g),
+                String::new(),
+            )
         }
         Kind::IsolateLeader => {
             let links = vec![Link::CoordinatorRedis(leader), Link::CoordinatorPg(leader)];
@@ -393,7 +397,11 @@ async fn inject(
                         MasterUndo::Unsplit,
                         format!(
                             "coordinator {c} ({}) with the minority",
-                            if c == leader { "the leader" } else { "a standby" }
+                            if c == leader {
+                                "the leader"
+                            } else {
+                                "a standby"
+                            }
                         ),
                     )
                 }
@@ -433,9 +441,7 @@ async fn settle(topo: &Topology, old: usize, how: MasterUndo, clock: Clock) -> O
             eprintln!("pgws-chaos: the sentinels did not come to rest within 30 s");
             // Judge by who is named now; a lost write is then a violation
             // unless the master did change.
-            s.master()
-                .filter(|m| *m != old)
-                .map(|_| clock.now())
+            s.master().filter(|m| *m != old).map(|_| clock.now())
         }
     };
     // One fault at a time: the next one starts once the replica has the

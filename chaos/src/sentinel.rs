@@ -353,4 +353,3 @@ fn pairs(out: &str) -> std::collections::HashMap<String, String> {
         })
         .collect()
 }
-

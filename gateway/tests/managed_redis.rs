@@ -287,7 +287,12 @@ async fn behind_sentinel_a_leader_that_follows_a_failover_starts_a_new_epoch() {
         1,
         "one coordinator: the epoch changed without a new leader"
     );
-    assert!(coordinator.metric("pgws_publisher_master_moves_total").await >= 1.0);
+    assert!(
+        coordinator
+            .metric("pgws_publisher_master_moves_total")
+            .await
+            >= 1.0
+    );
     assert!(coordinator
         .log_text()
         .contains("the Redis master moved while publishing"));
