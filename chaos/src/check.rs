@@ -896,6 +896,27 @@ mod tests {
         assert!(v.violations.keys().any(|k| k.contains("fenced")), "{v:?}");
     }
 
+    /// The readers' histories judged (no writes, no tail).
+    fn judge_readers(
+        sent: &[Vec<Sent>],
+        v1: &[V1Log],
+        v2: &[V2Log],
+        faults: &[Injected],
+        logs: &[String],
+    ) -> Verdict {
+        check(&Observed {
+            sent,
+            v1,
+            v2,
+            writers: &[],
+            recorder: &RecorderLog::default(),
+            faults,
+            coordinator_logs: logs,
+            tail_from: 1e9,
+            outbox: false,
+        })
+    }
+
     #[test]
     fn a_v1_loss_is_explained_only_by_an_announced_hole_or_its_gateway_s_redis_outage() {
         let s = vec![sent(6)];
@@ -919,19 +940,8 @@ mod tests {
             got: got.iter().map(|n| (*n, *n as f64)).collect(),
             down: Vec::new(),
         };
-        let judge = |v1: Vec<V1Log>, faults: Vec<Injected>| {
-            check(&Observed {
-                sent: &s,
-                v1: &v1,
-                v2: &v2,
-                writers: &[],
-                recorder: &RecorderLog::default(),
-                faults: &faults,
-                coordinator_logs: &logs,
-                tail_from: 1e9,
-                outbox: false,
-            })
-        };
+        let judge =
+            |v1: Vec<V1Log>, faults: Vec<Injected>| judge_readers(&s, &v1, &v2, &faults, &logs);
         // 4 was never published and the epoch changed around it: expected.
         assert!(judge(vec![v1(&[1, 2, 3, 5, 6])], Vec::new()).ok());
         // 2 was published: missing it is a violation…
@@ -975,19 +985,7 @@ mod tests {
             down: Vec::new(),
         }];
         let logs = vec![leader_log(&[1])];
-        let judge = |faults: Vec<Injected>| {
-            check(&Observed {
-                sent: &s,
-                v1: &v1,
-                v2: &v2,
-                writers: &[],
-                recorder: &RecorderLog::default(),
-                faults: &faults,
-                coordinator_logs: &logs,
-                tail_from: 1e9,
-                outbox: false,
-            })
-        };
+        let judge = |faults: Vec<Injected>| judge_readers(&s, &v1, &v2, &faults, &logs);
         let v = judge(Vec::new());
         assert_eq!(
             v.violations

@@ -7,6 +7,7 @@
 
 use crate::netns::Host;
 use pgws_testkit::free_port;
+use pgws_testkit::redis_server::field_pairs as pairs;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -340,16 +341,4 @@ impl Sentinel {
             DOWN_AFTER.as_millis()
         )
     }
-}
-
-/// `redis-cli`'s alternating field/value lines as a map.
-fn pairs(out: &str) -> std::collections::HashMap<String, String> {
-    let lines: Vec<&str> = out.lines().collect();
-    lines
-        .chunks(2)
-        .filter_map(|kv| match kv {
-            [k, v] => Some((k.to_string(), v.to_string())),
-            _ => None,
-        })
-        .collect()
 }
