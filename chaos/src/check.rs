@@ -896,6 +896,18 @@ mod tests {
         assert!(v.violations.keys().any(|k| k.contains("fenced")), "{v:?}");
     }
 
+    /// A v2 reader of channel 0 on gateway 1 that subscribed and got 1 in
+    /// epoch 1.1.1, then `rest`.
+    fn on_gateway_1(rest: Vec<V2Event>) -> Vec<V2Log> {
+        let mut events = vec![sub(None, "1.1.1", 0, None, 0), msg("1.1.1", 1, 1)];
+        events.extend(rest);
+        vec![V2Log {
+            gateway: 1,
+            channel: 0,
+            events,
+        }]
+    }
+
     /// The readers' histories judged (no writes, no tail).
     fn judge_readers(
         sent: &[Vec<Sent>],
@@ -921,18 +933,12 @@ mod tests {
     fn a_v1_loss_is_explained_only_by_an_announced_hole_or_its_gateway_s_redis_outage() {
         let s = vec![sent(6)];
         // Numbers 1..=6 published: 1–3 in one epoch, 4 never, 5–6 in another.
-        let v2 = vec![V2Log {
-            gateway: 1,
-            channel: 0,
-            events: vec![
-                sub(None, "1.1.1", 0, None, 0),
-                msg("1.1.1", 1, 1),
-                msg("1.1.1", 2, 2),
-                msg("1.1.1", 3, 3),
-                msg("1.2.1", 4, 5),
-                msg("1.2.1", 5, 6),
-            ],
-        }];
+        let v2 = on_gateway_1(vec![
+            msg("1.1.1", 2, 2),
+            msg("1.1.1", 3, 3),
+            msg("1.2.1", 4, 5),
+            msg("1.2.1", 5, 6),
+        ]);
         let logs = vec![leader_log(&[1, 2])];
         let v1 = |got: &[u64]| V1Log {
             gateway: 0,
@@ -948,14 +954,7 @@ mod tests {
         let v = judge(vec![v1(&[1, 3, 5, 6])], Vec::new());
         assert_eq!(v.violations.len(), 1, "{v:?}");
         // …unless the reader's gateway was cut from Redis then.
-        let cut = Injected {
-            kind: Kind::GatewayRedis,
-            target: Some(0),
-            detail: String::new(),
-            start: 1.5,
-            end: 2.5,
-            write_loss: None,
-        };
+        let cut = fault(Kind::GatewayRedis, Some(0), 1.5, 2.5);
         assert!(judge(vec![v1(&[1, 3, 5, 6])], vec![cut]).ok());
     }
 
@@ -964,20 +963,14 @@ mod tests {
         // Every v2 reader was away for 2–4 and told recovered:false (history
         // no longer reached back): 2–4 were published, in the same epoch.
         let s = vec![sent(5)];
-        let v2 = vec![V2Log {
-            gateway: 1,
-            channel: 0,
-            events: vec![
-                sub(None, "1.1.1", 0, None, 0),
-                msg("1.1.1", 1, 1),
-                V2Event::Down {
-                    at: 1.2,
-                    why: "planned reconnect".into(),
-                },
-                sub(Some(("1.1.1", 1)), "1.1.1", 4, Some(false), 0),
-                msg("1.1.1", 5, 5),
-            ],
-        }];
+        let v2 = on_gateway_1(vec![
+            V2Event::Down {
+                at: 1.2,
+                why: "planned reconnect".into(),
+            },
+            sub(Some(("1.1.1", 1)), "1.1.1", 4, Some(false), 0),
+            msg("1.1.1", 5, 5),
+        ]);
         let v1 = vec![V1Log {
             gateway: 0,
             channel: 0,
@@ -1001,26 +994,7 @@ mod tests {
     #[test]
     fn two_leaders_in_one_epoch_and_an_unacknowledged_loss_of_a_write_fail() {
         let logs = vec![leader_log(&[5]), leader_log(&[5])];
-        let writers = vec![WriterLog {
-            gateway: 0,
-            acked: vec![("w0-1".into(), 1.0), ("w0-2".into(), 2.0)],
-            unacked: 0,
-        }];
-        let recorder = RecorderLog {
-            seen: vec![("w0-1".into(), 1.5)],
-            blind: vec![(0.0, 0.5)],
-        };
-        let v = check(&Observed {
-            sent: &[],
-            v1: &[],
-            v2: &[],
-            writers: &writers,
-            recorder: &recorder,
-            faults: &[],
-            coordinator_logs: &logs,
-            tail_from: 1e9,
-            outbox: false,
-        });
+        let v = lost_write(&[], &logs);
         assert_eq!(
             v.violations.get("two leaders in one fencing epoch"),
             Some(&1)
@@ -1065,9 +1039,9 @@ mod tests {
         }
     }
 
-    /// The write history of `two_leaders_…` below: w0-2 (acknowledged at
-    /// 2.0 s) never became a NOTIFY.
-    fn lost_write(faults: &[Injected]) -> Verdict {
+    /// Two acknowledged writes, w0-2 (acknowledged at 2.0 s) never seen as
+    /// a NOTIFY, judged with `faults` and coordinator `logs`.
+    fn lost_write(faults: &[Injected], logs: &[String]) -> Verdict {
         let writers = vec![WriterLog {
             gateway: 0,
             acked: vec![("w0-1".into(), 1.0), ("w0-2".into(), 2.0)],
@@ -1084,7 +1058,7 @@ mod tests {
             writers: &writers,
             recorder: &recorder,
             faults,
-            coordinator_logs: &[],
+            coordinator_logs: logs,
             tail_from: 1e9,
             outbox: false,
         })
@@ -1096,18 +1070,18 @@ mod tests {
         // A failover that changed the master, the ack inside its window.
         let mut failover = fault(Kind::SentinelFailover, Some(0), 1.5, 4.0);
         failover.write_loss = Some((0.5, 4.0));
-        let v = lost_write(&[failover.clone()]);
+        let v = lost_write(&[failover.clone()], &[]);
         assert!(v.ok(), "{v:?}");
         assert_eq!(v.expected.values().sum::<u64>(), 1);
         // The same fault without a change of master: no loss allowed.
         failover.write_loss = None;
-        assert_eq!(lost_write(&[failover]).violations.get(LOST), Some(&1));
+        assert_eq!(lost_write(&[failover], &[]).violations.get(LOST), Some(&1));
         // A window that ends before the acknowledgement.
         let mut kill = fault(Kind::KillMaster, Some(0), 1.8, 6.0);
         kill.write_loss = Some((0.8, 1.8));
-        assert_eq!(lost_write(&[kill]).violations.get(LOST), Some(&1));
+        assert_eq!(lost_write(&[kill], &[]).violations.get(LOST), Some(&1));
         // Any other fault around it excuses nothing.
-        let v = lost_write(&[fault(Kind::RestartRedis, None, 1.5, 2.5)]);
+        let v = lost_write(&[fault(Kind::RestartRedis, None, 1.5, 2.5)], &[]);
         assert_eq!(v.violations.get(LOST), Some(&1));
     }
 
