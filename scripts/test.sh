@@ -48,7 +48,7 @@ target/debug/pgws-chaos --outbox --seed 25 --duration 60 --out target/chaos/ci-o
 # pgws_ensure_debs): seed 6 (40 s of faults, ~85 s in all: the nemesis
 # waits for the sentinels after each failover) fails the master over twice with
 # SENTINEL FAILOVER, steps coordinator 1's real-time clock and coordinator
-# 2's monotonic clock too, and kills, pauses and isolates leaders. The
+# 2's monotonic clock too, and kills, cuts from Redis and pauses leaders. The
 # master killed or paused and the majority/minority split run in the long
 # campaign only (CHAOS_SENTINEL=1 load-tests/chaos.sh): a successor's replay
 # after such a failover can deliver a notification twice — the open finding
