@@ -9,6 +9,7 @@
 #   bash load-tests/chaos.sh                 # 30 minutes
 #   CHAOS_MINUTES=5 bash load-tests/chaos.sh
 #   CHAOS_OUTBOX=1 CHAOS_MINUTES=10 bash load-tests/chaos.sh   # over the durable outbox
+#   CHAOS_SENTINEL=1 bash load-tests/chaos.sh  # Redis behind Sentinel, clock steps (libfaketime)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${CHAOS_MINUTES:-30}"
@@ -19,9 +20,16 @@ if [ -n "${CHAOS_OUTBOX:-}" ]; then
   variant=(--outbox)
   out="$out-outbox"
 fi
-cargo build --locked -p pgws-chaos -p pgws-coordinator -p pgws-gateway --bins
+if [ -n "${CHAOS_SENTINEL:-}" ]; then
+  variant+=(--sentinel --clock)
+  out="$out-sentinel"
+fi
+# CHAOS_NO_BUILD=1: use the binaries already in target/debug (or
+# PGWS_BIN_DIR for the coordinator and gateway), e.g. while they are rebuilt.
+[ -n "${CHAOS_NO_BUILD:-}" ] || cargo build --locked -p pgws-chaos -p pgws-coordinator -p pgws-gateway --bins
+chaos="${CHAOS_BIN:-target/debug/pgws-chaos}"
 status=0
-target/debug/pgws-chaos "${variant[@]}" --campaign $((minutes * 60)) --duration "$run" --out "$out" || status=$?
+"$chaos" "${variant[@]}" --campaign $((minutes * 60)) --duration "$run" --out "$out" || status=$?
 python3 - "$out" <<'PY'
 import pathlib, re, sys
 from collections import Counter

@@ -95,6 +95,11 @@ pgws_ensure_debs() {
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  # libfaketime: pgws-chaos --sentinel steps one coordinator's clock
+  # (LD_PRELOAD, a timestamp file it rewrites); without it that fault is
+  # skipped and the report says so.
+  command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+  compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(libfaketime)
   if [ ${#missing[@]} -gt 0 ]; then
     # policy-rc.d 101: the packages' services (Debian's prometheus starts a
     # server on :9090, with node-exporter) are not started by this install,

@@ -652,6 +652,10 @@ fn outbox_v1_loss_reason(log: &V1Log, at: f64) -> Option<&'static str> {
 /// Why a v1 reader may have missed `n`: it was never published and the
 /// sequence says so (a new epoch around it), or the reader's gateway could
 /// not hear Redis then, or the reader had no socket. `None`: no reason.
+/// A number no v2 reader received with the same epoch on both sides was
+/// not necessarily never published: every v2 reader may have been away
+/// and told `recovered:false` (history no longer reaching back) — then
+/// only the outage or the missing socket excuses it.
 fn v1_loss_reason(
     log: &V1Log,
     n: u64,
@@ -672,13 +676,21 @@ fn v1_loss_reason(
                 Some("v1: never published, a hole the epoch announces")
             }
             (None, _) | (_, None) => Some("v1: never published, at the edge of the run"),
-            _ => None,
+            _ => v1_unheard(log, at, o),
         };
     }
+    v1_unheard(log, at, o)
+}
+
+/// Why a v1 reader may have missed what was sent at `at`: its gateway could
+/// not hear Redis then, or the reader had no socket.
+fn v1_unheard(log: &V1Log, at: f64, o: &Observed) -> Option<&'static str> {
     let outage = o.faults.iter().any(|f| {
         let hits = match f.kind {
             Kind::GatewayRedis => f.target == Some(log.gateway),
             Kind::RestartRedis => true,
+            // The gateways reconnect to whatever master the sentinels name.
+            k if k.on_sentinel() => true,
             _ => false,
         };
         hits && at >= f.start - 1.0 && at <= f.end + RESUBSCRIBE
@@ -698,7 +710,10 @@ fn v1_loss_reason(
 
 /// Every acknowledged write became a NOTIFY (at least once) — unless the
 /// recorder itself was not listening at some point after the
-/// acknowledgement (then it is unverifiable, counted, not a violation).
+/// acknowledgement (then it is unverifiable, counted, not a violation), or
+/// it is the one documented loss: acknowledged inside a Sentinel fault's
+/// write-loss window (by a master the sentinels then replaced, before it
+/// replicated — see [`Injected::write_loss`]).
 fn check_writes(o: &Observed, v: &mut Verdict) {
     let mut seen: HashMap<&str, u64> = HashMap::new();
     for (p, _) in &o.recorder.seen {
@@ -718,13 +733,31 @@ fn check_writes(o: &Observed, v: &mut Verdict) {
                     "writes: unverifiable (the recorder's LISTEN was down after the ack)",
                     1,
                 ),
-                None => v.violation(
-                    "acknowledged write never became a NOTIFY",
-                    format!("gateway {}: {payload} acknowledged at {at:.2}s", w.gateway),
-                ),
+                None => match sentinel_write_loss(o.faults, *at) {
+                    Some(reason) => v.expect(reason, 1),
+                    None => v.violation(
+                        "acknowledged write never became a NOTIFY",
+                        format!("gateway {}: {payload} acknowledged at {at:.2}s", w.gateway),
+                    ),
+                },
             }
         }
     }
+}
+
+/// The documented reason when `at` (an acknowledgement) lies in a
+/// Sentinel fault's write-loss window, by the fault's kind.
+fn sentinel_write_loss(faults: &[Injected], at: f64) -> Option<&'static str> {
+    let f = faults.iter().find(|f| {
+        f.write_loss
+            .is_some_and(|(from, to)| at >= from && at <= to)
+    })?;
+    Some(match f.kind {
+        Kind::KillMaster => "writes: lost to a Sentinel failover (kill -9 redis master; acknowledged by the old master, not replicated — documented)",
+        Kind::PauseMaster => "writes: lost to a Sentinel failover (pause redis master; acknowledged by the old master, not replicated — documented)",
+        Kind::SentinelSplit => "writes: lost to a Sentinel failover (split; acknowledged by the old master, not replicated — documented)",
+        _ => "writes: lost to a Sentinel failover (SENTINEL FAILOVER; acknowledged by the old master, not replicated — documented)",
+    })
 }
 
 #[cfg(test)]
@@ -863,22 +896,49 @@ mod tests {
         assert!(v.violations.keys().any(|k| k.contains("fenced")), "{v:?}");
     }
 
+    /// A v2 reader of channel 0 on gateway 1 that subscribed and got 1 in
+    /// epoch 1.1.1, then `rest`.
+    fn on_gateway_1(rest: Vec<V2Event>) -> Vec<V2Log> {
+        let mut events = vec![sub(None, "1.1.1", 0, None, 0), msg("1.1.1", 1, 1)];
+        events.extend(rest);
+        vec![V2Log {
+            gateway: 1,
+            channel: 0,
+            events,
+        }]
+    }
+
+    /// The readers' histories judged (no writes, no tail).
+    fn judge_readers(
+        sent: &[Vec<Sent>],
+        v1: &[V1Log],
+        v2: &[V2Log],
+        faults: &[Injected],
+        logs: &[String],
+    ) -> Verdict {
+        check(&Observed {
+            sent,
+            v1,
+            v2,
+            writers: &[],
+            recorder: &RecorderLog::default(),
+            faults,
+            coordinator_logs: logs,
+            tail_from: 1e9,
+            outbox: false,
+        })
+    }
+
     #[test]
     fn a_v1_loss_is_explained_only_by_an_announced_hole_or_its_gateway_s_redis_outage() {
         let s = vec![sent(6)];
         // Numbers 1..=6 published: 1–3 in one epoch, 4 never, 5–6 in another.
-        let v2 = vec![V2Log {
-            gateway: 1,
-            channel: 0,
-            events: vec![
-                sub(None, "1.1.1", 0, None, 0),
-                msg("1.1.1", 1, 1),
-                msg("1.1.1", 2, 2),
-                msg("1.1.1", 3, 3),
-                msg("1.2.1", 4, 5),
-                msg("1.2.1", 5, 6),
-            ],
-        }];
+        let v2 = on_gateway_1(vec![
+            msg("1.1.1", 2, 2),
+            msg("1.1.1", 3, 3),
+            msg("1.2.1", 4, 5),
+            msg("1.2.1", 5, 6),
+        ]);
         let logs = vec![leader_log(&[1, 2])];
         let v1 = |got: &[u64]| V1Log {
             gateway: 0,
@@ -886,58 +946,55 @@ mod tests {
             got: got.iter().map(|n| (*n, *n as f64)).collect(),
             down: Vec::new(),
         };
-        let judge = |v1: Vec<V1Log>, faults: Vec<Injected>| {
-            check(&Observed {
-                sent: &s,
-                v1: &v1,
-                v2: &v2,
-                writers: &[],
-                recorder: &RecorderLog::default(),
-                faults: &faults,
-                coordinator_logs: &logs,
-                tail_from: 1e9,
-                outbox: false,
-            })
-        };
+        let judge =
+            |v1: Vec<V1Log>, faults: Vec<Injected>| judge_readers(&s, &v1, &v2, &faults, &logs);
         // 4 was never published and the epoch changed around it: expected.
         assert!(judge(vec![v1(&[1, 2, 3, 5, 6])], Vec::new()).ok());
         // 2 was published: missing it is a violation…
         let v = judge(vec![v1(&[1, 3, 5, 6])], Vec::new());
         assert_eq!(v.violations.len(), 1, "{v:?}");
         // …unless the reader's gateway was cut from Redis then.
-        let cut = Injected {
-            kind: Kind::GatewayRedis,
-            target: Some(0),
-            detail: "",
-            start: 1.5,
-            end: 2.5,
-        };
+        let cut = fault(Kind::GatewayRedis, Some(0), 1.5, 2.5);
         assert!(judge(vec![v1(&[1, 3, 5, 6])], vec![cut]).ok());
+    }
+
+    #[test]
+    fn a_v1_loss_no_v2_reader_saw_in_one_epoch_is_excused_only_by_an_outage() {
+        // Every v2 reader was away for 2–4 and told recovered:false (history
+        // no longer reached back): 2–4 were published, in the same epoch.
+        let s = vec![sent(5)];
+        let v2 = on_gateway_1(vec![
+            V2Event::Down {
+                at: 1.2,
+                why: "planned reconnect".into(),
+            },
+            sub(Some(("1.1.1", 1)), "1.1.1", 4, Some(false), 0),
+            msg("1.1.1", 5, 5),
+        ]);
+        let v1 = vec![V1Log {
+            gateway: 0,
+            channel: 0,
+            got: vec![(1, 1.0), (5, 5.0)],
+            down: Vec::new(),
+        }];
+        let logs = vec![leader_log(&[1])];
+        let judge = |faults: Vec<Injected>| judge_readers(&s, &v1, &v2, &faults, &logs);
+        let v = judge(Vec::new());
+        assert_eq!(
+            v.violations
+                .get("v1: committed notification lost outside any announced hole or Redis outage"),
+            Some(&3),
+            "{v:?}"
+        );
+        // The master killed meanwhile: the gateways could not hear Redis.
+        let v = judge(vec![fault(Kind::KillMaster, Some(0), 1.5, 3.0)]);
+        assert!(v.ok(), "{v:?}");
     }
 
     #[test]
     fn two_leaders_in_one_epoch_and_an_unacknowledged_loss_of_a_write_fail() {
         let logs = vec![leader_log(&[5]), leader_log(&[5])];
-        let writers = vec![WriterLog {
-            gateway: 0,
-            acked: vec![("w0-1".into(), 1.0), ("w0-2".into(), 2.0)],
-            unacked: 0,
-        }];
-        let recorder = RecorderLog {
-            seen: vec![("w0-1".into(), 1.5)],
-            blind: vec![(0.0, 0.5)],
-        };
-        let v = check(&Observed {
-            sent: &[],
-            v1: &[],
-            v2: &[],
-            writers: &writers,
-            recorder: &recorder,
-            faults: &[],
-            coordinator_logs: &logs,
-            tail_from: 1e9,
-            outbox: false,
-        });
+        let v = lost_write(&[], &logs);
         assert_eq!(
             v.violations.get("two leaders in one fencing epoch"),
             Some(&1)
@@ -975,10 +1032,57 @@ mod tests {
         Injected {
             kind,
             target,
-            detail: "",
+            detail: String::new(),
             start,
             end,
+            write_loss: None,
         }
+    }
+
+    /// Two acknowledged writes, w0-2 (acknowledged at 2.0 s) never seen as
+    /// a NOTIFY, judged with `faults` and coordinator `logs`.
+    fn lost_write(faults: &[Injected], logs: &[String]) -> Verdict {
+        let writers = vec![WriterLog {
+            gateway: 0,
+            acked: vec![("w0-1".into(), 1.0), ("w0-2".into(), 2.0)],
+            unacked: 0,
+        }];
+        let recorder = RecorderLog {
+            seen: vec![("w0-1".into(), 1.5)],
+            blind: vec![(0.0, 0.5)],
+        };
+        check(&Observed {
+            sent: &[],
+            v1: &[],
+            v2: &[],
+            writers: &writers,
+            recorder: &recorder,
+            faults,
+            coordinator_logs: logs,
+            tail_from: 1e9,
+            outbox: false,
+        })
+    }
+
+    #[test]
+    fn a_lost_write_passes_only_inside_a_sentinel_failover_s_documented_window() {
+        const LOST: &str = "acknowledged write never became a NOTIFY";
+        // A failover that changed the master, the ack inside its window.
+        let mut failover = fault(Kind::SentinelFailover, Some(0), 1.5, 4.0);
+        failover.write_loss = Some((0.5, 4.0));
+        let v = lost_write(&[failover.clone()], &[]);
+        assert!(v.ok(), "{v:?}");
+        assert_eq!(v.expected.values().sum::<u64>(), 1);
+        // The same fault without a change of master: no loss allowed.
+        failover.write_loss = None;
+        assert_eq!(lost_write(&[failover], &[]).violations.get(LOST), Some(&1));
+        // A window that ends before the acknowledgement.
+        let mut kill = fault(Kind::KillMaster, Some(0), 1.8, 6.0);
+        kill.write_loss = Some((0.8, 1.8));
+        assert_eq!(lost_write(&[kill], &[]).violations.get(LOST), Some(&1));
+        // Any other fault around it excuses nothing.
+        let v = lost_write(&[fault(Kind::RestartRedis, None, 1.5, 2.5)], &[]);
+        assert_eq!(v.violations.get(LOST), Some(&1));
     }
 
     #[test]

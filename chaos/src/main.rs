@@ -15,6 +15,7 @@ mod netns;
 mod replication;
 mod report;
 mod rng;
+mod sentinel;
 mod topology;
 mod workload;
 
@@ -59,7 +60,9 @@ struct Args {
     mode: String,
     /// Only these fault kinds (comma-separated: coordinator-redis,
     /// coordinator-pg, all-coordinators-pg, gateway-redis, isolate-leader,
-    /// pause-leader, kill-leader, kill-standby, restart-pg, restart-redis).
+    /// pause-leader, kill-leader, kill-standby, restart-pg, restart-redis;
+    /// with --sentinel sentinel-failover, kill-master, pause-master,
+    /// sentinel-split; with --clock clock-step, clock-step-monotonic).
     #[arg(long, value_delimiter = ',')]
     kinds: Vec<String>,
     /// The durable outbox: coordinators with `PGWS_OUTBOX=true`, the
@@ -67,6 +70,18 @@ struct Args {
     /// and the checker's outbox rules (no loss, one epoch per channel).
     #[arg(long)]
     outbox: bool,
+    /// Redis behind Sentinel: a master, a replica and three sentinels, each
+    /// in its own namespace (needs --mode netns); adds the Sentinel faults
+    /// (failover, master killed or paused, majority/minority split) in place
+    /// of the Redis restart.
+    #[arg(long)]
+    sentinel: bool,
+    /// Run coordinators 1 and 2 under libfaketime and step their clocks
+    /// (coordinator 1: the real-time clock; 2: the monotonic one too).
+    /// Without libfaketime the clock faults are skipped and the report says
+    /// so.
+    #[arg(long)]
+    clock: bool,
     /// Instead of a campaign: measure what a Redis failover loses of
     /// acknowledged appends (this many `kill -9` rounds) and what `WAIT 1`
     /// costs per append.
@@ -75,8 +90,15 @@ struct Args {
 }
 
 impl Args {
-    /// The fault kinds to draw from (every kind when none is named).
+    /// The fault kinds to draw from (the topology's whole pool when none is
+    /// named).
     fn kinds(&self) -> anyhow::Result<Vec<nemesis::Kind>> {
+        if self.kinds.is_empty() {
+            return Ok(nemesis::Kind::pool(
+                self.sentinel,
+                self.clock && faketime().is_some(),
+            ));
+        }
         self.kinds
             .iter()
             .map(|k| {
@@ -85,6 +107,14 @@ impl Args {
             })
             .collect()
     }
+}
+
+/// libfaketime's library, where Debian's package puts it.
+fn faketime() -> Option<PathBuf> {
+    ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+        .iter()
+        .map(|arch| PathBuf::from(format!("/usr/lib/{arch}/faketime/libfaketime.so.1")))
+        .find(|p| p.exists())
 }
 
 fn random_seed() -> u64 {
@@ -106,6 +136,10 @@ async fn main() -> anyhow::Result<()> {
     if seeds.is_empty() {
         seeds.push(random_seed());
     }
+    anyhow::ensure!(
+        !(args.outbox && args.sentinel),
+        "--outbox and --sentinel are separate variants"
+    );
     if let Some(rounds) = args.replication_window {
         let text = replication::measure(rounds, seeds.first().copied().unwrap_or(1)).await?;
         print!("{text}");
@@ -196,8 +230,13 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
         "auto" => topology::Mode::Proxy,
         other => anyhow::bail!("--mode {other}: netns, proxy or auto"),
     };
-    let mut topo =
-        topology::Topology::start(mode, run, coordinators, gateways, args.outbox).await?;
+    let faketime = if args.clock { faketime() } else { None };
+    let options = topology::Options {
+        outbox: args.outbox,
+        sentinel: args.sentinel,
+        faketime: faketime.clone(),
+    };
+    let mut topo = topology::Topology::start(mode, run, coordinators, gateways, &options).await?;
     let clock = Clock(Instant::now());
     let epoch_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -293,7 +332,7 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
     // still listening when the last ones arrive.
     let stream = format!("{{{}}}:writes", topo.prefix);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while topo.redis.cli(&["XLEN", &stream]) != "0" && Instant::now() < deadline {
+    while topo.redis_cli(&["XLEN", &stream]) != "0" && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Drain: the last notifications reach every reader.
@@ -340,8 +379,13 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
             None => "fault proxies (testkit::proxy) on every link, a cut resets connections; processes in the root network namespace".into(),
         },
         topology: format!(
-            "private PostgreSQL {} and Redis (appendfsync always), {coordinators} coordinators (PGWS_STANDBY_LISTEN=true, ttl {} ms{}), {gateways} gateways, {} channels at one {} per {} ms, a v1 and a v2 reader per channel per gateway, a writer per gateway",
+            "private PostgreSQL {} and {} (appendfsync always), {coordinators} coordinators (PGWS_STANDBY_LISTEN=true, ttl {} ms{}), {gateways} gateways, {} channels at one {} per {} ms, a v1 and a v2 reader per channel per gateway, a writer per gateway{}",
             topo.pg.psql("SHOW server_version"),
+            if args.sentinel {
+                "Redis behind Sentinel (a master, a replica, three sentinels; every pgws process connects with redis+sentinel://)"
+            } else {
+                "Redis"
+            },
             topology::TTL.as_millis(),
             if args.outbox {
                 format!(", PGWS_OUTBOX=true, PGWS_HISTORY_SIZE={}", topology::OUTBOX_HISTORY)
@@ -350,7 +394,12 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
             },
             args.channels,
             if args.outbox { "pgws.send (autocommitted)" } else { "NOTIFY" },
-            args.tick_ms
+            args.tick_ms,
+            match (args.clock, &faketime) {
+                (false, _) => String::new(),
+                (true, Some(lib)) => format!("; clocks under libfaketime ({}): coordinator 1 real-time only, coordinator 2 real-time and monotonic", lib.display()),
+                (true, None) => "; clock steps SKIPPED: libfaketime not found (apt-get install faketime libfaketime)".into(),
+            }
         ),
         nemesis_secs,
         total_secs: clock.now(),
@@ -362,6 +411,19 @@ async fn one_run(seed: u64, run: u32, args: &Args) -> anyhow::Result<(bool, Stri
         for (i, log) in logs.iter().enumerate() {
             let path = args.out.join(format!("chaos-{seed}-coordinator{i}.log"));
             std::fs::write(&path, log).context("write a coordinator's log")?;
+        }
+        // Every v2 reader's events and the gateways' logs, for diagnosis.
+        let mut events = String::new();
+        for log in &v2_logs {
+            for e in &log.events {
+                events.push_str(&format!("g{} c{} {e:?}\n", log.gateway, log.channel));
+            }
+        }
+        std::fs::write(args.out.join(format!("chaos-{seed}-v2.log")), events)
+            .context("write the v2 events")?;
+        for (g, slot) in topo.gateways.iter().enumerate() {
+            let path = args.out.join(format!("chaos-{seed}-gateway{g}.log"));
+            std::fs::write(&path, slot.server.log_text()).context("write a gateway's log")?;
         }
     }
     drop(topo);

@@ -191,6 +191,16 @@ impl Net {
         &self.hosts[i]
     }
 
+    /// How many hosts.
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Host `i`'s address.
+    pub fn host_addr(&self, i: usize) -> Ipv4Addr {
+        self.hosts[i].addr
+    }
+
     /// The index of the host with namespace `ns`.
     pub fn index_of(&self, ns: &str) -> usize {
         self.hosts

@@ -10,6 +10,7 @@
 //! (also on a panic or an interrupted run).
 
 use crate::netns::{Host, Net};
+use crate::sentinel::Sentinel;
 use pgws_testkit::names::unique;
 use pgws_testkit::pg_server::{PgServer, ServerTls};
 use pgws_testkit::proxy::Proxy;
@@ -82,8 +83,18 @@ pub struct Topology {
     /// The private PostgreSQL.
     pub pg: PgServer,
     /// The private Redis (append-only file, fsync always: a restart keeps
-    /// every acknowledged write).
-    pub redis: RedisServer,
+    /// every acknowledged write); `None` behind Sentinel.
+    pub redis: Option<RedisServer>,
+    /// `--sentinel`: a master, a replica and three sentinels, each in its
+    /// own namespace; every pgws process reaches Redis through them.
+    pub sentinel: Option<Sentinel>,
+    /// `--clock`: coordinators whose clock the nemesis steps (libfaketime),
+    /// each with its timestamp file and whether its monotonic clock is
+    /// faked too.
+    pub clocks: Vec<FakeClock>,
+    /// Hosts cut from each other by a Sentinel split (healed by
+    /// [`Topology::split`] with `cut = false`).
+    split: Vec<(usize, usize)>,
     /// Coordinators.
     pub coordinators: Vec<CoordinatorSlot>,
     /// Gateways.
@@ -93,10 +104,41 @@ pub struct Topology {
     pub outbox: bool,
     /// The namespaces (namespace mode), deleted after every process stopped.
     net: Option<Net>,
+    /// libfaketime's library (`--clock`).
+    faketime: Option<PathBuf>,
     _tls: ServerTls,
     /// Dropped last: removes the run's directory once every server stopped.
     _dir: DirGuard,
 }
+
+/// A coordinator run under libfaketime.
+#[derive(Debug, Clone)]
+pub struct FakeClock {
+    /// The coordinator.
+    pub coordinator: usize,
+    /// Its `FAKETIME_TIMESTAMP_FILE` (an offset such as `+30` or `-90`).
+    pub file: PathBuf,
+    /// Whether `CLOCK_MONOTONIC` steps too (a broken VM); otherwise only
+    /// the real-time clock does (`FAKETIME_DONT_FAKE_MONOTONIC=1`).
+    pub monotonic: bool,
+}
+
+/// What to run besides the plain cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The durable outbox.
+    pub outbox: bool,
+    /// Redis behind Sentinel (namespace mode only).
+    pub sentinel: bool,
+    /// libfaketime's library: coordinators 1 (real-time clock) and 2 (both
+    /// clocks) run under it.
+    pub faketime: Option<PathBuf>,
+}
+
+/// The data nodes behind Sentinel: a master and one replica.
+pub const SENTINEL_DATA: usize = 2;
+/// Sentinels.
+pub const SENTINELS: usize = 3;
 
 /// Removes a directory when dropped.
 struct DirGuard(PathBuf);
@@ -120,13 +162,23 @@ impl Topology {
         run: u32,
         coordinators: usize,
         gateways: usize,
-        outbox: bool,
+        options: &Options,
     ) -> anyhow::Result<Topology> {
+        let outbox = options.outbox;
         let dir = std::env::temp_dir().join(unique("pgws-chaos"));
         std::fs::create_dir_all(&dir)?;
         let guard = DirGuard(dir.clone());
+        anyhow::ensure!(
+            !options.sentinel || mode == Mode::Netns,
+            "--sentinel needs network namespaces (root, --mode netns)"
+        );
+        let redis_hosts = if options.sentinel {
+            SENTINEL_DATA + SENTINELS
+        } else {
+            0
+        };
         let net = match mode {
-            Mode::Netns => Some(Net::create(run, coordinators + gateways)?),
+            Mode::Netns => Some(Net::create(run, coordinators + gateways + redis_hosts)?),
             Mode::Proxy => None,
         };
         let tls = ServerTls::new(&dir, &["localhost", "127.0.0.1"]);
@@ -148,12 +200,40 @@ impl Topology {
             ]);
         }
         let redis_args: Vec<&str> = redis_args.iter().map(String::as_str).collect();
-        let redis = RedisServer::start(&redis_args).await;
+        let (redis, sentinel) = match (&net, options.sentinel) {
+            (Some(n), true) => {
+                let first = coordinators + gateways;
+                let data: Vec<Host> = (first..first + SENTINEL_DATA)
+                    .map(|i| n.host(i).clone())
+                    .collect();
+                let sentinels: Vec<Host> = (first + SENTINEL_DATA..first + redis_hosts)
+                    .map(|i| n.host(i).clone())
+                    .collect();
+                (None, Some(Sentinel::start(&dir, &data, &sentinels).await?))
+            }
+            _ => (Some(RedisServer::start(&redis_args).await), None),
+        };
+        let mut clocks = Vec::new();
+        if let Some(_lib) = &options.faketime {
+            for (coordinator, monotonic) in [(1, false), (2, true)] {
+                let file = dir.join(format!("faketime-coordinator{coordinator}"));
+                std::fs::write(&file, "+0\n")?;
+                clocks.push(FakeClock {
+                    coordinator,
+                    file,
+                    monotonic,
+                });
+            }
+        }
         let mut topo = Topology {
             prefix: unique("chaos"),
             listen_channel: unique("chaos-listen"),
             pg,
             redis,
+            sentinel,
+            clocks,
+            split: Vec::new(),
+            faketime: options.faketime.clone(),
             coordinators: Vec::new(),
             gateways: Vec::new(),
             outbox,
@@ -165,7 +245,7 @@ impl Topology {
             let (redis, pg, host) = match &topo.net {
                 Some(n) => (None, None, Some(n.host(i).clone())),
                 None => (
-                    Some(Proxy::start(loopback(topo.redis.port)).await?),
+                    Some(Proxy::start(loopback(topo.redis_port())).await?),
                     Some(Proxy::start(loopback(topo.pg.port)).await?),
                     None,
                 ),
@@ -183,7 +263,7 @@ impl Topology {
         for g in 0..gateways {
             let (proxy, host) = match &topo.net {
                 Some(n) => (None, Some(n.host(coordinators + g).clone())),
-                None => (Some(Proxy::start(loopback(topo.redis.port)).await?), None),
+                None => (Some(Proxy::start(loopback(topo.redis_port())).await?), None),
             };
             let redis_url = match &proxy {
                 Some(p) => format!("redis://{}", p.addr()),
@@ -210,11 +290,90 @@ impl Topology {
         Ok(topo)
     }
 
+    /// The plain Redis's port (0 behind Sentinel, which has no proxies).
+    fn redis_port(&self) -> u16 {
+        self.redis.as_ref().map_or(0, |r| r.port)
+    }
+
     /// Redis as the pgws processes reach it without a proxy.
     fn redis_url(&self) -> String {
-        match &self.net {
-            Some(n) => format!("redis://{}:{}", n.redis, self.redis.port),
-            None => format!("redis://127.0.0.1:{}", self.redis.port),
+        match (&self.sentinel, &self.net) {
+            (Some(s), _) => s.url(),
+            (None, Some(n)) => format!("redis://{}:{}", n.redis, self.redis_port()),
+            (None, None) => format!("redis://127.0.0.1:{}", self.redis_port()),
+        }
+    }
+
+    /// `redis-cli` against the plain Redis or Sentinel's current master.
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        match (&self.sentinel, &self.redis) {
+            (Some(s), _) => s.cli_master(args),
+            (None, Some(r)) => r.cli(args),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// The addresses a Redis link reaches (namespace mode): the plain
+    /// Redis, or every data node and sentinel.
+    fn redis_addrs(&self) -> Vec<std::net::Ipv4Addr> {
+        match (&self.sentinel, &self.net) {
+            (Some(s), _) => s
+                .data
+                .iter()
+                .chain(&s.sentinels)
+                .map(|n| n.host.addr)
+                .collect(),
+            (None, Some(n)) => vec![n.redis],
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// Cut (or heal) a Sentinel split: the current master, the first
+    /// sentinel and `coordinators` on one side, every other data node,
+    /// sentinel, coordinator and gateway on the other. Returns the master
+    /// split off (`None`: no master named, nothing cut).
+    pub fn split(&mut self, coordinators: &[usize], cut: bool) -> Option<usize> {
+        let (Some(net), Some(s)) = (&self.net, &self.sentinel) else {
+            return None;
+        };
+        if !cut {
+            for &(a, b) in &self.split {
+                for (x, y) in [(a, b), (b, a)] {
+                    if let Err(e) = net.cut(x, net.host_addr(y), false) {
+                        eprintln!("pgws-chaos: {e}");
+                    }
+                }
+            }
+            self.split.clear();
+            return None;
+        }
+        let master = s.master()?;
+        let mut minority = vec![
+            net.index_of(&s.data[master].host.ns),
+            net.index_of(&s.sentinels[0].host.ns),
+        ];
+        minority.extend(coordinators);
+        let majority: Vec<usize> = (0..net.len()).filter(|i| !minority.contains(i)).collect();
+        for &a in &minority {
+            for &b in &majority {
+                for (x, y) in [(a, b), (b, a)] {
+                    if let Err(e) = net.cut(x, net.host_addr(y), true) {
+                        eprintln!("pgws-chaos: {e}");
+                    }
+                }
+                self.split.push((a, b));
+            }
+        }
+        Some(master)
+    }
+
+    /// Step coordinator clock `k`'s offset to `secs` seconds (0: back to
+    /// the real time).
+    pub fn step_clock(&self, k: usize, secs: i64) {
+        if let Some(c) = self.clocks.get(k) {
+            if let Err(e) = std::fs::write(&c.file, format!("{secs:+}\n")) {
+                eprintln!("pgws-chaos: {}: {e}", c.file.display());
+            }
         }
     }
 
@@ -249,6 +408,19 @@ impl Topology {
                 .env("PGWS_ADMIN_HOST", h.addr.to_string())
                 .wrapped(h.wrapper());
         }
+        if let (Some(lib), Some(c)) = (
+            &self.faketime,
+            self.clocks.iter().find(|c| c.coordinator == i),
+        ) {
+            b = b
+                .env("LD_PRELOAD", lib.display().to_string())
+                .env("FAKETIME_TIMESTAMP_FILE", c.file.display().to_string())
+                .env("FAKETIME_NO_CACHE", "1")
+                .env(
+                    "FAKETIME_DONT_FAKE_MONOTONIC",
+                    if c.monotonic { "0" } else { "1" },
+                );
+        }
         let server = b.start().await;
         self.coordinators[i].server = Some(server);
         self.coordinators[i].paused = false;
@@ -256,21 +428,21 @@ impl Topology {
 
     /// Cut (`cut`) or heal one link.
     pub fn cut(&self, link: Link, cut: bool) {
-        let (proxy, host, server) = match link {
+        let (proxy, host, servers) = match link {
             Link::CoordinatorRedis(i) => (
                 &self.coordinators[i].redis,
                 &self.coordinators[i].host,
-                self.net.as_ref().map(|n| n.redis),
+                self.redis_addrs(),
             ),
             Link::CoordinatorPg(i) => (
                 &self.coordinators[i].pg,
                 &self.coordinators[i].host,
-                self.net.as_ref().map(|n| n.pg),
+                self.net.iter().map(|n| n.pg).collect(),
             ),
             Link::GatewayRedis(g) => (
                 &self.gateways[g].redis,
                 &self.gateways[g].host,
-                self.net.as_ref().map(|n| n.redis),
+                self.redis_addrs(),
             ),
         };
         if let Some(p) = proxy {
@@ -280,17 +452,23 @@ impl Topology {
                 p.heal()
             }
         }
-        if let (Some(net), Some(h), Some(server)) = (&self.net, host, server) {
+        if let (Some(net), Some(h)) = (&self.net, host) {
             let i = net.index_of(&h.ns);
-            if let Err(e) = net.cut(i, server, cut) {
-                eprintln!("pgws-chaos: {e}");
+            for server in servers {
+                if let Err(e) = net.cut(i, server, cut) {
+                    eprintln!("pgws-chaos: {e}");
+                }
             }
         }
     }
 
     /// The namespaces, for the report (`None` in proxy mode).
     pub fn net_description(&self) -> Option<String> {
-        self.net.as_ref().map(Net::describe)
+        let net = self.net.as_ref().map(Net::describe)?;
+        Some(match &self.sentinel {
+            Some(s) => format!("{net}; {}", s.describe()),
+            None => net,
+        })
     }
 
     /// `kill -9` coordinator `i` (its log is kept).
@@ -369,6 +547,22 @@ impl Topology {
     /// Every proxy healed, every paused process continued, every killed
     /// coordinator started again.
     pub async fn heal_all(&mut self) {
+        self.split(&[], false);
+        for k in 0..self.clocks.len() {
+            self.step_clock(k, 0);
+        }
+        if let Some(s) = &mut self.sentinel {
+            for node in &mut s.data {
+                if node.paused {
+                    node.pause(false);
+                }
+                if !node.running() {
+                    if let Err(e) = node.restart() {
+                        eprintln!("pgws-chaos: restart a Redis node: {e}");
+                    }
+                }
+            }
+        }
         for g in 0..self.gateways.len() {
             self.cut(Link::GatewayRedis(g), false);
         }

@@ -76,6 +76,8 @@ pub struct PublisherMetrics {
     repeated: IntCounter,
     /// The log side of `dropped` (per notification: rate-limited).
     drop_log: Arc<RateLimit>,
+    /// Sentinel failovers seen while publishing (each a new continuity).
+    master_moves: IntCounter,
 }
 
 /// Why notifications were not republished.
@@ -127,7 +129,12 @@ impl PublisherMetrics {
                 "Notifications a new leader replayed from its standby buffer that its predecessor had already published (skipped)",
             )?,
             drop_log: Arc::new(RateLimit::default()),
+            master_moves: IntCounter::new(
+                "pgws_publisher_master_moves_total",
+                "Redis master switches (Sentinel failover) seen by a leader while publishing: each starts a new epoch on every channel",
+            )?,
         };
+        registry.register(Box::new(m.master_moves.clone()))?;
         registry.register(Box::new(m.repeated.clone()))?;
         registry.register(Box::new(m.published.clone()))?;
         registry.register(Box::new(m.dropped.clone()))?;
@@ -370,7 +377,9 @@ impl Publisher {
         let mut replay = std::mem::take(&mut self.replay)
             .into_iter()
             .map(|(n, pos)| (n, pos, 0));
+        let mut master = self.redis.master();
         loop {
+            self.follow_master(&mut master, &holes);
             let newest = holes.newest(self.continuity);
             if announced.is_none_or(|a| a < newest) && self.announce(newest).await {
                 announced = Some(newest);
@@ -398,6 +407,7 @@ impl Publisher {
                 let tail = rest.split_off(cut);
                 let run: Vec<Positioned> = rest.into_iter().map(|(n, pos, _)| (n, pos)).collect();
                 rest = tail;
+                self.follow_master(&mut master, &holes);
                 let continuity = holes.continuity(self.continuity, heard);
                 if announced.is_none_or(|a| a < continuity) && self.announce(continuity).await {
                     announced = Some(continuity);
@@ -406,6 +416,30 @@ impl Publisher {
             }
             backlog.published.notify_waiters();
         }
+    }
+
+    /// Behind Sentinel: when the handle has followed a failover since
+    /// `seen`, open a hole, so that everything published from now on is in
+    /// a new continuity (a new epoch on every channel). The new master may
+    /// lack the old one's last appends — history, offsets — and this leader
+    /// would otherwise assign those offsets again in the same epoch to other
+    /// messages: a silent loss for readers that had them, and live and
+    /// recovered views that differ (what `pgws-chaos --sentinel` found).
+    fn follow_master(&self, seen: &mut Option<String>, holes: &Holes) {
+        let now = self.redis.master();
+        if now == *seen {
+            return;
+        }
+        if let (Some(from), Some(to)) = (seen.as_deref(), now.as_deref()) {
+            self.metrics.master_moves.inc();
+            tracing::warn!(
+                from,
+                to,
+                "the Redis master moved while publishing: every channel's next message starts a new epoch"
+            );
+            holes.open();
+        }
+        *seen = now;
     }
 
     /// Publish `batch` (heard between the same holes) in `continuity`, or

@@ -231,3 +231,69 @@ async fn wait_log_line(gw: &Server, text: &str) -> String {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A leader that keeps its lock across a Sentinel failover starts a new
+/// epoch on every channel: the new master may lack the old one's last
+/// appends, and offsets assigned again in the same epoch would carry other
+/// messages than readers got — `pgws-chaos --sentinel --seed 6` (with
+/// `--kinds sentinel-failover,…`) found offsets reused and a silent loss.
+/// Before the fix the epoch stayed the same.
+#[tokio::test]
+async fn behind_sentinel_a_leader_that_follows_a_failover_starts_a_new_epoch() {
+    let deployment = SentinelDeployment::start().await;
+    // A long ttl: the leader keeps its lock across the failover.
+    let env = vec![("PGWS_LEADER_TTL".to_string(), "30000".to_string())];
+    let c = Cluster::start_full(&deployment.url(), false, env, 1, 1).await;
+    let chat = unique("chat");
+    let mut v2 = V2::connect(&c.url(0, &token(json!({"mode": "r"})))).await;
+    let reply = v2.subscribe(&chat, None).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    c.gateways[0]
+        .wait_metric("pgws_redis_subscriptions", 1.0)
+        .await;
+    let db = db().await;
+    c.notify(&db, &chat, "before").await;
+    let before = v2.next_message().await;
+    let old_epoch = Pos::of(&before).epoch;
+
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &deployment.sentinels[0].port.to_string()])
+        .args(["SENTINEL", "FAILOVER", "mymaster"])
+        .output()
+        .expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    deployment.wait_master(deployment.replica.port).await;
+    let coordinator = &c.coordinators[0];
+    // Deliveries resume (the gateway re-subscribes on the new master) in a
+    // new epoch, from the same leader.
+    let deadline = Instant::now() + WAIT * 2;
+    let mut n = 0;
+    let after = loop {
+        n += 1;
+        c.notify(&db, &chat, &format!("after-{n}")).await;
+        let got = tokio::time::timeout(Duration::from_millis(500), v2.next_message()).await;
+        if let Ok(m) = got {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no delivery after the failover");
+    };
+    assert_ne!(
+        Pos::of(&after).epoch,
+        old_epoch,
+        "the same epoch after the master moved: {after}"
+    );
+    assert_eq!(
+        c.coordinators.len(),
+        1,
+        "one coordinator: the epoch changed without a new leader"
+    );
+    assert!(
+        coordinator
+            .metric("pgws_publisher_master_moves_total")
+            .await
+            >= 1.0
+    );
+    assert!(coordinator
+        .log_text()
+        .contains("the Redis master moved while publishing"));
+}

@@ -391,14 +391,7 @@ impl Sentinel {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        let lines: Vec<&str> = out.lines().collect();
-        lines
-            .chunks(2)
-            .filter_map(|kv| match kv {
-                [k, v] => Some((k.to_string(), v.to_string())),
-                _ => None,
-            })
-            .collect()
+        field_pairs(&out)
     }
 }
 
@@ -467,4 +460,17 @@ impl SentinelDeployment {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `redis-cli`'s alternating field/value lines (`SENTINEL MASTER`, …) as
+/// field → value.
+pub fn field_pairs(out: &str) -> std::collections::HashMap<String, String> {
+    let lines: Vec<&str> = out.lines().collect();
+    lines
+        .chunks(2)
+        .filter_map(|kv| match kv {
+            [k, v] => Some((k.to_string(), v.to_string())),
+            _ => None,
+        })
+        .collect()
 }

@@ -87,6 +87,15 @@ impl RedisClient {
         }
     }
 
+    /// Behind Sentinel, the master in use (`host:port`); `None` otherwise.
+    /// It changes when the handle follows a failover.
+    pub fn master(&self) -> Option<String> {
+        match self {
+            RedisClient::Sentinel(s) => Some(s.master()),
+            _ => None,
+        }
+    }
+
     /// Whether this is a cluster connection.
     pub fn is_cluster(&self) -> bool {
         matches!(self, RedisClient::Cluster(_))
