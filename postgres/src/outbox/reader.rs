@@ -95,6 +95,11 @@ const BELL_GAP: Duration = Duration::from_millis(10);
 /// A busy reader stays busy while it found something this recently,
 /// polling every [`LINGER_PAUSE`]: under a steady rate no sender rings.
 const BUSY_LINGER: Duration = Duration::from_millis(50);
+/// A reader busy this long goes idle once even while its polls find
+/// something, so that the bells tell it whether one session sends (it then
+/// stays idle, delivering from bells) or several (busy again at once). The
+/// price under concurrent load: a few ringing commits per probe.
+const BUSY_PROBE: Duration = Duration::from_secs(1);
 /// See [`BUSY_LINGER`].
 const LINGER_PAUSE: Duration = Duration::from_millis(1);
 /// How often a reader records its cursor in `pgws.readers` (for pruning).
@@ -748,28 +753,41 @@ impl Reader {
         // When the reader last found something: while that is recent it
         // stays busy (see BUSY_LINGER).
         let mut active = Instant::now();
+        // When the reader last turned busy: after BUSY_PROBE it tries
+        // going idle even while polls find something, to learn from the
+        // bells whether one session sends (then it stays idle) or several.
+        let mut busy_since = Instant::now();
         let mut ringers = Ringers::default();
         loop {
-            // Busy: poll until polls come back empty for BUSY_LINGER.
-            match self.poll_and_deliver(&session, &poll, &mut behind).await {
+            // Busy: poll until polls come back empty for BUSY_LINGER, or
+            // until it has been busy for BUSY_PROBE (a probe).
+            let probing = match self.poll_and_deliver(&session, &poll, &mut behind).await {
                 Ok(true) => {
                     pause = Duration::ZERO;
                     active = Instant::now();
+                    if busy_since.elapsed() < BUSY_PROBE {
+                        continue;
+                    }
+                    true
+                }
+                Ok(false) if active.elapsed() < BUSY_LINGER => {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
+                        _ = tokio::time::sleep(LINGER_PAUSE) => {}
+                    }
                     continue;
                 }
-                Ok(false) => {}
+                Ok(false) => false,
                 Err(end) => return end,
-            }
-            if active.elapsed() < BUSY_LINGER {
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
-                    _ = tokio::time::sleep(LINGER_PAUSE) => {}
-                }
-                continue;
-            }
+            };
             // Idle: see the module documentation for why this order.
             match self.go_idle(&session, pid).await {
                 Ok(true) => pause = Duration::ZERO,
+                Ok(false) if probing => {
+                    // Senders are committing back to back: stay busy.
+                    busy_since = Instant::now();
+                    continue;
+                }
                 Ok(false) => {
                     // A transaction that may not have rung is still
                     // committing: stay busy, polling after a pause.
@@ -782,15 +800,10 @@ impl Reader {
                 }
                 Err(end) => return end,
             }
-            let found = match self.poll_and_deliver(&session, &poll, &mut behind).await {
-                Ok(found) => found,
-                Err(end) => return end,
-            };
-            if found {
-                if let Err(e) = self.busy(&session, pid).await {
-                    return e;
-                }
-                continue;
+            // Whatever committed before the reader went idle; from here on
+            // every commit rings, and the bells tell whether to turn busy.
+            if let Err(end) = self.poll_and_deliver(&session, &poll, &mut behind).await {
+                return end;
             }
             // Idle: bells that continue the cursors are delivered as they
             // come; anything else (a plain ring, a gap, a burst, the poll
@@ -826,6 +839,7 @@ impl Reader {
             }
             // Woken: take the lock and poll in one round trip (both are
             // sent at once; the connection runs them in order).
+            busy_since = Instant::now();
             let (locked, polled) = tokio::join!(
                 self.busy(&session, pid),
                 self.poll_and_deliver(&session, &poll, &mut behind)
