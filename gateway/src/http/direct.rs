@@ -33,6 +33,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// The first read's room; doubled up to [`MAX_HEAD`] for larger heads.
@@ -104,10 +105,16 @@ fn event_stream_request(head: &httparse::Request<'_, '_>) -> Option<Request<()>>
             HeaderValue::from_bytes(h.value).ok()?,
         );
     }
+    // One `content-length: 0` at most: several (even if hyper would take
+    // them when they agree) are hyper's to judge, as any framing it may
+    // refuse — the two parsers must never frame a connection differently.
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
     let has_body = headers.contains_key(TRANSFER_ENCODING)
-        || headers
-            .get(CONTENT_LENGTH)
-            .is_some_and(|l| l.as_bytes() != b"0");
+        || match (lengths.next(), lengths.next()) {
+            (None, _) => false,
+            (Some(length), None) => length.as_bytes() != b"0",
+            (Some(_), Some(_)) => true,
+        };
     let ours = !has_body
         && wants_event_stream(&request)
         && !fastwebsockets::upgrade::is_upgrade_request(&request);
@@ -144,12 +151,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let close = wants_close(&request);
+    let limit = state.sessions.limits.send_timeout;
     // Boxed: the opening's state is not kept for the stream's life.
     let opened = Box::pin(open_event_stream(&request, state, pending)).await;
     drop(request);
     let ended = match opened {
-        Ok(stream) => stream_events(io, stream, close).await,
-        Err(refusal) => respond(io, refusal, close).await,
+        Ok(stream) => stream_events(io, stream, close, limit).await,
+        Err(refusal) => respond(io, refusal, close, limit).await,
     };
     match ended {
         Ok(true) if !close && !state.sessions.shutdown.is_cancelled() => After::KeepAlive,
@@ -162,7 +170,12 @@ where
 }
 
 /// Write a whole response (a refusal); `Ok(true)`: written.
-async fn respond<S>(io: &mut S, response: Response<Body>, close: bool) -> io::Result<bool>
+async fn respond<S>(
+    io: &mut S,
+    response: Response<Body>,
+    close: bool,
+    limit: Duration,
+) -> io::Result<bool>
 where
     S: AsyncWrite + Unpin,
 {
@@ -170,22 +183,65 @@ where
     let body = body.collect().await?.to_bytes();
     let mut out = head(&Response::from_parts(parts, ()), Some(body.len()), close);
     out.extend_from_slice(&body);
-    io.write_all(&out).await?;
-    io.flush().await?;
+    send(io, &out, limit).await?;
     Ok(true)
+}
+
+/// Write and flush `bytes` within `limit` (`PGWS_SEND_TIMEOUT`, as for a
+/// websocket's frame): a client that stopped reading (its TCP window
+/// closed) does not hold its stream — its slot, its place on its
+/// channels, past its token's `exp` — for ever.
+async fn send<S>(io: &mut S, bytes: &[u8], limit: Duration) -> io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    let sent = async {
+        io.write_all(bytes).await?;
+        io.flush().await
+    };
+    match tokio::time::timeout(limit, sent).await {
+        Ok(sent) => sent,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client does not read (PGWS_SEND_TIMEOUT)",
+        )),
+    }
 }
 
 /// Write the stream's head and then its events as they come, one chunk
 /// per frame; `Ok(true)` when the server ended it (the last chunk
 /// written, the connection reusable), `Ok(false)` when the client went
 /// away or sent bytes (a pipelined request is not served after a stream).
-async fn stream_events<S>(io: &mut S, mut stream: SseStream, close: bool) -> io::Result<bool>
+async fn stream_events<S>(
+    io: &mut S,
+    mut stream: SseStream,
+    close: bool,
+    limit: Duration,
+) -> io::Result<bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let written = write_events(io, &mut stream, close, limit).await;
+    if written
+        .as_ref()
+        .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut)
+    {
+        stream.stalled();
+    }
+    written
+}
+
+async fn write_events<S>(
+    io: &mut S,
+    stream: &mut SseStream,
+    close: bool,
+    limit: Duration,
+) -> io::Result<bool>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let response = event_stream_response(());
-    io.write_all(&head(&response, None, close)).await?;
-    io.flush().await?;
+    send(io, &head(&response, None, close), limit).await?;
     drop(response);
     let mut probe = [0u8; 16];
     loop {
@@ -200,13 +256,10 @@ where
             }
         };
         if !more {
-            io.write_all(b"0\r\n\r\n").await?;
-            io.flush().await?;
+            send(io, b"0\r\n\r\n", limit).await?;
             return Ok(true);
         }
-        let chunk = chunk(&mut out);
-        io.write_all(chunk).await?;
-        io.flush().await?;
+        send(io, chunk(&mut out), limit).await?;
     }
 }
 
@@ -337,6 +390,7 @@ mod tests {
             "GET /t HTTP/1.1\r\nAccept: text/event-stream\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             "GET /t HTTP/1.1\r\nAccept: text/event-stream\r\nContent-Length: 3\r\n\r\nabc",
             "GET /t HTTP/1.1\r\nAccept: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /t HTTP/1.1\r\nAccept: text/event-stream\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\n",
             "GET /t HTTP/1.1\r\nAccept: text/event-stream\r\n\r\nGET / HTTP/1.1\r\n\r\n",
             "NOT HTTP\r\n\r\n",
         ] {
