@@ -457,3 +457,72 @@ async fn a_keep_alive_event_stream_through_hyper_whose_client_never_reads_is_dro
     wait_until(|| async { gw.metric("pgws_sse_streams").await == 0.0 }).await;
     drop(conn);
 }
+
+/// One HTTP/2 frame: its 9-byte header and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Rapid reset (CVE-2023-44487): streams opened and reset at once, in
+/// bulk, get the connection closed with GOAWAY; it is counted and no
+/// longer pending.
+#[tokio::test]
+async fn h2_rapid_reset_is_cut_off() {
+    let (gw, ca) = tls_gateway(&[]).await;
+    let mut tls = tls_connect(&gw, &ca, &[b"h2"]).await;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(4, 0, 0, &[]));
+    // GET https://127.0.0.1/ from HPACK's static table, :authority literal.
+    let mut block = vec![0x82, 0x87, 0x84, 0x41, 9];
+    block.extend_from_slice(b"127.0.0.1");
+    // These frames are a valid request: answered (HEADERS on stream 1).
+    let mut sane = tls_connect(&gw, &ca, &[b"h2"]).await;
+    let mut one = out.clone();
+    one.extend(h2_frame(1, 0x5, 1, &block));
+    sane.write_all(&one).await.expect("send");
+    let mut frames = Vec::new();
+    let answered = |frames: &[u8]| {
+        let mut at = 0;
+        while frames.len() >= at + 9 {
+            let len = u32::from_be_bytes([0, frames[at], frames[at + 1], frames[at + 2]]) as usize;
+            let stream = u32::from_be_bytes([
+                frames[at + 5],
+                frames[at + 6],
+                frames[at + 7],
+                frames[at + 8],
+            ]);
+            if frames[at + 3] == 1 && stream == 1 {
+                return true;
+            }
+            at += 9 + len;
+        }
+        false
+    };
+    while !answered(&frames) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, sane.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed: {frames:?}");
+        frames.extend_from_slice(&chunk[..n]);
+    }
+    drop(sane);
+    for i in 0..2000u32 {
+        let id = 2 * i + 1;
+        out.extend(h2_frame(1, 0x5, id, &block));
+        out.extend(h2_frame(3, 0, id, &8u32.to_be_bytes()));
+    }
+    let _ = tls.write_all(&out).await;
+    let _ = tls.flush().await;
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(WAIT, tls.read_to_end(&mut seen)).await;
+    assert!(closed.is_ok(), "the connection was not closed");
+    wait_until(|| async { gw.metric("pgws_http2_connection_errors_total").await >= 1.0 }).await;
+    wait_until(|| async { gw.metric("pgws_http_pending_connections").await == 0.0 }).await;
+    assert_eq!(gw.metric("pgws_http2_connections").await, 0.0);
+}
