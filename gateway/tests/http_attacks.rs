@@ -307,7 +307,7 @@ async fn a_direct_event_stream_over_tls_whose_client_never_reads_is_dropped() {
 /// token's `exp`, nor `PGWS_SEND_TIMEOUT` can end it, and the client's
 /// answers to pings keep the connection up.
 #[tokio::test]
-#[ignore = "open: HTTP/2 (and hyper's HTTP/1 after a connection's first request) has no send timeout for event streams; needs a per-stream watchdog outside the body"]
+#[ignore = "open: an HTTP/2 stream whose window stays closed has no send timeout (hyper polls neither the body nor any IO for it); needs a per-stream watchdog outside the body"]
 async fn an_h2_event_stream_whose_client_never_reads_is_dropped() {
     use http_body_util::Full;
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -419,9 +419,9 @@ where
 
 /// The same through hyper's HTTP/1 (an event stream asked for on a
 /// keep-alive connection after another request): hyper stops polling the
-/// body while the socket is full, so nothing ends the stream.
+/// body while the socket is full, so only a write that fails after twice
+/// `PGWS_SEND_TIMEOUT` (`http::stall`) ends the stream.
 #[tokio::test]
-#[ignore = "open: hyper's HTTP/1 has no write timeout; an IO wrapper failing a write pending longer than PGWS_SEND_TIMEOUT would end it (mind upgraded websockets, which time their own writes)"]
 async fn a_keep_alive_event_stream_through_hyper_whose_client_never_reads_is_dropped() {
     let gw = Server::gateway()
         .env("PGWS_SEND_TIMEOUT", "1000")
