@@ -20,7 +20,7 @@
 //! websockets on an HTTP/1.1 connection of their own).
 
 use super::response::Body;
-use super::state::{HttpState, PendingCell, MAX_HEAD};
+use super::state::{HttpState, PendingCell, HEAD_TIMEOUT, MAX_HEAD};
 use hyper::body::Incoming;
 use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -80,13 +80,33 @@ pub(super) async fn serve<S, Svc>(
     metrics.http2_connections.inc();
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let started = tokio::time::timeout(head_timeout, first_request.notified());
-    let result = tokio::select! {
-        result = connection.as_mut() => Some(result),
-        started = started => match started {
-            Ok(()) => Some(connection.await),
-            Err(_) => None,
-        },
+    // The first request must begin within `head_timeout`; after it, a
+    // connection still pending (no event stream open) that begins no
+    // request for `HEAD_TIMEOUT` is told to go away (GOAWAY; its streams
+    // in flight finish), as hyper closes an idle HTTP/1 keep-alive
+    // connection: idle connections that answer pings must not hold
+    // `PGWS_MAX_PENDING_CONNECTIONS` for ever.
+    let mut wait = head_timeout;
+    let mut requested = false;
+    let result = loop {
+        let next = tokio::time::timeout(wait, first_request.notified());
+        tokio::select! {
+            result = connection.as_mut() => break Some(result),
+            next = next => match next {
+                Ok(()) => {
+                    requested = true;
+                    wait = HEAD_TIMEOUT;
+                }
+                Err(_) if !requested => break None,
+                Err(_) => {
+                    if is_pending(&pending) {
+                        tracing::debug!("HTTP/2 connection idle and pending: going away");
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    break Some(connection.await);
+                }
+            },
+        }
     };
     metrics.http2_connections.dec();
     drop(pending);
@@ -98,4 +118,9 @@ pub(super) async fn serve<S, Svc>(
         }
         None => tracing::debug!("HTTP/2 connection sent no request in time: closed"),
     }
+}
+
+/// Whether the connection still holds its pending count.
+fn is_pending(pending: &PendingCell) -> bool {
+    pending.lock().unwrap_or_else(|p| p.into_inner()).is_some()
 }

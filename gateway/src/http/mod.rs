@@ -23,6 +23,7 @@ mod h2;
 pub mod publish;
 pub mod request;
 pub mod response;
+mod stall;
 pub mod state;
 pub mod static_files;
 
@@ -194,6 +195,9 @@ async fn serve_http1<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Twice the send timeout: an upgraded websocket times its own writes
+    // (and says why it ends) before this would.
+    let stream = stall::Stalls::new(stream, 2 * state.sessions.limits.send_timeout);
     let service = service(state, pending.clone(), None);
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

@@ -197,6 +197,23 @@ impl SseStream {
     }
 }
 
+impl SseStream {
+    /// The connection could not write to the client within
+    /// `PGWS_SEND_TIMEOUT`: the stream ends as a slow consumer (or for
+    /// what already ended it), counted as such when it is dropped.
+    pub fn stalled(&mut self) {
+        if !self.ended {
+            let reason = self
+                .joined
+                .control()
+                .reason()
+                .unwrap_or(CloseReason::SlowConsumer);
+            self.ended = true;
+            self.end = reason.label();
+        }
+    }
+}
+
 impl Body for SseStream {
     type Data = Bytes;
     type Error = std::io::Error;
