@@ -71,17 +71,7 @@ async fn a_direct_event_stream_whose_client_never_reads_is_dropped() {
     );
     gw.wait_metric("pgws_sse_streams", 1.0).await;
     // Fill the socket: the client reads nothing more.
-    let db = db().await;
-    let big = "x".repeat(7000);
-    for n in 0..300 {
-        notify(
-            &db,
-            &gw.listen_channel,
-            &format!(r#"{{"n":{n},"channel":"{chat}","pad":"{big}"}}"#),
-        )
-        .await;
-    }
-    wait_until(|| async { gw.metric("pgws_sse_streams").await == 0.0 }).await;
+    flood_until_no_stream_is_left(&gw, &chat).await;
     assert_eq!(
         gw.metric(r#"pgws_connections_closed_total{reason="slow_consumer"}"#)
             .await,
@@ -211,6 +201,22 @@ async fn slow_and_oversized_heads_are_bounded() {
     wait_until(|| async { gw.metric("pgws_sse_streams").await == 0.0 }).await;
 }
 
+/// Send 300 NOTIFYs of 7 KB on `chat` (more than a client that never
+/// reads can take in), then wait until the gateway dropped every stream.
+async fn flood_until_no_stream_is_left(gw: &Server, chat: &str) {
+    let db = db().await;
+    let big = "x".repeat(7000);
+    for n in 0..300 {
+        notify(
+            &db,
+            &gw.listen_channel,
+            &format!(r#"{{"n":{n},"channel":"{chat}","pad":"{big}"}}"#),
+        )
+        .await;
+    }
+    wait_until(|| async { gw.metric("pgws_sse_streams").await == 0.0 }).await;
+}
+
 async fn wait_until<F, Fut>(mut done: F)
 where
     F: FnMut() -> Fut,
@@ -287,17 +293,7 @@ async fn a_direct_event_stream_over_tls_whose_client_never_reads_is_dropped() {
         .expect("read");
     assert!(seen[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &seen[..n]);
     gw.wait_metric("pgws_sse_streams", 1.0).await;
-    let db = db().await;
-    let big = "x".repeat(7000);
-    for n in 0..300 {
-        notify(
-            &db,
-            &gw.listen_channel,
-            &format!(r#"{{"n":{n},"channel":"{chat}","pad":"{big}"}}"#),
-        )
-        .await;
-    }
-    wait_until(|| async { gw.metric("pgws_sse_streams").await == 0.0 }).await;
+    flood_until_no_stream_is_left(&gw, &chat).await;
     drop(tls);
 }
 
@@ -332,17 +328,7 @@ async fn an_h2_event_stream_whose_client_never_reads_is_dropped() {
         .expect("response");
     assert_eq!(response.status(), 200);
     gw.wait_metric("pgws_sse_streams", 1.0).await;
-    let db = db().await;
-    let big = "x".repeat(7000);
-    for n in 0..300 {
-        notify(
-            &db,
-            &gw.listen_channel,
-            &format!(r#"{{"n":{n},"channel":"{chat}","pad":"{big}"}}"#),
-        )
-        .await;
-    }
-    wait_until(|| async { gw.metric("pgws_sse_streams").await == 0.0 }).await;
+    flood_until_no_stream_is_left(&gw, &chat).await;
     drop(response);
 }
 
@@ -444,17 +430,7 @@ async fn a_keep_alive_event_stream_through_hyper_whose_client_never_reads_is_dro
     conn.write_all(head.as_bytes()).await.expect("send");
     read_until(&mut conn, &mut seen, b"text/event-stream").await;
     gw.wait_metric("pgws_sse_streams", 1.0).await;
-    let db = db().await;
-    let big = "x".repeat(7000);
-    for n in 0..300 {
-        notify(
-            &db,
-            &gw.listen_channel,
-            &format!(r#"{{"n":{n},"channel":"{chat}","pad":"{big}"}}"#),
-        )
-        .await;
-    }
-    wait_until(|| async { gw.metric("pgws_sse_streams").await == 0.0 }).await;
+    flood_until_no_stream_is_left(&gw, &chat).await;
     drop(conn);
 }
 
