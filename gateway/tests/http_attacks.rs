@@ -217,19 +217,12 @@ async fn flood_until_no_stream_is_left(gw: &Server, chat: &str) {
     wait_until(|| async { gw.metric("pgws_sse_streams").await == 0.0 }).await;
 }
 
-async fn wait_until<F, Fut>(mut done: F)
+async fn wait_until<F, Fut>(done: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = std::time::Instant::now() + WAIT;
-    while !done().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "condition not reached in time"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_within(WAIT, done).await
 }
 
 /// A TLS gateway; what a client offering `alpn` negotiated with it.
