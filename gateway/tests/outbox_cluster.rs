@@ -170,19 +170,7 @@ async fn what_commits_while_the_first_leader_creates_the_schema_is_published() {
     migration.batch_execute(schema::SQL).await.expect("migrate");
     let sender = db.client().await;
     let ledger = Ledger::default();
-    let send = |n: usize| {
-        let (sender, ledger, ch) = (&sender, ledger.clone(), ch.clone());
-        async move {
-            let p = payload(&ch, &format!("c-{n}"));
-            let issued = Instant::now();
-            sender
-                .execute("SELECT pgws.send($1)", &[&p])
-                .await
-                .expect("send");
-            let returned = Instant::now();
-            ledger.record(&ch, &p, Outcome::Committed { issued, returned });
-        }
-    };
+    let send = |n: usize| send_numbered(&sender, &ledger, &ch, n);
     for n in 1..=3 {
         send(n).await;
     }
@@ -276,19 +264,7 @@ async fn a_batch_redis_took_but_never_pushed_before_losing_its_data_is_replayed(
     let mut readers = c.readers(&ch).await;
     let sender = db.client().await;
     let ledger = Ledger::default();
-    let send = |n: usize| {
-        let (sender, ledger, ch) = (&sender, ledger.clone(), ch.clone());
-        async move {
-            let p = payload(&ch, &format!("c-{n}"));
-            let issued = Instant::now();
-            sender
-                .execute("SELECT pgws.send($1)", &[&p])
-                .await
-                .expect("send");
-            let returned = Instant::now();
-            ledger.record(&ch, &p, Outcome::Committed { issued, returned });
-        }
-    };
+    let send = |n: usize| send_numbered(&sender, &ledger, &ch, n);
     for n in 1..=3 {
         send(n).await;
     }
@@ -362,4 +338,16 @@ fn number(text: &str) -> usize {
         .ok()
         .and_then(|v| v["payload"].as_str()?.strip_prefix("c-")?.parse().ok())
         .unwrap_or(0)
+}
+
+/// `pgws.send` of payload `c-<n>` on `ch`, recorded in the ledger as committed.
+async fn send_numbered(sender: &tokio_postgres::Client, ledger: &Ledger, ch: &str, n: usize) {
+    let p = payload(ch, &format!("c-{n}"));
+    let issued = Instant::now();
+    sender
+        .execute("SELECT pgws.send($1)", &[&p])
+        .await
+        .expect("send");
+    let returned = Instant::now();
+    ledger.record(ch, &p, Outcome::Committed { issued, returned });
 }
