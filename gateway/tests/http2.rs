@@ -14,61 +14,12 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
 use serde_json::json;
-use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A gateway with TLS, and a client configuration trusting it.
-struct Tls {
-    gw: Server,
-    ca: std::path::PathBuf,
-    dir: std::path::PathBuf,
-}
+use common::tls::TlsGateway;
 
-impl Tls {
-    async fn start(extra: &[(&str, &str)]) -> Tls {
-        let dir = std::env::temp_dir().join(unique("pgws-h2"));
-        let pki = certs::Pki::new(&dir, "h2");
-        let id = pki.issue("server", "localhost", &["127.0.0.1"]);
-        let mut builder = Server::gateway()
-            .env("PGWS_CERTIFICATE_FILE", id.cert.display().to_string())
-            .env("PGWS_KEY_FILE", id.key.display().to_string());
-        for (k, v) in extra {
-            builder = builder.env(k, *v);
-        }
-        Tls {
-            gw: builder.start().await,
-            ca: pki.ca.clone(),
-            dir,
-        }
-    }
-
-    /// A TLS connection offering `alpn`; what the server chose.
-    async fn connect(
-        &self,
-        alpn: &[&[u8]],
-    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_file_iter(&self.ca).expect("pem") {
-            roots.add(c.expect("cert")).expect("root");
-        }
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-        let tcp = tokio::net::TcpStream::connect(self.gw.addr)
-            .await
-            .expect("tcp");
-        connector.connect(name, tcp).await.expect("tls handshake")
-    }
-
+impl TlsGateway {
     /// An HTTP/2 connection (ALPN `h2`).
     async fn h2(&self) -> SendRequest<Full<Bytes>> {
         let tls = self.connect(&[b"h2", b"http/1.1"]).await;
@@ -79,12 +30,6 @@ impl Tls {
                 .expect("h2 handshake");
         tokio::spawn(connection);
         sender
-    }
-}
-
-impl Drop for Tls {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -153,7 +98,7 @@ async fn read_until(body: &mut Incoming, needle: &str) -> String {
 
 #[tokio::test]
 async fn one_h2_connection_carries_several_event_streams_and_a_publish() {
-    let tls = Tls::start(&[]).await;
+    let tls = TlsGateway::start("h2", &[]).await;
     let mut h2 = tls.h2().await;
     let chat = unique("chat");
     let reader = token(json!({"mode": "r"}));
@@ -210,7 +155,7 @@ async fn one_h2_connection_carries_several_event_streams_and_a_publish() {
 
 #[tokio::test]
 async fn a_websocket_over_h2_is_refused_with_a_reason() {
-    let tls = Tls::start(&[]).await;
+    let tls = TlsGateway::start("h2", &[]).await;
     let mut h2 = tls.h2().await;
     let reader = token(json!({"mode": "r"}));
     let req = Request::get(format!("https://127.0.0.1/chat/{reader}"))
@@ -234,7 +179,7 @@ async fn a_websocket_over_h2_is_refused_with_a_reason() {
 
 #[tokio::test]
 async fn the_streams_of_one_connection_are_bounded() {
-    let tls = Tls::start(&[("PGWS_HTTP2_MAX_STREAMS", "2")]).await;
+    let tls = TlsGateway::start("h2", &[("PGWS_HTTP2_MAX_STREAMS", "2")]).await;
     let mut h2 = tls.h2().await;
     let reader = token(json!({"mode": "r"}));
     let path = format!("/{}/{reader}", unique("chat"));
@@ -260,7 +205,7 @@ async fn the_streams_of_one_connection_are_bounded() {
 
 #[tokio::test]
 async fn an_http1_client_on_the_tls_listener_still_gets_its_stream() {
-    let tls = Tls::start(&[]).await;
+    let tls = TlsGateway::start("h2", &[]).await;
     let mut conn = tls.connect(&[b"http/1.1"]).await;
     assert_eq!(conn.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let chat = unique("chat");

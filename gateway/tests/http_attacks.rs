@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::tls::TlsGateway;
 use common::*;
 use serde_json::json;
 use std::time::Duration;
@@ -225,54 +226,20 @@ where
     wait_until_within(WAIT, done).await
 }
 
-/// A TLS gateway; what a client offering `alpn` negotiated with it.
-async fn tls_gateway(extra: &[(&str, &str)]) -> (Server, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(unique("pgws-attack"));
-    let pki = certs::Pki::new(&dir, "attack");
-    let id = pki.issue("server", "localhost", &["127.0.0.1"]);
-    let mut builder = Server::gateway()
-        .env("PGWS_CERTIFICATE_FILE", id.cert.display().to_string())
-        .env("PGWS_KEY_FILE", id.key.display().to_string());
-    for (k, v) in extra {
-        builder = builder.env(k, *v);
-    }
-    (builder.start().await, pki.ca.clone())
-}
-
-async fn tls_connect(
-    gw: &Server,
-    ca: &std::path::Path,
-    alpn: &[&[u8]],
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("pem") {
-        roots.add(c.expect("cert")).expect("root");
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let tcp = TcpStream::connect(gw.addr).await.expect("tcp");
-    connector.connect(name, tcp).await.expect("tls handshake")
-}
-
 /// The direct path over TLS (ALPN http/1.1): a stream whose client never
 /// reads is dropped too.
 #[tokio::test]
 async fn a_direct_event_stream_over_tls_whose_client_never_reads_is_dropped() {
-    let (gw, ca) = tls_gateway(&[
-        ("PGWS_SEND_TIMEOUT", "1000"),
-        ("PGWS_SOCKET_SEND_BUFFER", "4096"),
-    ])
+    let tls_gw = TlsGateway::start(
+        "attack",
+        &[
+            ("PGWS_SEND_TIMEOUT", "1000"),
+            ("PGWS_SOCKET_SEND_BUFFER", "4096"),
+        ],
+    )
     .await;
-    let mut tls = tls_connect(&gw, &ca, &[b"http/1.1"]).await;
+    let gw = &tls_gw.gw;
+    let mut tls = tls_gw.connect(&[b"http/1.1"]).await;
     let chat = unique("chat");
     let head = format!(
         "GET /{chat}/{} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n",
@@ -286,7 +253,7 @@ async fn a_direct_event_stream_over_tls_whose_client_never_reads_is_dropped() {
         .expect("read");
     assert!(seen[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &seen[..n]);
     gw.wait_metric("pgws_sse_streams", 1.0).await;
-    flood_until_no_stream_is_left(&gw, &chat).await;
+    flood_until_no_stream_is_left(gw, &chat).await;
     drop(tls);
 }
 
@@ -300,8 +267,9 @@ async fn a_direct_event_stream_over_tls_whose_client_never_reads_is_dropped() {
 async fn an_h2_event_stream_whose_client_never_reads_is_dropped() {
     use http_body_util::Full;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let (gw, ca) = tls_gateway(&[("PGWS_SEND_TIMEOUT", "1000")]).await;
-    let tls = tls_connect(&gw, &ca, &[b"h2"]).await;
+    let tls_gw = TlsGateway::start("attack", &[("PGWS_SEND_TIMEOUT", "1000")]).await;
+    let gw = &tls_gw.gw;
+    let tls = tls_gw.connect(&[b"h2"]).await;
     let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(65_535)
         .initial_connection_window_size(1 << 20)
@@ -321,7 +289,7 @@ async fn an_h2_event_stream_whose_client_never_reads_is_dropped() {
         .expect("response");
     assert_eq!(response.status(), 200);
     gw.wait_metric("pgws_sse_streams", 1.0).await;
-    flood_until_no_stream_is_left(&gw, &chat).await;
+    flood_until_no_stream_is_left(gw, &chat).await;
     drop(response);
 }
 
@@ -353,8 +321,9 @@ async fn an_idle_http1_keep_alive_connection_does_not_stay_pending() {
 async fn an_idle_h2_connection_does_not_stay_pending() {
     use http_body_util::{BodyExt, Full};
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let (gw, ca) = tls_gateway(&[("PGWS_PING_INTERVAL", "1")]).await;
-    let tls = tls_connect(&gw, &ca, &[b"h2"]).await;
+    let tls_gw = TlsGateway::start("attack", &[("PGWS_PING_INTERVAL", "1")]).await;
+    let gw = &tls_gw.gw;
+    let tls = tls_gw.connect(&[b"h2"]).await;
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await
@@ -441,15 +410,16 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 /// longer pending.
 #[tokio::test]
 async fn h2_rapid_reset_is_cut_off() {
-    let (gw, ca) = tls_gateway(&[]).await;
-    let mut tls = tls_connect(&gw, &ca, &[b"h2"]).await;
+    let tls_gw = TlsGateway::start("attack", &[]).await;
+    let gw = &tls_gw.gw;
+    let mut tls = tls_gw.connect(&[b"h2"]).await;
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(h2_frame(4, 0, 0, &[]));
     // GET https://127.0.0.1/ from HPACK's static table, :authority literal.
     let mut block = vec![0x82, 0x87, 0x84, 0x41, 9];
     block.extend_from_slice(b"127.0.0.1");
     // These frames are a valid request: answered (HEADERS on stream 1).
-    let mut sane = tls_connect(&gw, &ca, &[b"h2"]).await;
+    let mut sane = tls_gw.connect(&[b"h2"]).await;
     let mut one = out.clone();
     one.extend(h2_frame(1, 0x5, 1, &block));
     sane.write_all(&one).await.expect("send");

@@ -4,3 +4,4 @@
 
 pub use pgws_testkit::*;
 pub use pgws_testkit::{certs, cluster, pg_server, raw, redis_server};
+pub mod tls;
