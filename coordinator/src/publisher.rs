@@ -407,12 +407,13 @@ impl Publisher {
                 let tail = rest.split_off(cut);
                 let run: Vec<Positioned> = rest.into_iter().map(|(n, pos, _)| (n, pos)).collect();
                 rest = tail;
-                self.follow_master(&mut master, &holes);
+                let pinned = self.follow_master(&mut master, &holes);
                 let continuity = holes.continuity(self.continuity, heard);
                 if announced.is_none_or(|a| a < continuity) && self.announce(continuity).await {
                     announced = Some(continuity);
                 }
-                self.publish_run(run, continuity, &holes, &mut seq).await;
+                self.publish_run(run, continuity, &holes, &mut seq, &pinned)
+                    .await;
             }
             backlog.published.notify_waiters();
         }
@@ -425,10 +426,15 @@ impl Publisher {
     /// would otherwise assign those offsets again in the same epoch to other
     /// messages: a silent loss for readers that had them, and live and
     /// recovered views that differ (what `pgws-chaos --sentinel` found).
-    fn follow_master(&self, seen: &mut Option<String>, holes: &Holes) {
-        let now = self.redis.master();
+    ///
+    /// Returns the handle fixed to the master judged here: the batch
+    /// whose continuity follows from this judgement is sent on it, so it
+    /// reaches that master or fails (then a hole opens) — it cannot land
+    /// on a master the handle moves to meanwhile, in the old epoch.
+    fn follow_master(&self, seen: &mut Option<String>, holes: &Holes) -> RedisClient {
+        let (now, pinned) = self.redis.pinned();
         if now == *seen {
-            return;
+            return pinned;
         }
         if let (Some(from), Some(to)) = (seen.as_deref(), now.as_deref()) {
             self.metrics.master_moves.inc();
@@ -440,6 +446,7 @@ impl Publisher {
             holes.open();
         }
         *seen = now;
+        pinned
     }
 
     /// Publish `batch` (heard between the same holes) in `continuity`, or
@@ -450,6 +457,7 @@ impl Publisher {
         continuity: Continuity,
         holes: &Holes,
         seq: &mut u64,
+        client: &RedisClient,
     ) {
         let n = batch.len();
         if !self.lease.valid() {
@@ -462,8 +470,11 @@ impl Publisher {
             .map(|(n, pos)| self.prepare(n, *pos, seq))
             .collect();
         let last_pos = batch.iter().rev().find_map(|(_, pos)| *pos);
-        let sent =
-            tokio::time::timeout(Duration::from_secs(5), self.send(continuity, prepared)).await;
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.send(client, continuity, prepared),
+        )
+        .await;
         match sent {
             Ok(Ok(offsets)) if offsets.contains(&DEPOSED) => {
                 // Nothing more from this term: the lock is gone.
@@ -622,10 +633,14 @@ impl Publisher {
             })
             .collect();
         let continuity = self.continuity;
-        let sent = tokio::time::timeout(Duration::from_secs(5), self.send(continuity, prepared))
-            .await
-            .map_err(|_| "Redis timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+        let client = self.redis.clone();
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.send(&client, continuity, prepared),
+        )
+        .await
+        .map_err(|_| "Redis timed out".to_string())?
+        .map_err(|e| e.to_string())?;
         if sent.contains(&DEPOSED) {
             self.lease.revoke();
             self.metrics.dropped(sent.len(), Dropped::Deposed, None);
@@ -684,18 +699,19 @@ impl Publisher {
     /// share a slot, one per notification — issued together, so they still
     /// share round trips per node, and in order on each connection.
     async fn send(
-        &mut self,
+        &self,
+        client: &RedisClient,
         continuity: Continuity,
         batch: Vec<Prepared>,
     ) -> redis::RedisResult<Vec<i64>> {
         let script = &*PUBLISH;
-        if !self.redis.is_cluster() {
+        if !client.is_cluster() {
             let invocation = self.invocation(script, continuity, &batch);
-            return invocation.invoke_async(&mut self.redis).await;
+            return invocation.invoke_async(&mut client.clone()).await;
         }
         let calls = batch.chunks(1).map(|one| {
             let invocation = self.invocation(script, continuity, one);
-            let mut redis = self.redis.clone();
+            let mut redis = client.clone();
             async move { invocation.invoke_async::<Vec<i64>>(&mut redis).await }
         });
         let mut offsets = Vec::with_capacity(batch.len());

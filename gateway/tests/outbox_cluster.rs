@@ -294,6 +294,72 @@ async fn a_batch_redis_took_but_never_pushed_before_losing_its_data_is_replayed(
     assert!(report.clean(), "{report}");
 }
 
+/// A new channel's first sends, published while the gateway is cut off
+/// from Redis before it delivered anything on the channel, still reach
+/// its readers: the gateway seeded the channel (nothing published yet)
+/// before it subscribed, so the first message it receives after
+/// re-subscribing shows the hole before it, and history fills it. Before
+/// seeds the gateway delivered from that message on and its readers
+/// silently missed `c-1..c-5` (the 30-minute outbox campaign, seeds
+/// 417825 and 700155: a Redis restart in a run's first seconds).
+#[tokio::test]
+async fn a_new_channels_first_sends_published_while_the_gateway_is_cut_off_are_delivered() {
+    use common::proxy::Proxy;
+    let db = TestDb::create().await;
+    let redis = RedisServer::start(&[]).await;
+    let env = vec![
+        ("PGWS_DB_URI".to_string(), db.uri.clone()),
+        ("PGWS_OUTBOX".to_string(), "true".to_string()),
+    ];
+    let mut c = Cluster::start_full(&redis.url(), false, env, 1, 0).await;
+    let target = redis
+        .url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("addr");
+    let proxy = Proxy::start(target).await.expect("proxy");
+    let gateway = c
+        .gateway_builder()
+        .env("PGWS_REDIS_URL", format!("redis://{}", proxy.addr()))
+        .start()
+        .await;
+    c.gateways.push(gateway);
+    let leader = c.leader().await;
+    c.coordinators[leader]
+        .wait_metric("pgws_outbox_up", 1.0)
+        .await;
+    let ch = unique("obf");
+    let mut readers = c.readers(&ch).await;
+    let sender = db.client().await;
+    let ledger = Ledger::default();
+    let send = |n: usize| send_numbered(&sender, &ledger, &ch, n);
+    proxy.partition();
+    c.gateways[0].wait_metric("pgws_redis_up", 0.0).await;
+    for n in 1..=5 {
+        send(n).await;
+    }
+    c.coordinators[leader]
+        .wait_metric("pgws_notifications_published_total", 5.0)
+        .await;
+    proxy.heal();
+    c.gateways[0].wait_metric("pgws_redis_up", 1.0).await;
+    // Send until the gateway delivers again: its first message shows the
+    // hole before it.
+    let mut got = Vec::new();
+    let mut n = 5;
+    let deadline = Instant::now() + WAIT * 2;
+    while got.is_empty() {
+        assert!(Instant::now() < deadline, "delivery never resumed");
+        n += 1;
+        send(n).await;
+        got.extend(read_for_within(&mut readers[0], Duration::from_millis(300)).await);
+    }
+    let total = ledger.committed(&ch);
+    got.extend(read_for(&mut readers[0], total - got.len()).await);
+    let report = ledger.check(&ch, &got);
+    assert!(report.clean(), "{report}");
+}
+
 /// Every reader got every committed send on `channel` once, in order.
 async fn assert_readers_got_everything(ledger: &Ledger, channel: &str, readers: &mut [Ws]) {
     let total = ledger.committed(channel);

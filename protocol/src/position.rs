@@ -125,10 +125,17 @@ pub struct Position {
 
 impl Position {
     /// Whether a message at `self` was already seen by a reader at `seen`:
-    /// the same sequence (base) at or before `seen`'s offset. Offsets of one
-    /// base never restart, so this holds across continuities.
+    /// the same sequence (base) at or before `seen`'s offset, in the same
+    /// continuity or an older one. Offsets of one base do not restart, so
+    /// this holds across continuities — except where Redis lost the state
+    /// they were assigned in (a Sentinel failover to a replica that lacked
+    /// the old master's last writes, which readers had already received):
+    /// then the leader numbers again from where the new master stands, in
+    /// a *newer* continuity, and those messages were not seen.
     pub fn not_after(&self, seen: &Position) -> bool {
-        self.epoch.base == seen.epoch.base && self.offset <= seen.offset
+        self.epoch.base == seen.epoch.base
+            && self.offset <= seen.offset
+            && self.epoch.continuity <= seen.epoch.continuity
     }
 }
 
@@ -399,5 +406,18 @@ mod tests {
         };
         assert!(older_run.not_after(&seen));
         assert!(!other_base.not_after(&seen));
+        // Numbered again in a newer continuity (Redis lost the state the
+        // seen offsets were assigned in): not seen.
+        let renumbered = Position {
+            epoch: Epoch {
+                base: 5,
+                continuity: Continuity {
+                    term: C2.term,
+                    session: C2.session + 1,
+                },
+            },
+            offset: 6,
+        };
+        assert!(!renumbered.not_after(&seen));
     }
 }

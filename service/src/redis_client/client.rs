@@ -96,6 +96,21 @@ impl RedisClient {
         }
     }
 
+    /// This handle fixed to the master in use now, with that master's
+    /// address (behind Sentinel; any other handle is returned as it is,
+    /// with `None`). What is sent on it reaches that master or fails: a
+    /// writer that decided what to write for one master (the publisher's
+    /// continuity) cannot have it land, after a failover, on another.
+    pub fn pinned(&self) -> (Option<String>, RedisClient) {
+        match self {
+            RedisClient::Sentinel(s) => {
+                let (master, manager) = s.pinned();
+                (Some(master), RedisClient::Single(manager))
+            }
+            other => (None, other.clone()),
+        }
+    }
+
     /// Whether this is a cluster connection.
     pub fn is_cluster(&self) -> bool {
         matches!(self, RedisClient::Cluster(_))

@@ -81,6 +81,21 @@ impl SentinelConnection {
             .clone()
     }
 
+    /// The master in use (`host:port`) and a connection to it alone,
+    /// read together: a command sent on that connection reaches this
+    /// master or fails — it never follows a failover to the next one.
+    pub fn pinned(&self) -> (String, ConnectionManager) {
+        let current = self
+            .shared
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        (
+            format!("{}:{}", current.master.0, current.master.1),
+            current.manager.clone(),
+        )
+    }
+
     /// The master in use, `host:port`.
     pub fn master(&self) -> String {
         let current = self

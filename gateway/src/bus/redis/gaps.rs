@@ -11,18 +11,35 @@
 //! history and delivers them first, in order; a message at or before the
 //! last one delivered (the same base) is a duplicate and is dropped.
 //!
+//! Before its first delivery on a channel the gateway has no position of
+//! its own, so it starts from a **seed**: where the channel stood when the
+//! link asked Redis to subscribe to it ([`Seeds`], read *before* the
+//! `SUBSCRIBE`, so everything after it is owed to the channel's readers).
+//! A message after a seed in the same epoch is judged as after a delivered
+//! one. A channel that had no message yet when it was seeded, or whose
+//! sequence started over since, owes its readers the whole current run:
+//! the hole is filled from the run's start (the channel state's
+//! `run_start`). Without the seed, a gateway that re-subscribed after a
+//! Redis outage during which the leader published a new channel's first
+//! messages (the outbox publishes its backlog at once) delivered from the
+//! first message it received, silently (`docs/architecture.md`, "What the
+//! nemesis found").
+//!
 //! What history no longer holds cannot be filled (counted as
 //! `outcome="unfilled"`); v2 clients still see the jump in offsets. The
-//! positions kept here are forgotten for channels quiet for [`FORGET`].
+//! positions kept here are forgotten for channels quiet for [`FORGET`]
+//! that this gateway no longer subscribes to.
 
 use super::history;
+use super::plan::Plan;
 use crate::bus::Replayed;
+use futures_util::future::join_all;
 use pgws_protocol::keys::KeySpace;
-use pgws_protocol::position::{Position, Since};
+use pgws_protocol::position::{ChannelState, Position, Since};
 use pgws_service::redis_client::RedisClient;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// A channel quiet this long is forgotten here.
@@ -74,26 +91,123 @@ pub enum Verdict {
     Duplicate,
 }
 
+/// Where a channel stood when the link asked Redis to subscribe to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seed {
+    /// No message yet (no state, or a state a subscriber created).
+    Nothing,
+    /// Its newest message's position.
+    At(Position),
+}
+
+impl Seed {
+    /// The seed a channel state (or its absence) gives.
+    pub fn of(state: Option<ChannelState>) -> Seed {
+        match state {
+            Some(s) if s.offset > 0 => Seed::At(s.position()),
+            _ => Seed::Nothing,
+        }
+    }
+}
+
+/// The seeds of channels being subscribed, written by the link before
+/// each `SUBSCRIBE` and taken by the delivery task at the channel's next
+/// message (where a seed replaces any older position: the channel's
+/// readers are owed only what followed it).
+pub struct Seeds {
+    keys: KeySpace,
+    pending: Mutex<HashMap<Arc<str>, Seed>>,
+}
+
+impl Seeds {
+    /// None yet.
+    pub fn new(keys: KeySpace) -> Seeds {
+        Seeds {
+            keys,
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Seed>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Read the state of each pub/sub channel in `subscribing` and keep it
+    /// as the channel's seed. A channel whose state cannot be read gets no
+    /// seed (and is judged from its first message, as before seeds).
+    pub async fn read(&self, client: &RedisClient, subscribing: &[String]) {
+        let reads = subscribing.iter().filter_map(|pubsub| {
+            let channel = self.keys.channel_of(pubsub)?;
+            let mut client = client.clone();
+            Some(async move {
+                let state = history::state(&mut client, &self.keys, channel).await;
+                (channel, state)
+            })
+        });
+        let read = join_all(reads).await;
+        let mut pending = self.lock();
+        for (channel, state) in read {
+            match state {
+                Ok(state) => pending.insert(Arc::from(channel), Seed::of(state)),
+                Err(_) => pending.remove(channel),
+            };
+        }
+    }
+
+    /// Forget the seeds of pub/sub channels no longer subscribed.
+    pub fn forget(&self, unsubscribed: &[String]) {
+        let mut pending = self.lock();
+        for pubsub in unsubscribed {
+            if let Some(channel) = self.keys.channel_of(pubsub) {
+                pending.remove(channel);
+            }
+        }
+    }
+
+    fn take(&self, channel: &str) -> Option<Seed> {
+        let mut pending = self.lock();
+        if pending.is_empty() {
+            return None;
+        }
+        pending.remove(channel)
+    }
+}
+
+/// What this gateway knows of a channel's position.
+#[derive(Debug, Clone, Copy)]
+enum Known {
+    /// Delivered, or seeded at, this position.
+    At(Position),
+    /// Seeded before the channel's current run began: owed all of it.
+    BeforeRun,
+}
+
 /// The last position delivered per channel, and the client to read
 /// history with.
 pub struct Gaps {
     slot: Arc<RwLock<Option<RedisClient>>>,
     keys: KeySpace,
-    last: HashMap<Arc<str>, (Position, Instant)>,
+    seeds: Arc<Seeds>,
+    plan: Arc<Plan>,
+    last: HashMap<Arc<str>, (Known, Instant)>,
     swept: Instant,
     metrics: GapMetrics,
 }
 
 impl Gaps {
-    /// No position known yet.
+    /// No position known yet; `seeds` are written by the link, `plan`
+    /// says which channels are still subscribed.
     pub fn new(
         slot: Arc<RwLock<Option<RedisClient>>>,
-        keys: KeySpace,
+        seeds: Arc<Seeds>,
+        plan: Arc<Plan>,
         metrics: GapMetrics,
     ) -> Gaps {
         Gaps {
             slot,
-            keys,
+            keys: seeds.keys.clone(),
+            seeds,
+            plan,
             last: HashMap::new(),
             swept: Instant::now(),
             metrics,
@@ -108,23 +222,71 @@ impl Gaps {
         };
         let now = Instant::now();
         self.sweep(now);
-        let previous = self.last.get(channel).map(|(p, _)| *p);
-        let verdict = match previous {
-            Some(last) if last.epoch.base == position.epoch.base => {
-                if position.offset <= last.offset {
+        let known = match self.seeds.take(channel) {
+            Some(Seed::At(p)) if p.epoch.base == position.epoch.base => Some(Known::At(p)),
+            Some(_) => Some(Known::BeforeRun),
+            None => self.last.get(channel).map(|(k, _)| *k),
+        };
+        let verdict = match known {
+            Some(Known::At(last)) if last.epoch.base == position.epoch.base => {
+                if position.not_after(&last) {
                     self.metrics.duplicates.inc();
+                    self.last.insert(channel.clone(), (Known::At(last), now));
                     return Verdict::Duplicate;
                 }
+                // At or before `last` in a newer continuity: numbered again
+                // after Redis lost what `last` was assigned in (see
+                // `Position::not_after`) — new, and nothing to fill.
                 if position.offset > last.offset + 1 {
                     Verdict::Deliver(self.fill(channel, last, position).await)
                 } else {
                     Verdict::Deliver(Vec::new())
                 }
             }
+            Some(Known::BeforeRun) if position.offset > 1 => {
+                Verdict::Deliver(self.fill_run(channel, position).await)
+            }
             _ => Verdict::Deliver(Vec::new()),
         };
-        self.last.insert(channel.clone(), (position, now));
+        self.last
+            .insert(channel.clone(), (Known::At(position), now));
         verdict
+    }
+
+    /// The messages of the current run before `next`, for a channel seeded
+    /// before the run began: from the run's start (read from the channel's
+    /// state now), when the run is `next`'s.
+    async fn fill_run(&self, channel: &str, next: Position) -> Vec<Replayed> {
+        let client = self.slot.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let read = async {
+            let mut client = client?;
+            history::state(&mut client, &self.keys, channel)
+                .await
+                .ok()?
+        };
+        let state = tokio::time::timeout(READ_TIMEOUT, read)
+            .await
+            .ok()
+            .flatten();
+        match state {
+            Some(s) if s.base == next.epoch.base && s.run_start + 1 < next.offset => {
+                let start = Position {
+                    epoch: next.epoch,
+                    offset: s.run_start,
+                };
+                self.fill(channel, start, next).await
+            }
+            Some(s) if s.base == next.epoch.base => Vec::new(),
+            _ => {
+                self.metrics.gaps.with_label_values(&["unfilled"]).inc();
+                tracing::warn!(
+                    channel,
+                    before = next.offset,
+                    "the start of a channel's run, which this gateway's readers are owed, cannot be read: they may miss its first messages"
+                );
+                Vec::new()
+            }
+        }
     }
 
     /// The messages after `last` and before `next`, from history; empty
@@ -179,8 +341,10 @@ impl Gaps {
             return;
         }
         self.swept = now;
-        self.last
-            .retain(|_, (_, seen)| now.duration_since(*seen) < FORGET);
+        let (keys, plan) = (&self.keys, &self.plan);
+        self.last.retain(|channel, (_, seen)| {
+            now.duration_since(*seen) < FORGET || plan.is_wanted(&keys.channel(channel))
+        });
     }
 }
 
@@ -201,14 +365,57 @@ mod tests {
 
     fn gaps() -> (Gaps, GapMetrics) {
         let metrics = GapMetrics::register(&Registry::new()).expect("metrics");
+        let seeds = Arc::new(Seeds::new(KeySpace::new("p")));
+        let plan = Arc::new(Plan::new(10));
         (
-            Gaps::new(
-                Arc::new(RwLock::new(None)),
-                KeySpace::new("p"),
-                metrics.clone(),
-            ),
+            Gaps::new(Arc::new(RwLock::new(None)), seeds, plan, metrics.clone()),
             metrics,
         )
+    }
+
+    fn seed(gaps: &Gaps, channel: &str, seed: Seed) {
+        gaps.seeds.lock().insert(Arc::from(channel), seed);
+    }
+
+    #[tokio::test]
+    async fn a_seed_is_where_the_readers_start() {
+        let (mut gaps, metrics) = gaps();
+        let ch: Arc<str> = Arc::from("c");
+        // Seeded at 4: 4 came before the subscription, 5 follows it.
+        seed(&gaps, "c", Seed::At(at(1, 4).expect("position")));
+        assert_eq!(gaps.check(&ch, at(1, 4)).await, Verdict::Duplicate);
+        assert_eq!(gaps.check(&ch, at(1, 5)).await, Verdict::Deliver(vec![]));
+        // A new seed (the channel subscribed again) replaces what was
+        // delivered: 9 follows the seed at 8, though 6..=8 were never seen.
+        seed(&gaps, "c", Seed::At(at(1, 8).expect("position")));
+        assert_eq!(gaps.check(&ch, at(1, 9)).await, Verdict::Deliver(vec![]));
+        assert_eq!(metrics.gaps.with_label_values(&["unfilled"]).get(), 0);
+        // Seeded at 9, the next message is 12: 10 and 11 are owed (no
+        // Redis client here, so they are counted as unfilled).
+        seed(&gaps, "c", Seed::At(at(1, 9).expect("position")));
+        assert_eq!(gaps.check(&ch, at(1, 12)).await, Verdict::Deliver(vec![]));
+        assert_eq!(metrics.gaps.with_label_values(&["unfilled"]).get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_channel_seeded_before_its_run_is_owed_the_whole_run() {
+        let (mut gaps, metrics) = gaps();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        // Nothing published when seeded, and the first message is the
+        // first of its run: nothing owed before it.
+        seed(&gaps, "a", Seed::Nothing);
+        assert_eq!(gaps.check(&a, at(7, 1)).await, Verdict::Deliver(vec![]));
+        assert_eq!(metrics.gaps.with_label_values(&["unfilled"]).get(), 0);
+        // The first message is the run's 5th (the outbox published its
+        // backlog while the gateway re-subscribed): the run's start must
+        // be read — here it cannot be, and that is counted, not ignored.
+        seed(&gaps, "b", Seed::Nothing);
+        assert_eq!(gaps.check(&b, at(7, 5)).await, Verdict::Deliver(vec![]));
+        assert_eq!(metrics.gaps.with_label_values(&["unfilled"]).get(), 1);
+        // A seed in another epoch: the channel started over since.
+        seed(&gaps, "a", Seed::At(at(3, 40).expect("position")));
+        assert_eq!(gaps.check(&a, at(7, 3)).await, Verdict::Deliver(vec![]));
+        assert_eq!(metrics.gaps.with_label_values(&["unfilled"]).get(), 2);
     }
 
     #[tokio::test]
@@ -225,6 +432,15 @@ mod tests {
         assert_eq!(metrics.duplicates.get(), 2);
         // A new base starts over: a lower offset is not a repeat.
         assert_eq!(gaps.check(&ch, at(2, 1)).await, Verdict::Deliver(vec![]));
+        assert_eq!(gaps.check(&ch, at(2, 2)).await, Verdict::Deliver(vec![]));
+        // Numbered again in a newer continuity of the same base (Redis lost
+        // the state offset 2 was assigned in): new, not a repeat.
+        let renumbered = at(2, 2).map(|mut p| {
+            p.epoch.continuity.session += 1;
+            p
+        });
+        assert_eq!(gaps.check(&ch, renumbered).await, Verdict::Deliver(vec![]));
+        assert_eq!(gaps.check(&ch, renumbered).await, Verdict::Duplicate);
         assert_eq!(gaps.check(&ch, None).await, Verdict::Deliver(vec![]));
     }
 }

@@ -14,7 +14,7 @@ use pgws_protocol::history::{
     self, Current, CREATED_STATE_TTL_MS, DEFAULT_STATE_TTL_MS, READ_SCRIPT,
 };
 use pgws_protocol::keys::KeySpace;
-use pgws_protocol::position::{Continuity, Epoch, Since};
+use pgws_protocol::position::{ChannelState, Continuity, Epoch, Since};
 use pgws_service::redis_client::RedisClient;
 use redis::Value;
 use std::sync::LazyLock;
@@ -68,6 +68,26 @@ pub async fn read(
         since,
         entries,
     ))
+}
+
+/// `channel`'s state as stored (`None`: no state), without creating one.
+pub async fn state(
+    client: &mut RedisClient,
+    keys: &KeySpace,
+    channel: &str,
+) -> Result<Option<ChannelState>, BusError> {
+    let raw: Option<String> = redis::cmd("GET")
+        .arg(keys.channel_state(channel))
+        .query_async(client)
+        .await
+        .map_err(|e| {
+            tracing::debug!(error = %e, channel, "reading a channel's state from Redis failed");
+            BusError::Unavailable
+        })?;
+    Ok(raw
+        .as_deref()
+        .and_then(history::parse_state)
+        .map(|(state, _ttl)| state))
 }
 
 /// The continuity the leader last recorded (zero, with the default

@@ -8,6 +8,7 @@
 //! churn cannot build a backlog of round trips (`docs/architecture.md`,
 //! "How the Redis bus subscribes").
 
+use super::gaps::Seeds;
 use super::inbound::Inbound;
 use super::metrics::RedisBusMetrics;
 use super::plan::{Plan, CHUNK};
@@ -37,6 +38,9 @@ pub struct Link {
     pub inbound: Arc<Inbound>,
     /// What to subscribe to, shared with the bus handle.
     pub plan: Arc<Plan>,
+    /// Where each channel stood when it was subscribed (for the delivery
+    /// task's gap check).
+    pub seeds: Arc<Seeds>,
 }
 
 impl Link {
@@ -104,6 +108,7 @@ impl Link {
     /// is applied again when it answers).
     async fn apply(&mut self, client: &RedisClient) -> bool {
         let batch = self.plan.take();
+        self.seed(client, &batch).await;
         let (left, joined) = tokio::join!(
             change(client, &batch.unsubscribe, false),
             change(client, &batch.subscribe, true)
@@ -115,12 +120,23 @@ impl Link {
     /// pending; true on success.
     async fn resync(&mut self, client: &RedisClient) -> bool {
         let batch = self.plan.take();
+        self.seed(client, &batch).await;
         let wanted = self.plan.wanted();
         let (left, joined) = tokio::join!(
             change(client, &batch.unsubscribe, false),
             change(client, &wanted, true)
         );
         self.settle(left.and(joined), batch.ticket, "re-subscribing")
+    }
+
+    /// Before a batch's `SUBSCRIBE`: read where its channels stand, so
+    /// that what is published from then on is owed to their readers (see
+    /// [`super::gaps`]). One read per new channel, all in flight together.
+    async fn seed(&self, client: &RedisClient, batch: &super::plan::Batch) {
+        self.seeds.forget(&batch.unsubscribe);
+        if !batch.subscribe.is_empty() {
+            self.seeds.read(client, &batch.subscribe).await;
+        }
     }
 
     /// After a batch: confirm its readers, or log the failure.

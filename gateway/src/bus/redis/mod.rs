@@ -91,9 +91,11 @@ pub fn start(
     let slot = Arc::new(RwLock::new(None));
     let up = Arc::new(AtomicBool::new(false));
     let appender = Appender::new(slot.clone(), config.keys.clone(), config.stream_max_len);
+    let seeds = Arc::new(gaps::Seeds::new(config.keys.clone()));
     let gaps = gaps::Gaps::new(
         slot.clone(),
-        config.keys.clone(),
+        seeds.clone(),
+        plan.clone(),
         gaps::GapMetrics::register(registry)?,
     );
     let (inbound, delivering) = Inbound::start(
@@ -110,6 +112,7 @@ pub fn start(
         up: up.clone(),
         inbound,
         plan: plan.clone(),
+        seeds,
     };
     let stop = CancellationToken::new();
     let running = {

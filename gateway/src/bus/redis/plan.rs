@@ -156,6 +156,12 @@ impl Plan {
         self.lock().wanted.iter().cloned().collect()
     }
 
+    /// Whether the link has applied, or is applying, a subscription to
+    /// `channel` (a pub/sub name).
+    pub fn is_wanted(&self, channel: &str) -> bool {
+        self.lock().wanted.contains(channel)
+    }
+
     /// How many channels are subscribed (or being subscribed).
     pub fn wanted_len(&self) -> usize {
         self.lock().wanted.len()
