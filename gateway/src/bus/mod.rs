@@ -31,7 +31,7 @@ pub mod local;
 pub mod redis;
 
 use bytes::Bytes;
-use pgws_protocol::position::{ChannelState, Position, Recovery, Since};
+use pgws_protocol::position::{ChannelState, Epoch, Position, Recovery, Since};
 pub use pgws_service::admin::Readiness;
 use std::future::Future;
 use std::pin::Pin;
@@ -171,8 +171,38 @@ impl Recovered {
                 .then_some(entries)
         });
         Recovered {
-            position: state.position(),
+            position: Recovered::newest_known(state.position(), since),
             replay,
+        }
+    }
+
+    /// The position a subscription starts after: the channel's newest —
+    /// or the client's own when it is *ahead* in the very same epoch.
+    /// That happens only when Redis lost what it had (a Sentinel failover
+    /// to a replica that lacked the old master's last writes): the leader
+    /// then publishes those offsets again in the same continuity, the same
+    /// messages in the same order, which this client already has. Starting
+    /// from the channel's position would hand them to it twice after its
+    /// `recovered:false` (what `pgws-chaos --sentinel` found); a renumbering
+    /// in a newer continuity still reaches it (`Position::not_after`).
+    fn newest_known(channel: Position, since: Option<&Since>) -> Position {
+        match since {
+            Some(since)
+                if Epoch::parse(&since.epoch) == Some(channel.epoch)
+                    && since.offset > channel.offset =>
+            {
+                tracing::warn!(
+                    epoch = %since.epoch,
+                    client = since.offset,
+                    redis = channel.offset,
+                    "a client is ahead of the channel's state in Redis (Redis lost writes): it starts from its own offset"
+                );
+                Position {
+                    offset: since.offset,
+                    ..channel
+                }
+            }
+            _ => channel,
         }
     }
 }
@@ -308,6 +338,46 @@ impl Lifecycle {
         for task in self.background {
             let _ = task.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgws_protocol::position::Continuity;
+
+    #[test]
+    fn a_client_ahead_of_redis_in_its_epoch_starts_from_its_own_offset() {
+        let continuity = Continuity {
+            term: 3,
+            session: 1,
+        };
+        let mut state = ChannelState::new(5, continuity);
+        state.offset = 10;
+        let epoch = state.position().epoch.to_string();
+        let since = |offset| Since {
+            epoch: epoch.clone(),
+            offset,
+        };
+        // Ahead (Redis lost 11..=14): no replay, and the subscription
+        // starts after 14, so 11..=14 published again are not resent.
+        let ahead = Recovered::decide(&state, Some(&since(14)), Vec::new());
+        assert_eq!(ahead.replay, None);
+        assert_eq!(ahead.position.offset, 14);
+        // Behind: the channel's position, as always.
+        let behind = Recovered::decide(&state, Some(&since(10)), Vec::new());
+        assert_eq!(behind.position.offset, 10);
+        // Another epoch: the channel's position.
+        let other = Since {
+            epoch: "1.2.3".into(),
+            offset: 99,
+        };
+        assert_eq!(
+            Recovered::decide(&state, Some(&other), Vec::new())
+                .position
+                .offset,
+            10
+        );
     }
 }
 
