@@ -1,0 +1,1 @@
+SELECT pgws.send('{"channel":"c1","payload":"p"}');

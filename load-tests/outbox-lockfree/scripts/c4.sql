@@ -1,0 +1,1 @@
+SELECT pgws.send('{"channel":"c' || (random()*3)::int || '","payload":"p"}');

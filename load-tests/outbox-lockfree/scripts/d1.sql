@@ -1,0 +1,1 @@
+SELECT proto.send('{"channel":"c1","payload":"p"}');

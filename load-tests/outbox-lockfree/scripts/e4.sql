@@ -1,0 +1,4 @@
+BEGIN;
+INSERT INTO app_rows (v) VALUES ('x');
+SELECT proto.send('{"channel":"c' || (random()*3)::int || '","payload":"p"}');
+COMMIT;
