@@ -291,6 +291,11 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line[at..].split_whitespace().next()
 }
 
+/// Whether `epoch` is an outbox (durable) epoch.
+fn is_durable(epoch: &str) -> bool {
+    Epoch::parse(epoch).is_some_and(|p| p.continuity.is_durable())
+}
+
 fn committed(sent: &HashMap<u64, (f64, bool)>, n: u64) -> bool {
     sent.get(&n).is_some_and(|s| s.1)
 }
@@ -307,6 +312,12 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
     let mut seen = BTreeSet::new();
     let mut last: Option<(u64, String, f64)> = None;
     let mut first_subscribed: Option<f64> = None;
+    // Outbox: told `recovered:false` before the first delivery while the
+    // only epoch the reader ever had was not durable (it subscribed before
+    // the channel's first send: a provisional epoch the first send
+    // replaces).
+    let mut provisional_then_told = false;
+    let mut had_durable = false;
     let mut told = true;
     let mut replay: Option<(String, u64, u64, f64)> = None; // epoch, next offset, left, at
     let mut newest_term: Option<(u64, u64, u64)> = None; // base, term, session
@@ -322,6 +333,18 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
             } => {
                 v.count("v2 subscriptions", 1);
                 first_subscribed.get_or_insert(*at);
+                let durable = is_durable(epoch);
+                if last.is_none()
+                    && !had_durable
+                    && durable
+                    && *recovered == Some(false)
+                    && since
+                        .as_ref()
+                        .is_some_and(|(e, o)| *o == 0 && !is_durable(e))
+                {
+                    provisional_then_told = true;
+                }
+                had_durable |= durable;
                 if let Some((epoch0, left, ..)) = replay.take().map(|r| (r.0, r.2)) {
                     if left > 0 {
                         v.count("v2 replays cut short by the socket", 1);
@@ -424,7 +447,12 @@ fn check_v2(log: &V2Log, sent: &SentIndex, terms: &BTreeSet<u64>, v: &mut Verdic
                     let missing: Vec<u64> = (1..*num)
                         .filter(|n| committed(&sent[ch], *n) && sent[ch][n].0 >= from)
                         .collect();
-                    if !missing.is_empty() {
+                    if !missing.is_empty() && provisional_then_told {
+                        v.expect(
+                            "outbox v2: away before its first message, its epoch not durable yet, told recovered:false",
+                            missing.len() as u64,
+                        );
+                    } else if !missing.is_empty() {
                         v.violation(
                             "outbox: committed send lost before the reader's first delivery",
                             format!(
@@ -1158,6 +1186,39 @@ mod tests {
                 .contains_key("outbox: a message not in a durable epoch"),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn outbox_a_reader_away_before_its_first_message_in_a_provisional_epoch_is_told() {
+        // Subscribed before the channel's first send (a provisional epoch,
+        // offset 0), away before receiving anything, back after three
+        // sends: `recovered:false` — its position was never durable.
+        let provisional = "5.3.1";
+        let v = run_outbox(
+            vec![
+                sub(None, provisional, 0, None, 0),
+                sub(Some((provisional, 0)), D, 2, Some(false), 0),
+                msg(D, 3, 3),
+            ],
+            3,
+            Vec::new(),
+            Vec::new(),
+        );
+        assert!(v.ok(), "{v:?}");
+        assert_eq!(
+            v.expected.get(
+                "outbox v2: away before its first message, its epoch not durable yet, told recovered:false"
+            ),
+            Some(&2)
+        );
+        // The same loss with no such answer is still a violation.
+        let v = run_outbox(
+            vec![sub(None, provisional, 0, None, 0), msg(D, 3, 3)],
+            3,
+            Vec::new(),
+            Vec::new(),
+        );
+        assert!(!v.ok(), "{v:?}");
     }
 
     #[test]

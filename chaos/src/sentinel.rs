@@ -137,6 +137,16 @@ impl Sentinel {
                 "yes",
                 "--appendfsync",
                 "always",
+                // What operations.md asks of a Sentinel deployment: a
+                // master with no replica in sync refuses writes. Without
+                // it a master killed and started again before the
+                // sentinels demote it takes writes — a second leader's
+                // lock — for up to the watchers' interval (seeds 128106
+                // and 297845, docs/architecture.md "What the nemesis found").
+                "--min-replicas-to-write",
+                "1",
+                "--min-replicas-max-lag",
+                "10",
                 "--dir",
             ]
             .iter()

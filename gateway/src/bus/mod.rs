@@ -177,18 +177,22 @@ impl Recovered {
     }
 
     /// The position a subscription starts after: the channel's newest —
-    /// or the client's own when it is *ahead* in the very same epoch.
-    /// That happens only when Redis lost what it had (a Sentinel failover
-    /// to a replica that lacked the old master's last writes): the leader
-    /// then publishes those offsets again in the same continuity, the same
-    /// messages in the same order, which this client already has. Starting
-    /// from the channel's position would hand them to it twice after its
-    /// `recovered:false` (what `pgws-chaos --sentinel` found); a renumbering
-    /// in a newer continuity still reaches it (`Position::not_after`).
+    /// or, on a durable (outbox) channel, the client's own when it is
+    /// *ahead* in the very same epoch. That happens only when Redis lost
+    /// what it had (a restart or a failover to a replica that lacked the
+    /// last writes): PostgreSQL numbered those messages, so the leader
+    /// publishes exactly them again at exactly those offsets, and this
+    /// client already has them — starting from the channel's position
+    /// would hand them to it twice after its `recovered:false`. Not on a
+    /// NOTIFY channel: there a leader that kept its continuity over the
+    /// lost writes gives those offsets to *new* messages, which a client
+    /// started from its own offset would skip without seeing a gap (the
+    /// outside review's F3).
     fn newest_known(channel: Position, since: Option<&Since>) -> Position {
         match since {
             Some(since)
-                if Epoch::parse(&since.epoch) == Some(channel.epoch)
+                if channel.epoch.continuity.is_durable()
+                    && Epoch::parse(&since.epoch) == Some(channel.epoch)
                     && since.offset > channel.offset =>
             {
                 tracing::warn!(
@@ -347,11 +351,28 @@ mod tests {
     use pgws_protocol::position::Continuity;
 
     #[test]
-    fn a_client_ahead_of_redis_in_its_epoch_starts_from_its_own_offset() {
-        let continuity = Continuity {
-            term: 3,
-            session: 1,
+    fn a_client_ahead_of_redis_in_its_durable_epoch_starts_from_its_own_offset() {
+        // On a NOTIFY channel the channel's position, always: offsets Redis
+        // lost may be given to new messages in the same continuity.
+        let mut notify = ChannelState::new(
+            5,
+            Continuity {
+                term: 3,
+                session: 1,
+            },
+        );
+        notify.offset = 10;
+        let notify_since = Since {
+            epoch: notify.position().epoch.to_string(),
+            offset: 14,
         };
+        assert_eq!(
+            Recovered::decide(&notify, Some(&notify_since), Vec::new())
+                .position
+                .offset,
+            10
+        );
+        let continuity = Continuity::durable(0);
         let mut state = ChannelState::new(5, continuity);
         state.offset = 10;
         let epoch = state.position().epoch.to_string();

@@ -46,6 +46,9 @@ use std::time::{Duration, Instant};
 pub const FORGET: Duration = Duration::from_secs(600);
 /// The longest a history read for a gap may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most messages delivered from history before a channel's first live
+/// one (`PGWS_HISTORY_SIZE`'s largest value).
+const MAX_SEQUENCE_FILL: usize = pgws_service::history::MAX_HISTORY_SIZE;
 
 /// Gap metrics.
 #[derive(Clone)]
@@ -133,9 +136,9 @@ impl Seeds {
     }
 
     /// Read the state of each pub/sub channel in `subscribing` and keep it
-    /// as the channel's seed. A channel whose state cannot be read gets no
-    /// seed (and is judged from its first message, as before seeds).
-    pub async fn read(&self, client: &RedisClient, subscribing: &[String]) {
+    /// as the channel's seed; false when any read failed (then the link
+    /// subscribes to none of them yet).
+    pub async fn read(&self, client: &RedisClient, subscribing: &[String]) -> bool {
         let reads = subscribing.iter().filter_map(|pubsub| {
             let channel = self.keys.channel_of(pubsub)?;
             let mut client = client.clone();
@@ -146,12 +149,21 @@ impl Seeds {
         });
         let read = join_all(reads).await;
         let mut pending = self.lock();
+        let mut complete = true;
         for (channel, state) in read {
             match state {
-                Ok(state) => pending.insert(Arc::from(channel), Seed::of(state)),
-                Err(_) => pending.remove(channel),
-            };
+                Ok(state) => {
+                    pending.insert(Arc::from(channel), Seed::of(state));
+                }
+                Err(_) => complete = false,
+            }
         }
+        complete
+    }
+
+    /// Keep `seed` for `channel` again (a message it did not apply to).
+    fn put_back(&self, channel: &Arc<str>, seed: Seed) {
+        self.lock().entry(channel.clone()).or_insert(seed);
     }
 
     /// Forget the seeds of pub/sub channels no longer subscribed.
@@ -223,6 +235,13 @@ impl Gaps {
         let now = Instant::now();
         self.sweep(now);
         let known = match self.seeds.take(channel) {
+            // Still queued from before the seed, in an older sequence (a
+            // base is its creation time): not owed, and the seed stands.
+            Some(seed @ Seed::At(p)) if position.epoch.base < p.epoch.base => {
+                self.seeds.put_back(channel, seed);
+                self.metrics.duplicates.inc();
+                return Verdict::Duplicate;
+            }
             Some(Seed::At(p)) if p.epoch.base == position.epoch.base => Some(Known::At(p)),
             Some(_) => Some(Known::BeforeRun),
             None => self.last.get(channel).map(|(k, _)| *k),
@@ -234,17 +253,20 @@ impl Gaps {
                     self.last.insert(channel.clone(), (Known::At(last), now));
                     return Verdict::Duplicate;
                 }
-                // At or before `last` in a newer continuity: numbered again
-                // after Redis lost what `last` was assigned in (see
-                // `Position::not_after`) — new, and nothing to fill.
-                if position.offset > last.offset + 1 {
+                let follows = position.offset == last.offset.saturating_add(1);
+                if position.epoch.continuity > last.epoch.continuity && !follows {
+                    // A newer run, with a hole or at offsets already
+                    // delivered: Redis may have lost what `last` was
+                    // assigned in, and the new run renumbered from there.
+                    Verdict::Deliver(self.fill_renumbered(channel, last, position).await)
+                } else if position.offset > last.offset.saturating_add(1) {
                     Verdict::Deliver(self.fill(channel, last, position).await)
                 } else {
                     Verdict::Deliver(Vec::new())
                 }
             }
             Some(Known::BeforeRun) if position.offset > 1 => {
-                Verdict::Deliver(self.fill_run(channel, position).await)
+                Verdict::Deliver(self.fill_sequence(channel, position).await)
             }
             _ => Verdict::Deliver(Vec::new()),
         };
@@ -253,46 +275,121 @@ impl Gaps {
         verdict
     }
 
-    /// The messages of the current run before `next`, for a channel seeded
-    /// before the run began: from the run's start (read from the channel's
-    /// state now), when the run is `next`'s.
-    async fn fill_run(&self, channel: &str, next: Position) -> Vec<Replayed> {
+    /// The channel's state now, `None` when it cannot be read in time.
+    async fn state(&self, channel: &str) -> Option<Option<ChannelState>> {
         let client = self.slot.read().unwrap_or_else(|p| p.into_inner()).clone();
         let read = async {
             let mut client = client?;
-            history::state(&mut client, &self.keys, channel)
-                .await
-                .ok()?
+            history::state(&mut client, &self.keys, channel).await.ok()
         };
-        let state = tokio::time::timeout(READ_TIMEOUT, read)
+        tokio::time::timeout(READ_TIMEOUT, read)
             .await
             .ok()
-            .flatten();
-        match state {
-            Some(s) if s.base == next.epoch.base && s.run_start + 1 < next.offset => {
-                let start = Position {
-                    epoch: next.epoch,
-                    offset: s.run_start,
-                };
-                self.fill(channel, start, next).await
+            .flatten()
+    }
+
+    /// A newer run of `last`'s sequence reached this gateway first at
+    /// `next`, not right after `last`: fill from the run's start when it
+    /// lies at or before `last` (the run renumbered offsets this gateway
+    /// delivered in the older run — the outside review's F1), else from
+    /// `last` as for any hole.
+    async fn fill_renumbered(
+        &self,
+        channel: &str,
+        last: Position,
+        next: Position,
+    ) -> Vec<Replayed> {
+        let start = match self.state(channel).await.flatten() {
+            Some(s) if s.base == next.epoch.base && s.continuity == next.epoch.continuity => {
+                last.offset.min(s.run_start)
             }
-            Some(s) if s.base == next.epoch.base => Vec::new(),
-            _ => {
-                self.metrics.gaps.with_label_values(&["unfilled"]).inc();
-                tracing::warn!(
-                    channel,
-                    before = next.offset,
-                    "the start of a channel's run, which this gateway's readers are owed, cannot be read: they may miss its first messages"
-                );
-                Vec::new()
-            }
+            _ => last.offset,
+        };
+        if next.offset <= start.saturating_add(1) {
+            return Vec::new();
         }
+        let from = Position {
+            epoch: next.epoch,
+            offset: start,
+        };
+        self.fill(channel, from, next).await
+    }
+
+    /// Every message of `next`'s sequence before it, for a channel seeded
+    /// before that sequence had any message (or before it began): all of
+    /// them were published after the seed. History holds a sequence whole
+    /// (it is emptied when a channel's base changes), so this takes the
+    /// contiguous entries that end right before `next`, and counts a hole
+    /// when they do not reach back to the current run's start.
+    async fn fill_sequence(&self, channel: &str, next: Position) -> Vec<Replayed> {
+        let state = self.state(channel).await.flatten();
+        let Some(state) = state.filter(|s| s.base == next.epoch.base) else {
+            self.unfilled(channel, next, "the channel's sequence cannot be read");
+            return Vec::new();
+        };
+        let client = self.slot.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let want = usize::try_from(next.offset.saturating_sub(1))
+            .unwrap_or(usize::MAX)
+            .min(MAX_SEQUENCE_FILL);
+        let read = async {
+            let mut client = client?;
+            history::newest(&mut client, &self.keys, channel, want)
+                .await
+                .ok()
+        };
+        let newest_first = tokio::time::timeout(READ_TIMEOUT, read)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let mut run: Vec<Replayed> = Vec::new();
+        let mut expect = next.offset.saturating_sub(1);
+        for entry in newest_first {
+            if entry.offset >= next.offset {
+                continue;
+            }
+            if entry.offset != expect || expect == 0 {
+                break;
+            }
+            run.push(entry);
+            expect -= 1;
+        }
+        run.reverse();
+        let first = run.first().map_or(next.offset, |e| e.offset);
+        if first > state.run_start.saturating_add(1) {
+            self.unfilled(
+                channel,
+                next,
+                "history no longer holds the start of the channel's run",
+            );
+            return Vec::new();
+        }
+        if !run.is_empty() {
+            self.metrics.gaps.with_label_values(&["filled"]).inc();
+            self.metrics.filled.inc_by(run.len() as u64);
+            tracing::info!(
+                channel,
+                missing = run.len(),
+                "filled a channel's first messages from history"
+            );
+        }
+        run
+    }
+
+    fn unfilled(&self, channel: &str, next: Position, why: &'static str) {
+        self.metrics.gaps.with_label_values(&["unfilled"]).inc();
+        tracing::warn!(
+            channel,
+            before = next.offset,
+            why,
+            "this gateway's readers are owed a channel's first messages, which cannot be filled: they miss them"
+        );
     }
 
     /// The messages after `last` and before `next`, from history; empty
     /// (and counted) when history cannot give all of them.
     async fn fill(&self, channel: &str, last: Position, next: Position) -> Vec<Replayed> {
-        let missing = next.offset - last.offset - 1;
+        let missing = next.offset.saturating_sub(last.offset).saturating_sub(1);
         let client = self.slot.read().unwrap_or_else(|p| p.into_inner()).clone();
         let since = Since {
             epoch: next.epoch.to_string(),
@@ -317,7 +414,7 @@ impl Gaps {
         let complete = hole.len() as u64 == missing
             && hole
                 .iter()
-                .zip(last.offset + 1..)
+                .zip(last.offset.saturating_add(1)..)
                 .all(|(e, want)| e.offset == want);
         if complete {
             self.metrics.gaps.with_label_values(&["filled"]).inc();
@@ -395,6 +492,19 @@ mod tests {
         seed(&gaps, "c", Seed::At(at(1, 9).expect("position")));
         assert_eq!(gaps.check(&ch, at(1, 12)).await, Verdict::Deliver(vec![]));
         assert_eq!(metrics.gaps.with_label_values(&["unfilled"]).get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_message_still_queued_from_an_older_sequence_leaves_the_seed() {
+        let (mut gaps, metrics) = gaps();
+        let ch: Arc<str> = Arc::from("c");
+        seed(&gaps, "c", Seed::At(at(5, 10).expect("position")));
+        // Base 3 is older than the seed's: from the previous subscription.
+        assert_eq!(gaps.check(&ch, at(3, 2)).await, Verdict::Duplicate);
+        // The seed still judges the next message of its own sequence.
+        assert_eq!(gaps.check(&ch, at(5, 10)).await, Verdict::Duplicate);
+        assert_eq!(gaps.check(&ch, at(5, 11)).await, Verdict::Deliver(vec![]));
+        assert_eq!(metrics.gaps.with_label_values(&["unfilled"]).get(), 0);
     }
 
     #[tokio::test]

@@ -90,6 +90,45 @@ pub async fn state(
         .map(|(state, _ttl)| state))
 }
 
+/// Up to `count` of `channel`'s newest history entries, newest first.
+pub async fn newest(
+    client: &mut RedisClient,
+    keys: &KeySpace,
+    channel: &str,
+    count: usize,
+) -> Result<Vec<Replayed>, BusError> {
+    let reply: Vec<(String, Vec<(String, Value)>)> = redis::cmd("XREVRANGE")
+        .arg(keys.channel_history(channel))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(client)
+        .await
+        .map_err(|e| {
+            tracing::debug!(error = %e, channel, "reading a channel's history from Redis failed");
+            BusError::Unavailable
+        })?;
+    Ok(reply
+        .into_iter()
+        .filter_map(|(_id, fields)| {
+            let mut offset = None;
+            let mut payload = None;
+            for (name, value) in fields {
+                match name.as_str() {
+                    "o" => offset = text(&value).and_then(|t| t.parse().ok()),
+                    "d" => payload = Some(bytes_of(value)),
+                    _ => {}
+                }
+            }
+            Some(Replayed {
+                offset: offset?,
+                payload: payload?,
+            })
+        })
+        .collect())
+}
+
 /// The continuity the leader last recorded (zero, with the default
 /// channel-state ttl, before any leader ran).
 async fn continuity(client: &mut RedisClient, keys: &KeySpace) -> Result<Current, BusError> {

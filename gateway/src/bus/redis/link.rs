@@ -11,7 +11,7 @@
 use super::gaps::Seeds;
 use super::inbound::Inbound;
 use super::metrics::RedisBusMetrics;
-use super::plan::{Plan, CHUNK};
+use super::plan::{Batch, Plan, CHUNK};
 use futures_util::future::join_all;
 use pgws_service::backoff::Backoff;
 use pgws_service::redis_client::{describe_error, RedisClient, RedisConfig, RESPONSE_TIMEOUT};
@@ -108,7 +108,9 @@ impl Link {
     /// is applied again when it answers).
     async fn apply(&mut self, client: &RedisClient) -> bool {
         let batch = self.plan.take();
-        self.seed(client, &batch).await;
+        let Some(batch) = self.seed(client, batch).await else {
+            return false;
+        };
         let (left, joined) = tokio::join!(
             change(client, &batch.unsubscribe, false),
             change(client, &batch.subscribe, true)
@@ -120,7 +122,9 @@ impl Link {
     /// pending; true on success.
     async fn resync(&mut self, client: &RedisClient) -> bool {
         let batch = self.plan.take();
-        self.seed(client, &batch).await;
+        let Some(batch) = self.seed(client, batch).await else {
+            return false;
+        };
         let wanted = self.plan.wanted();
         let (left, joined) = tokio::join!(
             change(client, &batch.unsubscribe, false),
@@ -132,11 +136,20 @@ impl Link {
     /// Before a batch's `SUBSCRIBE`: read where its channels stand, so
     /// that what is published from then on is owed to their readers (see
     /// [`super::gaps`]). One read per new channel, all in flight together.
-    async fn seed(&self, client: &RedisClient, batch: &super::plan::Batch) {
+    /// When a read fails nothing of the batch is applied: it goes back to
+    /// the plan (`None`), and is seeded and applied again once Redis
+    /// answers — a channel is never subscribed without its seed.
+    async fn seed(&self, client: &RedisClient, batch: Batch) -> Option<Batch> {
         self.seeds.forget(&batch.unsubscribe);
-        if !batch.subscribe.is_empty() {
-            self.seeds.read(client, &batch.subscribe).await;
+        if batch.subscribe.is_empty() || self.seeds.read(client, &batch.subscribe).await {
+            return Some(batch);
         }
+        tracing::warn!(
+            channels = batch.subscribe.len(),
+            "cannot read where the channels to subscribe stand: will retry when Redis answers"
+        );
+        self.plan.untake(batch);
+        None
     }
 
     /// After a batch: confirm its readers, or log the failure.

@@ -150,6 +150,28 @@ impl Plan {
         batch
     }
 
+    /// Give back a batch the link could not start applying (it sent no
+    /// command): its changes are pending again, unless a newer change of
+    /// the same channel is pending already.
+    pub fn untake(&self, batch: Batch) {
+        let mut s = self.lock();
+        for channel in batch.subscribe {
+            if !s.pending.contains_key(&channel) {
+                s.wanted.remove(&channel);
+                s.pending.insert(channel, true);
+                s.subscribes += 1;
+            }
+        }
+        for channel in batch.unsubscribe {
+            if !s.pending.contains_key(&channel) {
+                s.wanted.insert(channel.clone());
+                s.pending.insert(channel, false);
+            }
+        }
+        drop(s);
+        self.changed.notify_one();
+    }
+
     /// Every channel the link has applied or is applying (to subscribe
     /// again on a new connection).
     pub fn wanted(&self) -> Vec<String> {

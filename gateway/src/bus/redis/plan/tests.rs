@@ -88,3 +88,19 @@ async fn a_change_wakes_the_link() {
     assert!(plan.changed().now_or_never().is_some());
     assert!(plan.changed().now_or_never().is_none());
 }
+
+#[test]
+fn a_batch_given_back_is_pending_again_unless_superseded() {
+    let plan = Plan::new(10);
+    plan.request("a".into(), true).expect("queued");
+    plan.request("b".into(), true).expect("queued");
+    let batch = plan.take();
+    assert_eq!(plan.pending_subscribes(), 0);
+    // Meanwhile "b" was dropped again: that newer change stands.
+    plan.request("b".into(), false).expect("queued");
+    plan.untake(batch);
+    let again = plan.take();
+    assert_eq!(sorted(again.subscribe), vec!["a".to_string()]);
+    assert_eq!(sorted(again.unsubscribe), vec!["b".to_string()]);
+    assert_eq!(sorted(plan.wanted()), vec!["a".to_string()]);
+}
