@@ -328,7 +328,9 @@ impl Gaps {
             return Vec::new();
         };
         let client = self.slot.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let want = usize::try_from(next.offset.saturating_sub(1))
+        // Newest first, the entries from the state's newest down to 1 at
+        // most (some may be at or after `next`).
+        let want = usize::try_from(state.offset.max(next.offset))
             .unwrap_or(usize::MAX)
             .min(MAX_SEQUENCE_FILL);
         let read = async {

@@ -97,7 +97,7 @@ pub async fn newest(
     channel: &str,
     count: usize,
 ) -> Result<Vec<Replayed>, BusError> {
-    let reply: Vec<(String, Vec<(String, Value)>)> = redis::cmd("XREVRANGE")
+    let reply: Value = redis::cmd("XREVRANGE")
         .arg(keys.channel_history(channel))
         .arg("+")
         .arg("-")
@@ -109,24 +109,37 @@ pub async fn newest(
             tracing::debug!(error = %e, channel, "reading a channel's history from Redis failed");
             BusError::Unavailable
         })?;
-    Ok(reply
-        .into_iter()
-        .filter_map(|(_id, fields)| {
-            let mut offset = None;
-            let mut payload = None;
-            for (name, value) in fields {
-                match name.as_str() {
-                    "o" => offset = text(&value).and_then(|t| t.parse().ok()),
-                    "d" => payload = Some(bytes_of(value)),
-                    _ => {}
-                }
-            }
-            Some(Replayed {
-                offset: offset?,
-                payload: payload?,
-            })
-        })
-        .collect())
+    let Value::Array(entries) = reply else {
+        return Ok(Vec::new());
+    };
+    Ok(entries.into_iter().filter_map(entry).collect())
+}
+
+/// One stream entry, `[id, fields]` (the fields a flat array, or a map
+/// under RESP3), as the offset `o` and payload `d` it holds.
+fn entry(value: Value) -> Option<Replayed> {
+    let Value::Array(parts) = value else {
+        return None;
+    };
+    let mut fields: Vec<Value> = match parts.into_iter().nth(1)? {
+        Value::Array(flat) => flat,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return None,
+    };
+    let (mut offset, mut payload) = (None, None);
+    while fields.len() >= 2 {
+        let value = fields.pop()?;
+        let name = fields.pop()?;
+        match text(&name).as_deref() {
+            Some("o") => offset = text(&value).and_then(|t| t.parse().ok()),
+            Some("d") => payload = Some(bytes_of(value)),
+            _ => {}
+        }
+    }
+    Some(Replayed {
+        offset: offset?,
+        payload: payload?,
+    })
 }
 
 /// The continuity the leader last recorded (zero, with the default
