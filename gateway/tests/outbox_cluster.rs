@@ -236,30 +236,9 @@ async fn a_redis_restart_loses_nothing_for_connected_readers() {
 /// 48 runs of the test above showed, for the batch just before the kill).
 #[tokio::test]
 async fn a_batch_redis_took_but_never_pushed_before_losing_its_data_is_replayed() {
-    use common::proxy::Proxy;
     let db = TestDb::create().await;
     let mut redis = RedisServer::start(&[]).await;
-    let env = vec![
-        ("PGWS_DB_URI".to_string(), db.uri.clone()),
-        ("PGWS_OUTBOX".to_string(), "true".to_string()),
-    ];
-    let mut c = Cluster::start_full(&redis.url(), false, env, 1, 0).await;
-    let target = redis
-        .url()
-        .trim_start_matches("redis://")
-        .parse()
-        .expect("addr");
-    let proxy = Proxy::start(target).await.expect("proxy");
-    let gateway = c
-        .gateway_builder()
-        .env("PGWS_REDIS_URL", format!("redis://{}", proxy.addr()))
-        .start()
-        .await;
-    c.gateways.push(gateway);
-    let leader = c.leader().await;
-    c.coordinators[leader]
-        .wait_metric("pgws_outbox_up", 1.0)
-        .await;
+    let (c, proxy, leader) = behind_a_proxy(&db, &redis).await;
     let ch = unique("obt");
     let mut readers = c.readers(&ch).await;
     let sender = db.client().await;
@@ -304,30 +283,9 @@ async fn a_batch_redis_took_but_never_pushed_before_losing_its_data_is_replayed(
 /// 417825 and 700155: a Redis restart in a run's first seconds).
 #[tokio::test]
 async fn a_new_channels_first_sends_published_while_the_gateway_is_cut_off_are_delivered() {
-    use common::proxy::Proxy;
     let db = TestDb::create().await;
     let redis = RedisServer::start(&[]).await;
-    let env = vec![
-        ("PGWS_DB_URI".to_string(), db.uri.clone()),
-        ("PGWS_OUTBOX".to_string(), "true".to_string()),
-    ];
-    let mut c = Cluster::start_full(&redis.url(), false, env, 1, 0).await;
-    let target = redis
-        .url()
-        .trim_start_matches("redis://")
-        .parse()
-        .expect("addr");
-    let proxy = Proxy::start(target).await.expect("proxy");
-    let gateway = c
-        .gateway_builder()
-        .env("PGWS_REDIS_URL", format!("redis://{}", proxy.addr()))
-        .start()
-        .await;
-    c.gateways.push(gateway);
-    let leader = c.leader().await;
-    c.coordinators[leader]
-        .wait_metric("pgws_outbox_up", 1.0)
-        .await;
+    let (c, proxy, leader) = behind_a_proxy(&db, &redis).await;
     let ch = unique("obf");
     let mut readers = c.readers(&ch).await;
     let sender = db.client().await;
@@ -358,6 +316,37 @@ async fn a_new_channels_first_sends_published_while_the_gateway_is_cut_off_are_d
     got.extend(read_for(&mut readers[0], total - got.len()).await);
     let report = ledger.check(&ch, &got);
     assert!(report.clean(), "{report}");
+}
+
+/// An outbox cluster of one coordinator and one gateway that reaches
+/// `redis` through a fault proxy; the leader's index once its outbox
+/// reader is up.
+async fn behind_a_proxy(
+    db: &TestDb,
+    redis: &RedisServer,
+) -> (Cluster, common::proxy::Proxy, usize) {
+    let env = vec![
+        ("PGWS_DB_URI".to_string(), db.uri.clone()),
+        ("PGWS_OUTBOX".to_string(), "true".to_string()),
+    ];
+    let mut c = Cluster::start_full(&redis.url(), false, env, 1, 0).await;
+    let target = redis
+        .url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("addr");
+    let proxy = common::proxy::Proxy::start(target).await.expect("proxy");
+    let gateway = c
+        .gateway_builder()
+        .env("PGWS_REDIS_URL", format!("redis://{}", proxy.addr()))
+        .start()
+        .await;
+    c.gateways.push(gateway);
+    let leader = c.leader().await;
+    c.coordinators[leader]
+        .wait_metric("pgws_outbox_up", 1.0)
+        .await;
+    (c, proxy, leader)
 }
 
 /// Every reader got every committed send on `channel` once, in order.
