@@ -484,7 +484,7 @@ async fn heal(topo: &mut Topology, undo: Undo, clock: Clock) -> Option<f64> {
                 MasterUndo::Failover => {}
                 MasterUndo::Restart => {
                     if let Some(s) = &mut topo.sentinel {
-                        if let Err(e) = s.data[old].restart() {
+                        if let Err(e) = s.restart_data(old) {
                             eprintln!("pgws-chaos: restart redis node {old}: {e}");
                         }
                     }

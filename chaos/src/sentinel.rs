@@ -82,6 +82,18 @@ impl Node {
         self.spawn()
     }
 
+    /// From its next start on: a replica of `master` (`ip`, `port`), or a
+    /// master when `None`.
+    fn replica_of(&mut self, master: Option<(String, u16)>) {
+        if let Some(at) = self.args.iter().position(|a| a == "--replicaof") {
+            self.args.drain(at..(at + 3).min(self.args.len()));
+        }
+        if let Some((ip, port)) = master {
+            self.args
+                .extend(["--replicaof".into(), ip, port.to_string()]);
+        }
+    }
+
     /// SIGSTOP (`true`) or SIGCONT.
     pub fn pause(&mut self, pause: bool) {
         if let Some(c) = &self.child {
@@ -241,6 +253,24 @@ impl Sentinel {
             }
         }
         votes.iter().position(|v| *v * 2 > self.sentinels.len())
+    }
+
+    /// Start data node `i` again after a `kill -9` the way a deployment's
+    /// start script does (the Bitnami chart's asks the sentinels): as a
+    /// replica of the master the sentinels name now, or as a master when
+    /// they still name this node. Started with its first arguments
+    /// instead, a node that had been promoted came back as a replica of
+    /// the node that was by then *its* replica — two replicas, no master,
+    /// and the sentinels, which still reach the master they named, never
+    /// fail over (seed 517067's last three minutes).
+    pub fn restart_data(&mut self, i: usize) -> anyhow::Result<()> {
+        let named = self
+            .master()
+            .filter(|m| *m != i)
+            .map(|m| (self.data[m].host.addr.to_string(), self.data[m].port));
+        let node = &mut self.data[i];
+        node.replica_of(named);
+        node.restart()
     }
 
     /// `SENTINEL FAILOVER` through the first sentinel that accepts it.
