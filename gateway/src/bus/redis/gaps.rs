@@ -17,9 +17,9 @@
 //! `SUBSCRIBE`, so everything after it is owed to the channel's readers).
 //! A message after a seed in the same epoch is judged as after a delivered
 //! one. A channel that had no message yet when it was seeded, or whose
-//! sequence started over since, owes its readers the whole current run:
-//! the hole is filled from the run's start (the channel state's
-//! `run_start`). Without the seed, a gateway that re-subscribed after a
+//! sequence started over since, owes its readers that whole sequence:
+//! every history entry before the first message received, counted as a
+//! hole when they do not reach back to the current run's start. Without the seed, a gateway that re-subscribed after a
 //! Redis outage during which the leader published a new channel's first
 //! messages (the outbox publishes its backlog at once) delivered from the
 //! first message it received, silently (`docs/architecture.md`, "What the
